@@ -1,0 +1,3 @@
+from lenx.evaluate import main
+
+main()

@@ -1,0 +1,124 @@
+"""Re-score a checkpoint at many lengths: `python evaluate.py ckpt=<path> [scalings=[none,yarn]]`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lenx import data
+from lenx.errors import CheckpointError, ConfigError, LenxError
+from lenx.extrapolation import evaluate_lengths, scored_span
+from lenx.hardware import resolve_device
+from lenx.lit import build_model
+from lenx.results import append_rows, format_table, git_state, plot_rows
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def read_checkpoint(ckpt_path: str | Path) -> dict:
+    """The checkpoint's dict, loaded with weights_only=True (never executes pickled code from the file)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...: one message, no traceback of torch internals
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "cfg" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path} is not a lenx checkpoint (no state_dict / hyper_parameters.cfg)")
+    return ckpt
+
+
+def scaling_config(name: str) -> dict:
+    path = CONFIG_DIR / "pos" / "scaling" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"unknown scaling {name!r}; known: {known}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def load_model(ckpt_path: str | Path, scaling: str | dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on CPU, resolved run config) from a checkpoint, optionally under another RoPE scaling.
+
+    model(idx_BT) returns logits (B, T, vocab). The state_dict holds learned parameters only, so the model is
+    rebuilt with the new scaling and loaded strictly.
+    """
+    ckpt = read_checkpoint(ckpt_path)
+    cfg = ckpt["hyper_parameters"]["cfg"]
+    if scaling is not None:
+        if "scaling" not in cfg["pos"]:
+            raise ConfigError(f"scaling {scaling!r} does not apply to pos={cfg['pos'].get('_target_')}: "
+                              "RoPE scalings apply to rotary schemes only")
+        cfg = {**cfg, "pos": {**cfg["pos"], "scaling": scaling_config(scaling) if isinstance(scaling, str)
+                              else dict(scaling)}}
+    model = build_model(cfg)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt_path} does not match the model its config describes: {e}") from None
+    return model.eval(), cfg
+
+
+def scaling_name(cfg: dict) -> str:
+    return cfg["pos"].get("scaling", {}).get("method", "none") if "scaling" in cfg["pos"] else "none"
+
+
+def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir: Path, *, ckpt: str = "",
+                     choices: dict | None = None) -> list[dict]:
+    """Score `model` at every multiplier, append rows with provenance to run_dir, return the new rows."""
+    tokens = data.load_tokens(cfg, eval_cfg["split"])
+    device = resolve_device(eval_cfg.get("device", "auto"))
+    prov = cfg.get("provenance", {})
+    sha, dirty = git_state()
+    rows = evaluate_lengths(model.to(device), tokens, train_len=cfg["seq_len"], multipliers=list(eval_cfg["multipliers"]),
+                            tokens_to_score=eval_cfg["tokens"], batch_tokens=eval_cfg["batch_tokens"], device=device)
+    choices = choices or {}
+    for r in rows:
+        r.update(pos=choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower(),
+                 scaling=scaling_name(cfg), train_len=cfg["seq_len"], seed=cfg.get("seed"),
+                 model=choices.get("model", ""), corpus=prov.get("corpus", ""),
+                 corpus_hash=prov.get("corpus_hash", ""), tokenizer_hash=prov.get("tokenizer_hash", ""),
+                 git_sha=sha, dirty=dirty, run_dir=str(run_dir), ckpt=str(ckpt), split=eval_cfg["split"])
+    return rows
+
+
+def write_outputs(run_dir: Path, rows: list[dict]) -> None:
+    all_rows = append_rows(run_dir, rows)
+    png = plot_rows(all_rows, run_dir / "extrapolation.png")
+    print("\n" + format_table(all_rows))
+    print(f"\nresults: {run_dir / 'extrapolation.csv'} (+ .jsonl), figure: {png}")
+
+
+def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list[str] | None = None) -> list[dict]:
+    """Score one checkpoint under each scaling (None: as trained); validates everything before scoring."""
+    run_dir = Path(run_dir)
+    _, cfg = load_model(ckpt)  # fails fast on a missing/foreign checkpoint
+    n_tokens = len(data.load_tokens(cfg, eval_cfg["split"]))
+    scored_span(n_tokens, cfg["seq_len"], list(eval_cfg["multipliers"]), eval_cfg["tokens"])  # fail fast
+    models = [load_model(ckpt, s) for s in (scalings or [None])]  # every scaling validated before scoring
+    choices = cfg.get("choices", {})
+    rows = []
+    for model, mcfg in models:
+        rows += score_and_record(model, mcfg, eval_cfg, run_dir, ckpt=ckpt, choices=choices)
+    write_outputs(run_dir, rows)
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
+    scalings = OmegaConf.to_container(cfg.scalings) if cfg.scalings is not None else None
+    if isinstance(scalings, str):
+        scalings = [scalings]
+    try:
+        evaluate_checkpoint(cfg.ckpt, eval_cfg, Path(cfg.run_dir), scalings)
+    except LenxError as e:
+        print(f"lenx: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,36 @@
+"""Device and precision choices, detected rather than assumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has native bf16 matmul (AMX or AVX512-BF16); AVX2-only CPUs emulate it ~30x slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        from lenx.errors import ConfigError
+
+        raise ConfigError(f"device={requested} requested but CUDA is not available on this machine")
+    return torch.device(requested)
+
+
+def resolve_precision(requested: str | int, accelerator: str = "auto") -> str | int:
+    """Lightning precision string; "auto": bf16-mixed on a bf16-capable GPU or CPU, else 32-true."""
+    if requested != "auto":
+        return requested
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"

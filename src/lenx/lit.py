@@ -1,0 +1,120 @@
+"""Lightning wrappers: the LightningModule (model + optimisation) and the DataModule (random training windows)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Dataset
+
+from lenx.errors import ConfigError, LenxError
+from lenx.model import Decoder
+
+
+def build_model(cfg: dict) -> Decoder:
+    """The Decoder described by a resolved run config (plain dict): model group + pos group + vocab + seq_len."""
+    m = cfg["model"]
+    return Decoder(vocab_size=cfg["data"]["vocab_size"], train_len=cfg["seq_len"], pos=instantiate(cfg["pos"]),
+                   d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
+                   dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup from 1/warmup to 1, then cosine from 1 down to min_ratio at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class NonFiniteLossError(LenxError):
+    """The training loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class LenxModule(L.LightningModule):
+    """Receives the resolved config as a plain dict and builds the model itself, so a checkpoint alone rebuilds it."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = cfg
+        self.model = build_model(cfg)
+
+    def forward(self, idx_BT: torch.Tensor) -> torch.Tensor:
+        return self.model(idx_BT)
+
+    def _loss(self, batch_BT: torch.Tensor) -> torch.Tensor:
+        logits_BTV = self.model(batch_BT[:, :-1])
+        return F.cross_entropy(logits_BTV.float().flatten(0, 1), batch_BT[:, 1:].flatten())
+
+    def training_step(self, batch_BT, batch_idx):
+        loss = self._loss(batch_BT)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step}; stopping. The last good checkpoint "
+                f"is kept in {self.cfg.get('run_dir', '.')}/checkpoints (try a lower optim.lr)")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch_BT, batch_idx):
+        self.log("val/loss", self._loss(batch_BT), prog_bar=True)
+
+    def configure_optimizers(self):
+        o = self.cfg["optim"]
+        decay = [p for p in self.parameters() if p.dim() >= 2]  # no weight decay on norms and biases
+        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
+        total = self.cfg["trainer"]["max_steps"]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
+            s, warmup=o["warmup_steps"], total=total, min_ratio=o["min_lr_ratio"]))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class RandomWindows(Dataset):
+    """Item i is the window tokens[o : o + seq_len + 1] at an offset drawn from an RNG seeded by (seed, i).
+
+    Deterministic per index, so a resumed run sees exactly the windows the uninterrupted one would have.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, n_items: int, seed: int) -> None:
+        if len(tokens) < seq_len + 2:
+            raise ConfigError(f"seq_len={seq_len} needs at least {seq_len + 2} tokens; the split has {len(tokens)}")
+        self.tokens, self.seq_len, self.n_items, self.seed = tokens, seq_len, n_items, seed
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        o = int(np.random.default_rng((self.seed, i)).integers(0, len(self.tokens) - self.seq_len - 1))
+        return torch.from_numpy(self.tokens[o:o + self.seq_len + 1].astype(np.int64))
+
+
+class WindowData(L.LightningDataModule):
+    """Training windows from the train stream; a fixed set of validation windows at the training length."""
+
+    def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, *, seq_len: int, batch_size: int,
+                 max_steps: int, accumulate: int, val_batches: int, seed: int) -> None:
+        super().__init__()
+        n_train = max_steps * accumulate * batch_size
+        self.train = RandomWindows(train_tokens, seq_len, n_train, seed)
+        self.val = RandomWindows(val_tokens, seq_len, max(1, val_batches) * batch_size, seed=10_000 + seed)
+        self.batch_size = batch_size
+
+    def _loader(self, ds: Dataset) -> DataLoader:
+        # No worker processes: on a CPU box they would compete with torch's compute threads, and the
+        # data path is a memmap slice per item, far cheaper than a forward pass.
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self):
+        return self._loader(self.train)
+
+    def val_dataloader(self):
+        return self._loader(self.val)

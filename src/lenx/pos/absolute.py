@@ -1,0 +1,59 @@
+"""Absolute schemes: a vector per position added to the token embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lenx.errors import OutOfRangeError
+from lenx.pos.base import PositionalScheme
+
+
+def sinusoidal_table(pos_T: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """PE(p, 2i) = sin(p / base^(2i/dim)), PE(p, 2i+1) = cos(...), fp32, shape (T, dim).
+
+    Vaswani et al. 2017 (arXiv:1706.03762), section 3.5; sin and cos interleaved as in the paper.
+    """
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=pos_T.device) * (-math.log(base) / dim))
+    angles_TF = pos_T.to(torch.float32)[:, None] * inv_freq[None, :]
+    table = torch.empty(pos_T.shape[0], dim, dtype=torch.float32, device=pos_T.device)
+    table[:, 0::2] = torch.sin(angles_TF)
+    table[:, 1::2] = torch.cos(angles_TF[:, : dim // 2])
+    return table
+
+
+class Sinusoidal(PositionalScheme):
+    """Fixed sinusoidal embeddings (arXiv:1706.03762), computed on the fly for any length: no table to run out of."""
+
+    def __init__(self, *, base: float = 10000.0, **dims) -> None:
+        super().__init__(**dims)
+        self.base = base
+
+    def embed(self, x_BTC, pos_T):
+        with torch.autocast(device_type=x_BTC.device.type, enabled=False):
+            pe_TC = sinusoidal_table(pos_T, self.d_model, self.base)
+        return x_BTC + pe_TC.to(x_BTC.dtype)
+
+
+class Learned(PositionalScheme):
+    """A learned table of `max_positions` vectors (GPT-2 style; Radford et al. 2019).
+
+    The one scheme that may refuse a position: past its table it raises OutOfRangeError, which the
+    evaluator records as 'out_of_range' (extrapolating a learned table is undefined, not a crash).
+    """
+
+    def __init__(self, *, max_positions: int | None = None, **dims) -> None:
+        super().__init__(**dims)
+        self.max_positions = max_positions or self.train_len
+        self.table = nn.Embedding(self.max_positions, self.d_model)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def embed(self, x_BTC, pos_T):
+        last = int(pos_T.max())
+        if last >= self.max_positions:
+            raise OutOfRangeError(
+                f"learned position table holds {self.max_positions} positions; position {last} is out of range"
+            )
+        return x_BTC + self.table(pos_T).to(x_BTC.dtype)

@@ -1,0 +1,118 @@
+"""Result rows with provenance, written as JSON lines + CSV, and the ppl-vs-length figure.
+
+Schema documented in results/README.md. Files are rewritten atomically (temp file + rename), so a kill mid-write
+never leaves a truncated results file, and rows already on disk are kept (appended to, never replaced).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+COLUMNS = ["pos", "scaling", "mode", "train_len", "eval_len", "multiplier", "loss", "ppl", "tokens", "status",
+           "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "git_sha", "dirty", "run_dir", "ckpt"]
+
+
+def git_state(where: Path | None = None) -> tuple[str, bool]:
+    """(HEAD sha, dirty flag) of the repository holding lenx's source; ("unknown", False) outside git."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                capture_output=True, text=True, check=True, timeout=10).stdout
+        return sha, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "extrapolation.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_rows(run_dir: Path, rows: list[dict]) -> list[dict]:
+    """Add rows to run_dir/extrapolation.{jsonl,csv}; returns all rows now in the file."""
+    run_dir = Path(run_dir)
+    all_rows = read_rows(run_dir) + rows
+    atomic_write_text(run_dir / "extrapolation.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                              for r in all_rows))
+    extra = sorted({k for r in all_rows for k in r} - set(COLUMNS))
+    with tempfile.NamedTemporaryFile("w", newline="", delete=False, dir=run_dir, suffix=".tmp") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + extra, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(all_rows)
+    os.replace(f.name, run_dir / "extrapolation.csv")
+    return all_rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table: one line per (pos, scaling, mode), one column per eval length."""
+    lengths = sorted({r["eval_len"] for r in rows})
+    keys = list(dict.fromkeys((r["pos"], r["scaling"], r["mode"]) for r in rows))
+    head = f"{'pos':<12} {'scaling':<12} {'mode':<15}" + "".join(f"{L:>10}" for L in lengths)
+    lines = [head, "-" * len(head)]
+    for key in keys:
+        by_len = {r["eval_len"]: r for r in rows if (r["pos"], r["scaling"], r["mode"]) == key}
+        cells = []
+        for L in lengths:
+            r = by_len.get(L)
+            cells.append("" if r is None else ("out-of-range" if r["status"] != "ok" else f"{r['ppl']:.2f}"))
+        lines.append(f"{key[0]:<12} {key[1]:<12} {key[2]:<15}" + "".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:
+    """ppl against eval length (log2 x axis), one line per (pos, scaling, mode); missing points are gaps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    keys = list(dict.fromkeys((r["pos"], r["scaling"], r["mode"]) for r in rows))
+    for key in keys:
+        pts = sorted((r["eval_len"], r["ppl"]) for r in rows if (r["pos"], r["scaling"], r["mode"]) == key)
+        xs = [x for x, _ in pts]
+        ys = [y if (y is not None and math.isfinite(y)) else math.nan for _, y in pts]
+        label = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
+        ax.plot(xs, ys, marker="o", label=label if key[2] == "nonoverlapping" else f"{label} ({key[2]})")
+    train_lens = sorted({r["train_len"] for r in rows})
+    for L in train_lens:
+        ax.axvline(L, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title or "perplexity vs evaluation length (dotted: training length)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

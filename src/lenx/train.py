@@ -1,0 +1,126 @@
+"""Train a decoder on short windows, then score it at every multiplier: `python train.py pos=alibi seq_len=512`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from lenx import data
+from lenx.errors import ConfigError, LenxError
+from lenx.evaluate import score_and_record, write_outputs
+from lenx.extrapolation import scored_span
+from lenx.hardware import resolve_precision
+from lenx.lit import LenxModule, WindowData, build_model
+from lenx.results import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: dict) -> None:
+    """Everything that can be refused without data or compute: refused here, before any work starts."""
+    for key in ("seq_len", "batch_size"):
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+    steps = cfg["trainer"]["max_steps"]
+    if not isinstance(steps, int) or steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be a positive integer, got {steps!r}")
+    build_model(cfg)  # shapes, heads vs width, rotary dims, scaling parameters
+
+
+def wandb_offline(requested) -> bool:
+    """W&B runs offline unless credentials exist (env key or a netrc entry), so a run never blocks on the network."""
+    if requested != "auto":
+        return bool(requested)
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+def make_logger(cfg: DictConfig):
+    if not cfg.get("logger"):
+        return False
+    lcfg = cfg.logger
+    if lcfg._target_.endswith("WandbLogger"):
+        offline = wandb_offline(lcfg.get("offline", "auto"))
+        try:
+            return instantiate(lcfg, offline=offline, config=OmegaConf.to_container(cfg, resolve=True))
+        except Exception as e:  # W&B trouble must never cost a run: fall back to CSV
+            log.warning("W&B logger unavailable (%s); logging to CSV instead", e)
+            return L.pytorch.loggers.CSVLogger(cfg.run_dir, name="", version="")
+    return instantiate(lcfg)
+
+
+def run(cfg: DictConfig) -> list[dict]:
+    t0 = time.time()
+    run_dir = Path(cfg.run_dir)
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    cfg_dict["choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    check_config(cfg_dict)
+
+    prov = data.prepare(cfg_dict)  # tokenizer + token memmaps (cached after the first run)
+    cfg_dict["provenance"] = prov
+    val_tokens = data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])
+    scored_span(len(val_tokens), cfg_dict["seq_len"], list(cfg_dict["eval"]["multipliers"]),
+                cfg_dict["eval"]["tokens"])  # refuse impossible eval lengths before training
+    atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
+    log.info("data ready in %.1fs: %s", time.time() - t0, {k: prov[k] for k in ("corpus", "n_tokens")})
+
+    L.seed_everything(cfg.seed, workers=True)
+    module = LenxModule(cfg_dict)
+    t = cfg_dict["trainer"]
+    dm = WindowData(data.load_tokens(cfg_dict, "train"), data.load_tokens(cfg_dict, "validation"),
+                    seq_len=cfg.seq_len, batch_size=cfg.batch_size, max_steps=t["max_steps"],
+                    accumulate=t["accumulate_grad_batches"], val_batches=t["limit_val_batches"] or 1,
+                    seed=cfg.seed)
+    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                              every_n_train_steps=cfg.ckpt_every)
+    trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
+                          logger=make_logger(cfg), callbacks=[ckpt_cb], default_root_dir=str(run_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
+    log.info("trained in %.1fs", time.time() - t0)
+
+    rows = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
+                            ckpt=str(run_dir / "checkpoints" / "last.ckpt"), choices=cfg_dict["choices"])
+    write_outputs(run_dir, rows)
+    log_to_wandb(trainer, rows)
+    print(f"total wall time {time.time() - t0:.1f}s; run dir {run_dir}")
+    return rows
+
+
+def log_to_wandb(trainer, rows: list[dict]) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            try:
+                import wandb
+
+                cols = sorted({k for r in rows for k in r})
+                lg.experiment.log({"extrapolation": wandb.Table(columns=cols, data=[[r.get(c) for c in cols]
+                                                                                    for r in rows])})
+            except Exception as e:  # local results are already written; W&B is a copy
+                log.warning("could not log extrapolation table to W&B: %s", e)
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except LenxError as e:
+        print(f"lenx: error: {e}", file=sys.stderr)
+        sys.exit(2)

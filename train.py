@@ -1,0 +1,3 @@
+from lenx.train import main
+
+main()
