@@ -111,7 +111,7 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
     return rows
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
     scalings = OmegaConf.to_container(cfg.scalings) if cfg.scalings is not None else None

@@ -1,11 +1,13 @@
 """A small pre-LN decoder-only transformer with a pluggable positional scheme.
 
-Shapes: B batch, T sequence (queries), S keys, H heads, D head dim, C model width, V vocabulary.
+Shapes: B batch, T sequence (queries), t a chunk of queries, S keys, H heads, D head dim, C model width,
+V vocabulary.
 The model never limits the input length: only a learned position table may refuse a position (OutOfRangeError).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -14,6 +16,11 @@ from torch import nn
 
 from lenx.errors import ConfigError
 from lenx.pos.base import AttnContext, PositionalScheme
+
+# Logits per attention chunk (batch x heads x queries x keys) when a scheme adds logit terms: 2^25 bounds each
+# of a chunk's fp32 (B, H, t, S) tensors to 128 MiB at any length (a dense fp32 bias at 8192 tokens is 1 GiB
+# per 4 heads) and still gives SDPA enough query rows to fill a GPU (2^20 ran 4x slower at 8192 on an H100).
+CHUNK_LOGITS = 1 << 25
 
 
 class Attention(nn.Module):
@@ -24,17 +31,48 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
 
-    def forward(self, x_BTC: torch.Tensor, pos: PositionalScheme, ctx: AttnContext, mask: torch.Tensor | None):
+    def forward(self, x_BTC: torch.Tensor, pos: PositionalScheme, ctx: AttnContext,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal self-attention with the scheme's rotation, bias and score terms, (B, T, C) -> (B, T, C).
+
+        `mask`: an explicit additive mask (H, T, S) with -inf on future keys, replacing ctx's bias and the
+        causal mask (small inputs, tests); by default both are built per chunk of queries from ctx.
+        """
         B, T, C = x_BTC.shape
         q_BHTD, k_BHTD, v_BHTD = self.qkv(x_BTC).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q_BHTD, k_BHTD = pos.rotate(q_BHTD, k_BHTD, ctx)
         drop = self.dropout if self.training else 0.0
-        if mask is None:  # no bias: SDPA's causal fast path, no materialised mask
+        if mask is None and ctx.bias_HR is None and not pos.adds_logits:  # SDPA's causal fast path, no mask
             y_BHTD = F.scaled_dot_product_attention(q_BHTD, k_BHTD, v_BHTD, is_causal=True, dropout_p=drop)
         else:
-            y_BHTD = F.scaled_dot_product_attention(q_BHTD, k_BHTD, v_BHTD, attn_mask=mask.to(q_BHTD.dtype),
-                                                    dropout_p=drop)
+            rows = max(1, CHUNK_LOGITS // (B * self.n_heads * k_BHTD.shape[2]))
+            y_BHTD = torch.cat([
+                attend_rows(q_BHTD[:, :, a:a + rows], k_BHTD, v_BHTD, pos, ctx.rows(a, a + rows),
+                            None if mask is None else mask[..., a:a + rows, :], drop)
+                for a in range(0, T, rows)], dim=2)
         return self.proj(y_BHTD.transpose(1, 2).reshape(B, T, C))
+
+
+def attend_rows(q_BHtD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
+                ctx: AttnContext, mask_Hts: torch.Tensor | None, drop: float) -> torch.Tensor:
+    """softmax(q.k/sqrt(D) + positional terms + causal mask) v for one chunk of t queries over all S keys."""
+    if mask_Hts is None:
+        with torch.autocast(q_BHtD.device.type, enabled=False):  # positional terms in fp32
+            bias_Hts = ctx.bias_HTS
+            if bias_Hts is None:
+                bias_Hts = q_BHtD.new_zeros(1, q_BHtD.shape[2], k_BHSD.shape[2], dtype=torch.float32)
+            mask_Hts = causal_bias_mask(bias_Hts, ctx.q_pos_T, ctx.k_pos_S)
+            extra = pos.score(q_BHtD.float(), k_BHSD.float(), ctx) if pos.adds_logits else None
+            if extra is not None:
+                mask_Hts = mask_Hts + extra  # (B, H, t, S) for content-dependent schemes
+    if not pos.adds_values:  # the fused kernel with a float mask (also carries the bias gradient)
+        return F.scaled_dot_product_attention(q_BHtD, k_BHSD, v_BHSD, attn_mask=mask_Hts.to(q_BHtD.dtype),
+                                              dropout_p=drop)
+    with torch.autocast(q_BHtD.device.type, enabled=False):  # Shaw's value terms need the weights themselves
+        logits = q_BHtD.float() @ k_BHSD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5 + mask_Hts
+        attn_BHtS = F.dropout(logits.softmax(-1), drop)
+        y_BHtD = attn_BHtS @ v_BHSD.float() + pos.value(attn_BHtS, ctx)
+    return y_BHtD.to(v_BHSD.dtype)
 
 
 class Block(nn.Module):
@@ -47,13 +85,13 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, hidden, bias=bias), nn.GELU(),
                                  nn.Linear(hidden, d_model, bias=bias), nn.Dropout(dropout))
 
-    def forward(self, x_BTC, pos, ctx, mask):
-        x_BTC = x_BTC + self.attn(self.ln1(x_BTC), pos, ctx, mask)
+    def forward(self, x_BTC, pos, ctx):
+        x_BTC = x_BTC + self.attn(self.ln1(x_BTC), pos, ctx)
         return x_BTC + self.mlp(self.ln2(x_BTC))
 
 
 def causal_bias_mask(bias_HTS: torch.Tensor, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> torch.Tensor:
-    """The positional bias with -inf on future keys (j > i), fp32, (H, T, S)."""
+    """The positional bias with -inf on future keys (j > i), fp32, (H, T, S) (H may be 1)."""
     future_TS = k_pos_S[None, :] > q_pos_T[:, None]
     return bias_HTS.float().masked_fill(future_TS, float("-inf"))
 
@@ -97,10 +135,10 @@ class Decoder(nn.Module):
         if pos_T is None:
             pos_T = torch.arange(T, device=idx_BT.device)
         x_BTC = self.drop(self.pos.embed(self.tok(idx_BT), pos_T))
-        ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
-        mask = None if ctx.bias_HTS is None else causal_bias_mask(ctx.bias_HTS, pos_T, pos_T)
+        # Once per forward, shared by every layer; the Decoder owns the positions attention masks with.
+        ctx = dataclasses.replace(self.pos.context(pos_T, pos_T), q_pos_T=pos_T, k_pos_S=pos_T)
         for block in self.blocks:
-            x_BTC = block(x_BTC, self.pos, ctx, mask)
+            x_BTC = block(x_BTC, self.pos, ctx)
         return self.head(self.ln_f(x_BTC))
 
     def num_params(self, non_embedding: bool = True) -> int:

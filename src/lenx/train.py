@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
 from lenx.errors import ConfigError, LenxError
-from lenx.evaluate import score_and_record, write_outputs
+from lenx.evaluate import CONFIG_DIR, score_and_record, write_outputs
 from lenx.extrapolation import scored_span
 from lenx.hardware import resolve_precision
 from lenx.lit import LenxModule, WindowData, build_model
@@ -117,7 +117,7 @@ def log_to_wandb(trainer, rows: list[dict]) -> None:
                 log.warning("could not log extrapolation table to W&B: %s", e)
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

@@ -1,12 +1,21 @@
-"""Schemes that add a bias to the attention logits, built once per forward from absolute positions."""
+"""Schemes that add a bias to the attention logits, built from absolute positions.
+
+Most are a function of the distance d = i - j alone (ALiBi, T5, KERPLE, Sandwich): `context` evaluates it once
+per forward for every distance that occurs, as a small (H, R) table that attention gathers per chunk of
+queries. FIRE's bias also depends on the query position, so it is evaluated per chunk through the `score`
+hook.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from lenx.pos.base import AttnContext, PositionalScheme
+from lenx.errors import ConfigError
+from lenx.pos.base import AttnContext, PositionalScheme, max_distance
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -31,13 +40,217 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-class ALiBi(PositionalScheme):
+def distances(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> torch.Tensor:
+    """Every causal distance 0, 1, ..., max(i - j) that these positions produce, fp32, (R,)."""
+    return torch.arange(max_distance(q_pos_T, k_pos_S) + 1, device=q_pos_T.device, dtype=torch.float32)
+
+
+class DistanceBias(PositionalScheme):
+    """A bias b_h(d) of the distance d = i - j only: subclasses give `bias(d_R) -> (H, R)`, in fp32."""
+
+    def bias(self, d_R: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def context(self, q_pos_T, k_pos_S):
+        with torch.autocast(q_pos_T.device.type, enabled=False):
+            bias_HR = self.bias(distances(q_pos_T, k_pos_S))
+        return AttnContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, bias_HR=bias_HR)
+
+
+class ALiBi(DistanceBias):
     """Linear bias -m_h * (i - j) on the logit of query i and key j <= i; no embeddings (arXiv:2108.12409)."""
 
     def __init__(self, **dims) -> None:
         super().__init__(**dims)
         self.register_buffer("slopes_H", alibi_slopes(self.n_heads), persistent=False)
 
-    def context(self, q_pos_T, k_pos_S):
-        distance_TS = (q_pos_T[:, None] - k_pos_S[None, :]).to(torch.float32)  # i - j, >= 0 where attended
-        return AttnContext(bias_HTS=-self.slopes_H[:, None, None] * distance_TS)
+    def slopes(self) -> torch.Tensor:
+        return self.slopes_H
+
+    def bias(self, d_R):
+        return -self.slopes()[:, None] * d_R[None, :]
+
+
+class LearnedALiBi(ALiBi):
+    """ALiBi whose head slopes are learned, starting from the fixed geometric ones (arXiv:2108.12409; its
+    authors tried trainable slopes and report no better extrapolation, so this is the ablation). Slopes are
+    parameterised by their log, so they stay positive and the bias keeps decaying with distance."""
+
+    def __init__(self, **dims) -> None:
+        super().__init__(**dims)
+        self.log_slopes_H = nn.Parameter(alibi_slopes(self.n_heads).log())
+
+    def slopes(self) -> torch.Tensor:
+        return self.log_slopes_H.exp()
+
+
+def t5_relative_bucket(relative_position: torch.Tensor, *, bidirectional: bool, num_buckets: int,
+                       max_distance: int) -> torch.Tensor:
+    """T5's bucket of each relative position = key position - query position (Raffel et al. 2020,
+    arXiv:1910.10683; mesh-tensorflow `_relative_position_bucket`), as a LongTensor of the same shape.
+
+    Half the buckets (a quarter when bidirectional) hold one distance each; the rest cover distances up to
+    max_distance log-spaced, and every longer distance shares the last bucket. Bidirectional: keys after the
+    query take the upper half of the buckets. One-sided (causal): keys after the query fall in bucket 0.
+    """
+    n = -relative_position  # query - key: > 0 for keys in the past
+    bucket = torch.zeros_like(n)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (n < 0).long() * num_buckets
+        n = n.abs()
+    else:
+        n = n.clamp(min=0)
+    max_exact = num_buckets // 2
+    # fp32 log and truncation toward zero, as the original; the clamp only avoids log(0) in unused entries.
+    log_ratio = torch.log(n.float().clamp(min=max_exact) / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
+    return bucket + torch.where(n < max_exact, n, large)
+
+
+class T5Bias(DistanceBias):
+    """T5 relative attention bias: a learned scalar per (bucket, head) shared by all layers, one-sided
+    buckets for a decoder (Raffel et al. 2020, arXiv:1910.10683, sec. 2.1). Distances past max_distance share
+    a bucket, so any length evaluates."""
+
+    def __init__(self, *, num_buckets: int = 32, max_distance: int = 128, **dims) -> None:
+        super().__init__(**dims)
+        if num_buckets < 4 or max_distance <= num_buckets // 2:
+            raise ConfigError(f"T5 bias needs num_buckets >= 4 and max_distance > num_buckets / 2, "
+                              f"got {num_buckets}, {max_distance}")
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        # std d_model^-0.5, as Hugging Face's T5 initialises its relative attention bias.
+        self.table_NH = nn.Parameter(torch.randn(num_buckets, self.n_heads) * self.d_model ** -0.5)
+
+    def bias(self, d_R):
+        bucket_R = t5_relative_bucket(-d_R.long(), bidirectional=False, num_buckets=self.num_buckets,
+                                      max_distance=self.max_distance)
+        return self.table_NH[bucket_R].T.contiguous()
+
+    def extra_repr(self) -> str:
+        return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}"
+
+
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.log(-torch.expm1(-y))
+
+
+class KerpleLog(DistanceBias):
+    """KERPLE, logarithmic variant: bias -r1_h * log(1 + r2_h * d), r1, r2 > 0 learned per head (Chi et al.
+    2022, arXiv:2205.09921, eq. 7). The paper clamps its parameters to >= eps in place each step; here
+    r = eps + softplus(raw), which keeps them positive without a gradient that dies at the clamp. Initialised
+    like the paper's code: r1 ~ U(0, 2), r2 ~ U(0, 1)."""
+
+    def __init__(self, *, eps: float = 1e-2, **dims) -> None:
+        super().__init__(**dims)
+        self.eps = eps
+        self.raw_scale_H = nn.Parameter(inverse_softplus(torch.rand(self.n_heads).clamp(min=1e-3) * 2))
+        self.raw_rate_H = nn.Parameter(inverse_softplus(torch.rand(self.n_heads).clamp(min=1e-3)))
+
+    @property
+    def scale_H(self) -> torch.Tensor:  # r1
+        return self.eps + F.softplus(self.raw_scale_H.float())
+
+    @property
+    def rate_H(self) -> torch.Tensor:  # r2
+        return self.eps + F.softplus(self.raw_rate_H.float())
+
+    def bias(self, d_R):
+        return -self.scale_H[:, None] * torch.log1p(self.rate_H[:, None] * d_R[None, :])
+
+
+class KerplePower(DistanceBias):
+    """KERPLE, power variant: bias -r1_h * d^r2_h with r1 > 0 and 0 < r2 <= 2 learned per head (Chi et al.
+    2022, arXiv:2205.09921, eq. 6). r1 = eps + softplus(raw), r2 = eps + (2 - eps) sigmoid(raw) instead of the
+    paper's in-place clamps; initialised like the paper's code: r1 ~ U(0, 1), r2 ~ U(0, 2)."""
+
+    def __init__(self, *, eps: float = 1e-2, **dims) -> None:
+        super().__init__(**dims)
+        self.eps = eps
+        self.raw_scale_H = nn.Parameter(inverse_softplus(torch.rand(self.n_heads).clamp(min=1e-3)))
+        p = (torch.rand(self.n_heads) * 2).clamp(eps + 1e-3, 2 - 1e-3)
+        self.raw_power_H = nn.Parameter(torch.logit((p - eps) / (2 - eps)))
+
+    @property
+    def scale_H(self) -> torch.Tensor:  # r1
+        return self.eps + F.softplus(self.raw_scale_H.float())
+
+    @property
+    def power_H(self) -> torch.Tensor:  # r2
+        return self.eps + (2 - self.eps) * torch.sigmoid(self.raw_power_H.float())
+
+    def bias(self, d_R):
+        # d^p with d >= 1 only: at d = 0 the bias is 0, and d(0^p)/dp would be 0 * log 0 = nan.
+        powered_HR = d_R.clamp(min=1)[None, :] ** self.power_H[:, None]
+        return -self.scale_H[:, None] * torch.where(d_R > 0, powered_HR, 0.0)
+
+
+class Sandwich(DistanceBias):
+    """Sandwich (Chi et al. 2023, arXiv:2212.10356): the inner product of sinusoidal embeddings of dimension
+    d', p_i . p_j = sum_k cos((i - j) w_k), shifted by -d'/2 (so 0 at distance 0) and compressed per head by
+    8h/H like ALiBi's slopes. Parameter-free; the bias stays bounded (it oscillates below 0 far away)."""
+
+    def __init__(self, *, dim: int = 128, base: float = 10000.0, **dims) -> None:
+        super().__init__(**dims)
+        if dim <= 0 or dim % 2:
+            raise ConfigError(f"Sandwich needs an even positive embedding dim, got {dim}")
+        self.dim = dim
+        k = torch.arange(1, dim // 2 + 1, dtype=torch.float32)
+        self.register_buffer("inv_freq_K", base ** (-2 * k / dim), persistent=False)
+        compress_H = 8 * torch.arange(1, self.n_heads + 1, dtype=torch.float32) / self.n_heads
+        self.register_buffer("compress_H", compress_H, persistent=False)
+
+    def bias(self, d_R):
+        dot_R = torch.cos(d_R[:, None] * self.inv_freq_K[None, :]).sum(-1) - self.dim / 2
+        return dot_R[None, :] / self.compress_H[:, None]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+MLP_VALUES = 1 << 24  # FIRE's hidden activations per evaluation (64 MiB in fp32)
+
+
+class FIRE(PositionalScheme):
+    """FIRE (Li et al. 2023, arXiv:2310.04418): bias_h(i, j) = f_h(psi(i - j) / psi(max(L, i))), psi(x) =
+    log(c x + 1), f a 1 -> width -> H ReLU MLP, c and the threshold L learned (L = |L_mult| * train_len, as
+    the paper's code initialises L to the training length). Normalising by the query position maps every
+    distance into [0, 1], so longer inputs interpolate instead of extrapolating; it also makes the bias depend
+    on i, not i - j alone, hence the `score` hook (one chunk of queries at a time)."""
+
+    def __init__(self, *, mlp_width: int = 32, init_c: float = 0.1, eps: float = 1e-6, **dims) -> None:
+        super().__init__(**dims)
+        self.mlp_width, self.eps = mlp_width, eps
+        self.init_L = float(self.train_len)
+        self.c = nn.Parameter(torch.tensor(float(init_c)))
+        self.L_mult = nn.Parameter(torch.tensor(1.0))
+        # PyTorch's default Linear init (U(+-1/sqrt(fan_in))), as the paper's nn.Linear layers; raw parameters
+        # so that the Decoder's normal(0.02) init of Linear modules does not flatten the MLP.
+        bound2 = mlp_width ** -0.5
+        self.w1_W = nn.Parameter(torch.empty(mlp_width).uniform_(-1, 1))
+        self.b1_W = nn.Parameter(torch.empty(mlp_width).uniform_(-1, 1))
+        self.w2_WH = nn.Parameter(torch.empty(mlp_width, self.n_heads).uniform_(-bound2, bound2))
+        self.b2_H = nn.Parameter(torch.empty(self.n_heads).uniform_(-bound2, bound2))
+
+    def psi(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.abs(self.c * x) + 1)
+
+    def score(self, q_BHTD, k_BHSD, ctx):
+        # The MLP's hidden layer is mlp_width times the bias: evaluate it a few query rows at a time.
+        q_pos_T, k_pos_S = ctx.q_pos_T, ctx.k_pos_S
+        rows = max(1, MLP_VALUES // (len(k_pos_S) * self.mlp_width))
+        parts = [self.bias(q_pos_T[a:a + rows], k_pos_S) for a in range(0, len(q_pos_T), rows)]
+        return torch.cat(parts, dim=1)
+
+    def bias(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> torch.Tensor:
+        """The FIRE bias for these query and key positions, fp32, (H, T, S)."""
+        i_T, j_S = q_pos_T.float(), k_pos_S.float()
+        threshold = torch.abs(self.L_mult * self.init_L)
+        norm_T = self.psi(torch.maximum(i_T, threshold)) + self.eps
+        x_X = (self.psi((i_T[:, None] - j_S[None, :]).clamp(min=0)) / norm_T[:, None]).flatten()  # X = T * S
+        hidden_XW = torch.relu(x_X[:, None] * self.w1_W + self.b1_W)
+        bias_HX = torch.addmm(self.b2_H[:, None], self.w2_WH.T, hidden_XW.T)  # heads first, as SDPA reads it
+        return bias_HX.view(self.n_heads, len(i_T), len(j_S))
+
+    def extra_repr(self) -> str:
+        return f"mlp_width={self.mlp_width}, init_L={self.init_L}"

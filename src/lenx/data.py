@@ -1,0 +1,349 @@
+"""Corpora -> byte-level BPE tokenizer -> token streams cached as numpy memmaps.
+
+Every corpus becomes three splits of documents {id, text}, loaded through `datasets`. The default corpus is the
+running Python's standard library (zero download; one document per .py file), through a local `datasets` builder.
+A byte-level BPE (`tokenizers`) is trained on the training split; each split is tokenised into one stream in which
+every document is preceded by the end-of-document token. Tokenizer and streams are cached under
+$LENX_CACHE (default ~/.cache/lenx), keyed by the corpus content hash and the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import sysconfig
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lenx.errors import ConfigError, CorpusError
+
+EOD_TOKEN = "<|endoftext|>"
+SPLITS = ("train", "validation", "test")
+FORMAT_VERSION = 1  # bump when the stream layout changes, so old caches are not reused
+
+
+# ----------------------------------------------------------------------------------------------- config helpers
+def data_config(cfg: Mapping) -> dict:
+    """The data group, from a full run config (has a `data` key) or the group itself, as a plain dict."""
+    d = cfg["data"] if "data" in cfg else cfg
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(d, DictConfig):
+            return OmegaConf.to_container(d, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(d)
+
+
+def cache_root(d: Mapping) -> Path:
+    root = d.get("cache_dir") or os.environ.get("LENX_CACHE") or Path.home() / ".cache" / "lenx"
+    return Path(root).expanduser()
+
+
+def split_of(doc_id: str, valid_fraction: float, test_fraction: float) -> str:
+    """Deterministic split from a hash of the document's identity: stable when other documents come or go."""
+    u = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
+    return "validation" if u < valid_fraction else "test" if u < valid_fraction + test_fraction else "train"
+
+
+def _sha(parts: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- the stdlib local builder
+def stdlib_files(root: Path) -> list[str]:
+    """Sorted relative paths of the .py files under root, without installed third-party packages."""
+    if not root.is_dir():
+        raise CorpusError(f"corpus path {root} is not a directory")
+    skip = {"site-packages", "dist-packages", "__pycache__"}
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(n for n in dirnames if n not in skip)
+        rels += [os.path.relpath(os.path.join(dirpath, f), root) for f in filenames if f.endswith(".py")]
+    return sorted(rels)
+
+
+@dataclass
+class PythonSourceConfig(datasets.BuilderConfig):
+    root: str = ""
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    fingerprint: str = ""  # file list + sizes + mtimes: a changed tree gets a new builder cache
+
+
+class PythonSource(datasets.GeneratorBasedBuilder):
+    """A local `datasets` builder: one example {id: relative path, text: source} per UTF-8 .py file."""
+
+    BUILDER_CONFIG_CLASS = PythonSourceConfig
+
+    def _info(self):
+        return datasets.DatasetInfo(description="Python source files as documents",
+                                    features=datasets.Features({"id": datasets.Value("string"),
+                                                                "text": datasets.Value("string")}))
+
+    def _split_generators(self, dl_manager):
+        c = self.config
+        by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+        for rel in stdlib_files(Path(c.root)):
+            by_split[split_of(rel, c.valid_fraction, c.test_fraction)].append(rel)
+        return [datasets.SplitGenerator(name=s, gen_kwargs={"rels": by_split[s]}) for s in SPLITS]
+
+    def _generate_examples(self, rels):
+        for rel in rels:
+            try:
+                text = (Path(self.config.root) / rel).read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue  # a few test fixtures are deliberately not UTF-8: skipped, not fatal
+            if text.strip():
+                yield rel, {"id": rel, "text": text}
+
+
+def tree_fingerprint(root: Path, rels: list[str]) -> str:
+    return _sha(f"{r}:{(s := (root / r).stat()).st_size}:{s.st_mtime_ns}" for r in rels)
+
+
+def load_stdlib(d: Mapping) -> tuple[dict[str, datasets.Dataset], dict]:
+    root = Path(d.get("path") or sysconfig.get_paths()["stdlib"]).expanduser()
+    rels = stdlib_files(root)
+    if not rels:
+        raise CorpusError(f"no .py files under {root}")
+    builder = PythonSource(cache_dir=str(cache_root(d) / "datasets"), config_name="python_source",
+                           root=str(root), valid_fraction=d["valid_fraction"], test_fraction=d["test_fraction"],
+                           fingerprint=tree_fingerprint(root, rels))
+    builder.download_and_prepare()
+    return {s: builder.as_dataset(split=s) for s in SPLITS}, {"python_version": sys.version.split()[0],
+                                                                "source": str(root)}
+
+
+# ---------------------------------------------------------------------------------------- hub and local corpora
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_hub(d: Mapping) -> dict[str, datasets.Dataset]:
+    """The corpus's splits from the hub, or from local files in the hub's schema when `data_files` is set."""
+    if d.get("data_files"):
+        files = d["data_files"]
+        fmt = d.get("data_format") or Path(next(iter(files.values())) if isinstance(files, Mapping)
+                                          else files).suffix.lstrip(".").replace("jsonl", "json")
+        return dict(datasets.load_dataset(fmt, data_files=dict(files) if isinstance(files, Mapping) else files))
+    hub_id = d["hub_id"]
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    hint = (f"the Hugging Face hub is unreachable, so dataset {hub_id!r} cannot be downloaded. Use data=stdlib "
+            f"(no download), data=local data.path=<files>, or point data.data_files at a local copy in the hub's "
+            f"format")
+    if not offline and not hub_reachable():
+        raise CorpusError(hint)
+    try:
+        return dict(datasets.load_dataset(hub_id, d.get("hub_config"), cache_dir=str(cache_root(d) / "hub")))
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise CorpusError(f"{hint} ({type(e).__name__}: {e})") from None
+
+
+def wikitext_articles(lines: Iterable[str]) -> list[str]:
+    """Re-assemble WikiText's line rows into articles: one starts at each top-level ' = Title = ' heading."""
+    articles, current = [], []
+    for line in lines:
+        s = line.strip()
+        if s.startswith("= ") and s.endswith(" =") and not s.startswith("= ="):
+            if "".join(current).strip():
+                articles.append("".join(current))
+            current = []
+        current.append(line)
+    if "".join(current).strip():
+        articles.append("".join(current))
+    return articles
+
+
+def documents(name: str, raw: dict[str, datasets.Dataset], d: Mapping) -> dict[str, list[tuple[str, str]]]:
+    """{split: [(id, text), ...]} for a hub/local corpus, carving missing splits by hashed identity."""
+    field = d.get("text_field", "text")
+    out: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    if name == "wikitext103":
+        for s in SPLITS:
+            out[s] = [(f"{s}/{i}", t) for i, t in enumerate(wikitext_articles(raw[s][field]))]
+        return out
+    if name == "pg19":
+        for s in SPLITS:
+            out[s] = [(r.get("url") or f"{s}/{i}", r[field]) for i, r in enumerate(raw[s])]
+        return out
+    if name == "tinystories":  # train + validation only: half of validation (by hash) becomes test
+        out["train"] = [(f"train/{i}", t) for i, t in enumerate(raw["train"][field])]
+        for i, t in enumerate(raw["validation"][field]):
+            doc_id = f"validation/{i}"
+            out["test" if split_of(doc_id, 0.5, 0.0) == "train" else "validation"].append((doc_id, t))
+        return out
+    raise ConfigError(f"no document rules for corpus {name!r}")
+
+
+def load_local(d: Mapping) -> dict[str, list[tuple[str, str]]]:
+    """.txt (a document per file), .jsonl/.json (a document per record), .parquet (a document per row)."""
+    root = Path(d["path"]).expanduser()
+    if not root.exists():
+        raise CorpusError(f"corpus path {root} does not exist")
+    exts = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in exts)
+    if not files:
+        raise CorpusError(f"no .txt/.jsonl/.json/.parquet files at {root}")
+    field = d.get("text_field", "text")
+    out: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    for f in files:
+        fmt = exts.get(f.suffix)
+        if fmt is None:
+            raise CorpusError(f"{f}: unsupported file type (use .txt, .jsonl, .json or .parquet)")
+        kw = {"sample_by": "document"} if fmt == "text" else {}
+        try:
+            rows = datasets.load_dataset(fmt, data_files=str(f), split="train", **kw)
+        except Exception as e:  # undecodable bytes, malformed json, ...: name the file
+            raise CorpusError(f"cannot read {f} as {fmt}: {type(e).__name__}: {e}") from None
+        rel = os.path.relpath(f, root if root.is_dir() else root.parent)
+        for i, text in enumerate(rows[field] if len(rows) else []):
+            doc_id = rel if fmt == "text" else f"{rel}#{i}"
+            out[split_of(doc_id, d["valid_fraction"], d["test_fraction"])].append((doc_id, text))
+    return out
+
+
+def load_corpus(d: Mapping) -> tuple[dict[str, list[tuple[str, str]]], dict]:
+    """{split: [(id, text)]} and extra provenance, for the configured corpus; empty documents dropped."""
+    name = d["name"]
+    extra: dict = {}
+    if name == "stdlib":
+        ds, extra = load_stdlib(d)
+        docs = {s: list(zip(ds[s]["id"], ds[s]["text"])) for s in SPLITS}
+    elif name == "local":
+        docs = load_local(d)
+    elif name in ("wikitext103", "pg19", "tinystories"):
+        docs = documents(name, load_hub(d), d)
+    else:
+        raise ConfigError(f"unknown corpus {name!r}")
+    docs = {s: [(i, t) for i, t in v if t and t.strip()] for s, v in docs.items()}
+    for s in SPLITS:
+        if not docs[s]:
+            raise CorpusError(f"corpus {name!r} has no non-empty documents in its {s} split "
+                              f"({sum(map(len, docs.values()))} documents in all); it is too small or empty")
+    return docs, extra
+
+
+# ------------------------------------------------------------------------------------------ tokenizer + streams
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOD_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    if tok.get_vocab_size() < vocab_size:
+        raise CorpusError(f"the training split supports a vocabulary of at most {tok.get_vocab_size()} tokens, "
+                          f"fewer than data.vocab_size={vocab_size}: lower data.vocab_size or use a larger corpus")
+    return tok
+
+
+def tokenize_stream(tok: Tokenizer, texts: list[str], eod_id: int, dtype) -> np.ndarray:
+    """One stream: [EOD, doc0..., EOD, doc1..., ...] (Rust-parallel encode_batch in chunks)."""
+    parts = []
+    for i in range(0, len(texts), 256):
+        for enc in tok.encode_batch(texts[i:i + 256]):
+            parts.append(np.asarray([eod_id] + enc.ids, dtype=dtype))
+    return np.concatenate(parts)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def source_key(d: Mapping) -> str:
+    """A cheap key for the cache lookup (no content hashing): settings + the file tree's sizes and mtimes."""
+    settings = {k: d.get(k) for k in sorted(d) if k != "cache_dir"}
+    tree = ""
+    if d["name"] == "stdlib":
+        root = Path(d.get("path") or sysconfig.get_paths()["stdlib"]).expanduser()
+        tree = tree_fingerprint(root, stdlib_files(root)) + sys.version
+    elif d["name"] == "local":
+        root = Path(d["path"]).expanduser()
+        if not root.exists():
+            raise CorpusError(f"corpus path {root} does not exist")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        tree = _sha(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return _sha([json.dumps(settings, sort_keys=True, default=str), tree, str(FORMAT_VERSION)])[:20]
+
+
+def check_data_config(d: Mapping) -> None:
+    v = d.get("vocab_size")
+    if not isinstance(v, int) or isinstance(v, bool) or v < 257:
+        raise ConfigError(f"data.vocab_size must be an integer >= 257 (256 bytes + end-of-document), got {v!r}")
+    fv, ft = d.get("valid_fraction", 0), d.get("test_fraction", 0)
+    if not (0 < fv < 1 and 0 <= ft < 1 and fv + ft < 1):
+        raise ConfigError(f"data.valid_fraction={fv} / data.test_fraction={ft} must leave a training split")
+
+
+def prepare(cfg: Mapping) -> dict:
+    """Build (or reuse) tokenizer and token streams for the configured corpus; return its provenance."""
+    d = data_config(cfg)
+    check_data_config(d)
+    root = cache_root(d)
+    index = root / "index" / f"{d['name']}-{source_key(d)}.json"
+    if index.is_file():
+        prov = json.loads(index.read_text())
+        if all(Path(prov["dir"], f"{s}.bin").is_file() for s in SPLITS):
+            return prov
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(index) + ".lock"):
+        if index.is_file():  # another process finished while we waited
+            return json.loads(index.read_text())
+        docs, extra = load_corpus(d)
+        split_hashes = {s: _sha(p for doc in docs[s] for p in doc) for s in SPLITS}
+        corpus_hash = _sha(split_hashes[s] for s in SPLITS)
+        out = root / f"{d['name']}-{corpus_hash[:12]}" / f"bpe{d['vocab_size']}-mf{d['min_frequency']}"
+        out.mkdir(parents=True, exist_ok=True)
+        tok_path = out / "tokenizer.json"
+        if not tok_path.is_file():
+            tok = train_tokenizer((t for _, t in docs["train"]), d["vocab_size"], d["min_frequency"])
+            write_atomic(tok_path, tok.to_str().encode())
+        tok = Tokenizer.from_file(str(tok_path))
+        eod_id = tok.token_to_id(EOD_TOKEN)
+        dtype = np.uint16 if tok.get_vocab_size() <= 65535 else np.uint32
+        n_tokens = {}
+        for s in SPLITS:
+            stream = tokenize_stream(tok, [t for _, t in docs[s]], eod_id, dtype)
+            write_atomic(out / f"{s}.bin", stream.tobytes())
+            n_tokens[s] = int(len(stream))
+        prov = {"corpus": d["name"], "corpus_hash": corpus_hash, "split_hashes": split_hashes,
+                "tokenizer_hash": hashlib.sha256(tok_path.read_bytes()).hexdigest(),
+                "vocab_size": tok.get_vocab_size(), "eod_id": eod_id, "dtype": np.dtype(dtype).name,
+                "n_tokens": n_tokens, "n_documents": {s: len(docs[s]) for s in SPLITS}, "dir": str(out),
+                "python_version": extra.get("python_version", ""), **{k: v for k, v in extra.items()
+                                                                       if k != "python_version"}}
+        write_atomic(index, json.dumps(prov, indent=1).encode())
+        return prov
+
+
+def load_tokens(cfg: Mapping, split: str) -> np.ndarray:
+    """The split's token stream as a read-only 1-D memmap of ids (prepares the cache on first use)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    prov = prepare(cfg)
+    return np.memmap(Path(prov["dir"]) / f"{split}.bin", dtype=prov["dtype"], mode="r")
+
+
+def load_tokenizer(cfg: Mapping) -> Tokenizer:
+    return Tokenizer.from_file(str(Path(prepare(cfg)["dir"]) / "tokenizer.json"))

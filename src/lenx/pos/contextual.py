@@ -1,0 +1,70 @@
+"""Positions generated from the content: counted by gates (CoPE) or by a convolution over neighbours (CPE)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenx.errors import ConfigError
+from lenx.pos.base import PositionalScheme
+
+
+class CoPE(PositionalScheme):
+    """Contextual position encoding (Golovneva et al. 2024, arXiv:2405.18719).
+
+    Gates g_ij = sigmoid(q_i . k_j / sqrt(D)) (0 for future keys) count the position of key j from query i,
+    p_ij = sum_{t=j..i} g_it, a fractional number; the logit gains q_i . e[p_ij], with e linearly interpolated
+    between the learned embeddings of floor(p) and ceil(p). As in the paper's code, p is clamped to
+    npos_max - 1, the embeddings are shared by all heads and start at zero. Positions depend on content only,
+    never on the absolute index, so the scheme is shift invariant and evaluates at any length.
+    """
+
+    def __init__(self, *, npos_max: int = 64, **dims) -> None:
+        super().__init__(**dims)
+        if not isinstance(npos_max, int) or isinstance(npos_max, bool) or npos_max < 2:
+            raise ConfigError(f"CoPE npos_max must be an integer >= 2, got {npos_max!r}")
+        self.npos_max = npos_max
+        self.pos_emb_DP = nn.Parameter(torch.zeros(self.head_dim, npos_max))
+
+    def score(self, q_BHTD, k_BHSD, ctx):
+        future_TS = ctx.k_pos_S[None, :] > ctx.q_pos_T[:, None]
+        gates_BHTS = torch.sigmoid(q_BHTD @ k_BHSD.transpose(-1, -2) / math.sqrt(self.head_dim))
+        gates_BHTS = gates_BHTS.masked_fill(future_TS, 0.0)
+        pos_BHTS = gates_BHTS.flip(-1).cumsum(-1).flip(-1).clamp(max=self.npos_max - 1)  # sum over keys j..i
+        floor_BHTS = pos_BHTS.floor()
+        logits_BHTP = q_BHTD @ self.pos_emb_DP.float()  # q_i . e[p] at every integer position p
+        at_floor = logits_BHTP.gather(-1, floor_BHTS.long())
+        at_ceil = logits_BHTP.gather(-1, pos_BHTS.ceil().long())
+        w_BHTS = pos_BHTS - floor_BHTS
+        return at_ceil * w_BHTS + at_floor * (1 - w_BHTS)
+
+    def extra_repr(self) -> str:
+        return f"npos_max={self.npos_max}"
+
+
+class CPE(PositionalScheme):
+    """Conditional positional encoding (Chu et al. 2021, arXiv:2102.10882): x + DepthwiseConv(x), positions
+    generated from each token's neighbourhood, the zero padding at the sequence start telling the first tokens
+    where they are. Made causal for a decoder: a 1-D depthwise convolution over the kernel_size - 1 previous
+    tokens and the current one (left padding only). CPVT inserts it after the first encoder block; here it
+    acts on the input embeddings, the one place the positional interface offers. Shift invariant by
+    construction. The convolution is a learned layer on content and runs under autocast like any other (no
+    angles to lose).
+    """
+
+    def __init__(self, *, kernel_size: int = 3, **dims) -> None:
+        super().__init__(**dims)
+        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
+            raise ConfigError(f"CPE kernel_size must be a positive integer, got {kernel_size!r}")
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(self.d_model, self.d_model, kernel_size, groups=self.d_model)
+
+    def embed(self, x_BTC, pos_T):
+        x_BCT = F.pad(x_BTC.transpose(1, 2), (self.kernel_size - 1, 0))  # left only: token t sees t-k+1..t
+        return x_BTC + self.conv(x_BCT).transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}"
