@@ -2,6 +2,8 @@ import os
 import sys
 from pathlib import Path
 
+import sysconfig
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,3 +16,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _quiet_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+SAMPLE = ["textwrap.py", "colorsys.py", "bisect.py", "keyword.py", "heapq.py", "fnmatch.py", "glob.py",
+          "shlex.py", "string.py", "copy.py", "random.py", "base64.py", "calendar.py", "difflib.py"]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A small tree of real stdlib modules (plus a site-packages file and a non-UTF-8 file to be skipped)."""
+    root = tmp_path / "src"
+    for name in SAMPLE:
+        (root / "pkg").mkdir(parents=True, exist_ok=True)
+        (root / "pkg" / name).write_text((STDLIB / name).read_text())
+    (root / "site-packages").mkdir()
+    (root / "site-packages" / "thirdparty.py").write_text("print('not stdlib')\n" * 50)
+    (root / "pkg" / "latin1.py").write_bytes(b"# caf\xe9\n")  # not UTF-8: skipped
+    return root
+
+

@@ -20,7 +20,7 @@ GROUP_FILES = sorted(p.relative_to(CONFIGS) for p in CONFIGS.rglob("*.yaml")
 
 def compose_train(overrides, tmp_path):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=[f"hydra.run.dir={tmp_path}", *overrides], return_hydra_config=True)
+        cfg = compose("train", overrides=[f"run_dir={tmp_path}", *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
 

@@ -57,10 +57,10 @@ def make_logger(cfg: DictConfig):
     if lcfg._target_.endswith("WandbLogger"):
         offline = wandb_offline(lcfg.get("offline", "auto"))
         try:
-            return instantiate(lcfg, offline=offline, config=OmegaConf.to_container(cfg, resolve=True))
+            return instantiate(lcfg, offline=offline)  # hparams (the resolved config) are logged by Lightning
         except Exception as e:  # W&B trouble must never cost a run: fall back to CSV
             log.warning("W&B logger unavailable (%s); logging to CSV instead", e)
-            return L.pytorch.loggers.CSVLogger(cfg.run_dir, name="", version="")
+            return L.pytorch.loggers.CSVLogger(cfg.run_dir, name="", version="logs")
     return instantiate(lcfg)
 
 

@@ -1,0 +1,119 @@
+"""Train -> checkpoint -> evaluate, end to end on a tiny corpus, through the real entry points."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from lenx.errors import ConfigError
+from lenx.evaluate import evaluate_checkpoint, load_model
+from lenx.train import run
+
+from conftest import CONFIGS, ROOT
+
+
+def compose_run(tmp_path, tree, *overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True, overrides=[
+            "experiment=smoke", f"run_dir={tmp_path / 'run'}", f"data.path={tree}", "data.vocab_size=300",
+            "data.valid_fraction=0.2", "data.test_fraction=0.2", "logger=csv", "trainer.enable_progress_bar=false",
+            *overrides])
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # as under @hydra.main, the job's config has no `hydra` node
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+
+
+def test_train_then_rescore_checkpoint_gives_the_same_numbers(tmp_path, tree, cache):
+    cfg = compose_run(tmp_path, tree, "pos=alibi")
+    rows = run(cfg)
+    run_dir = tmp_path / "run"
+    assert [r["multiplier"] for r in rows] == [1, 2, 4, 8, 16]
+    assert [r["eval_len"] for r in rows] == [32, 64, 128, 256, 512]
+    assert len({r["tokens"] for r in rows}) == 1 and rows[0]["tokens"] % 512 == 0  # same targets at every length
+    assert all(r["status"] == "ok" and math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows)
+    assert all(r["pos"] == "alibi" and r["corpus_hash"] and r["tokenizer_hash"] and r["git_sha"] for r in rows)
+    for f in ("extrapolation.csv", "extrapolation.jsonl", "extrapolation.png", "checkpoints/last.ckpt",
+              "run_config.yaml", "logs/metrics.csv"):
+        assert (run_dir / f).is_file(), f
+    # a checkpoint alone rebuilds the model and reproduces every number
+    again = evaluate_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), cfg_eval(cfg), tmp_path / "ev")
+    assert [r["ppl"] for r in again] == pytest.approx([r["ppl"] for r in rows], rel=1e-6)
+    model, mcfg = load_model(run_dir / "checkpoints" / "last.ckpt")
+    assert mcfg["seq_len"] == 32 and model.pos.__class__.__name__ == "ALiBi"
+    lines = (run_dir / "extrapolation.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and json.loads(lines[0])["mode"] == "nonoverlapping"
+
+
+def cfg_eval(cfg):
+    return {k: (list(v) if k == "multipliers" else v) for k, v in cfg.eval.items()}
+
+
+def test_learned_table_is_recorded_out_of_range(tmp_path, tree, cache):
+    rows = run(compose_run(tmp_path, tree, "pos=learned", "eval.multipliers=[1,2]"))
+    assert rows[0]["status"] == "ok" and math.isfinite(rows[0]["ppl"])
+    assert rows[1]["status"] == "out_of_range" and math.isnan(rows[1]["ppl"]) and "out of range" in rows[1]["error"]
+
+
+def test_eval_longer_than_validation_split_refused_before_training(tmp_path, tree, cache):
+    cfg = compose_run(tmp_path, tree, "pos=none", "eval.multipliers=[1,100000]")
+    with pytest.raises(ConfigError, match="longer than the evaluation split"):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def cli(script, *args, env_extra=None, cwd=ROOT):
+    env = {**os.environ, "WANDB_MODE": "offline", **(env_extra or {})}
+    return subprocess.run([sys.executable, script, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_train_and_evaluate(tmp_path, tree, cache):
+    env = {"LENX_CACHE": str(tmp_path / "cache")}
+    common = [f"data.path={tree}", "data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2"]
+    r = cli("train.py", "experiment=smoke", "pos=alibi", f"hydra.run.dir={tmp_path / 't'}", *common, env_extra=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "alibi" in r.stdout and "512" in r.stdout  # the printed table
+    ckpt = tmp_path / "t" / "checkpoints" / "last.ckpt"
+    r = cli("evaluate.py", f"ckpt={ckpt}", "eval.multipliers=[1,2]", f"hydra.run.dir={tmp_path / 'e'}",
+            env_extra=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len((tmp_path / "e" / "extrapolation.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("args, match", [
+    (["seq_len=0"], "seq_len must be a positive integer"),
+    (["model.n_heads=3"], "does not divide"),
+    (["pos=nonexistent"], "Could not find 'pos/nonexistent'"),
+    (["model.d_modle=4"], "d_modle"),
+])
+def test_cli_bad_input_is_one_clear_message(tmp_path, args, match):
+    r = cli("train.py", "experiment=smoke", f"hydra.run.dir={tmp_path / 'r'}", *args)
+    assert r.returncode != 0 and match in r.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    r = cli("evaluate.py", f"ckpt={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'e'}")
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    from lenx.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_model(bad)
