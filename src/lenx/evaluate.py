@@ -15,7 +15,7 @@ from lenx.errors import CheckpointError, ConfigError, LenxError
 from lenx.extrapolation import evaluate_lengths, scored_span
 from lenx.hardware import resolve_device
 from lenx.lit import build_model
-from lenx.results import append_rows, format_table, git_state, plot_rows
+from lenx.results import POSITION_COLUMNS, append_rows, format_table, git_state, plot_positions, plot_rows
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -70,30 +70,48 @@ def scaling_name(cfg: dict) -> str:
     return cfg["pos"].get("scaling", {}).get("method", "none") if "scaling" in cfg["pos"] else "none"
 
 
+def eval_strides(eval_cfg: dict) -> list:
+    """The stride of each requested mode: nonoverlapping -> None (= eval_len), sliding -> eval.stride."""
+    modes = eval_cfg.get("mode", "nonoverlapping")
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    unknown = sorted(set(modes) - {"nonoverlapping", "sliding"})
+    if unknown:
+        raise ConfigError(f"unknown eval.mode {unknown}; expected nonoverlapping and/or sliding")
+    return [None if m == "nonoverlapping" else eval_cfg["stride"] for m in modes]
+
+
 def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir: Path, *, ckpt: str = "",
-                     choices: dict | None = None) -> list[dict]:
-    """Score `model` at every multiplier, append rows with provenance to run_dir, return the new rows."""
+                     choices: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """Score `model` at every multiplier and mode; return (rows, per-position rows), both with provenance."""
     tokens = data.load_tokens(cfg, eval_cfg["split"])
     device = resolve_device(eval_cfg.get("device", "auto"))
     prov = cfg.get("provenance", {})
     sha, dirty = git_state()
-    rows = evaluate_lengths(model.to(device), tokens, train_len=cfg["seq_len"], multipliers=list(eval_cfg["multipliers"]),
-                            tokens_to_score=eval_cfg["tokens"], batch_tokens=eval_cfg["batch_tokens"], device=device)
     choices = choices or {}
+    common = dict(pos=choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower(),
+                  scaling=scaling_name(cfg), train_len=cfg["seq_len"])
+    rows, positions = [], []
+    for stride in eval_strides(eval_cfg):
+        r, p = evaluate_lengths(model.to(device), tokens, train_len=cfg["seq_len"],
+                                multipliers=list(eval_cfg["multipliers"]), tokens_to_score=eval_cfg["tokens"],
+                                batch_tokens=eval_cfg["batch_tokens"], device=device, stride=stride)
+        rows += r
+        positions += [{**common, **row} for row in p]
     for r in rows:
-        r.update(pos=choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower(),
-                 scaling=scaling_name(cfg), train_len=cfg["seq_len"], seed=cfg.get("seed"),
-                 model=choices.get("model", ""), corpus=prov.get("corpus", ""),
+        r.update(common, seed=cfg.get("seed"), model=choices.get("model", ""), corpus=prov.get("corpus", ""),
                  corpus_hash=prov.get("corpus_hash", ""), tokenizer_hash=prov.get("tokenizer_hash", ""),
                  git_sha=sha, dirty=dirty, run_dir=str(run_dir), ckpt=str(ckpt), split=eval_cfg["split"])
-    return rows
+    return rows, positions
 
 
-def write_outputs(run_dir: Path, rows: list[dict]) -> None:
+def write_outputs(run_dir: Path, rows: list[dict], positions: list[dict]) -> None:
     all_rows = append_rows(run_dir, rows)
+    all_pos = append_rows(run_dir, positions, "position_loss", POSITION_COLUMNS)
     png = plot_rows(all_rows, run_dir / "extrapolation.png")
+    plot_positions(all_pos, run_dir / "position_loss.png")
     print("\n" + format_table(all_rows))
-    print(f"\nresults: {run_dir / 'extrapolation.csv'} (+ .jsonl), figure: {png}")
+    print(f"\nresults: {run_dir / 'extrapolation.csv'} (+ .jsonl), figure: {png}, "
+          f"loss per position: {run_dir / 'position_loss.csv'} (+ .png)")
 
 
 def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list[str] | None = None) -> list[dict]:
@@ -102,12 +120,14 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
     _, cfg = load_model(ckpt)  # fails fast on a missing/foreign checkpoint
     n_tokens = len(data.load_tokens(cfg, eval_cfg["split"]))
     scored_span(n_tokens, cfg["seq_len"], list(eval_cfg["multipliers"]), eval_cfg["tokens"])  # fail fast
+    eval_strides(eval_cfg)
     models = [load_model(ckpt, s) for s in (scalings or [None])]  # every scaling validated before scoring
     choices = cfg.get("choices", {})
-    rows = []
+    rows, positions = [], []
     for model, mcfg in models:
-        rows += score_and_record(model, mcfg, eval_cfg, run_dir, ckpt=ckpt, choices=choices)
-    write_outputs(run_dir, rows)
+        r, p = score_and_record(model, mcfg, eval_cfg, run_dir, ckpt=ckpt, choices=choices)
+        rows, positions = rows + r, positions + p
+    write_outputs(run_dir, rows, positions)
     return rows
 
 

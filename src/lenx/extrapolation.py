@@ -1,9 +1,12 @@
 """Scoring a model at many lengths: token-weighted NLL over the same target tokens at every length.
 
-Nonoverlapping protocol (Press et al. 2022, arXiv:2108.12409, sec. 4): the scored span of the stream is cut into
-consecutive windows of length L; every target in a window is scored, with the window's earlier tokens as context.
-The span is a multiple of the longest window, so every L partitions the *same* targets; only the context each
-target sees changes. Every position is scored (reduction="none"); no last-logit shortcut.
+A span of N targets of the evaluation stream is fixed for the whole run (N a multiple of the longest window), and
+every length scores exactly those N targets, each once, so rows differ only in the context each target sees.
+- nonoverlapping (stride = L; the ALiBi paper's protocol, arXiv:2108.12409 sec. 4): consecutive windows of L
+  tokens tile the span; every target in a window is scored, with the window's earlier tokens as context.
+- sliding (stride S < L): windows of L tokens advance by S; the first window scores all its targets, each later
+  one only its last S, so every target after the first window sees at least L - S tokens of context.
+Every position is scored (reduction="none") and the mean is per token, never a mean of window means.
 """
 
 from __future__ import annotations
@@ -43,45 +46,88 @@ def scored_span(n_stream: int, train_len: int, multipliers: list[int], tokens: i
     return Span(start=0, n=n)
 
 
+def resolve_stride(stride: int | float | None, eval_len: int) -> int:
+    """null -> eval_len (nonoverlapping); a float in (0, 1] -> that fraction of eval_len; an int -> tokens."""
+    if stride is None:
+        return eval_len
+    s = max(1, int(round(stride * eval_len))) if isinstance(stride, float) and 0 < stride <= 1 else stride
+    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= eval_len:
+        raise ConfigError(f"eval.stride must be null, a fraction in (0, 1] or an integer in [1, eval_len], "
+                          f"got {stride!r} for eval_len={eval_len}")
+    return s
+
+
+def windows(n: int, eval_len: int, stride: int) -> list[tuple[int, int]]:
+    """(start, first scored offset) of each window of eval_len over n targets, scoring each target once.
+
+    Window w reads inputs [start, start + eval_len) and scores targets start + offset .. start + eval_len - 1.
+    """
+    if n < eval_len:
+        raise ConfigError(f"span of {n} targets is shorter than one window of {eval_len}")
+    out, end = [(0, 0)], eval_len
+    while end < n:
+        new_end = min(end + stride, n)
+        out.append((new_end - eval_len, end - (new_end - eval_len)))
+        end = new_end
+    return out
+
+
 @torch.no_grad()
-def score_nonoverlapping(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, span: Span, *,
-                         batch_tokens: int, device: torch.device) -> tuple[float, int]:
-    """Sum of target NLLs (fp64) and the number of targets, over windows of eval_len tiling `span`."""
-    if span.n % eval_len:
-        raise ConfigError(f"span of {span.n} tokens is not a multiple of eval_len={eval_len}")
-    n_windows = span.n // eval_len
-    per_batch = max(1, batch_tokens // eval_len)
+def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, span: Span, *, stride: int,
+                  batch_tokens: int, device: torch.device) -> tuple[float, int, np.ndarray, np.ndarray]:
+    """(sum of target NLLs in fp64, targets scored, NLL sum per window position, count per window position)."""
+    wins = windows(span.n, eval_len, stride)
     stream = torch.from_numpy(np.asarray(tokens[span.start:span.start + span.n + 1], dtype=np.int64))
-    inputs_NL = stream[:-1].view(n_windows, eval_len)
-    targets_NL = stream[1:].view(n_windows, eval_len)
-    total, count = 0.0, 0
-    for i in range(0, n_windows, per_batch):
-        x_BL = inputs_NL[i:i + per_batch].to(device)
-        y_BL = targets_NL[i:i + per_batch].to(device)
+    per_batch = max(1, batch_tokens // eval_len)
+    pos_sum = torch.zeros(eval_len, dtype=torch.float64)
+    pos_cnt = torch.zeros(eval_len, dtype=torch.int64)
+    offsets_L = torch.arange(eval_len)
+    for i in range(0, len(wins), per_batch):
+        batch = wins[i:i + per_batch]
+        idx_BL = torch.stack([torch.arange(s, s + eval_len) for s, _ in batch])
+        x_BL, y_BL = stream[idx_BL].to(device), stream[idx_BL + 1].to(device)
         logits_BLV = model(x_BL).float()
-        nll_BL = F.cross_entropy(logits_BLV.flatten(0, 1), y_BL.flatten(), reduction="none")
-        total += nll_BL.double().sum().item()
-        count += nll_BL.numel()
-    return total, count
+        nll_BL = F.cross_entropy(logits_BLV.flatten(0, 1), y_BL.flatten(), reduction="none").view_as(y_BL)
+        scored_BL = offsets_L[None, :] >= torch.tensor([o for _, o in batch])[:, None]
+        nll_BL = nll_BL.double().cpu() * scored_BL
+        pos_sum += nll_BL.sum(0)
+        pos_cnt += scored_BL.sum(0)
+    return pos_sum.sum().item(), int(pos_cnt.sum()), pos_sum.numpy(), pos_cnt.numpy()
+
+
+def position_bins(eval_len: int) -> list[tuple[int, int]]:
+    """Log-spaced bins of window positions: [0,1), [1,2), [2,4), [4,8), ... up to eval_len."""
+    edges = [0] + [2 ** k for k in range(int(math.log2(eval_len)) + 1) if 2 ** k < eval_len] + [eval_len]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int, multipliers: list[int],
-                     tokens_to_score: int, batch_tokens: int, device: torch.device) -> list[dict]:
-    """One dict per multiplier: eval_len, multiplier, loss (mean NLL, nats), ppl, tokens, status."""
+                     tokens_to_score: int, batch_tokens: int, device: torch.device,
+                     stride: int | float | None = None) -> tuple[list[dict], list[dict]]:
+    """(one row per multiplier, per-position rows). Rows: eval_len, multiplier, mode, stride, loss, ppl, tokens."""
     span = scored_span(len(tokens), train_len, multipliers, tokens_to_score)
+    strides = {m: resolve_stride(stride, m * train_len) for m in multipliers}  # all validated before scoring
     model.eval()
-    rows = []
+    rows, positions = [], []
     for m in multipliers:
-        eval_len = m * train_len
-        row = {"eval_len": eval_len, "multiplier": m, "mode": "nonoverlapping", "tokens": span.n}
+        eval_len, s = m * train_len, strides[m]
+        row = {"eval_len": eval_len, "multiplier": m, "mode": "nonoverlapping" if s == eval_len else "sliding",
+               "stride": s}
         try:
-            total, count = score_nonoverlapping(model, tokens, eval_len, span, batch_tokens=batch_tokens,
-                                                device=device)
+            total, count, pos_sum, pos_cnt = score_windows(model, tokens, eval_len, span, stride=s,
+                                                           batch_tokens=batch_tokens, device=device)
         except OutOfRangeError as e:  # a learned table past its end: a recorded result, not a crash
             row.update(tokens=0, loss=math.nan, ppl=math.nan, status="out_of_range", error=str(e))
         else:
-            assert count == span.n
+            if count != span.n:
+                raise RuntimeError(f"scored {count} targets instead of {span.n} at eval_len={eval_len}")
             loss = total / count
-            row.update(loss=loss, ppl=math.exp(min(loss, 700.0)), status="ok", error="")
+            row.update(tokens=count, loss=loss, ppl=math.exp(min(loss, 700.0)), status="ok", error="")
+            for a, b in position_bins(eval_len):
+                n = int(pos_cnt[a:b].sum())
+                if n:
+                    positions.append({"eval_len": eval_len, "mode": row["mode"], "position_bin_start": a,
+                                      "position_bin_end": b, "mean_nll": float(pos_sum[a:b].sum() / n),
+                                      "tokens": n})
         rows.append(row)
-    return rows
+    return rows, positions

@@ -14,8 +14,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-COLUMNS = ["pos", "scaling", "mode", "train_len", "eval_len", "multiplier", "loss", "ppl", "tokens", "status",
-           "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "git_sha", "dirty", "run_dir", "ckpt"]
+COLUMNS = ["pos", "scaling", "mode", "stride", "train_len", "eval_len", "multiplier", "loss", "ppl", "tokens",
+           "status", "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "git_sha", "dirty",
+           "run_dir", "ckpt"]
+POSITION_COLUMNS = ["pos", "scaling", "mode", "train_len", "eval_len", "position_bin_start", "position_bin_end",
+                    "mean_nll", "tokens"]
 
 
 def git_state(where: Path | None = None) -> tuple[str, bool]:
@@ -45,25 +48,25 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def read_rows(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "extrapolation.jsonl"
+def read_rows(run_dir: Path, name: str = "extrapolation") -> list[dict]:
+    path = Path(run_dir) / f"{name}.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def append_rows(run_dir: Path, rows: list[dict]) -> list[dict]:
-    """Add rows to run_dir/extrapolation.{jsonl,csv}; returns all rows now in the file."""
+def append_rows(run_dir: Path, rows: list[dict], name: str = "extrapolation",
+                columns: list[str] = COLUMNS) -> list[dict]:
+    """Add rows to run_dir/<name>.{jsonl,csv} (the CSV keeps `columns` first); returns all rows in the file."""
     run_dir = Path(run_dir)
-    all_rows = read_rows(run_dir) + rows
-    atomic_write_text(run_dir / "extrapolation.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n"
-                                                              for r in all_rows))
-    extra = sorted({k for r in all_rows for k in r} - set(COLUMNS))
+    all_rows = read_rows(run_dir, name) + rows
+    atomic_write_text(run_dir / f"{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows))
+    extra = sorted({k for r in all_rows for k in r} - set(columns))
     with tempfile.NamedTemporaryFile("w", newline="", delete=False, dir=run_dir, suffix=".tmp") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + extra, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns + extra, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(all_rows)
-    os.replace(f.name, run_dir / "extrapolation.csv")
+    os.replace(f.name, run_dir / f"{name}.csv")
     return all_rows
 
 
@@ -83,14 +86,29 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:
-    """ppl against eval length (log2 x axis), one line per (pos, scaling, mode); missing points are gaps."""
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    return plt, *plt.subplots(figsize=(6.4, 4.2))
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:
+    """ppl against eval length (log2 x axis), one line per (pos, scaling, mode); missing points are gaps."""
+    plt, fig, ax = _figure()
     keys = list(dict.fromkeys((r["pos"], r["scaling"], r["mode"]) for r in rows))
     for key in keys:
         pts = sorted((r["eval_len"], r["ppl"]) for r in rows if (r["pos"], r["scaling"], r["mode"]) == key)
@@ -108,11 +126,22 @@ def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:
     ax.set_title(title or "perplexity vs evaluation length (dotted: training length)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(plt, fig, path)
+
+
+def plot_positions(rows: list[dict], path: Path) -> Path:
+    """Mean NLL against position inside the window (log2 x axis, bin starts), one line per curve."""
+    plt, fig, ax = _figure()
+    keys = list(dict.fromkeys((r["pos"], r["scaling"], r["mode"], r["eval_len"]) for r in rows))
+    for key in keys:
+        pts = sorted((max(r["position_bin_start"], 0.5), r["mean_nll"]) for r in rows
+                     if (r["pos"], r["scaling"], r["mode"], r["eval_len"]) == key)
+        name = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker=".", label=f"{name} {key[2][:7]} L={key[3]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("position inside the window (bin start; 0 drawn at 0.5)")
+    ax.set_ylabel("mean NLL (nats)")
+    ax.set_title("loss per position")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(plt, fig, path)

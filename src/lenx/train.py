@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
 from lenx.errors import ConfigError, LenxError
-from lenx.evaluate import CONFIG_DIR, score_and_record, write_outputs
-from lenx.extrapolation import scored_span
+from lenx.evaluate import CONFIG_DIR, eval_strides, read_checkpoint, score_and_record, write_outputs
+from lenx.extrapolation import resolve_stride, scored_span
 from lenx.hardware import resolve_precision
 from lenx.lit import LenxModule, WindowData, build_model
 from lenx.results import atomic_write_text
@@ -71,17 +71,26 @@ def run(cfg: DictConfig) -> list[dict]:
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     cfg_dict["choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
     check_config(cfg_dict)
+    init_state = read_checkpoint(cfg.init_from)["state_dict"] if cfg.get("init_from") else None
 
     prov = data.prepare(cfg_dict)  # tokenizer + token memmaps (cached after the first run)
     cfg_dict["provenance"] = prov
     val_tokens = data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])
     scored_span(len(val_tokens), cfg_dict["seq_len"], list(cfg_dict["eval"]["multipliers"]),
                 cfg_dict["eval"]["tokens"])  # refuse impossible eval lengths before training
+    for m in cfg_dict["eval"]["multipliers"]:
+        for stride in eval_strides(cfg_dict["eval"]):
+            resolve_stride(stride, m * cfg_dict["seq_len"])
     atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
     log.info("data ready in %.1fs: %s", time.time() - t0, {k: prov[k] for k in ("corpus", "n_tokens")})
 
     L.seed_everything(cfg.seed, workers=True)
     module = LenxModule(cfg_dict)
+    if init_state is not None:  # fine-tuning (e.g. at a longer seq_len under a RoPE scaling): weights only
+        try:
+            module.load_state_dict(init_state, strict=True)
+        except RuntimeError as e:
+            raise ConfigError(f"init_from={cfg.init_from} does not fit this model: {e}") from None
     t = cfg_dict["trainer"]
     dm = WindowData(data.load_tokens(cfg_dict, "train"), data.load_tokens(cfg_dict, "validation"),
                     seq_len=cfg.seq_len, batch_size=cfg.batch_size, max_steps=t["max_steps"],
@@ -94,9 +103,9 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
     log.info("trained in %.1fs", time.time() - t0)
 
-    rows = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
-                            ckpt=str(run_dir / "checkpoints" / "last.ckpt"), choices=cfg_dict["choices"])
-    write_outputs(run_dir, rows)
+    rows, positions = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
+                                       ckpt=str(run_dir / "checkpoints" / "last.ckpt"), choices=cfg_dict["choices"])
+    write_outputs(run_dir, rows, positions)
     log_to_wandb(trainer, rows)
     print(f"total wall time {time.time() - t0:.1f}s; run dir {run_dir}")
     return rows

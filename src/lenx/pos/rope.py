@@ -33,7 +33,7 @@ class RoPE(PositionalScheme):
     """q and k rotated by angle p * theta_i, so q_i . k_j depends on i - j only.
 
     `scaling` is a dict {method: ..., **params} from configs/pos/scaling/ (None or method "none": plain RoPE).
-    With factor null, the scaling is recomputed for each sequence length T (s = T / train_len).
+    With factor null, the scaling is recomputed for each sequence length T (s = T / original length).
     `rotary_fraction` < 1 rotates only the first fraction of each head's channels (GPT-NeoX, arXiv:2204.06745).
     """
 
@@ -51,11 +51,14 @@ class RoPE(PositionalScheme):
         self.rotary_dim = rot
         self.scaling = dict(scaling or {"method": "none"})
         self.method = self.scaling.pop("method", "none")
+        # The length the frequencies were trained at (HF: original_max_position_embeddings). null: this run's
+        # seq_len; set it when fine-tuning a model trained at a shorter length under a scaling.
+        self.original_len = self.scaling.pop("original_len", None) or self.train_len
         # Validate the scaling once, at construction, before any training or scoring starts.
         self._freqs(self.train_len)
 
     def _freqs(self, seq_len: int) -> tuple[torch.Tensor, float]:
-        return rope_parameters(self.method, head_dim=self.rotary_dim, base=self.base, train_len=self.train_len,
+        return rope_parameters(self.method, head_dim=self.rotary_dim, base=self.base, train_len=self.original_len,
                                seq_len=seq_len, **self.scaling)
 
     def context(self, q_pos_T, k_pos_S):
