@@ -5,6 +5,9 @@ from pathlib import Path
 import sysconfig
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -36,3 +39,13 @@ def tree(tmp_path):
     return root
 
 
+
+
+def compose_train(overrides, run_dir):
+    """The train config as @hydra.main would give it: Hydra's runtime set, no `hydra` node in the job config."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"run_dir={run_dir}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -12,17 +11,10 @@ from omegaconf import OmegaConf
 from lenx.lit import build_model
 from lenx.train import check_config, make_logger
 
-from conftest import CONFIGS
+from conftest import CONFIGS, compose_train
 
 GROUP_FILES = sorted(p.relative_to(CONFIGS) for p in CONFIGS.rglob("*.yaml")
                      if p.parent != CONFIGS and p.parts[-3:-1] != ("hydra", "launcher"))
-
-
-def compose_train(overrides, tmp_path):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=[f"run_dir={tmp_path}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def override_for(rel: Path) -> str:
@@ -43,7 +35,6 @@ def test_every_config_file_composes_and_instantiates(rel, tmp_path):
         overrides.append(f"data.path={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("hydra")
     check_config(resolved)
     model = build_model(resolved)
     assert model.num_params() > 0

@@ -7,27 +7,18 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from lenx.errors import ConfigError
 from lenx.evaluate import evaluate_checkpoint, load_model
 from lenx.train import run
 
-from conftest import CONFIGS, ROOT
+from conftest import ROOT, compose_train
 
 
 def compose_run(tmp_path, tree, *overrides):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", return_hydra_config=True, overrides=[
-            "experiment=smoke", f"run_dir={tmp_path / 'run'}", f"data.path={tree}", "data.vocab_size=300",
-            "data.valid_fraction=0.2", "data.test_fraction=0.2", "logger=csv", "trainer.enable_progress_bar=false",
-            *overrides])
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):  # as under @hydra.main, the job's config has no `hydra` node
-        del cfg["hydra"]
-    return cfg
+    return compose_train(["experiment=smoke", f"data.path={tree}", "data.vocab_size=300", "data.valid_fraction=0.2",
+                          "data.test_fraction=0.2", "logger=csv", "trainer.enable_progress_bar=false", *overrides],
+                         tmp_path / "run")
 
 
 @pytest.fixture
