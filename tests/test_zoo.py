@@ -303,7 +303,7 @@ def ref_plain(pos, q, k):
 
 
 def embed_sinusoidal(pos, x):
-    return x + torch.stack([sinusoid(float(p), C) for p in POS])
+    return x + pos.scale * torch.stack([sinusoid(float(p), C) for p in POS])
 
 
 def embed_learned(pos, x):

@@ -61,6 +61,11 @@ class CPE(PositionalScheme):
             raise ConfigError(f"CPE kernel_size must be a positive integer, got {kernel_size!r}")
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(self.d_model, self.d_model, kernel_size, groups=self.d_model)
+        # Zero init: the block starts as the identity. PyTorch's default (uniform +-1/sqrt(kernel_size), ~0.6)
+        # would bury the 0.02-scale token embeddings under a constant bias and stall training (ppl 866 vs ~160
+        # for NoPE after 150 steps at L=64).
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
 
     def embed(self, x_BTC, pos_T):
         x_BCT = F.pad(x_BTC.transpose(1, 2), (self.kernel_size - 1, 0))  # left only: token t sees t-k+1..t
