@@ -108,3 +108,42 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_model(bad)
+
+
+SCALINGS = ["none", "pi", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope"]
+
+
+def test_rope_checkpoint_under_every_scaling(tmp_path, tree, cache):
+    cfg = compose_run(tmp_path, tree, "pos=rope")
+    trained = run(cfg)
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    rows = evaluate_checkpoint(ckpt, cfg_eval(cfg), tmp_path / "ev", SCALINGS)
+    assert len(rows) == 5 * len(SCALINGS)
+    assert all(r["status"] == "ok" and math.isfinite(r["ppl"]) for r in rows)
+    by = {(r["scaling"], r["multiplier"]): r["ppl"] for r in rows}
+    for m in (1, 2, 4, 8, 16):
+        assert by[("none", m)] == pytest.approx(trained[m.bit_length() - 1]["ppl"], rel=1e-6)
+        assert by[("pi", 1)] == pytest.approx(by[("none", 1)], rel=1e-6)  # factor null: s = 1 at 1x
+    assert abs(by[("pi", 16)] / by[("none", 16)] - 1) > 1e-7  # ... and a change at 16x (tiny: 4 steps trained)
+    assert (tmp_path / "ev" / "extrapolation.png").is_file()
+
+
+def test_fine_tune_at_longer_length_with_pi(tmp_path, tree, cache):
+    base = compose_run(tmp_path / "a", tree, "pos=rope")
+    run(base)
+    ckpt = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    tuned = compose_run(tmp_path / "b", tree, "pos=rope", f"init_from={ckpt}", "seq_len=64", "pos/scaling=pi",
+                        "pos.scaling.factor=2", "pos.scaling.original_len=32", "eval.multipliers=[1,2,4]")
+    rows = run(tuned)
+    assert [r["eval_len"] for r in rows] == [64, 128, 256] and rows[0]["scaling"] == "pi"
+    model, mcfg = load_model(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert model.pos.original_len == 32 and mcfg["pos"]["scaling"]["factor"] == 2
+
+
+def test_scaling_on_a_non_rotary_checkpoint_is_refused(tmp_path, tree, cache):
+    cfg = compose_run(tmp_path, tree, "pos=alibi", "eval.multipliers=[1]")
+    run(cfg)
+    with pytest.raises(ConfigError, match="does not apply"):
+        evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"), cfg_eval(cfg), tmp_path / "e",
+                            ["yarn"])
+    assert not (tmp_path / "e" / "extrapolation.jsonl").exists()
