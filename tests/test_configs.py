@@ -41,7 +41,7 @@ def test_every_config_file_composes_and_instantiates(rel, tmp_path):
     if rel.parts[0] == "trainer":
         assert instantiate(cfg.trainer, precision="32-true", logger=False, enable_progress_bar=False).max_steps > 0
     if rel.parts[0] == "logger":
-        make_logger(cfg)
+        make_logger(cfg, {"pos": "rope"})
 
 
 def test_evaluate_config_composes():

@@ -147,3 +147,15 @@ def test_scaling_on_a_non_rotary_checkpoint_is_refused(tmp_path, tree, cache):
         evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"), cfg_eval(cfg), tmp_path / "e",
                             ["yarn"])
     assert not (tmp_path / "e" / "extrapolation.jsonl").exists()
+
+
+def test_wandb_offline_run_holds_the_extrapolation_table(tmp_path, tree, cache, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_run(tmp_path, tree, "pos=alibi", "logger=wandb", "eval.multipliers=[1,2]")
+    rows = run(cfg)
+    assert len(rows) == 2 and (tmp_path / "run" / "extrapolation.csv").is_file()  # local results first
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    data = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
+    assert b"extrapolation" in data and b"position_loss" in data and b"pos=alibi" in data

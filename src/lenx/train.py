@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -50,14 +51,19 @@ def wandb_offline(requested) -> bool:
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
-def make_logger(cfg: DictConfig):
+def make_logger(cfg: DictConfig, choices: dict | None = None):
     if not cfg.get("logger"):
         return False
     lcfg = cfg.logger
     if lcfg._target_.endswith("WandbLogger"):
-        offline = wandb_offline(lcfg.get("offline", "auto"))
+        choices = choices or {}
+        tags = list(lcfg.get("tags") or []) + [f"{k}={choices[k]}" for k in ("pos", "pos/scaling", "model", "data")
+                                                if choices.get(k)] + [f"seq_len={cfg.seq_len}", f"seed={cfg.seed}"]
+        group = lcfg.get("group")
+        if group is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            group = Path(HydraConfig.get().sweep.dir).name  # the runs of one sweep share a W&B group
         try:
-            return instantiate(lcfg, offline=offline)  # hparams (the resolved config) are logged by Lightning
+            return instantiate(lcfg, offline=wandb_offline(lcfg.get("offline", "auto")), tags=tags, group=group)
         except Exception as e:  # W&B trouble must never cost a run: fall back to CSV
             log.warning("W&B logger unavailable (%s); logging to CSV instead", e)
             return L.pytorch.loggers.CSVLogger(cfg.run_dir, name="", version="logs")
@@ -99,31 +105,40 @@ def run(cfg: DictConfig) -> list[dict]:
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every)
     trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
-                          logger=make_logger(cfg), callbacks=[ckpt_cb], default_root_dir=str(run_dir))
+                          logger=make_logger(cfg, cfg_dict["choices"]), callbacks=[ckpt_cb], default_root_dir=str(run_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
     log.info("trained in %.1fs", time.time() - t0)
 
     rows, positions = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
                                        ckpt=str(run_dir / "checkpoints" / "last.ckpt"), choices=cfg_dict["choices"])
     write_outputs(run_dir, rows, positions)
-    log_to_wandb(trainer, rows)
+    log_to_wandb(trainer, rows, positions)
     print(f"total wall time {time.time() - t0:.1f}s; run dir {run_dir}")
     return rows
 
 
-def log_to_wandb(trainer, rows: list[dict]) -> None:
+def log_to_wandb(trainer, rows: list[dict], positions: list[dict]) -> None:
+    """The extrapolation rows (and loss per position) as W&B tables, with a ppl-vs-length line plot."""
     from lightning.pytorch.loggers import WandbLogger
 
     for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger):
-            try:
-                import wandb
+        if not isinstance(lg, WandbLogger):
+            continue
+        try:
+            import wandb
 
-                cols = sorted({k for r in rows for k in r})
-                lg.experiment.log({"extrapolation": wandb.Table(columns=cols, data=[[r.get(c) for c in cols]
-                                                                                    for r in rows])})
-            except Exception as e:  # local results are already written; W&B is a copy
-                log.warning("could not log extrapolation table to W&B: %s", e)
+            tables = {}
+            for name, rs in (("extrapolation", rows), ("position_loss", positions)):
+                cols = sorted({k for r in rs for k in r})
+                tables[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rs])
+            lg.experiment.log({**tables, "extrapolation_ppl": wandb.plot.line(
+                tables["extrapolation"], "eval_len", "ppl", title="ppl vs evaluation length")})
+            offline, run_path = lg.experiment.settings.mode == "offline", Path(lg.experiment.dir).parent
+            lg.experiment.finish()  # flush now: a sweep's next job starts a new run in this process
+            if offline:
+                print(f"W&B run saved offline; upload it with: wandb sync {run_path}")
+        except Exception as e:  # local results are already written; W&B is a copy
+            log.warning("could not log extrapolation tables to W&B: %s", e)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
