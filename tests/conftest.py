@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -49,3 +48,20 @@ def compose_train(overrides, run_dir):
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def make_model(scheme: str, *, train_len: int = 16, n_layers: int = 2, n_heads: int = 2, d_model: int = 32,
+               vocab_size: int = 50, **over):
+    """A small seeded Decoder with configs/pos/<scheme>.yaml (its `defaults` dropped), in eval mode."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lenx.model import Decoder
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
+    cfg.pop("defaults", None)
+    cfg.update(over)
+    return Decoder(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                   train_len=train_len, pos=instantiate(cfg)).eval()

@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from lenx.errors import ConfigError
 from lenx.extrapolation import (Span, evaluate_lengths, position_bins, resolve_stride, score_windows,
                                 scored_span, windows)
-from lenx.model import Decoder
 
-from conftest import CONFIGS
+from conftest import make_model
 
 
 def tiny(scheme="alibi"):
-    torch.manual_seed(0)
-    return Decoder(vocab_size=40, d_model=16, n_layers=2, n_heads=2, train_len=8,
-                   pos=instantiate(OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml"))).eval()
+    return make_model(scheme, train_len=8, d_model=16, vocab_size=40)
 
 
 @pytest.mark.parametrize("n, L, S", [(64, 8, 8), (64, 8, 3), (64, 16, 1), (70, 16, 5), (32, 32, 7)])

@@ -4,26 +4,19 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from lenx.errors import ConfigError, OutOfRangeError
 from lenx.model import Decoder
 from lenx.pos.base import PositionalScheme
 from lenx.pos.bias import ALiBi, alibi_slopes
 
-from conftest import CONFIGS, SCHEMES
+from conftest import SCHEMES, make_model
 
 TRAIN_LEN = 16
 
 
-def make(scheme: str, n_layers: int = 2, n_heads: int = 2, d_model: int = 32, **over) -> Decoder:
-    torch.manual_seed(0)
-    pos_cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
-    pos_cfg.pop("defaults", None)
-    pos_cfg.update(over)
-    return Decoder(vocab_size=50, d_model=d_model, n_layers=n_layers, n_heads=n_heads, train_len=TRAIN_LEN,
-                   pos=instantiate(pos_cfg)).eval()
+def make(scheme: str, **kw) -> Decoder:
+    return make_model(scheme, train_len=TRAIN_LEN, **kw)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

@@ -10,15 +10,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import lenx.model
 import lenx.pos.bias
 from lenx.model import Decoder
 from lenx.pos.bias import t5_relative_bucket
 
-from conftest import CONFIGS, SCHEMES
+from conftest import SCHEMES, make_model
 
 # Schemes whose logits depend on i - j (and content) only, and the others; every scheme must be in one list.
 RELATIVE = ["alibi", "alibi_learned", "cope", "cpe", "deberta", "kerple_log", "kerple_power", "none", "rope",
@@ -30,14 +28,8 @@ CHUNKED = ["alibi", "alibi_learned", "cope", "deberta", "fire", "kerple_log", "k
 FAST = ["cpe", "fope", "learned", "none", "rope", "rope_partial", "sinusoidal", "xpos"]
 
 
-def make(scheme: str, *, train_len: int = 16, n_layers: int = 2, n_heads: int = 2, d_model: int = 16,
-         **over) -> Decoder:
-    torch.manual_seed(0)
-    cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
-    cfg.pop("defaults", None)
-    cfg.update(over)
-    return Decoder(vocab_size=50, d_model=d_model, n_layers=n_layers, n_heads=n_heads, train_len=train_len,
-                   pos=instantiate(cfg)).eval()
+def make(scheme: str, *, d_model: int = 16, **kw) -> Decoder:
+    return make_model(scheme, d_model=d_model, **kw)
 
 
 def test_every_scheme_is_classified():
