@@ -19,8 +19,8 @@ GROUP_FILES = sorted(p.relative_to(CONFIGS) for p in CONFIGS.rglob("*.yaml")
 
 def override_for(rel: Path) -> str:
     group = "/".join(rel.parts[:-1])
-    if group == "pos/scaling":
-        return f"pos/scaling={rel.stem}"
+    if group == "pos/scaling":  # table interpolation is the learned table's scaling; the rest are RoPE's
+        return f"pos={'learned' if rel.stem == 'interpolate' else 'rope'} pos/scaling={rel.stem}"
     return f"+{group}={rel.stem}" if group == "experiment" else f"{group}={rel.stem}"
 
 
@@ -28,7 +28,7 @@ def override_for(rel: Path) -> str:
 def test_every_config_file_composes_and_instantiates(rel, tmp_path):
     first = (CONFIGS / rel).read_text().splitlines()[0]
     assert first.startswith("#"), f"{rel} must open with a one-line comment naming its method/source"
-    overrides = [override_for(rel)]
+    overrides = override_for(rel).split()
     if rel.parts[0] == "experiment":
         overrides = [f"experiment={rel.stem}"]
     if rel.parts[0] == "data" and rel.stem == "local":

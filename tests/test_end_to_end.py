@@ -52,9 +52,14 @@ def cfg_eval(cfg):
 
 
 def test_learned_table_is_recorded_out_of_range(tmp_path, tree, cache):
-    rows = run(compose_run(tmp_path, tree, "pos=learned", "eval.multipliers=[1,2]"))
+    cfg = compose_run(tmp_path, tree, "pos=learned", "eval.multipliers=[1,2]")
+    rows = run(cfg)
     assert rows[0]["status"] == "ok" and math.isfinite(rows[0]["ppl"])
     assert rows[1]["status"] == "out_of_range" and math.isnan(rows[1]["ppl"]) and "out of range" in rows[1]["error"]
+    # the table-interpolation scaling, post hoc, scores the same checkpoint past its table
+    again = evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"), cfg_eval(cfg), tmp_path / "e",
+                                ["interpolate"])
+    assert [r["status"] for r in again] == ["ok", "ok"] and again[0]["ppl"] == pytest.approx(rows[0]["ppl"])
 
 
 def test_eval_longer_than_validation_split_refused_before_training(tmp_path, tree, cache):

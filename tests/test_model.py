@@ -118,3 +118,20 @@ def test_alibi_attention_matches_explicit_softmax():
 def test_bad_shapes_are_refused(bad, match):
     with pytest.raises(ConfigError, match=match):
         make("none", **{"n_heads": 2, "d_model": 32, **bad})
+
+
+def test_learned_table_interpolation():
+    plain = make("learned")
+    interp = make("learned", scaling={"method": "interpolate"})
+    idx = torch.randint(0, 50, (1, TRAIN_LEN))
+    torch.testing.assert_close(interp(idx), plain(idx), rtol=0, atol=0)  # within the table: unchanged
+    x = torch.zeros(1, 2 * TRAIN_LEN, 32)
+    pe = interp.pos.embed(x, torch.arange(2 * TRAIN_LEN))[0]
+    table = interp.pos.table.weight.detach()
+    torch.testing.assert_close(pe[0], table[0])
+    torch.testing.assert_close(pe[-1], table[-1])
+    frac = 5 * (TRAIN_LEN - 1) / (2 * TRAIN_LEN - 1)  # position 5 of 32 reads row 5 x 15 / 31
+    lo = int(frac)
+    torch.testing.assert_close(pe[5], (1 - (frac - lo)) * table[lo] + (frac - lo) * table[lo + 1])
+    with pytest.raises(ConfigError, match="does not apply to a learned"):
+        make("learned", scaling={"method": "yarn"})

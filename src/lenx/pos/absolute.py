@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from lenx.errors import OutOfRangeError
+from lenx.errors import ConfigError, OutOfRangeError
 from lenx.pos.base import PositionalScheme
 
 INIT_STD = 0.02  # the model's embedding init (lenx.model.Decoder._init)
@@ -47,17 +47,31 @@ class Learned(PositionalScheme):
     """A learned table of `max_positions` vectors (GPT-2 style; Radford et al. 2019).
 
     The one scheme that may refuse a position: past its table it raises OutOfRangeError, which the
-    evaluator records as 'out_of_range' (extrapolating a learned table is undefined, not a crash).
+    evaluator records as 'out_of_range' (extrapolating a learned table is undefined, not a crash), unless the
+    scaling `interpolate` (configs/pos/scaling/interpolate.yaml) stretches the table over longer inputs.
     """
 
-    def __init__(self, *, max_positions: int | None = None, **dims) -> None:
+    def __init__(self, *, max_positions: int | None = None, scaling: dict | None = None, **dims) -> None:
         super().__init__(**dims)
         self.max_positions = max_positions or self.train_len
         self.table = nn.Embedding(self.max_positions, self.d_model)
         nn.init.normal_(self.table.weight, std=0.02)
+        self.method = (scaling or {}).get("method", "none")
+        if self.method not in ("none", "interpolate"):
+            raise ConfigError(f"scaling {self.method!r} does not apply to a learned position table: use "
+                              f"'interpolate' (linear interpolation of the table) or none")
 
     def embed(self, x_BTC, pos_T):
         last = int(pos_T.max())
+        if last >= self.max_positions and self.method == "interpolate":
+            # Stretch the table over the input: position p reads row p (max_positions - 1) / last, linearly
+            # interpolated between its neighbours (position interpolation for absolute tables, cf.
+            # arXiv:2306.15595 sec. 2.3 and ViT's resized position embeddings, arXiv:2010.11929 sec. 3.2).
+            frac_T = pos_T.to(torch.float32) * (self.max_positions - 1) / last
+            lo_T = frac_T.floor().long().clamp(max=self.max_positions - 1)
+            hi_T = (lo_T + 1).clamp(max=self.max_positions - 1)
+            w_T1 = (frac_T - lo_T)[:, None]
+            return x_BTC + ((1 - w_T1) * self.table(lo_T) + w_T1 * self.table(hi_T)).to(x_BTC.dtype)
         if last >= self.max_positions:
             raise OutOfRangeError(
                 f"learned position table holds {self.max_positions} positions; position {last} is out of range"

@@ -29,6 +29,29 @@ def apply_rotary(x_BHTD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tenso
     return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
 
 
+class Scaling:
+    """A RoPE scaling config bound to a rotary dim and base: scaling(seq_len) -> (inv_freq, attention factor).
+
+    `config` is a dict {method, original_len, **params} from configs/pos/scaling/ (None: method "none").
+    original_len is the length the frequencies were trained at (HF original_max_position_embeddings); null means
+    this run's seq_len; set it when fine-tuning a model trained at a shorter length under a scaling.
+    """
+
+    def __init__(self, config: dict | None, *, rotary_dim: int, base: float, train_len: int) -> None:
+        params = dict(config or {"method": "none"})
+        self.method = params.pop("method", "none")
+        self.original_len = params.pop("original_len", None) or train_len
+        self.params, self.rotary_dim, self.base = params, rotary_dim, base
+        self(self.original_len)  # validated once, at construction, before any training or scoring starts
+
+    def __call__(self, seq_len: int) -> tuple[torch.Tensor, float]:
+        return rope_parameters(self.method, head_dim=self.rotary_dim, base=self.base, train_len=self.original_len,
+                               seq_len=seq_len, **self.params)
+
+    def __repr__(self) -> str:
+        return f"{self.method}(original_len={self.original_len}, {self.params})"
+
+
 class RoPE(PositionalScheme):
     """q and k rotated by angle p * theta_i, so q_i . k_j depends on i - j only.
 
@@ -49,21 +72,14 @@ class RoPE(PositionalScheme):
                 f"rotary_fraction={rotary_fraction} gives {int(self.head_dim * rotary_fraction)}"
             )
         self.rotary_dim = rot
-        self.scaling = dict(scaling or {"method": "none"})
-        self.method = self.scaling.pop("method", "none")
-        # The length the frequencies were trained at (HF: original_max_position_embeddings). null: this run's
-        # seq_len; set it when fine-tuning a model trained at a shorter length under a scaling.
-        self.original_len = self.scaling.pop("original_len", None) or self.train_len
-        # Validate the scaling once, at construction, before any training or scoring starts.
-        self._freqs(self.train_len)
+        self.scaling = Scaling(scaling, rotary_dim=rot, base=self.base, train_len=self.train_len)
 
-    def _freqs(self, seq_len: int) -> tuple[torch.Tensor, float]:
-        return rope_parameters(self.method, head_dim=self.rotary_dim, base=self.base, train_len=self.original_len,
-                               seq_len=seq_len, **self.scaling)
+    @property
+    def original_len(self) -> int:
+        return self.scaling.original_len
 
     def context(self, q_pos_T, k_pos_S):
-        seq_len = int(q_pos_T.max()) + 1
-        inv_freq, attn_factor = self._freqs(seq_len)
+        inv_freq, attn_factor = self.scaling(int(q_pos_T.max()) + 1)
         cos_TF, sin_TF = rope_cache(q_pos_T, inv_freq.to(q_pos_T.device), attn_factor)
         return AttnContext(cos_TD=torch.cat((cos_TF, cos_TF), -1), sin_TD=torch.cat((sin_TF, sin_TF), -1))
 
@@ -71,4 +87,4 @@ class RoPE(PositionalScheme):
         return apply_rotary(q_BHTD, ctx.cos_TD, ctx.sin_TD), apply_rotary(k_BHSD, ctx.cos_TD, ctx.sin_TD)
 
     def extra_repr(self) -> str:
-        return f"base={self.base}, rotary_dim={self.rotary_dim}, scaling={self.method} {self.scaling}"
+        return f"base={self.base}, rotary_dim={self.rotary_dim}, scaling={self.scaling}"

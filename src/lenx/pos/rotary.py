@@ -12,7 +12,8 @@ from torch import nn
 
 from lenx.errors import ConfigError
 from lenx.pos.base import AttnContext, PositionalScheme
-from lenx.pos.rope import apply_rotary, rotate_half
+from lenx.pos.rope import Scaling, apply_rotary, rotate_half
+from lenx.pos.rope_scaling import rope_cache
 
 
 def half_split_inv_freq(head_dim: int, base: float) -> torch.Tensor:
@@ -34,19 +35,22 @@ class XPos(PositionalScheme):
     (as torchscale does) so neither factor overflows at long lengths; the product depends on n - m only."""
 
     def __init__(self, *, base: float = 10000.0, gamma: float = 0.4, scale_base: float = 512.0,
-                 **dims) -> None:
+                 scaling: dict | None = None, **dims) -> None:
         super().__init__(**dims)
         self.base, self.gamma, self.scale_base = float(base), float(gamma), float(scale_base)
-        self.register_buffer("inv_freq_F", half_split_inv_freq(self.head_dim, self.base), persistent=False)
+        half_split_inv_freq(self.head_dim, self.base)  # refuses an odd head_dim
+        # RoPE's context-extension methods apply to xPos's rotation unchanged (the decay is left as trained).
+        self.scaling = Scaling(scaling, rotary_dim=self.head_dim, base=self.base, train_len=self.train_len)
         f = torch.arange(0, self.head_dim, 2, dtype=torch.float32)
         self.register_buffer("zeta_F", (f / self.head_dim + self.gamma) / (1 + self.gamma), persistent=False)
 
     def context(self, q_pos_T, k_pos_S):
+        inv_freq_F, attn_factor = self.scaling(int(q_pos_T.max()) + 1)
         with torch.autocast(q_pos_T.device.type, enabled=False):
-            angles_TF = q_pos_T.float()[:, None] * self.inv_freq_F[None, :]
+            cos_TF, sin_TF = rope_cache(q_pos_T, inv_freq_F, attn_factor)
             centred_T = (q_pos_T - (q_pos_T.min() + q_pos_T.max()) // 2).float()  # integer: shift-exact
             scale_TF = self.zeta_F[None, :] ** (centred_T[:, None] / self.scale_base)
-            halves = (angles_TF.cos(), angles_TF.sin(), scale_TF)
+            halves = (cos_TF, sin_TF, scale_TF)
             cos_TD, sin_TD, scale_TD = (torch.cat((t, t), -1) for t in halves)
         return XPosContext(cos_TD=cos_TD, sin_TD=sin_TD, q_pos_T=q_pos_T, k_pos_S=k_pos_S, scale_TD=scale_TD)
 
@@ -58,7 +62,7 @@ class XPos(PositionalScheme):
         return turn(q_BHTD, ctx.scale_TD), turn(k_BHSD, 1.0 / ctx.scale_TD)
 
     def extra_repr(self) -> str:
-        return f"base={self.base}, gamma={self.gamma}, scale_base={self.scale_base}"
+        return f"base={self.base}, gamma={self.gamma}, scale_base={self.scale_base}, scaling={self.scaling}"
 
 
 @dataclass(frozen=True)
