@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lenx.errors import ConfigError
 from lenx.evaluate import evaluate_checkpoint, load_model
@@ -164,3 +165,21 @@ def test_wandb_offline_run_holds_the_extrapolation_table(tmp_path, tree, cache, 
     assert len(runs) == 1
     data = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
     assert b"extrapolation" in data and b"position_loss" in data and b"pos=alibi" in data
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, tree, cache, monkeypatch):
+    from lenx.lit import LenxModule, NonFiniteLossError
+
+    real = LenxModule._loss
+
+    def poisoned(self, batch):
+        loss = real(self, batch)
+        return loss * float("nan") if self.training and self.global_step >= 2 else loss
+
+    monkeypatch.setattr(LenxModule, "_loss", poisoned)
+    cfg = compose_run(tmp_path, tree, "pos=alibi", "ckpt_every=1", "trainer.val_check_interval=4")
+    with pytest.raises(NonFiniteLossError, match="training loss is nan at step 2"):
+        run(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    model, _ = load_model(ckpt)  # the last good checkpoint is intact and loads
+    assert all(torch.isfinite(p).all() for p in model.parameters())
