@@ -74,7 +74,7 @@ def format_table(rows: list[dict]) -> str:
     """A plain-text table: one line per (pos, scaling, mode), one column per eval length."""
     lengths = sorted({r["eval_len"] for r in rows})
     keys = list(dict.fromkeys((r["pos"], r["scaling"], r["mode"]) for r in rows))
-    head = f"{'pos':<12} {'scaling':<12} {'mode':<15}" + "".join(f"{L:>10}" for L in lengths)
+    head = f"{'pos':<14} {'scaling':<12} {'mode':<15}" + "".join(f"{L:>13}" for L in lengths)
     lines = [head, "-" * len(head)]
     for key in keys:
         by_len = {r["eval_len"]: r for r in rows if (r["pos"], r["scaling"], r["mode"]) == key}
@@ -82,7 +82,7 @@ def format_table(rows: list[dict]) -> str:
         for L in lengths:
             r = by_len.get(L)
             cells.append("" if r is None else ("out-of-range" if r["status"] != "ok" else f"{r['ppl']:.2f}"))
-        lines.append(f"{key[0]:<12} {key[1]:<12} {key[2]:<15}" + "".join(f"{c:>10}" for c in cells))
+        lines.append(f"{key[0]:<14} {key[1]:<12} {key[2]:<15}" + "".join(f"{c:>13}" for c in cells))
     return "\n".join(lines)
 
 
