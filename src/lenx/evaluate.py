@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
 from lenx.errors import CheckpointError, ConfigError, LenxError
-from lenx.extrapolation import evaluate_lengths, scored_span
+from lenx.extrapolation import evaluate_lengths, resolve_stride, scored_span
 from lenx.hardware import resolve_device
 from lenx.lit import build_model
 from lenx.results import POSITION_COLUMNS, append_rows, format_table, git_state, plot_positions, plot_rows
@@ -80,6 +80,14 @@ def eval_strides(eval_cfg: dict) -> list:
     return [None if m == "nonoverlapping" else eval_cfg["stride"] for m in modes]
 
 
+def check_eval(eval_cfg: dict, n_tokens: int, train_len: int) -> None:
+    """Refuse, before any training or scoring, eval settings that cannot work on a split of n_tokens."""
+    scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
+    for stride in eval_strides(eval_cfg):
+        for m in eval_cfg["multipliers"]:
+            resolve_stride(stride, m * train_len)
+
+
 def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir: Path, *, ckpt: str = "",
                      choices: dict | None = None) -> tuple[list[dict], list[dict]]:
     """Score `model` at every multiplier and mode; return (rows, per-position rows), both with provenance."""
@@ -118,9 +126,7 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
     """Score one checkpoint under each scaling (None: as trained); validates everything before scoring."""
     run_dir = Path(run_dir)
     _, cfg = load_model(ckpt)  # fails fast on a missing/foreign checkpoint
-    n_tokens = len(data.load_tokens(cfg, eval_cfg["split"]))
-    scored_span(n_tokens, cfg["seq_len"], list(eval_cfg["multipliers"]), eval_cfg["tokens"])  # fail fast
-    eval_strides(eval_cfg)
+    check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])
     models = [load_model(ckpt, s) for s in (scalings or [None])]  # every scaling validated before scoring
     choices = cfg.get("choices", {})
     rows, positions = [], []

@@ -18,8 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
 from lenx.errors import ConfigError, LenxError
-from lenx.evaluate import CONFIG_DIR, eval_strides, read_checkpoint, score_and_record, write_outputs
-from lenx.extrapolation import resolve_stride, scored_span
+from lenx.evaluate import CONFIG_DIR, check_eval, read_checkpoint, score_and_record, write_outputs
 from lenx.hardware import resolve_precision
 from lenx.lit import LenxModule, WindowData, build_model
 from lenx.results import atomic_write_text
@@ -81,12 +80,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
     prov = data.prepare(cfg_dict)  # tokenizer + token memmaps (cached after the first run)
     cfg_dict["provenance"] = prov
-    val_tokens = data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])
-    scored_span(len(val_tokens), cfg_dict["seq_len"], list(cfg_dict["eval"]["multipliers"]),
-                cfg_dict["eval"]["tokens"])  # refuse impossible eval lengths before training
-    for m in cfg_dict["eval"]["multipliers"]:
-        for stride in eval_strides(cfg_dict["eval"]):
-            resolve_stride(stride, m * cfg_dict["seq_len"])
+    check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)
     atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
     log.info("data ready in %.1fs: %s", time.time() - t0, {k: prov[k] for k in ("corpus", "n_tokens")})
 
@@ -105,7 +99,8 @@ def run(cfg: DictConfig) -> list[dict]:
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every)
     trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
-                          logger=make_logger(cfg, cfg_dict["choices"]), callbacks=[ckpt_cb], default_root_dir=str(run_dir))
+                          logger=make_logger(cfg, cfg_dict["choices"]), callbacks=[ckpt_cb],
+                          default_root_dir=str(run_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
     log.info("trained in %.1fs", time.time() - t0)
 
