@@ -36,8 +36,10 @@ def test_train_then_rescore_checkpoint_gives_the_same_numbers(tmp_path, tree, ca
     assert len({r["tokens"] for r in rows}) == 1 and rows[0]["tokens"] % 512 == 0  # same targets at every length
     assert all(r["status"] == "ok" and math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows)
     assert all(r["pos"] == "alibi" and r["corpus_hash"] and r["tokenizer_hash"] and r["git_sha"] for r in rows)
+    probe = [json.loads(x) for x in (run_dir / "probe.jsonl").read_text().splitlines()]
+    assert [p["distance"] for p in probe] == [16, 32, 64, 128, 256, 512] and all(p["status"] == "ok" for p in probe)
     for f in ("extrapolation.csv", "extrapolation.jsonl", "extrapolation.png", "checkpoints/last.ckpt",
-              "run_config.yaml", "logs/metrics.csv"):
+              "run_config.yaml", "logs/metrics.csv", "position_loss.csv", "probe.csv"):
         assert (run_dir / f).is_file(), f
     # a checkpoint alone rebuilds the model and reproduces every number
     again = evaluate_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), cfg_eval(cfg), tmp_path / "ev")

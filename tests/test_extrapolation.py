@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lenx.errors import ConfigError
-from lenx.extrapolation import (Span, evaluate_lengths, position_bins, resolve_stride, score_windows,
+from lenx.extrapolation import (Span, bootstrap_ppl, evaluate_lengths, position_bins, resolve_stride, score_windows,
                                 scored_span, windows)
 
 from conftest import make_model
@@ -53,8 +53,9 @@ def test_stride_equal_to_window_is_nonoverlapping_and_matches_brute_force():
 def test_sliding_matches_brute_force_per_target_context():
     model, tokens = tiny(), np.random.default_rng(1).integers(0, 40, 200)
     L, S, n = 16, 5, 48
-    total, count, pos_sum, pos_cnt = score_windows(model, tokens, L, Span(0, n), stride=S, batch_tokens=32,
-                                                   device=torch.device("cpu"))
+    total, count, pos_sum, pos_cnt, win_sum, win_cnt = score_windows(model, tokens, L, Span(0, n), stride=S,
+                                                                     batch_tokens=32, device=torch.device("cpu"))
+    assert win_cnt.sum() == n and win_sum.sum() == pytest.approx(total)
     assert count == n and pos_cnt.sum() == n
     ref = 0.0
     for t in range(n):  # target t is scored in the one window whose scored range holds it, with its context
@@ -95,3 +96,14 @@ def test_resolve_stride(stride, L, expect):
 def test_bad_stride(stride):
     with pytest.raises(ConfigError, match="eval.stride"):
         resolve_stride(stride, 64)
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_shrinks_with_more_windows():
+    rng = np.random.default_rng(0)
+    few = rng.normal(4.0, 0.5, 8) * 100, np.full(8, 100)
+    many = rng.normal(4.0, 0.5, 512) * 100, np.full(512, 100)
+    for sums, cnts in (few, many):
+        lo, hi = bootstrap_ppl(sums, cnts)
+        assert lo < math.exp(sums.sum() / cnts.sum()) < hi
+    assert np.ptp(np.log(bootstrap_ppl(*many))) < np.ptp(np.log(bootstrap_ppl(*few))) / 4  # ~ 1 / sqrt(n)
+    assert bootstrap_ppl(np.full(5, 300.0), np.full(5, 100)) == pytest.approx((math.exp(3), math.exp(3)))

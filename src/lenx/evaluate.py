@@ -15,7 +15,8 @@ from lenx.errors import CheckpointError, ConfigError, LenxError
 from lenx.extrapolation import evaluate_lengths, resolve_stride, scored_span
 from lenx.hardware import resolve_device
 from lenx.lit import build_model
-from lenx.results import POSITION_COLUMNS, append_rows, format_table, git_state, plot_positions, plot_rows
+from lenx.probes import repeat_segment
+from lenx.results import POSITION_COLUMNS, PROBE_COLUMNS, append_rows, format_table, git_state, plot_positions, plot_rows
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -89,8 +90,8 @@ def check_eval(eval_cfg: dict, n_tokens: int, train_len: int) -> None:
 
 
 def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir: Path, *, ckpt: str = "",
-                     choices: dict | None = None) -> tuple[list[dict], list[dict]]:
-    """Score `model` at every multiplier and mode; return (rows, per-position rows), both with provenance."""
+                     choices: dict | None = None) -> dict[str, list[dict]]:
+    """Score `model` at every multiplier and mode, and run the probes; returns {table name: rows}."""
     tokens = data.load_tokens(cfg, eval_cfg["split"])
     device = resolve_device(eval_cfg.get("device", "auto"))
     prov = cfg.get("provenance", {})
@@ -109,17 +110,29 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
         r.update(common, seed=cfg.get("seed"), model=choices.get("model", ""), corpus=prov.get("corpus", ""),
                  corpus_hash=prov.get("corpus_hash", ""), tokenizer_hash=prov.get("tokenizer_hash", ""),
                  git_sha=sha, dirty=dirty, run_dir=str(run_dir), ckpt=str(ckpt), split=eval_cfg["split"])
-    return rows, positions
+    probe = eval_cfg.get("probe")
+    probes = [] if not probe else [
+        {**common, **r, "seed": cfg.get("seed"), "git_sha": sha, "ckpt": str(ckpt)}
+        for r in repeat_segment(model, vocab_size=cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
+                                multipliers=list(probe["multipliers"]), seg_len=probe["seg_len"],
+                                trials=probe["trials"], device=device)]
+    return {"extrapolation": rows, "position_loss": positions, "probe": probes}
 
 
-def write_outputs(run_dir: Path, rows: list[dict], positions: list[dict]) -> None:
-    all_rows = append_rows(run_dir, rows)
-    all_pos = append_rows(run_dir, positions, "position_loss", POSITION_COLUMNS)
+def write_outputs(run_dir: Path, tables: dict[str, list[dict]]) -> None:
+    all_rows = append_rows(run_dir, tables["extrapolation"])
+    all_pos = append_rows(run_dir, tables["position_loss"], "position_loss", POSITION_COLUMNS)
     png = plot_rows(all_rows, run_dir / "extrapolation.png")
     plot_positions(all_pos, run_dir / "position_loss.png")
     print("\n" + format_table(all_rows))
+    if tables["probe"]:
+        append_rows(run_dir, tables["probe"], "probe", PROBE_COLUMNS)
+        print("\nrepeated-segment probe: copy gain (nats) = NLL(control) - NLL(repeat), by distance")
+        for r in tables["probe"]:
+            print(f"  {r['pos']:<14} {r['scaling']:<12} d={r['distance']:<6} ({r['multiplier']}x)"
+                  f"  {r['copy_gain']:+.3f}")
     print(f"\nresults: {run_dir / 'extrapolation.csv'} (+ .jsonl), figure: {png}, "
-          f"loss per position: {run_dir / 'position_loss.csv'} (+ .png)")
+          f"loss per position: {run_dir / 'position_loss.csv'} (+ .png), probe: {run_dir / 'probe.csv'}")
 
 
 def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list[str] | None = None) -> list[dict]:
@@ -129,12 +142,12 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
     check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])
     models = [load_model(ckpt, s) for s in (scalings or [None])]  # every scaling validated before scoring
     choices = cfg.get("choices", {})
-    rows, positions = [], []
+    tables: dict[str, list[dict]] = {"extrapolation": [], "position_loss": [], "probe": []}
     for model, mcfg in models:
-        r, p = score_and_record(model, mcfg, eval_cfg, run_dir, ckpt=ckpt, choices=choices)
-        rows, positions = rows + r, positions + p
-    write_outputs(run_dir, rows, positions)
-    return rows
+        for name, rows in score_and_record(model, mcfg, eval_cfg, run_dir, ckpt=ckpt, choices=choices).items():
+            tables[name] += rows
+    write_outputs(run_dir, tables)
+    return tables["extrapolation"]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")

@@ -74,14 +74,17 @@ def windows(n: int, eval_len: int, stride: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, span: Span, *, stride: int,
-                  batch_tokens: int, device: torch.device) -> tuple[float, int, np.ndarray, np.ndarray]:
-    """(sum of target NLLs in fp64, targets scored, NLL sum per window position, count per window position)."""
+                  batch_tokens: int, device: torch.device
+                  ) -> tuple[float, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sum of target NLLs in fp64, targets scored, NLL sum and count per window position, NLL sum and count
+    per window)."""
     wins = windows(span.n, eval_len, stride)
     stream = torch.from_numpy(np.asarray(tokens[span.start:span.start + span.n + 1], dtype=np.int64))
     per_batch = max(1, batch_tokens // eval_len)
     pos_sum = torch.zeros(eval_len, dtype=torch.float64)
     pos_cnt = torch.zeros(eval_len, dtype=torch.int64)
     offsets_L = torch.arange(eval_len)
+    win_sum, win_cnt = [], []
     for i in range(0, len(wins), per_batch):
         batch = wins[i:i + per_batch]
         idx_BL = torch.stack([torch.arange(s, s + eval_len) for s, _ in batch])
@@ -92,7 +95,22 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, spa
         nll_BL = nll_BL.double().cpu() * scored_BL
         pos_sum += nll_BL.sum(0)
         pos_cnt += scored_BL.sum(0)
-    return pos_sum.sum().item(), int(pos_cnt.sum()), pos_sum.numpy(), pos_cnt.numpy()
+        win_sum.append(nll_BL.sum(1))
+        win_cnt.append(scored_BL.sum(1))
+    return (pos_sum.sum().item(), int(pos_cnt.sum()), pos_sum.numpy(), pos_cnt.numpy(),
+            torch.cat(win_sum).numpy(), torch.cat(win_cnt).numpy())
+
+
+def bootstrap_ppl(win_sum: np.ndarray, win_cnt: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the token-weighted ppl, resampling windows (the correlated unit).
+
+    It measures the sampling noise of the scored text only (not seed-to-seed variation: see aggregate.py).
+    """
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(win_sum), size=(n_boot, len(win_sum)))
+    losses = win_sum[idx].sum(1) / np.maximum(win_cnt[idx].sum(1), 1)
+    lo, hi = np.percentile(losses, [2.5, 97.5])
+    return math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
 
 
 def position_bins(eval_len: int) -> list[tuple[int, int]]:
@@ -114,15 +132,18 @@ def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: i
         row = {"eval_len": eval_len, "multiplier": m, "mode": "nonoverlapping" if s == eval_len else "sliding",
                "stride": s}
         try:
-            total, count, pos_sum, pos_cnt = score_windows(model, tokens, eval_len, span, stride=s,
-                                                           batch_tokens=batch_tokens, device=device)
+            total, count, pos_sum, pos_cnt, win_sum, win_cnt = score_windows(
+                model, tokens, eval_len, span, stride=s, batch_tokens=batch_tokens, device=device)
         except OutOfRangeError as e:  # a learned table past its end: a recorded result, not a crash
-            row.update(tokens=0, loss=math.nan, ppl=math.nan, status="out_of_range", error=str(e))
+            row.update(tokens=0, loss=math.nan, ppl=math.nan, ppl_ci_low=math.nan, ppl_ci_high=math.nan, windows=0,
+                       status="out_of_range", error=str(e))
         else:
             if count != span.n:
                 raise RuntimeError(f"scored {count} targets instead of {span.n} at eval_len={eval_len}")
             loss = total / count
-            row.update(tokens=count, loss=loss, ppl=math.exp(min(loss, 700.0)), status="ok", error="")
+            lo, hi = bootstrap_ppl(win_sum, win_cnt)
+            row.update(tokens=count, loss=loss, ppl=math.exp(min(loss, 700.0)), ppl_ci_low=lo, ppl_ci_high=hi,
+                       windows=len(win_sum), status="ok", error="")
             for a, b in position_bins(eval_len):
                 n = int(pos_cnt[a:b].sum())
                 if n:

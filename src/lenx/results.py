@@ -14,9 +14,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-COLUMNS = ["pos", "scaling", "mode", "stride", "train_len", "eval_len", "multiplier", "loss", "ppl", "tokens",
-           "status", "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "git_sha", "dirty",
+COLUMNS = ["pos", "scaling", "mode", "stride", "train_len", "eval_len", "multiplier", "loss", "ppl", "ppl_ci_low",
+           "ppl_ci_high", "tokens", "windows", "status", "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "git_sha", "dirty",
            "run_dir", "ckpt"]
+PROBE_COLUMNS = ["pos", "scaling", "train_len", "multiplier", "distance", "seg_len", "trials", "nll_repeat",
+                 "nll_control", "copy_gain", "status", "seed", "git_sha", "ckpt"]
 POSITION_COLUMNS = ["pos", "scaling", "mode", "train_len", "eval_len", "position_bin_start", "position_bin_end",
                     "mean_nll", "tokens"]
 

@@ -104,16 +104,16 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
     log.info("trained in %.1fs", time.time() - t0)
 
-    rows, positions = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
-                                       ckpt=str(run_dir / "checkpoints" / "last.ckpt"), choices=cfg_dict["choices"])
-    write_outputs(run_dir, rows, positions)
-    log_to_wandb(trainer, rows, positions)
+    tables = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
+                              ckpt=str(run_dir / "checkpoints" / "last.ckpt"), choices=cfg_dict["choices"])
+    write_outputs(run_dir, tables)
+    log_to_wandb(trainer, tables)
     print(f"total wall time {time.time() - t0:.1f}s; run dir {run_dir}")
-    return rows
+    return tables["extrapolation"]
 
 
-def log_to_wandb(trainer, rows: list[dict], positions: list[dict]) -> None:
-    """The extrapolation rows (and loss per position) as W&B tables, with a ppl-vs-length line plot."""
+def log_to_wandb(trainer, tables: dict[str, list[dict]]) -> None:
+    """The extrapolation rows, loss per position and probes as W&B tables, with a ppl-vs-length line plot."""
     from lightning.pytorch.loggers import WandbLogger
 
     for lg in trainer.loggers:
@@ -122,12 +122,12 @@ def log_to_wandb(trainer, rows: list[dict], positions: list[dict]) -> None:
         try:
             import wandb
 
-            tables = {}
-            for name, rs in (("extrapolation", rows), ("position_loss", positions)):
+            wb = {}
+            for name, rs in tables.items():
                 cols = sorted({k for r in rs for k in r})
-                tables[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rs])
-            lg.experiment.log({**tables, "extrapolation_ppl": wandb.plot.line(
-                tables["extrapolation"], "eval_len", "ppl", title="ppl vs evaluation length")})
+                wb[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rs])
+            lg.experiment.log({**wb, "extrapolation_ppl": wandb.plot.line(
+                wb["extrapolation"], "eval_len", "ppl", title="ppl vs evaluation length")})
             offline, run_path = lg.experiment.settings.mode == "offline", Path(lg.experiment.dir).parent
             lg.experiment.finish()  # flush now: a sweep's next job starts a new run in this process
             if offline:
