@@ -185,3 +185,24 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     model, _ = load_model(ckpt)  # the last good checkpoint is intact and loads
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_two_by_two_wandb_sweep_then_aggregate(tmp_path, tree, cache):
+    env = {"LENX_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")}
+    sweep = tmp_path / "sweep"
+    r = cli("train.py", "-m", "experiment=smoke", "pos=alibi,rope", "seed=0,1", "logger=wandb",
+            "eval.multipliers=[1,2]", f"data.path={tree}", "data.vocab_size=300", "data.valid_fraction=0.2",
+            "data.test_fraction=0.2", f"hydra.sweep.dir={sweep}", env_extra=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted(p.parent for p in sweep.rglob("extrapolation.jsonl"))
+    assert len(runs) == 4
+    for run_dir in runs:
+        (offline,) = (run_dir / "wandb").glob("offline-run-*")
+        data = b"".join(p.read_bytes() for p in offline.rglob("*.wandb"))
+        assert b"extrapolation" in data and sweep.name.encode() in data  # the table, and the sweep's group
+    r = subprocess.run([sys.executable, "scripts/aggregate.py", str(sweep)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| alibi | none | nonoverlapping |" in (sweep / "summary.md").read_text()
+    assert (sweep / "summary.png").is_file() and "8 rows from 4 runs" in r.stdout
