@@ -28,7 +28,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_train_then_rescore_checkpoint_gives_the_same_numbers(tmp_path, tree, cache):
-    cfg = compose_run(tmp_path, tree, "pos=alibi")
+    cfg = compose_run(tmp_path, tree, "pos=alibi", "ckpt_every=3")  # 4 steps: the last is not a multiple of 3
     rows = run(cfg)
     run_dir = tmp_path / "run"
     assert [r["multiplier"] for r in rows] == [1, 2, 4, 8, 16]
@@ -46,6 +46,7 @@ def test_train_then_rescore_checkpoint_gives_the_same_numbers(tmp_path, tree, ca
     assert [r["ppl"] for r in again] == pytest.approx([r["ppl"] for r in rows], rel=1e-6)
     model, mcfg = load_model(run_dir / "checkpoints" / "last.ckpt")
     assert mcfg["seq_len"] == 32 and model.pos.__class__.__name__ == "ALiBi"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     lines = (run_dir / "extrapolation.jsonl").read_text().splitlines()
     assert len(lines) == 5 and json.loads(lines[0])["mode"] == "nonoverlapping"
 

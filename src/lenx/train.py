@@ -102,6 +102,9 @@ def run(cfg: DictConfig) -> list[dict]:
                           logger=make_logger(cfg, cfg_dict["choices"]), callbacks=[ckpt_cb],
                           default_root_dir=str(run_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
+    # The periodic callback saves every ckpt_every steps only: write the final state too, so that
+    # last.ckpt is the model scored below whatever max_steps is (it lagged at step 100 of 150 before).
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     log.info("trained in %.1fs", time.time() - t0)
 
     tables = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
