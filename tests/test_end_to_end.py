@@ -207,3 +207,15 @@ def test_two_by_two_wandb_sweep_then_aggregate(tmp_path, tree, cache):
     assert r.returncode == 0, r.stderr
     assert "| alibi | none | nonoverlapping |" in (sweep / "summary.md").read_text()
     assert (sweep / "summary.png").is_file() and "8 rows from 4 runs" in r.stdout
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_end_to_end(tmp_path, tree, cache):
+    sweep = tmp_path / "sweep"
+    r = cli("train.py", "-m", "experiment=smoke", "pos=alibi,rope", "eval.multipliers=[1,2]", f"data.path={tree}",
+            "data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2",
+            "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
+            env_extra={"LENX_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted(p.parent.name for p in sweep.rglob("extrapolation.jsonl"))
+    assert runs == ["0_alibi_L32_s0", "1_rope_L32_s0"]
