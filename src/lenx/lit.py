@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import numpy as np
@@ -43,6 +44,7 @@ class LenxModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = cfg
         self.model = build_model(cfg)
+        self._last_step_time: float | None = None
 
     def forward(self, idx_BT: torch.Tensor) -> torch.Tensor:
         return self.model(idx_BT)
@@ -59,6 +61,10 @@ class LenxModule(L.LightningModule):
                 f"is kept in {self.cfg.get('run_dir', '.')}/checkpoints (try a lower optim.lr)")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        now = time.perf_counter()
+        if self._last_step_time is not None:  # wall time of the previous step: forward, backward and optimizer
+            self.log("train/tokens_per_s", batch_BT[:, 1:].numel() / (now - self._last_step_time))
+        self._last_step_time = now
         return loss
 
     def validation_step(self, batch_BT, batch_idx):
