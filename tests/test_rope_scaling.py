@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS
 from omegaconf import OmegaConf
 
 from lenx.errors import ConfigError
 from lenx.pos.rope_scaling import METHODS, rope_cache, rope_parameters
-
-from conftest import CONFIGS
 
 D, BASE, L0 = 16, 10000.0, 128
 
@@ -35,10 +34,12 @@ def test_none_is_the_rope_paper():
 
 # dynamic_ntk is absent on purpose: like HF's "dynamic", its base grows past train_len even at factor 1
 # (base ((1 x L / L0) - 0)^(d/(d-2))); at or below train_len it is exact (next test).
-@pytest.mark.parametrize("method", ["pi", "ntk", "yarn", "llama3"])
-def test_factor_one_is_exactly_unscaled(method):
-    inv, af = params(method, seq_len=4 * L0, factor=1.0)
-    np.testing.assert_array_equal(inv, params("none")[0])
+@pytest.mark.parametrize("method", ["pi", "ntk", "yarn", "llama3", "longrope"])
+@pytest.mark.parametrize("d, train_len", [(16, 128), (64, 4096), (128, 512), (256, 64)])
+def test_factor_one_is_exactly_unscaled(method, d, train_len):
+    kw = {"head_dim": d, "base": BASE, "train_len": train_len}
+    inv, af = rope_parameters(method, seq_len=4 * train_len, factor=1.0, **kw)
+    np.testing.assert_array_equal(inv.numpy(), rope_parameters("none", seq_len=train_len, **kw)[0].numpy())
     assert af == 1.0
 
 
@@ -57,6 +58,12 @@ def test_dynamic_ntk_with_fixed_factor_is_none_until_train_len():
     np.testing.assert_allclose(inv, theta(base=base), rtol=1e-6)
 
 
+def test_dynamic_ntk_factor_null_uses_the_length_ratio_twice():
+    inv, af = params("dynamic_ntk", seq_len=4 * L0)  # s = 4 in base ((s L / L0) - (s - 1)) = base (16 - 3)
+    np.testing.assert_allclose(inv, theta(base=BASE * 13 ** (D / (D - 2))), rtol=1e-6)
+    assert af == 1.0
+
+
 def test_pi_divides_every_frequency():
     np.testing.assert_allclose(params("pi", factor=4.0)[0], theta() / 4, rtol=1e-6)
     np.testing.assert_allclose(params("pi", seq_len=8 * L0)[0], theta() / 8, rtol=1e-6)  # factor null
@@ -68,13 +75,23 @@ def test_ntk_changes_the_base():
     assert inv[0] == pytest.approx(1.0)  # the highest frequency is untouched
 
 
-def test_yarn_ramp_and_temperature():
+@pytest.mark.parametrize("beta_fast, beta_slow, truncate, expect_range", [
+    (32, 1, True, (0, 3)),  # d=16, L0=128, base 1e4: dims -0.39 -> 0 and 2.62 -> 3
+    (16, 2, False, (0.2098, 2.0160)),  # untruncated: 16 ln(128 / (16 . 2 pi)) / (2 ln 1e4) = 0.2098; 2.0160
+])
+def test_yarn_ramp_and_temperature(beta_fast, beta_slow, truncate, expect_range):
     s = 4.0
-    inv, af = params("yarn", factor=s)
+    inv, af = params("yarn", factor=s, beta_fast=beta_fast, beta_slow=beta_slow, truncate=truncate)
     assert af == pytest.approx(0.1 * math.log(4) + 1)  # 1.13863
-    cdim = lambda rot: D * math.log(L0 / (rot * 2 * math.pi)) / (2 * math.log(BASE))  # noqa: E731
-    low, high = max(math.floor(cdim(32)), 0), min(math.ceil(cdim(1)), D - 1)
-    assert (low, high) == (0, 3)  # d=16, L0=128, base 1e4: dims -0.39 -> 0 and 2.62 -> 3
+
+    def cdim(rot):  # the dim whose wavelength 2 pi base^(2i/d) fits `rot` rotations in L0
+        return D * math.log(L0 / (rot * 2 * math.pi)) / (2 * math.log(BASE))
+
+    low, high = cdim(beta_fast), cdim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, D - 1)
+    assert (low, high) == pytest.approx(expect_range, abs=1e-3)
     t = theta()
     for i in range(D // 2):
         ramp = min(1, max(0, (i - low) / (high - low)))
@@ -119,8 +136,15 @@ def test_longrope_switches_factors_at_train_len():
     ("nope", {}, "unknown RoPE scaling"),
     ("pi", {"factor": 0.5}, ">= 1"),
     ("pi", {"fator": 2}, "unknown: \\['fator'\\]"),
+    ("pi", {"factor": float("nan")}, ">= 1"),
+    ("none", {"factor": 2.0}, "no parameters"),
     ("yarn", {"beta_fast": 1, "beta_slow": 32}, "beta_fast > beta_slow"),
-    ("longrope", {"long_factor": [1.0, 2.0]}, "needs 8 positive values"),
+    ("yarn", {"beta_fast": 32, "beta_slow": 0}, "beta_slow > 0"),
+    ("yarn", {"attention_factor": -1.0}, "attention_factor must be positive"),
+    ("longrope", {"long_factor": [1.0, 2.0]}, "long_factor needs 8 positive values"),
+    ("longrope", {"short_factor": [1.0] * 9}, "short_factor needs 8 positive values"),
+    ("longrope", {"long_factor": [1.0] * 7 + [0.0]}, "long_factor needs 8 positive values"),
+    ("longrope", {"long_factor": "ones"}, "long_factor needs 8 positive values"),
     ("llama3", {"low_freq_factor": 4, "high_freq_factor": 1}, "high_freq_factor > low_freq_factor"),
 ])
 def test_bad_parameters(method, kw, match):
@@ -131,6 +155,10 @@ def test_bad_parameters(method, kw, match):
 def test_odd_head_dim_refused():
     with pytest.raises(ConfigError, match="even"):
         rope_parameters("none", head_dim=15, base=BASE, train_len=L0, seq_len=L0)
+    with pytest.raises(ConfigError, match="known: \\['dynamic_ntk', 'llama3', 'longrope', 'none', 'ntk'"):
+        rope_parameters("linear", head_dim=D, base=BASE, train_len=L0, seq_len=L0)
+    with pytest.raises(ConfigError, match="head_dim > 2"):  # d / (d - 2) is undefined
+        rope_parameters("ntk", head_dim=2, base=BASE, train_len=L0, seq_len=L0, factor=2.0)
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (CONFIGS / "pos" / "scaling").glob("*.yaml")
@@ -145,15 +173,25 @@ def test_every_scaling_config_is_accepted(path):
         assert torch.isfinite(torch.from_numpy(inv)).all() and af >= 1.0
 
 
-def test_rope_cache_fp32_and_exact():
+@pytest.mark.parametrize("autocast", [False, True])
+def test_rope_cache_fp32_and_exact(autocast):
     pos = torch.arange(0, 8192, 37)
     inv, _ = rope_parameters("none", head_dim=D, base=BASE, train_len=L0, seq_len=L0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         cos, sin = rope_cache(pos, inv, 1.25)
-    assert cos.dtype == sin.dtype == torch.float32 and cos.shape == (len(pos), D // 2)
-    ang = pos.double()[:, None] * inv.double()[None, :]
-    torch.testing.assert_close(cos.double(), 1.25 * torch.cos(ang), rtol=0, atol=5e-4 * 8192 * 1e-3 + 1e-6)
-    torch.testing.assert_close(sin.double(), 1.25 * torch.sin(ang), rtol=0, atol=5e-4 * 8192 * 1e-3 + 1e-6)
+    assert cos.dtype == sin.dtype == torch.float32 and cos.shape == sin.shape == (len(pos), D // 2)
+    # float64 reference of the same fp32 angles: cos/sin and the factor are exact to 1e-6 (bf16 would be ~1e-2)
+    ang32 = (pos.float()[:, None] * inv[None, :]).double()
+    torch.testing.assert_close(cos.double(), 1.25 * torch.cos(ang32), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin.double(), 1.25 * torch.sin(ang32), rtol=0, atol=1e-6)
+    # against angles computed entirely in float64: 1e-6 where fp32 angles are exact to that, and otherwise within
+    # the fp32 rounding of the angle itself (|angle| 2^-24) -- a bf16 angle would be off by whole radians
+    ang64 = pos.double()[:, None] * inv.double()[None, :]
+    near = pos < 16
+    torch.testing.assert_close(cos[near].double(), 1.25 * torch.cos(ang64[near]), rtol=0, atol=1e-6)
+    bound = 1.25 * (ang64.abs() * 2.0**-24 + 1e-6)
+    assert ((sin.double() - 1.25 * torch.sin(ang64)).abs() <= bound).all()
+    assert ((cos.double() - 1.25 * torch.cos(ang64)).abs() <= bound).all()
 
 
 HF_REFERENCE = Path(__file__).parent / "fixtures" / "hf_rope_reference.json"

@@ -9,7 +9,12 @@ transformers' `modeling_rope_utils` rope initialisation. Parameter names, HF -> 
   llama3 / longrope;  factor, beta_fast, beta_slow, attention_factor, mscale, mscale_all_dim, truncate,
   low_freq_factor, high_freq_factor, short_factor, long_factor -> the same names.
 `ntk` (static NTK-aware base change) has no HF rope_type; it is HF's dynamic formula at seq_len = factor x train_len.
-`factor: None` (lenx only) means s = max(1, seq_len / train_len), recomputed at each length.
+`factor: None` (lenx only) means s = max(1, seq_len / train_len), recomputed at each length, so at or below
+train_len every method gives the unscaled frequencies. For `dynamic_ntk` that puts s into HF's formula twice:
+base ((s L / L0) - (s - 1))^(d/(d-2)) with s = L / L0 is base (s^2 - s + 1)^(d/(d-2)), a stronger base change than
+`ntk` with factor null (base s^(d/(d-2))); give a number to get HF's `dynamic` as it is.
+HF's Phi-3 / DeepSeek quirk (factor := max_position_embeddings / original_max_position_embeddings when the config
+carries both) has no lenx analogue: pass that ratio as `factor`.
 """
 
 from __future__ import annotations
@@ -27,10 +32,23 @@ def default_inv_freq(head_dim: int, base: float) -> torch.Tensor:
 
 
 def scale_factor(factor: float | None, train_len: int, seq_len: int) -> float:
+    """s: the fixed `factor`, or max(1, seq_len / train_len) when it is None."""
     s = max(1.0, seq_len / train_len) if factor is None else float(factor)
-    if s < 1.0:
+    if not s >= 1.0:  # also refuses NaN
         raise ConfigError(f"RoPE scaling factor must be >= 1 (or null for eval_len / train_len), got {factor}")
     return s
+
+
+def _ntk_exponent(d: int) -> float:
+    if d <= 2:  # d / (d - 2) is undefined: with one frequency there is nothing to spread the base change over
+        raise ConfigError(f"NTK base change needs a rotary head_dim > 2, got {d}")
+    return d / (d - 2)
+
+
+def _check_attention_factor(attention_factor) -> None:
+    if attention_factor is not None and not float(attention_factor) > 0:
+        raise ConfigError(f"attention_factor must be positive (or null for the method's default), "
+                          f"got {attention_factor}")
 
 
 def _none(d, base, train_len, seq_len):
@@ -45,14 +63,14 @@ def _pi(d, base, train_len, seq_len, factor=None):
 def _ntk(d, base, train_len, seq_len, factor=None):
     """NTK-aware scaling (bloc97 2023; YaRN paper sec. 3.1, arXiv:2309.00071): base' = base s^(d / (d - 2))."""
     s = scale_factor(factor, train_len, seq_len)
-    return default_inv_freq(d, base * s ** (d / (d - 2))), 1.0
+    return default_inv_freq(d, base * s ** _ntk_exponent(d)), 1.0
 
 
 def _dynamic_ntk(d, base, train_len, seq_len, factor=None):
     """Dynamic NTK (HF `dynamic`): base' = base ((s L / L0) - (s - 1))^(d / (d - 2)), L = max(seq_len, L0)."""
     s = scale_factor(factor, train_len, seq_len)
     length = max(seq_len, train_len)
-    return default_inv_freq(d, base * ((s * length / train_len) - (s - 1)) ** (d / (d - 2))), 1.0
+    return default_inv_freq(d, base * ((s * length / train_len) - (s - 1)) ** _ntk_exponent(d)), 1.0
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
@@ -63,9 +81,10 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 def _yarn(d, base, train_len, seq_len, factor=None, beta_fast=32.0, beta_slow=1.0, attention_factor=None,
           mscale=None, mscale_all_dim=None, truncate=True):
     """YaRN "NTK-by-parts" (arXiv:2309.00071 sec. 3.2): interpolate low frequencies, keep high ones, ramp between."""
-    if beta_fast <= beta_slow:
-        raise ConfigError(f"yarn needs beta_fast > beta_slow, got {beta_fast} <= {beta_slow}")
+    if not beta_fast > beta_slow > 0:
+        raise ConfigError(f"yarn needs beta_fast > beta_slow > 0, got {beta_fast}, {beta_slow}")
     s = scale_factor(factor, train_len, seq_len)
+    _check_attention_factor(attention_factor)
     if attention_factor is None:
         if mscale and mscale_all_dim:
             attention_factor = yarn_mscale(s, mscale) / yarn_mscale(s, mscale_all_dim)
@@ -75,6 +94,9 @@ def _yarn(d, base, train_len, seq_len, factor=None, beta_fast=32.0, beta_slow=1.
     def correction_dim(rotations: float) -> float:  # the dim index whose wavelength fits `rotations` in L0
         return d * math.log(train_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
+    theta = default_inv_freq(d, base)
+    if s == 1.0:  # the blend theta (1 - e) + theta e below can differ from theta in the last bit
+        return theta, float(attention_factor)
     low, high = correction_dim(beta_fast), correction_dim(beta_slow)
     if truncate:
         low, high = math.floor(low), math.ceil(high)
@@ -83,14 +105,13 @@ def _yarn(d, base, train_len, seq_len, factor=None, beta_fast=32.0, beta_slow=1.
         high += 0.001  # avoid a division by zero, as the reference does
     ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
     extrapolation = 1.0 - ramp  # 1: keep the original frequency (high frequencies), 0: interpolate
-    theta = default_inv_freq(d, base)
     return theta / s * (1 - extrapolation) + theta * extrapolation, float(attention_factor)
 
 
 def _llama3(d, base, train_len, seq_len, factor=None, low_freq_factor=1.0, high_freq_factor=4.0):
     """Llama 3.1 scaling: wavelengths > L0/low kept x 1/s, < L0/high unchanged, smooth in between."""
-    if high_freq_factor <= low_freq_factor:
-        raise ConfigError(f"llama3 needs high_freq_factor > low_freq_factor, got {high_freq_factor}, "
+    if not 0 < low_freq_factor < high_freq_factor:
+        raise ConfigError(f"llama3 needs high_freq_factor > low_freq_factor > 0, got {high_freq_factor}, "
                           f"{low_freq_factor}")
     s = scale_factor(factor, train_len, seq_len)
     theta = default_inv_freq(d, base)
@@ -113,13 +134,22 @@ def _longrope(d, base, train_len, seq_len, factor=None, short_factor=None, long_
     frequency to s at the lowest (a searched-factor stand-in that keeps local order and interpolates the rest).
     """
     s = scale_factor(factor, train_len, seq_len)
+    _check_attention_factor(attention_factor)
     n = d // 2
-    short = torch.ones(n) if short_factor is None else torch.tensor(short_factor, dtype=torch.float32)
-    long = (s ** (torch.arange(n, dtype=torch.float64) / max(1, n - 1))).float() if long_factor is None \
-        else torch.tensor(long_factor, dtype=torch.float32)
-    for name, f in (("short_factor", short), ("long_factor", long)):
-        if f.shape != (n,) or not bool((f > 0).all()):
-            raise ConfigError(f"longrope {name} needs {n} positive values (head_dim // 2), got {f.tolist()}")
+
+    def factors(name, values, default):
+        if values is None:
+            return default
+        try:
+            f = torch.tensor([float(v) for v in values], dtype=torch.float32)
+        except (TypeError, ValueError):
+            f = None
+        if f is None or f.shape != (n,) or not bool((f > 0).all()):  # NaN fails `> 0` too
+            raise ConfigError(f"longrope {name} needs {n} positive values (head_dim // 2), got {values!r}")
+        return f
+
+    short = factors("short_factor", short_factor, torch.ones(n))
+    long = factors("long_factor", long_factor, (s ** (torch.arange(n, dtype=torch.float64) / max(1, n - 1))).float())
     if attention_factor is None:
         attention_factor = 1.0 if s <= 1 else math.sqrt(1 + math.log(s) / math.log(train_len))
     ext = long if seq_len > train_len else short
