@@ -1,8 +1,11 @@
 """Aggregate the extrapolation rows of a sweep: `python scripts/aggregate.py <sweep or results dir> [--out DIR]`.
 
-Collects every extrapolation.jsonl under the directory and writes one table, scheme x eval length, with the mean
-over seeds and a 95% confidence interval (Student t), as Markdown and CSV, plus a figure of ppl against eval
-length (log2 x axis) with one line per scheme and a band for the interval.
+Collects every extrapolation.jsonl under the directory and writes one table, (scheme, scaling, mode, training
+length) x eval length, with the mean over seeds and a 95% confidence interval (Student t), as Markdown and CSV,
+plus a figure of ppl against eval length (log2 x axis) with one line per scheme and a band for the interval.
+Every position_loss.jsonl is averaged over seeds the same way (positions.csv, and positions.png: loss per
+position at each curve's longest eval length), and provenance.json lists the git SHAs, corpus and tokenizer
+hashes and run directories the rows came from.
 """
 
 from __future__ import annotations
@@ -19,63 +22,99 @@ from pathlib import Path
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def collect(root: Path) -> list[dict]:
+def collect(root: Path, name: str = "extrapolation") -> list[dict]:
     rows = []
-    for path in sorted(root.rglob("extrapolation.jsonl")):
+    for path in sorted(root.rglob(f"{name}.jsonl")):
         rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return rows
+
+
+def curve(r: dict) -> tuple:
+    """What one line of the table / figure is: scheme, scaling, mode and training length."""
+    return r["pos"], r.get("scaling", "none"), r["mode"], r["train_len"]
+
+
+def mean_ci(xs: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(xs) if xs else math.nan
+    half = T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
+    return mean, half
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean and 95% CI of ppl over seeds per (pos, scaling, mode, train_len, eval_len); failures counted."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["pos"], r.get("scaling", "none"), r["mode"], r["train_len"], r["eval_len"])].append(r)
+        groups[(*curve(r), r["eval_len"])].append(r)
     out = []
     for (pos, scaling, mode, train_len, eval_len), rs in sorted(groups.items()):
         ok = [r["ppl"] for r in rs if r["status"] == "ok" and math.isfinite(r["ppl"])]
-        mean = statistics.fmean(ok) if ok else math.nan
-        half = T95.get(len(ok) - 1, 1.96) * statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else 0.0
+        mean, half = mean_ci(ok)
         out.append({"pos": pos, "scaling": scaling, "mode": mode, "train_len": train_len, "eval_len": eval_len,
-                    "multiplier": eval_len // train_len, "ppl_mean": mean, "ppl_ci95": half, "runs": len(rs),
+                    "multiplier": eval_len / train_len, "ppl_mean": mean, "ppl_ci95": half, "runs": len(rs),
                     "ok_runs": len(ok), "status": "ok" if ok else rs[0]["status"]})
+    return out
+
+
+def summarise_positions(rows: list[dict]) -> list[dict]:
+    """Mean (95% CI) over seeds of the per-position NLL, per curve, eval length and position bin."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        groups[(*curve(r), r["eval_len"], r["position_bin_start"], r["position_bin_end"])].append(r["mean_nll"])
+    out = []
+    for (pos, scaling, mode, train_len, eval_len, a, b), xs in sorted(groups.items()):
+        mean, half = mean_ci(xs)
+        out.append({"pos": pos, "scaling": scaling, "mode": mode, "train_len": train_len, "eval_len": eval_len,
+                    "position_bin_start": a, "position_bin_end": b, "mean_nll": mean, "nll_ci95": half,
+                    "runs": len(xs)})
     return out
 
 
 def markdown(summary: list[dict]) -> str:
     lengths = sorted({s["eval_len"] for s in summary})
-    keys = list(dict.fromkeys((s["pos"], s["scaling"], s["mode"]) for s in summary))
-    lines = ["| pos | scaling | mode | " + " | ".join(str(L) for L in lengths) + " |",
-             "|---|---|---|" + "---|" * len(lengths)]
+    keys = list(dict.fromkeys(curve(s) for s in summary))
+    lines = ["| pos | scaling | mode | train_len | " + " | ".join(str(L) for L in lengths) + " |",
+             "|---|---|---|---|" + "---|" * len(lengths)]
     for key in keys:
         cells = []
         for L in lengths:
-            s = next((s for s in summary if (s["pos"], s["scaling"], s["mode"]) == key and s["eval_len"] == L), None)
+            s = next((s for s in summary if curve(s) == key and s["eval_len"] == L), None)
             if s is None:
                 cells.append("")
             elif s["ok_runs"] == 0:
                 cells.append(s["status"].replace("_", " "))
             else:
                 cells.append(f"{s['ppl_mean']:.2f}" + (f" ± {s['ppl_ci95']:.2f}" if s["ok_runs"] > 1 else ""))
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def figure(summary: list[dict], path: Path) -> None:
+def label(key: tuple, several_lengths: bool) -> str:
+    pos, scaling, mode, train_len = key
+    out = pos if scaling == "none" else f"{pos}+{scaling}"
+    out += f" L={train_len}" if several_lengths else ""
+    return out if mode == "nonoverlapping" else f"{out} ({mode})"
+
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def figure(summary: list[dict], path: Path) -> None:
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in dict.fromkeys((s["pos"], s["scaling"], s["mode"]) for s in summary):
+    several = len({s["train_len"] for s in summary}) > 1
+    for key in dict.fromkeys(curve(s) for s in summary):
         pts = sorted((s["eval_len"], s["ppl_mean"], s["ppl_ci95"]) for s in summary
-                     if (s["pos"], s["scaling"], s["mode"]) == key and s["ok_runs"])
+                     if curve(s) == key and s["ok_runs"])
         if not pts:
             continue
         x, y, h = zip(*pts)
-        label = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
-        line, = ax.plot(x, y, marker="o", label=label if key[2] == "nonoverlapping" else f"{label} ({key[2]})")
+        line, = ax.plot(x, y, marker="o", label=label(key, several), ls="-" if key[2] == "nonoverlapping" else "--")
         ax.fill_between(x, [a - b for a, b in zip(y, h)], [a + b for a, b in zip(y, h)], alpha=0.2,
                         color=line.get_color())
     for L in sorted({s["train_len"] for s in summary}):
@@ -87,6 +126,46 @@ def figure(summary: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def position_figure(positions: list[dict], path: Path) -> None:
+    """One panel per mode: mean NLL against position (bin start, log2 axis) at each curve's longest eval length."""
+    plt = _plt()
+    modes = sorted({p["mode"] for p in positions}, key=lambda m: m != "nonoverlapping")
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.5), squeeze=False)
+    several = len({p["train_len"] for p in positions}) > 1
+    for ax, mode in zip(axes[0], modes):
+        for key in dict.fromkeys(curve(p) for p in positions if p["mode"] == mode):
+            longest = max(p["eval_len"] for p in positions if curve(p) == key)
+            pts = sorted((max(p["position_bin_start"], 0.5), p["mean_nll"]) for p in positions
+                         if curve(p) == key and p["eval_len"] == longest)
+            ax.plot(*zip(*pts), marker=".", label=f"{label(key, several)} T={longest}")
+        for L in sorted({p["train_len"] for p in positions}):
+            ax.axvline(L, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="position inside the window (bin start; 0 drawn at 0.5)", ylabel="mean NLL (nats)",
+               title=f"loss per position, {mode} (dotted: training length)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def provenance(rows: list[dict]) -> dict:
+    def distinct(k):
+        return sorted({str(r.get(k, "")) for r in rows})
+
+    return {"git_sha": distinct("git_sha"), "dirty": distinct("dirty"), "corpus": distinct("corpus"),
+            "corpus_hash": distinct("corpus_hash"), "tokenizer_hash": distinct("tokenizer_hash"),
+            "model": distinct("model"), "runs": len({r.get("run_dir") for r in rows}), "rows": len(rows)}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,13 +180,16 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     (out / "summary.md").write_text(markdown(summary))
-    with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(summary[0]))
-        w.writeheader()
-        w.writerows(summary)
+    write_csv(out / "summary.csv", summary)
     figure(summary, out / "summary.png")
+    positions = summarise_positions(collect(args.root, "position_loss"))
+    if positions:
+        write_csv(out / "positions.csv", positions)
+        position_figure(positions, out / "positions.png")
+    (out / "provenance.json").write_text(json.dumps(provenance(rows), indent=1) + "\n")
     print(markdown(summary))
-    print(f"{len(rows)} rows from {len({r['run_dir'] for r in rows})} runs -> {out}/summary.{{md,csv,png}}")
+    print(f"{len(rows)} rows from {len({r['run_dir'] for r in rows})} runs -> {out}/summary.{{md,csv,png}}"
+          + (", positions.{csv,png}" if positions else "") + ", provenance.json")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,26 @@ def test_mean_ci_over_seeds_and_outputs(tmp_path, capsys):
     assert float(alibi1["ppl_mean"]) == 11.0
     assert float(alibi1["ppl_ci95"]) == pytest.approx(12.706 * math.sqrt(2.0) / math.sqrt(2))  # t(1) s / sqrt(n)
     md = (tmp_path / "summary.md").read_text()
-    assert "| alibi | none | nonoverlapping | 11.00 ± 12.71 | 10.00 ± 12.71 |" in md
-    assert "| learned | none | nonoverlapping | 20.00 | out of range |" in md
+    assert "| alibi | none | nonoverlapping | 64 | 11.00 ± 12.71 | 10.00 ± 12.71 |" in md
+    assert "| learned | none | nonoverlapping | 64 | 20.00 | out of range |" in md
     assert (tmp_path / "summary.png").stat().st_size > 1000
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["runs"] == 3 and prov["rows"] == 6
+
+
+def test_positions_are_averaged_over_seeds_per_bin(tmp_path):
+    for seed, nll in [(0, 2.0), (1, 4.0)]:
+        write_run(tmp_path / str(seed), "rope", seed, [10.0, 9.0])
+        rows = [{"pos": "rope", "scaling": "none", "mode": "nonoverlapping", "train_len": 64, "eval_len": 128,
+                 "position_bin_start": a, "position_bin_end": b, "mean_nll": nll + a / 64, "tokens": 10}
+                for a, b in [(0, 1), (1, 64), (64, 128)]]
+        (tmp_path / str(seed) / "position_loss.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    aggregate.main([str(tmp_path)])
+    pos = list(csv.DictReader(open(tmp_path / "positions.csv")))
+    assert [(int(r["position_bin_start"]), float(r["mean_nll"]), int(r["runs"])) for r in pos] == [
+        (0, 3.0, 2), (1, 3.0 + 1 / 64, 2), (64, 4.0, 2)]
+    assert float(pos[0]["nll_ci95"]) == pytest.approx(12.706 * math.sqrt(2.0) / math.sqrt(2))
+    assert (tmp_path / "positions.png").stat().st_size > 1000
 
 
 def test_empty_directory_is_a_clear_error(tmp_path):
