@@ -18,6 +18,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from lenx.results import mode_label
+
 # two-sided 95% Student t quantiles for n - 1 degrees of freedom (n seeds); large n -> 1.96
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -31,7 +33,7 @@ def collect(root: Path, name: str = "extrapolation") -> list[dict]:
 
 def curve(r: dict) -> tuple:
     """What one line of the table / figure is: scheme, scaling, mode and training length."""
-    return r["pos"], r.get("scaling", "none"), r["mode"], r["train_len"]
+    return r["pos"], r.get("scaling", "none"), mode_label(r), r["train_len"]
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:

@@ -91,6 +91,17 @@ def test_cli_train_and_evaluate(tmp_path, tree, cache):
             env_extra=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len((tmp_path / "e" / "extrapolation.jsonl").read_text().splitlines()) == 2
+    # sliding with stride 1 and document context, into the same directory: rows are appended
+    r = cli("evaluate.py", f"ckpt={ckpt}", "eval.multipliers=[1,2]", "eval.mode=[nonoverlapping,sliding]",
+            "eval.stride=1", "eval.context=document", "eval.tokens=256", f"hydra.run.dir={tmp_path / 'e'}",
+            env_extra=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "e" / "extrapolation.jsonl").read_text().splitlines()]
+    doc = [x for x in rows if x["context"] == "document"]
+    assert [(x["mode"], x["stride"], x["tokens"]) for x in doc] == [
+        ("nonoverlapping", 32, 256), ("nonoverlapping", 64, 256), ("sliding", 1, 256), ("sliding", 1, 256)]
+    assert len({x["targets_hash"] for x in doc}) == 1 and doc[0]["targets_hash"] != rows[0]["targets_hash"]
+    assert "nonoverlapping/document" in r.stdout and "sliding/document" in r.stdout
 
 
 @pytest.mark.parametrize("args, match", [

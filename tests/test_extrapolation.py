@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lenx.errors import ConfigError
-from lenx.extrapolation import (Span, bootstrap_ppl, evaluate_lengths, position_bins, resolve_stride, score_windows,
-                                scored_span, windows)
+from lenx.extrapolation import (bootstrap_ppl, document_segments, evaluate_lengths, position_bins, resolve_stride,
+                                score_windows, scored_span, targets_hash, windows)
 
 from conftest import make_model
 
@@ -18,20 +18,24 @@ def tiny(scheme="alibi"):
     return make_model(scheme, train_len=8, d_model=16, vocab_size=40)
 
 
-@pytest.mark.parametrize("n, L, S", [(64, 8, 8), (64, 8, 3), (64, 16, 1), (70, 16, 5), (32, 32, 7)])
+@pytest.mark.parametrize("n, L, S", [(64, 8, 8), (64, 8, 3), (64, 16, 1), (70, 16, 5), (32, 32, 7), (70, 16, 16),
+                                     (5, 16, 16), (5, 16, 3)])
 def test_windows_score_every_target_exactly_once(n, L, S):
     seen = np.zeros(n, dtype=int)
-    for start, offset in windows(n, L, S):
-        assert 0 <= start and start + L <= n and 0 <= offset < L
-        seen[start + offset:start + L] += 1
+    wins = windows(n, L, S)
+    for start, length, offset in wins:
+        assert 0 <= start and start + length <= n and 0 <= offset < length <= L
+        seen[start + offset:start + length] += 1
     assert (seen == 1).all()
-    for start, offset in windows(n, L, S)[1:]:
-        assert offset >= L - S  # each later window's targets see at least L - S tokens of context
+    assert [length for _, length, _ in wins[:-1]] == [L] * (len(wins) - 1)  # only the last may be short
+    for start, length, offset in wins[1:]:
+        assert offset >= L - S or S == L  # each later sliding window's targets see >= L - S tokens of context
+        assert (offset == 0) == (S == L)  # nonoverlapping windows score everything they read
 
 
 def test_span_is_shared_and_a_multiple_of_the_longest_window():
-    span = scored_span(10_000, 8, [1, 2, 4, 16], 1000)
-    assert span.n == 896 and span.n % 128 == 0
+    [(start, n)] = scored_span(10_000, 8, [1, 2, 4, 16], 1000)
+    assert start == 0 and n == 896 and n % 128 == 0
     with pytest.raises(ConfigError, match="longer than the evaluation split"):
         scored_span(100, 8, [1, 16], 1000)
     with pytest.raises(ConfigError, match="positive integers"):
@@ -40,8 +44,7 @@ def test_span_is_shared_and_a_multiple_of_the_longest_window():
 
 def test_stride_equal_to_window_is_nonoverlapping_and_matches_brute_force():
     model, tokens = tiny(), np.random.default_rng(0).integers(0, 40, 200)
-    span = Span(0, 96)
-    total, count, *_ = score_windows(model, tokens, 16, span, stride=16, batch_tokens=48, device=torch.device("cpu"))
+    total, count, *_ = score_windows(model, tokens, 16, [(0, 96)], stride=16, batch_tokens=48, device=torch.device("cpu"))
     assert count == 96
     ref = 0.0
     for w in range(6):  # each window on its own
@@ -53,13 +56,13 @@ def test_stride_equal_to_window_is_nonoverlapping_and_matches_brute_force():
 def test_sliding_matches_brute_force_per_target_context():
     model, tokens = tiny(), np.random.default_rng(1).integers(0, 40, 200)
     L, S, n = 16, 5, 48
-    total, count, pos_sum, pos_cnt, win_sum, win_cnt = score_windows(model, tokens, L, Span(0, n), stride=S,
+    total, count, pos_sum, pos_cnt, win_sum, win_cnt = score_windows(model, tokens, L, [(0, n)], stride=S,
                                                                      batch_tokens=32, device=torch.device("cpu"))
     assert win_cnt.sum() == n and win_sum.sum() == pytest.approx(total)
     assert count == n and pos_cnt.sum() == n
     ref = 0.0
     for t in range(n):  # target t is scored in the one window whose scored range holds it, with its context
-        (start,) = [s for s, o in windows(n, L, S) if s + o <= t < s + L]
+        (start,) = [s for s, _, o in windows(n, L, S) if s + o <= t < s + L]
         assert t - start >= min(t, L - S)  # context: all earlier tokens in the first window, else >= L - S
         x = torch.from_numpy(tokens[start:start + L + 1].astype(np.int64))
         ref += F.cross_entropy(model(x[None, :-1])[0], x[1:], reduction="none")[t - start].item()
@@ -107,3 +110,86 @@ def test_bootstrap_interval_brackets_the_estimate_and_shrinks_with_more_windows(
         assert lo < math.exp(sums.sum() / cnts.sum()) < hi
     assert np.ptp(np.log(bootstrap_ppl(*many))) < np.ptp(np.log(bootstrap_ppl(*few))) / 4  # ~ 1 / sqrt(n)
     assert bootstrap_ppl(np.full(5, 300.0), np.full(5, 100)) == pytest.approx((math.exp(3), math.exp(3)))
+
+
+class Bigram(torch.nn.Module):
+    """A hand-computable model behind the decoder's interface: logits at t depend only on token t."""
+
+    def __init__(self, vocab: int, seed: int = 0) -> None:
+        super().__init__()
+        self.logp = torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed)).log_softmax(-1)
+
+    def forward(self, idx_BT):
+        return self.logp[idx_BT]
+
+
+def documents_stream(rng, eod: int, lengths: list[int], vocab: int) -> np.ndarray:
+    return np.concatenate([np.r_[eod, rng.integers(1, vocab, n)] for n in lengths])
+
+
+@pytest.mark.parametrize("context", ["stream", "document"])
+@pytest.mark.parametrize("stride", [None, 0.5, 3, 1])
+def test_bigram_model_gives_the_exact_ppl_in_every_mode_and_length(context, stride):
+    """Every target is predicted from its true predecessor whatever the windows: the closed form is the mean of
+    -log p(t_i | t_(i-1)) over the scored targets. An off-by-one, a dropped or double-scored target, or a
+    per-window mean breaks it."""
+    rng, vocab = np.random.default_rng(3), 30
+    tokens = documents_stream(rng, 0, [5, 40, 17, 90, 3, 200, 60], vocab)
+    model = Bigram(vocab)
+    rows, positions = evaluate_lengths(model, tokens, train_len=8, multipliers=[1, 2, 4, 16], tokens_to_score=300,
+                                       batch_tokens=40, device=torch.device("cpu"), stride=stride,
+                                       context=context, eod_id=0)
+    if context == "stream":
+        targets = [(i, i + 1) for i in range(256)]  # 300 rounded down to a multiple of 16 x 8
+    else:  # each document's own tokens, whole documents in order until 300 targets (the last cut short)
+        starts = np.flatnonzero(tokens == 0)
+        targets = [(i, i + 1) for a, b in zip(starts, np.r_[starts[1:], len(tokens)]) for i in range(a, b - 1)][:300]
+    logp = model.logp.double().numpy()
+    expect = -np.mean([logp[tokens[i], tokens[j]] for i, j in targets])
+    for r in rows:
+        assert r["tokens"] == len(targets) and r["context"] == context
+        assert r["loss"] == pytest.approx(expect, rel=1e-6)
+        pos = [p for p in positions if p["eval_len"] == r["eval_len"]]
+        assert sum(p["tokens"] for p in pos) == len(targets)
+    assert len({r["targets_hash"] for r in rows}) == 1
+
+
+def test_document_windows_never_cross_a_boundary():
+    """A model that reads token 0 of its window: in document context every window's first input is a document's
+    EOD or a token of the same document, and the first window of each document starts at its EOD."""
+    rng = np.random.default_rng(4)
+    tokens = documents_stream(rng, 0, [5, 40, 17, 90], 30)
+    segs = document_segments(tokens, 0, 10_000)
+    starts = np.flatnonzero(tokens == 0)
+    assert [a for a, _ in segs] == starts.tolist() and sum(n for _, n in segs) == 5 + 40 + 17 + 90
+    assert document_segments(tokens, 0, 50) == [(0, 5), (6, 40), (47, 5)]  # cut short at 50 targets
+    for a, n in segs:
+        for s, length, _ in windows(n, 16, 16):
+            window = tokens[a + s:a + s + length + 1]  # inputs and targets
+            assert (window[1:] != 0).all()  # never reads into the next document's EOD
+    with pytest.raises(ConfigError, match="EOD-led documents"):
+        document_segments(tokens[1:], 0, 100)
+
+
+def test_document_context_changes_the_result_only_through_context():
+    """A real decoder: document context equals stream context scored document by document by hand."""
+    model = tiny("rope")
+    tokens = documents_stream(np.random.default_rng(5), 0, [20, 9, 30], 40)
+    rows, _ = evaluate_lengths(model, tokens, train_len=8, multipliers=[2], tokens_to_score=1000, batch_tokens=64,
+                               device=torch.device("cpu"), context="document", eod_id=0)
+    ref, n = 0.0, 0
+    for a, m in document_segments(tokens, 0, 1000):
+        for s, length, _ in windows(m, 16, 16):
+            x = torch.from_numpy(tokens[a + s:a + s + length + 1].astype(np.int64))
+            ref += F.cross_entropy(model(x[None, :-1])[0], x[1:], reduction="sum").item()
+            n += length
+    assert rows[0]["tokens"] == n == 59 and rows[0]["loss"] == pytest.approx(ref / n, rel=1e-6)
+    assert rows[0]["windows"] == 3  # the bootstrap resamples the 3 documents
+
+
+def test_targets_hash_tells_apart_different_scored_tokens():
+    tokens = np.arange(100) % 7
+    assert targets_hash(tokens, [(0, 50)]) == targets_hash(tokens.copy(), [(0, 50)])
+    assert targets_hash(tokens, [(0, 50)]) != targets_hash(tokens, [(0, 49)])
+    assert targets_hash(tokens, [(0, 50)]) != targets_hash(tokens, [(7, 50)])  # the same ids at another offset
+    assert targets_hash(tokens, [(0, 20), (20, 30)]) != targets_hash(tokens, [(0, 50)])

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
 from lenx.errors import CheckpointError, ConfigError, LenxError
-from lenx.extrapolation import evaluate_lengths, resolve_stride, scored_span
+from lenx.extrapolation import check_multipliers, evaluate_lengths, resolve_stride, scored_span
 from lenx.hardware import resolve_device
 from lenx.lit import build_model
 from lenx.probes import repeat_segment
@@ -83,7 +83,15 @@ def eval_strides(eval_cfg: dict) -> list:
 
 def check_eval(eval_cfg: dict, n_tokens: int, train_len: int) -> None:
     """Refuse, before any training or scoring, eval settings that cannot work on a split of n_tokens."""
-    scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
+    context = eval_cfg.get("context", "stream")
+    if context == "stream":
+        scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
+    elif context == "document":
+        check_multipliers(list(eval_cfg["multipliers"]))
+    else:
+        raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
+    if not isinstance(eval_cfg["tokens"], int) or eval_cfg["tokens"] <= 0:
+        raise ConfigError(f"eval.tokens must be a positive integer, got {eval_cfg['tokens']!r}")
     for stride in eval_strides(eval_cfg):
         for m in eval_cfg["multipliers"]:
             resolve_stride(stride, m * train_len)
@@ -99,11 +107,14 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
     choices = choices or {}
     common = dict(pos=choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower(),
                   scaling=scaling_name(cfg), train_len=cfg["seq_len"])
+    context = eval_cfg.get("context", "stream")
+    eod_id = data.prepare(cfg)["eod_id"] if context == "document" else None
     rows, positions = [], []
     for stride in eval_strides(eval_cfg):
         r, p = evaluate_lengths(model.to(device), tokens, train_len=cfg["seq_len"],
                                 multipliers=list(eval_cfg["multipliers"]), tokens_to_score=eval_cfg["tokens"],
-                                batch_tokens=eval_cfg["batch_tokens"], device=device, stride=stride)
+                                batch_tokens=eval_cfg["batch_tokens"], device=device, stride=stride,
+                                context=context, eod_id=eod_id, progress=bool(eval_cfg.get("progress", False)))
         rows += r
         positions += [{**common, **row} for row in p]
     for r in rows:

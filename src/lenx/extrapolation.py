@@ -7,12 +7,18 @@ every length scores exactly those N targets, each once, so rows differ only in t
 - sliding (stride S < L): windows of L tokens advance by S; the first window scores all its targets, each later
   one only its last S, so every target after the first window sees at least L - S tokens of context.
 Every position is scored (reduction="none") and the mean is per token, never a mean of window means.
+
+Context (eval.context): `stream` scores a span of the concatenated stream, so a window may start mid-document and
+span a document boundary (the long-range setting of the ALiBi and T5 papers); `document` scores whole documents
+(the first ones of the split, until eval.tokens targets), each on its own: every document's first window starts
+with its end-of-document token, no window crosses into another document, and a document shorter than the
+window is scored in one shorter window. The bootstrap then resamples documents instead of windows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,29 +27,49 @@ import torch.nn.functional as F
 from lenx.errors import ConfigError, OutOfRangeError
 
 
-@dataclass(frozen=True)
-class Span:
-    """Targets tokens[start + 1 : start + 1 + n] are scored; inputs come from tokens[start : start + n]."""
-
-    start: int
-    n: int
+Segment = tuple[int, int]  # (start, n): targets tokens[start + 1 : start + 1 + n], inputs tokens[start : start + n]
 
 
-def scored_span(n_stream: int, train_len: int, multipliers: list[int], tokens: int) -> Span:
-    """The span every length scores: `tokens` rounded down to a multiple of the longest window (at least one).
+def scored_span(n_stream: int, train_len: int, multipliers: list[int], tokens: int) -> list[Segment]:
+    """Stream context: one segment, `tokens` rounded down to a multiple of the longest window (at least one).
 
     Raises ConfigError, before any scoring, when the stream is shorter than one longest window + 1.
     """
-    bad = [m for m in multipliers if not isinstance(m, int) or isinstance(m, bool) or m <= 0]
-    if bad or not multipliers:
-        raise ConfigError(f"eval.multipliers must be positive integers, got {list(multipliers)}")
+    check_multipliers(multipliers)
     longest = max(multipliers) * train_len
     if n_stream < longest + 1:
         raise ConfigError(
             f"eval length {longest} (= {max(multipliers)} x {train_len}) is longer than the evaluation split "
             f"({n_stream} tokens, {n_stream - 1} targets); lower eval.multipliers or use a larger split")
-    n = max(1, min(tokens, n_stream - 1) // longest) * longest
-    return Span(start=0, n=n)
+    return [(0, max(1, min(tokens, n_stream - 1) // longest) * longest)]
+
+
+def check_multipliers(multipliers: list[int]) -> None:
+    bad = [m for m in multipliers if not isinstance(m, int) or isinstance(m, bool) or m <= 0]
+    if bad or not multipliers:
+        raise ConfigError(f"eval.multipliers must be positive integers, got {list(multipliers)}")
+
+
+def document_segments(tokens: np.ndarray, eod_id: int, n_targets: int) -> list[Segment]:
+    """Document context: the first documents of the stream ([EOD, doc0..., EOD, doc1..., ...]), whole, until
+    n_targets targets are reached (the last one cut short). Each segment's first input is its document's EOD, and
+    its targets are that document's tokens, so no window ever crosses a document boundary."""
+    starts = np.flatnonzero(np.asarray(tokens[:], dtype=np.int64) == eod_id)
+    if len(starts) == 0 or starts[0] != 0:
+        raise ConfigError(f"eval.context=document needs a stream of EOD-led documents (EOD id {eod_id}); "
+                          "this split does not start with one")
+    ends = np.append(starts[1:], len(tokens))
+    segs, total = [], 0
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        n = min(b - a - 1, n_targets - total)
+        if n > 0:
+            segs.append((a, n))
+            total += n
+        if total >= n_targets:
+            break
+    if not segs:
+        raise ConfigError("eval.context=document found no document with at least one token to score")
+    return segs
 
 
 def resolve_stride(stride: int | float | None, eval_len: int) -> int:
@@ -57,58 +83,85 @@ def resolve_stride(stride: int | float | None, eval_len: int) -> int:
     return s
 
 
-def windows(n: int, eval_len: int, stride: int) -> list[tuple[int, int]]:
-    """(start, first scored offset) of each window of eval_len over n targets, scoring each target once.
+def windows(n: int, eval_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, length, first scored offset) of each window over a segment of n targets, scoring each once.
 
-    Window w reads inputs [start, start + eval_len) and scores targets start + offset .. start + eval_len - 1.
+    Window w reads inputs [start, start + length) and scores targets start + offset .. start + length - 1; length
+    is eval_len except for a segment shorter than one window (one window of n), and, nonoverlapping, for the
+    last window of a segment whose length is not a multiple of eval_len (a shorter window, as the ALiBi paper's
+    protocol). Sliding, the last window is a full one ending at the segment's end.
     """
-    if n < eval_len:
-        raise ConfigError(f"span of {n} targets is shorter than one window of {eval_len}")
-    out, end = [(0, 0)], eval_len
+    first = min(eval_len, n)
+    out, end = [(0, first, 0)], first
     while end < n:
         new_end = min(end + stride, n)
-        out.append((new_end - eval_len, end - (new_end - eval_len)))
+        start = end if stride == eval_len else new_end - eval_len
+        out.append((start, new_end - start, end - start))
         end = new_end
     return out
 
 
+def targets_hash(tokens: np.ndarray, segments: list[Segment]) -> str:
+    """A fingerprint of the scored targets (ids and segment boundaries): equal hashes = the same tokens scored."""
+    h = hashlib.sha256()
+    for start, n in segments:
+        h.update(np.int64([start, n]).tobytes())
+        h.update(np.asarray(tokens[start + 1:start + 1 + n], dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 @torch.no_grad()
-def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, span: Span, *, stride: int,
-                  batch_tokens: int, device: torch.device
+def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, segments: list[Segment], *,
+                  stride: int, batch_tokens: int, device: torch.device, progress: bool = False
                   ) -> tuple[float, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(sum of target NLLs in fp64, targets scored, NLL sum and count per window position, NLL sum and count
-    per window)."""
-    wins = windows(span.n, eval_len, stride)
-    stream = torch.from_numpy(np.asarray(tokens[span.start:span.start + span.n + 1], dtype=np.int64))
+    per resampling unit: per window with one segment (stream context), per segment (document) with several).
+
+    Windows shorter than eval_len are right-padded; with causal attention the padding is never seen by a
+    scored position, and padded positions are not scored."""
+    wins = [(a + s, n, o, g) for g, (a, m) in enumerate(segments) for s, n, o in windows(m, eval_len, stride)]
+    hi = max(a + m for a, m in segments) + 1
+    stream = torch.from_numpy(np.asarray(tokens[:hi], dtype=np.int64))
     per_batch = max(1, batch_tokens // eval_len)
     pos_sum = torch.zeros(eval_len, dtype=torch.float64)
     pos_cnt = torch.zeros(eval_len, dtype=torch.int64)
+    unit_sum = torch.zeros(len(segments) if len(segments) > 1 else len(wins), dtype=torch.float64)
+    unit_cnt = torch.zeros_like(unit_sum, dtype=torch.int64)
     offsets_L = torch.arange(eval_len)
-    win_sum, win_cnt = [], []
-    for i in range(0, len(wins), per_batch):
+    batches = range(0, len(wins), per_batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"eval_len {eval_len} stride {stride}", leave=False, unit="batch")
+    for i in batches:
         batch = wins[i:i + per_batch]
-        idx_BL = torch.stack([torch.arange(s, s + eval_len) for s, _ in batch])
-        x_BL, y_BL = stream[idx_BL].to(device), stream[idx_BL + 1].to(device)
+        start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*batch))
+        valid_BL = offsets_L[None, :] < len_B[:, None]
+        idx_BL = torch.where(valid_BL, start_B[:, None] + offsets_L[None, :], 0)
+        x_BL, y_BL = stream[idx_BL].to(device), stream[torch.where(valid_BL, idx_BL + 1, 0)].to(device)
         logits_BLV = model(x_BL).float()
         nll_BL = F.cross_entropy(logits_BLV.flatten(0, 1), y_BL.flatten(), reduction="none").view_as(y_BL)
-        scored_BL = offsets_L[None, :] >= torch.tensor([o for _, o in batch])[:, None]
+        scored_BL = valid_BL & (offsets_L[None, :] >= off_B[:, None])
         nll_BL = nll_BL.double().cpu() * scored_BL
         pos_sum += nll_BL.sum(0)
         pos_cnt += scored_BL.sum(0)
-        win_sum.append(nll_BL.sum(1))
-        win_cnt.append(scored_BL.sum(1))
-    return (pos_sum.sum().item(), int(pos_cnt.sum()), pos_sum.numpy(), pos_cnt.numpy(),
-            torch.cat(win_sum).numpy(), torch.cat(win_cnt).numpy())
+        unit_B = grp_B if len(segments) > 1 else torch.arange(i, i + len(batch))
+        unit_sum.index_add_(0, unit_B, nll_BL.sum(1))
+        unit_cnt.index_add_(0, unit_B, scored_BL.sum(1))
+    return (pos_sum.sum().item(), int(pos_cnt.sum()), pos_sum.numpy(), pos_cnt.numpy(), unit_sum.numpy(),
+            unit_cnt.numpy())
 
 
-def bootstrap_ppl(win_sum: np.ndarray, win_cnt: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the token-weighted ppl, resampling windows (the correlated unit).
+def bootstrap_ppl(unit_sum: np.ndarray, unit_cnt: np.ndarray, n_boot: int = 1000, seed: int = 0
+                  ) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the token-weighted ppl, resampling units: windows of the stream, or
+    whole documents (the correlated units), each carrying its NLL sum and token count.
 
     It measures the sampling noise of the scored text only (not seed-to-seed variation: see aggregate.py).
     """
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(win_sum), size=(n_boot, len(win_sum)))
-    losses = win_sum[idx].sum(1) / np.maximum(win_cnt[idx].sum(1), 1)
+    idx = rng.integers(0, len(unit_sum), size=(n_boot, len(unit_sum)))
+    losses = unit_sum[idx].sum(1) / np.maximum(unit_cnt[idx].sum(1), 1)
     lo, hi = np.percentile(losses, [2.5, 97.5])
     return math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
 
@@ -119,27 +172,46 @@ def position_bins(eval_len: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+def eval_segments(tokens: np.ndarray, *, context: str, train_len: int, multipliers: list[int], tokens_to_score: int,
+                  eod_id: int | None = None) -> list[Segment]:
+    """The scored segments, shared by every length: one stream span, or whole documents (eval.context)."""
+    if context == "stream":
+        return scored_span(len(tokens), train_len, multipliers, tokens_to_score)
+    if context == "document":
+        check_multipliers(multipliers)
+        if eod_id is None:
+            raise ConfigError("eval.context=document needs the corpus's end-of-document token id")
+        return document_segments(tokens, eod_id, tokens_to_score)
+    raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
+
+
 def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int, multipliers: list[int],
                      tokens_to_score: int, batch_tokens: int, device: torch.device,
-                     stride: int | float | None = None) -> tuple[list[dict], list[dict]]:
-    """(one row per multiplier, per-position rows). Rows: eval_len, multiplier, mode, stride, loss, ppl, tokens."""
-    span = scored_span(len(tokens), train_len, multipliers, tokens_to_score)
+                     stride: int | float | None = None, context: str = "stream", eod_id: int | None = None,
+                     progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """(one row per multiplier, per-position rows). Rows: eval_len, multiplier, mode, stride, context, loss, ppl,
+    tokens, windows (resampling units: windows, or documents with context=document), targets_hash."""
+    segments = eval_segments(tokens, context=context, train_len=train_len, multipliers=multipliers,
+                             tokens_to_score=tokens_to_score, eod_id=eod_id)
+    n_targets = sum(n for _, n in segments)
+    fingerprint = targets_hash(tokens, segments)
     strides = {m: resolve_stride(stride, m * train_len) for m in multipliers}  # all validated before scoring
     model.eval()
     rows, positions = [], []
     for m in multipliers:
         eval_len, s = m * train_len, strides[m]
         row = {"eval_len": eval_len, "multiplier": m, "mode": "nonoverlapping" if s == eval_len else "sliding",
-               "stride": s}
+               "stride": s, "context": context, "targets_hash": fingerprint}
         try:
             total, count, pos_sum, pos_cnt, win_sum, win_cnt = score_windows(
-                model, tokens, eval_len, span, stride=s, batch_tokens=batch_tokens, device=device)
+                model, tokens, eval_len, segments, stride=s, batch_tokens=batch_tokens, device=device,
+                progress=progress)
         except OutOfRangeError as e:  # a learned table past its end: a recorded result, not a crash
             row.update(tokens=0, loss=math.nan, ppl=math.nan, ppl_ci_low=math.nan, ppl_ci_high=math.nan, windows=0,
                        status="out_of_range", error=str(e))
         else:
-            if count != span.n:
-                raise RuntimeError(f"scored {count} targets instead of {span.n} at eval_len={eval_len}")
+            if count != n_targets:
+                raise RuntimeError(f"scored {count} targets instead of {n_targets} at eval_len={eval_len}")
             loss = total / count
             lo, hi = bootstrap_ppl(win_sum, win_cnt)
             row.update(tokens=count, loss=loss, ppl=math.exp(min(loss, 700.0)), ppl_ci_low=lo, ppl_ci_high=hi,
@@ -147,7 +219,8 @@ def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: i
             for a, b in position_bins(eval_len):
                 n = int(pos_cnt[a:b].sum())
                 if n:
-                    positions.append({"eval_len": eval_len, "mode": row["mode"], "position_bin_start": a,
+                    positions.append({"eval_len": eval_len, "mode": row["mode"], "context": context,
+                                      "position_bin_start": a,
                                       "position_bin_end": b, "mean_nll": float(pos_sum[a:b].sum() / n),
                                       "tokens": n})
         rows.append(row)

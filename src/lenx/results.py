@@ -14,12 +14,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-COLUMNS = ["pos", "scaling", "mode", "stride", "train_len", "eval_len", "multiplier", "loss", "ppl", "ppl_ci_low",
-           "ppl_ci_high", "tokens", "windows", "status", "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "git_sha", "dirty",
-           "run_dir", "ckpt"]
+COLUMNS = ["pos", "scaling", "mode", "stride", "context", "train_len", "eval_len", "multiplier", "loss", "ppl", "ppl_ci_low",
+           "ppl_ci_high", "tokens", "windows", "status", "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash",
+           "targets_hash", "split", "git_sha", "dirty", "run_dir", "ckpt"]
 PROBE_COLUMNS = ["pos", "scaling", "train_len", "multiplier", "distance", "seg_len", "trials", "nll_repeat",
                  "nll_control", "copy_gain", "status", "seed", "git_sha", "ckpt"]
-POSITION_COLUMNS = ["pos", "scaling", "mode", "train_len", "eval_len", "position_bin_start", "position_bin_end",
+POSITION_COLUMNS = ["pos", "scaling", "mode", "context", "train_len", "eval_len", "position_bin_start", "position_bin_end",
                     "mean_nll", "tokens"]
 
 
@@ -72,14 +72,19 @@ def append_rows(run_dir: Path, rows: list[dict], name: str = "extrapolation",
     return all_rows
 
 
+def mode_label(r: dict) -> str:
+    """The row's mode, with the context when it is not the stream: nonoverlapping, sliding/document, ..."""
+    return r["mode"] if r.get("context", "stream") == "stream" else f"{r['mode']}/{r['context']}"
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table: one line per (pos, scaling, mode), one column per eval length."""
     lengths = sorted({r["eval_len"] for r in rows})
-    keys = list(dict.fromkeys((r["pos"], r["scaling"], r["mode"]) for r in rows))
+    keys = list(dict.fromkeys((r["pos"], r["scaling"], mode_label(r)) for r in rows))
     head = f"{'pos':<14} {'scaling':<12} {'mode':<15}" + "".join(f"{L:>13}" for L in lengths)
     lines = [head, "-" * len(head)]
     for key in keys:
-        by_len = {r["eval_len"]: r for r in rows if (r["pos"], r["scaling"], r["mode"]) == key}
+        by_len = {r["eval_len"]: r for r in rows if (r["pos"], r["scaling"], mode_label(r)) == key}
         cells = []
         for L in lengths:
             r = by_len.get(L)
@@ -111,9 +116,9 @@ def _save(plt, fig, path: Path) -> Path:
 def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:
     """ppl against eval length (log2 x axis), one line per (pos, scaling, mode); missing points are gaps."""
     plt, fig, ax = _figure()
-    keys = list(dict.fromkeys((r["pos"], r["scaling"], r["mode"]) for r in rows))
+    keys = list(dict.fromkeys((r["pos"], r["scaling"], mode_label(r)) for r in rows))
     for key in keys:
-        pts = sorted((r["eval_len"], r["ppl"]) for r in rows if (r["pos"], r["scaling"], r["mode"]) == key)
+        pts = sorted((r["eval_len"], r["ppl"]) for r in rows if (r["pos"], r["scaling"], mode_label(r)) == key)
         xs = [x for x, _ in pts]
         ys = [y if (y is not None and math.isfinite(y)) else math.nan for _, y in pts]
         label = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
@@ -134,10 +139,10 @@ def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:
 def plot_positions(rows: list[dict], path: Path) -> Path:
     """Mean NLL against position inside the window (log2 x axis, bin starts), one line per curve."""
     plt, fig, ax = _figure()
-    keys = list(dict.fromkeys((r["pos"], r["scaling"], r["mode"], r["eval_len"]) for r in rows))
+    keys = list(dict.fromkeys((r["pos"], r["scaling"], mode_label(r), r["eval_len"]) for r in rows))
     for key in keys:
         pts = sorted((max(r["position_bin_start"], 0.5), r["mean_nll"]) for r in rows
-                     if (r["pos"], r["scaling"], r["mode"], r["eval_len"]) == key)
+                     if (r["pos"], r["scaling"], mode_label(r), r["eval_len"]) == key)
         name = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker=".", label=f"{name} {key[2][:7]} L={key[3]}")
     ax.set_xscale("log", base=2)

@@ -1,0 +1,115 @@
+"""Line up runs on the same scored tokens: `python scripts/compare.py RUN [RUN ...] [--baseline 0] [--out FILE]`.
+
+Each RUN is a run directory (train.py or evaluate.py output) or any folder holding extrapolation.jsonl files.
+Rows are matched by (mode, stride fraction, context, split, eval_len); a comparison is refused when the rows
+being compared did not score the same target tokens (their targets_hash differs, or the corpus / tokenizer hash
+does), because a ppl difference would then mix the models with the text. Prints one table per mode: ppl per
+run and eval length, and the change relative to the baseline run in percent, with each row's bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from lenx.results import mode_label
+
+
+def load(path: Path) -> list[dict]:
+    files = [path] if path.is_file() else sorted(path.rglob("extrapolation.jsonl"))
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise SystemExit(f"compare: no extrapolation rows under {path}")
+    return rows
+
+
+def run_label(rows: list[dict], fallback: str) -> str:
+    keys = sorted({(r["pos"], r.get("scaling", "none"), r.get("seed")) for r in rows})
+    if len(keys) == 1:
+        pos, scaling, seed = keys[0]
+        return f"{pos}{'' if scaling == 'none' else '+' + scaling} s{seed}"
+    return fallback
+
+
+def match_key(r: dict) -> tuple:
+    return (mode_label(r), r["eval_len"], r.get("split", ""), round(r.get("stride", r["eval_len"]) / r["eval_len"], 6))
+
+
+def line_up(runs: dict[str, list[dict]]) -> tuple[dict, list[str]]:
+    """{(mode, eval_len, split, stride fraction): {run: row}} over the keys every run has, and the problems
+    (different scored tokens) found."""
+    table: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for name, rows in runs.items():
+        for r in rows:
+            table[match_key(r)].setdefault(name, r)  # first row per key and run (reruns append)
+    problems = []
+    for key, by_run in table.items():
+        for field in ("targets_hash", "corpus_hash", "tokenizer_hash"):
+            seen = {name: r.get(field) for name, r in by_run.items()}
+            if None in seen.values() or "" in seen.values():
+                problems.append(f"{key[0]} eval_len={key[1]}: some rows have no {field}; cannot verify they "
+                                f"scored the same tokens")
+            elif len(set(seen.values())) > 1:
+                problems.append(f"{key[0]} eval_len={key[1]}: {field} differs ({seen}): not the same scored tokens")
+    shared = {k: v for k, v in table.items() if len(v) == len(runs)}
+    return shared, problems
+
+
+def render(shared: dict, names: list[str], baseline: str) -> str:
+    out = []
+    for mode in dict.fromkeys(k[0] for k in sorted(shared, key=lambda k: (k[0], k[1]))):
+        lengths = sorted({k[1] for k in shared if k[0] == mode})
+        out.append(f"\n{mode}: ppl [95% bootstrap CI]; (change vs {baseline})")
+        out.append(f"{'run':<28}" + "".join(f"{L:>26}" for L in lengths))
+        for name in names:
+            cells = []
+            for L in lengths:
+                key = next(k for k in shared if k[0] == mode and k[1] == L)
+                r, b = shared[key][name], shared[key][baseline]
+                if r.get("status", "ok") != "ok" or not math.isfinite(r["ppl"]):
+                    cells.append(r.get("status", "nan"))
+                    continue
+                cell = f"{r['ppl']:.2f} [{r.get('ppl_ci_low', math.nan):.1f},{r.get('ppl_ci_high', math.nan):.1f}]"
+                if name != baseline and b.get("status", "ok") == "ok":
+                    cell += f" ({100 * (r['ppl'] / b['ppl'] - 1):+.1f}%)"
+                cells.append(cell)
+            out.append(f"{name:<28}" + "".join(f"{c:>26}" for c in cells))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--baseline", type=int, default=0, help="index of the run the others are compared to")
+    p.add_argument("--allow-different-tokens", action="store_true",
+                   help="print the table even when the runs scored different tokens (the problems are listed)")
+    p.add_argument("--out", type=Path, help="also write the table to this file")
+    args = p.parse_args(argv)
+    runs: dict[str, list[dict]] = {}
+    for path in args.runs:
+        rows = load(path)
+        name = run_label(rows, path.name)
+        runs[name if name not in runs else f"{name} ({path})"] = rows
+    names = list(runs)
+    shared, problems = line_up(runs)
+    if problems and not args.allow_different_tokens:
+        raise SystemExit("compare: refusing to compare runs that did not score the same tokens:\n  "
+                         + "\n  ".join(problems) + "\n(re-score them with the same eval settings and corpus, or "
+                         "pass --allow-different-tokens)")
+    if not shared:
+        raise SystemExit("compare: the runs share no (mode, stride, context, split, eval_len) row")
+    text = render(shared, names, names[args.baseline])
+    if problems:
+        text = "WARNING: " + "\n WARNING: ".join(problems) + "\n" + text
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
