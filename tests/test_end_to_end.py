@@ -230,3 +230,18 @@ def test_submitit_local_sweep_end_to_end(tmp_path, tree, cache):
     assert r.returncode == 0, r.stderr[-3000:]
     runs = sorted(p.parent.name for p in sweep.rglob("extrapolation.jsonl"))
     assert runs == ["0_alibi_L32_s0", "1_rope_L32_s0"]
+
+
+def test_passkey_training_task_and_accuracy_table(tmp_path, tree, cache):
+    cfg = compose_run(tmp_path, tree, "data=passkey", "pos=alibi", "seq_len=32")
+    with pytest.raises(ConfigError, match="data=passkey needs seq_len >="):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    cfg = compose_run(tmp_path, tree, "data=passkey", "pos=alibi", "seq_len=128", "eval.multipliers=[1,2]",
+                      "eval.passkey.multipliers=[1,2]", "eval.passkey.depths=[0.0,1.0]", "eval.passkey.trials=3")
+    rows = run(cfg)
+    assert [r["eval_len"] for r in rows] == [128, 256]  # perplexity on the corpus stream, as for any run
+    pk = [json.loads(x) for x in (tmp_path / "run" / "passkey.jsonl").read_text().splitlines()]
+    assert [(p["eval_len"], p["depth"], p["trials"]) for p in pk] == [(128, 0.0, 3), (128, 1.0, 3), (256, 0.0, 3),
+                                                                     (256, 1.0, 3)]
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in pk) and (tmp_path / "run" / "passkey.png").is_file()

@@ -273,7 +273,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def source_key(d: Mapping) -> str:
     """A cheap key for the cache lookup (no content hashing): settings + the file tree's sizes and mtimes."""
-    settings = {k: d.get(k) for k in sorted(d) if k != "cache_dir"}
+    settings = {k: d.get(k) for k in sorted(d) if k not in ("cache_dir", "task", "passkey")}  # not the corpus
     tree = ""
     if d["name"] == "stdlib":
         root = Path(d.get("path") or sysconfig.get_paths()["stdlib"]).expanduser()

@@ -15,8 +15,9 @@ from lenx.errors import CheckpointError, ConfigError, LenxError
 from lenx.extrapolation import check_multipliers, evaluate_lengths, resolve_stride, scored_span
 from lenx.hardware import resolve_device
 from lenx.lit import build_model
-from lenx.probes import repeat_segment
-from lenx.results import POSITION_COLUMNS, PROBE_COLUMNS, append_rows, format_table, git_state, plot_positions, plot_rows
+from lenx.probes import Passkey, passkey_accuracy, repeat_segment
+from lenx.results import (PASSKEY_COLUMNS, POSITION_COLUMNS, PROBE_COLUMNS, append_rows, format_table, git_state,
+                          plot_passkey, plot_positions, plot_rows)
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -97,6 +98,25 @@ def check_eval(eval_cfg: dict, n_tokens: int, train_len: int) -> None:
             resolve_stride(stride, m * train_len)
 
 
+def passkey_task(cfg: dict) -> Passkey | None:
+    """The passkey task for a run trained on data=passkey (data.task), else None; checks seq_len fits it."""
+    d = cfg["data"]
+    if d.get("task") in (None, "lm"):
+        return None
+    if d["task"] != "passkey":
+        raise ConfigError(f"unknown data.task {d['task']!r}; expected lm or passkey")
+    task = Passkey(data.load_tokenizer(cfg), data.prepare(cfg)["eod_id"], (d.get("passkey") or {}).get("digits", 5))
+    if cfg["seq_len"] + 1 < task.min_length():
+        raise ConfigError(f"data=passkey needs seq_len >= {task.min_length() - 1} to hold the needle and the "
+                          f"question, got seq_len={cfg['seq_len']}")
+    return task
+
+
+def run_passkey(eval_cfg: dict, cfg: dict) -> bool:
+    pk = eval_cfg.get("passkey") or {}
+    return pk.get("run") is True or (pk.get("run") == "auto" and cfg["data"].get("task") == "passkey")
+
+
 def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir: Path, *, ckpt: str = "",
                      choices: dict | None = None) -> dict[str, list[dict]]:
     """Score `model` at every multiplier and mode, and run the probes; returns {table name: rows}."""
@@ -127,7 +147,13 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
         for r in repeat_segment(model, vocab_size=cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
                                 multipliers=list(probe["multipliers"]), seg_len=probe["seg_len"],
                                 trials=probe["trials"], device=device)]
-    return {"extrapolation": rows, "position_loss": positions, "probe": probes}
+    passkey = []
+    if run_passkey(eval_cfg, cfg):
+        pk, task = eval_cfg["passkey"], passkey_task({**cfg, "data": {**cfg["data"], "task": "passkey"}})
+        passkey = [{**common, **r, "seed": cfg.get("seed"), "git_sha": sha, "ckpt": str(ckpt)}
+                   for r in passkey_accuracy(model, task, train_len=cfg["seq_len"], multipliers=list(pk["multipliers"]),
+                                             depths=list(pk["depths"]), trials=pk["trials"], device=device)]
+    return {"extrapolation": rows, "position_loss": positions, "probe": probes, "passkey": passkey}
 
 
 def write_outputs(run_dir: Path, tables: dict[str, list[dict]]) -> None:
@@ -142,6 +168,13 @@ def write_outputs(run_dir: Path, tables: dict[str, list[dict]]) -> None:
         for r in tables["probe"]:
             print(f"  {r['pos']:<14} {r['scaling']:<12} d={r['distance']:<6} ({r['multiplier']}x)"
                   f"  {r['copy_gain']:+.3f}")
+    if tables.get("passkey"):
+        rows = append_rows(run_dir, tables["passkey"], "passkey", PASSKEY_COLUMNS)
+        plot_passkey(rows, run_dir / "passkey.png")
+        print("\npasskey retrieval accuracy, by length (rows: depth of the key)")
+        for r in tables["passkey"]:
+            print(f"  {r['pos']:<14} {r['scaling']:<12} len={r['eval_len']:<6} depth={r['depth']:<5} "
+                  f"{r['accuracy']:.2f}")
     print(f"\nresults: {run_dir / 'extrapolation.csv'} (+ .jsonl), figure: {png}, "
           f"loss per position: {run_dir / 'position_loss.csv'} (+ .png), probe: {run_dir / 'probe.csv'}")
 
@@ -153,7 +186,7 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
     check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])
     models = [load_model(ckpt, s) for s in (scalings or [None])]  # every scaling validated before scoring
     choices = cfg.get("choices", {})
-    tables: dict[str, list[dict]] = {"extrapolation": [], "position_loss": [], "probe": []}
+    tables: dict[str, list[dict]] = {"extrapolation": [], "position_loss": [], "probe": [], "passkey": []}
     for model, mcfg in models:
         for name, rows in score_and_record(model, mcfg, eval_cfg, run_dir, ckpt=ckpt, choices=choices).items():
             tables[name] += rows

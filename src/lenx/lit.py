@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lenx.errors import ConfigError, LenxError
 from lenx.model import Decoder
+from lenx.probes import Passkey, PasskeyWindows
 
 
 def build_model(cfg: dict) -> Decoder:
@@ -103,14 +104,19 @@ class RandomWindows(Dataset):
 
 
 class WindowData(L.LightningDataModule):
-    """Training windows from the train stream; a fixed set of validation windows at the training length."""
+    """Training windows from the train stream (or passkey sequences); fixed validation windows at the training
+    length."""
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, *, seq_len: int, batch_size: int,
-                 max_steps: int, accumulate: int, val_batches: int, seed: int) -> None:
+                 max_steps: int, accumulate: int, val_batches: int, seed: int, passkey: Passkey | None = None) -> None:
         super().__init__()
-        n_train = max_steps * accumulate * batch_size
-        self.train = RandomWindows(train_tokens, seq_len, n_train, seed)
-        self.val = RandomWindows(val_tokens, seq_len, max(1, val_batches) * batch_size, seed=10_000 + seed)
+        n_train, n_val = max_steps * accumulate * batch_size, max(1, val_batches) * batch_size
+        if passkey is None:
+            self.train = RandomWindows(train_tokens, seq_len, n_train, seed)
+            self.val = RandomWindows(val_tokens, seq_len, n_val, seed=10_000 + seed)
+        else:  # data=passkey: synthetic retrieval sequences for training and validation
+            self.train = PasskeyWindows(passkey, seq_len, n_train, seed)
+            self.val = PasskeyWindows(passkey, seq_len, n_val, seed=10_000 + seed)
         self.batch_size = batch_size
 
     def _loader(self, ds: Dataset) -> DataLoader:

@@ -19,6 +19,8 @@ COLUMNS = ["pos", "scaling", "mode", "stride", "context", "train_len", "eval_len
            "targets_hash", "split", "git_sha", "dirty", "run_dir", "ckpt"]
 PROBE_COLUMNS = ["pos", "scaling", "train_len", "multiplier", "distance", "seg_len", "trials", "nll_repeat",
                  "nll_control", "copy_gain", "status", "seed", "git_sha", "ckpt"]
+PASSKEY_COLUMNS = ["pos", "scaling", "train_len", "eval_len", "multiplier", "depth", "trials", "accuracy", "status",
+                   "seed", "git_sha", "ckpt"]
 POSITION_COLUMNS = ["pos", "scaling", "mode", "context", "train_len", "eval_len", "position_bin_start", "position_bin_end",
                     "mean_nll", "tokens"]
 
@@ -151,4 +153,22 @@ def plot_positions(rows: list[dict], path: Path) -> Path:
     ax.set_title("loss per position")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
+    return _save(plt, fig, path)
+
+
+def plot_passkey(rows: list[dict], path: Path) -> Path:
+    """Passkey accuracy against length (log2 x axis), one line per (pos, scaling, depth)."""
+    plt, fig, ax = _figure()
+    keys = list(dict.fromkeys((r["pos"], r["scaling"], r["depth"]) for r in rows))
+    for key in keys:
+        pts = sorted((r["eval_len"], r["accuracy"]) for r in rows if (r["pos"], r["scaling"], r["depth"]) == key)
+        name = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{name} depth {key[2]:g}")
+    for L in sorted({r["train_len"] for r in rows}):
+        ax.axvline(L, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="sequence length (tokens)", ylabel="passkey accuracy", ylim=(-0.05, 1.05),
+           title="passkey retrieval (dotted: training length)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     return _save(plt, fig, path)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
 from lenx.errors import ConfigError, LenxError
-from lenx.evaluate import CONFIG_DIR, check_eval, read_checkpoint, score_and_record, write_outputs
+from lenx.evaluate import CONFIG_DIR, check_eval, passkey_task, read_checkpoint, score_and_record, write_outputs
 from lenx.hardware import resolve_precision
 from lenx.lit import LenxModule, WindowData, build_model
 from lenx.results import atomic_write_text
@@ -80,6 +80,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
     prov = data.prepare(cfg_dict)  # tokenizer + token memmaps (cached after the first run)
     cfg_dict["provenance"] = prov
+    passkey_task(cfg_dict)  # data=passkey: refuses a seq_len too short for the task before any training
     check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)
     atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
     log.info("data ready in %.1fs: %s", time.time() - t0, {k: prov[k] for k in ("corpus", "n_tokens")})
@@ -95,7 +96,7 @@ def run(cfg: DictConfig) -> list[dict]:
     dm = WindowData(data.load_tokens(cfg_dict, "train"), data.load_tokens(cfg_dict, "validation"),
                     seq_len=cfg.seq_len, batch_size=cfg.batch_size, max_steps=t["max_steps"],
                     accumulate=t["accumulate_grad_batches"], val_batches=t["limit_val_batches"] or 1,
-                    seed=cfg.seed)
+                    seed=cfg.seed, passkey=passkey_task(cfg_dict))
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every)
     trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
