@@ -1,7 +1,6 @@
 import sys
-from pathlib import Path
-
 import sysconfig
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir

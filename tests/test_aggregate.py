@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts" / "aggregate.py")

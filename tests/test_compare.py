@@ -4,7 +4,6 @@ import importlib.util
 import json
 
 import pytest
-
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("compare", ROOT / "scripts" / "compare.py")

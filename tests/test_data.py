@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE, STDLIB
 
 from lenx import data
 from lenx.errors import ConfigError, CorpusError
-
-from conftest import SAMPLE, STDLIB
 
 
 def cfg(name="stdlib", **over):

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, compose_train
 
 from lenx.errors import ConfigError
 from lenx.evaluate import evaluate_checkpoint, load_model
 from lenx.train import run
-
-from conftest import ROOT, compose_train
 
 
 def compose_run(tmp_path, tree, *overrides):

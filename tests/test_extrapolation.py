@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_model
 
 from lenx.errors import ConfigError
-from lenx.extrapolation import (bootstrap_ppl, document_segments, evaluate_lengths, position_bins, resolve_stride,
-                                score_windows, scored_span, targets_hash, windows)
-
-from conftest import make_model
+from lenx.extrapolation import (
+    bootstrap_ppl,
+    document_segments,
+    evaluate_lengths,
+    position_bins,
+    resolve_stride,
+    score_windows,
+    scored_span,
+    targets_hash,
+    windows,
+)
 
 
 def tiny(scheme="alibi"):

@@ -4,13 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import SCHEMES, make_model
 
 from lenx.errors import ConfigError, OutOfRangeError
 from lenx.model import Decoder
 from lenx.pos.base import PositionalScheme
 from lenx.pos.bias import ALiBi, alibi_slopes
-
-from conftest import SCHEMES, make_model
 
 TRAIN_LEN = 16
 

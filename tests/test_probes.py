@@ -50,12 +50,11 @@ def test_a_model_without_memory_gains_nothing():
 # ------------------------------------------------------------------------------------------------ passkey retrieval
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import STDLIB  # noqa: E402
 
 from lenx.data import EOD_TOKEN, train_tokenizer  # noqa: E402
 from lenx.errors import ConfigError  # noqa: E402
 from lenx.probes import Passkey, PasskeyWindows, passkey_accuracy  # noqa: E402
-
-from conftest import STDLIB  # noqa: E402
 
 
 @pytest.fixture(scope="module")

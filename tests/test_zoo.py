@@ -10,13 +10,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SCHEMES, make_model
 
 import lenx.model
 import lenx.pos.bias
 from lenx.model import Decoder
 from lenx.pos.bias import t5_relative_bucket
-
-from conftest import SCHEMES, make_model
 
 # Schemes whose logits depend on i - j (and content) only, and the others; every scheme must be in one list.
 RELATIVE = ["alibi", "alibi_learned", "cope", "cpe", "deberta", "kerple_log", "kerple_power", "none", "rope",

@@ -8,12 +8,10 @@ import math
 
 import pytest
 import torch
-
-import lenx.model
-
 from conftest import SCHEMES
 from test_zoo import make, reference_t5_bucket
 
+import lenx.model
 
 # --- parity: every scheme against its formula, written out by hand ---
 

@@ -1,5 +1,9 @@
 """Errors lenx raises for bad input: one clear message, raised before expensive work starts."""
 
+import errno
+import sys
+from contextlib import contextmanager
+
 
 class LenxError(Exception):
     """Base class: a problem with the user's input or environment, reported without a traceback dump."""
@@ -19,3 +23,27 @@ class OutOfRangeError(LenxError, IndexError):
 
 class CheckpointError(LenxError):
     """A missing, truncated or foreign checkpoint file."""
+
+
+# errno values that mean "the output location cannot take more data", reported as one line, not a traceback
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+
+
+@contextmanager
+def user_errors():
+    """Entry points run inside this: a LenxError, or a write refused by the disk (full, read-only, no permission),
+    prints one `lenx: error: ...` line and exits with status 2. Files lenx already wrote stay whole: every result
+    and checkpoint file is replaced atomically (temporary file + rename), never truncated in place."""
+    try:
+        yield
+    except LenxError as e:
+        print(f"lenx: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"lenx: error: cannot write{where}: {e.strerror or e}. Results and checkpoints written before this "
+              "are intact (atomic writes); free space or fix permissions, then rerun the same command to continue",
+              file=sys.stderr)
+        sys.exit(2)

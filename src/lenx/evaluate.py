@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -11,13 +10,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
-from lenx.errors import CheckpointError, ConfigError, LenxError
+from lenx.errors import CheckpointError, ConfigError, user_errors
 from lenx.extrapolation import check_multipliers, evaluate_lengths, resolve_stride, scored_span
 from lenx.hardware import resolve_device
 from lenx.lit import build_model
 from lenx.probes import Passkey, passkey_accuracy, repeat_segment
-from lenx.results import (PASSKEY_COLUMNS, POSITION_COLUMNS, PROBE_COLUMNS, append_rows, format_table, git_state,
-                          plot_passkey, plot_positions, plot_rows)
+from lenx.results import (
+    PASSKEY_COLUMNS,
+    POSITION_COLUMNS,
+    PROBE_COLUMNS,
+    append_rows,
+    format_table,
+    git_state,
+    plot_passkey,
+    plot_positions,
+    plot_rows,
+    read_rows,
+)
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -119,7 +128,9 @@ def run_passkey(eval_cfg: dict, cfg: dict) -> bool:
 
 def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir: Path, *, ckpt: str = "",
                      choices: dict | None = None) -> dict[str, list[dict]]:
-    """Score `model` at every multiplier and mode, and run the probes; returns {table name: rows}."""
+    """Score `model` at every multiplier and mode, and run the probes, appending each result to run_dir's files
+    as soon as it exists (atomic rewrites). Results already in run_dir for this checkpoint and scaling are
+    skipped, so a rerun after a kill completes the rest. Returns the new rows, {table name: rows}."""
     tokens = data.load_tokens(cfg, eval_cfg["split"])
     device = resolve_device(eval_cfg.get("device", "auto"))
     prov = cfg.get("provenance", {})
@@ -127,50 +138,66 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
     choices = choices or {}
     common = dict(pos=choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower(),
                   scaling=scaling_name(cfg), train_len=cfg["seq_len"])
+    stamp = {"seed": cfg.get("seed"), "git_sha": sha, "ckpt": str(ckpt)}
+
+    def mine(name: str) -> list[dict]:  # rows already written for this checkpoint and scaling
+        return [r for r in read_rows(run_dir, name) if r.get("ckpt") == str(ckpt)
+                and r.get("scaling") == common["scaling"] and r.get("split", eval_cfg["split"]) == eval_cfg["split"]]
+
+    done = {(r["stride"], r.get("context", "stream"), r["eval_len"], r.get("targets_hash")) for r in mine("extrapolation")}
+    new: dict[str, list[dict]] = {"extrapolation": [], "position_loss": [], "probe": [], "passkey": []}
+
+    def save(row: dict, positions: list[dict]) -> None:
+        row.update(common, model=choices.get("model", ""), corpus=prov.get("corpus", ""),
+                   corpus_hash=prov.get("corpus_hash", ""), tokenizer_hash=prov.get("tokenizer_hash", ""),
+                   dirty=dirty, run_dir=str(run_dir), split=eval_cfg["split"], **stamp)
+        positions = [{**common, **p} for p in positions]
+        append_rows(run_dir, positions, "position_loss", POSITION_COLUMNS)
+        append_rows(run_dir, [row])  # last: a row on disk means its positions are too
+        new["extrapolation"].append(row)
+        new["position_loss"] += positions
+
     context = eval_cfg.get("context", "stream")
     eod_id = data.prepare(cfg)["eod_id"] if context == "document" else None
-    rows, positions = [], []
     for stride in eval_strides(eval_cfg):
-        r, p = evaluate_lengths(model.to(device), tokens, train_len=cfg["seq_len"],
-                                multipliers=list(eval_cfg["multipliers"]), tokens_to_score=eval_cfg["tokens"],
-                                batch_tokens=eval_cfg["batch_tokens"], device=device, stride=stride,
-                                context=context, eod_id=eod_id, progress=bool(eval_cfg.get("progress", False)))
-        rows += r
-        positions += [{**common, **row} for row in p]
-    for r in rows:
-        r.update(common, seed=cfg.get("seed"), model=choices.get("model", ""), corpus=prov.get("corpus", ""),
-                 corpus_hash=prov.get("corpus_hash", ""), tokenizer_hash=prov.get("tokenizer_hash", ""),
-                 git_sha=sha, dirty=dirty, run_dir=str(run_dir), ckpt=str(ckpt), split=eval_cfg["split"])
+        evaluate_lengths(model.to(device), tokens, train_len=cfg["seq_len"], multipliers=list(eval_cfg["multipliers"]),
+                         tokens_to_score=eval_cfg["tokens"], batch_tokens=eval_cfg["batch_tokens"], device=device,
+                         stride=stride, context=context, eod_id=eod_id, progress=bool(eval_cfg.get("progress", False)),
+                         done=done, on_result=save)
     probe = eval_cfg.get("probe")
-    probes = [] if not probe else [
-        {**common, **r, "seed": cfg.get("seed"), "git_sha": sha, "ckpt": str(ckpt)}
-        for r in repeat_segment(model, vocab_size=cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
-                                multipliers=list(probe["multipliers"]), seg_len=probe["seg_len"],
-                                trials=probe["trials"], device=device)]
-    passkey = []
-    if run_passkey(eval_cfg, cfg):
+    if probe and not mine("probe"):
+        new["probe"] = [{**common, **r, **stamp} for r in repeat_segment(
+            model, vocab_size=cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
+            multipliers=list(probe["multipliers"]), seg_len=probe["seg_len"], trials=probe["trials"], device=device)]
+        append_rows(run_dir, new["probe"], "probe", PROBE_COLUMNS)
+    if run_passkey(eval_cfg, cfg) and not mine("passkey"):
         pk, task = eval_cfg["passkey"], passkey_task({**cfg, "data": {**cfg["data"], "task": "passkey"}})
-        passkey = [{**common, **r, "seed": cfg.get("seed"), "git_sha": sha, "ckpt": str(ckpt)}
-                   for r in passkey_accuracy(model, task, train_len=cfg["seq_len"], multipliers=list(pk["multipliers"]),
-                                             depths=list(pk["depths"]), trials=pk["trials"], device=device)]
-    return {"extrapolation": rows, "position_loss": positions, "probe": probes, "passkey": passkey}
+        new["passkey"] = [{**common, **r, **stamp} for r in passkey_accuracy(
+            model, task, train_len=cfg["seq_len"], multipliers=list(pk["multipliers"]), depths=list(pk["depths"]),
+            trials=pk["trials"], device=device)]
+        append_rows(run_dir, new["passkey"], "passkey", PASSKEY_COLUMNS)
+    return new
 
 
 def write_outputs(run_dir: Path, tables: dict[str, list[dict]]) -> None:
-    all_rows = append_rows(run_dir, tables["extrapolation"])
-    all_pos = append_rows(run_dir, tables["position_loss"], "position_loss", POSITION_COLUMNS)
+    """Figures from every row in run_dir (old and new), and a printed summary; the rows are already on disk."""
+    all_rows = read_rows(run_dir)
+    if not all_rows:
+        return
     png = plot_rows(all_rows, run_dir / "extrapolation.png")
-    plot_positions(all_pos, run_dir / "position_loss.png")
+    plot_positions(read_rows(run_dir, "position_loss"), run_dir / "position_loss.png")
     print("\n" + format_table(all_rows))
+    skipped = len(all_rows) - len(tables["extrapolation"])
+    if skipped:
+        print(f"({skipped} rows were already in {run_dir / 'extrapolation.jsonl'}; they were not scored again)")
     if tables["probe"]:
-        append_rows(run_dir, tables["probe"], "probe", PROBE_COLUMNS)
         print("\nrepeated-segment probe: copy gain (nats) = NLL(control) - NLL(repeat), by distance")
         for r in tables["probe"]:
             print(f"  {r['pos']:<14} {r['scaling']:<12} d={r['distance']:<6} ({r['multiplier']}x)"
                   f"  {r['copy_gain']:+.3f}")
+    if read_rows(run_dir, "passkey"):
+        plot_passkey(read_rows(run_dir, "passkey"), run_dir / "passkey.png")
     if tables.get("passkey"):
-        rows = append_rows(run_dir, tables["passkey"], "passkey", PASSKEY_COLUMNS)
-        plot_passkey(rows, run_dir / "passkey.png")
         print("\npasskey retrieval accuracy, by length (rows: depth of the key)")
         for r in tables["passkey"]:
             print(f"  {r['pos']:<14} {r['scaling']:<12} len={r['eval_len']:<6} depth={r['depth']:<5} "
@@ -200,8 +227,5 @@ def main(cfg: DictConfig) -> None:
     scalings = OmegaConf.to_container(cfg.scalings) if cfg.scalings is not None else None
     if isinstance(scalings, str):
         scalings = [scalings]
-    try:
+    with user_errors():
         evaluate_checkpoint(cfg.ckpt, eval_cfg, Path(cfg.run_dir), scalings)
-    except LenxError as e:
-        print(f"lenx: error: {e}", file=sys.stderr)
-        sys.exit(2)

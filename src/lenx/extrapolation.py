@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from lenx.errors import ConfigError, OutOfRangeError
 
-
 Segment = tuple[int, int]  # (start, n): targets tokens[start + 1 : start + 1 + n], inputs tokens[start : start + n]
 
 
@@ -188,9 +187,12 @@ def eval_segments(tokens: np.ndarray, *, context: str, train_len: int, multiplie
 def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int, multipliers: list[int],
                      tokens_to_score: int, batch_tokens: int, device: torch.device,
                      stride: int | float | None = None, context: str = "stream", eod_id: int | None = None,
-                     progress: bool = False) -> tuple[list[dict], list[dict]]:
+                     progress: bool = False, done: set | None = None, on_result=None) -> tuple[list[dict], list[dict]]:
     """(one row per multiplier, per-position rows). Rows: eval_len, multiplier, mode, stride, context, loss, ppl,
-    tokens, windows (resampling units: windows, or documents with context=document), targets_hash."""
+    tokens, windows (resampling units: windows, or documents with context=document), targets_hash.
+
+    done: (stride, context, eval_len, targets_hash) keys already scored, skipped (a rerun completes the rest);
+    on_result(row, positions) is called after each length, so results are saved as they come."""
     segments = eval_segments(tokens, context=context, train_len=train_len, multipliers=multipliers,
                              tokens_to_score=tokens_to_score, eod_id=eod_id)
     n_targets = sum(n for _, n in segments)
@@ -200,8 +202,11 @@ def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: i
     rows, positions = [], []
     for m in multipliers:
         eval_len, s = m * train_len, strides[m]
+        if done and (s, context, eval_len, fingerprint) in done:
+            continue
         row = {"eval_len": eval_len, "multiplier": m, "mode": "nonoverlapping" if s == eval_len else "sliding",
                "stride": s, "context": context, "targets_hash": fingerprint}
+        n_pos = len(positions)
         try:
             total, count, pos_sum, pos_cnt, win_sum, win_cnt = score_windows(
                 model, tokens, eval_len, segments, stride=s, batch_tokens=batch_tokens, device=device,
@@ -224,4 +229,6 @@ def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: i
                                       "position_bin_end": b, "mean_nll": float(pos_sum[a:b].sum() / n),
                                       "tokens": n})
         rows.append(row)
+        if on_result is not None:
+            on_result(row, positions[n_pos:])
     return rows, positions

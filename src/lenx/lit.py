@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset
 
 from lenx.errors import ConfigError, LenxError
@@ -31,6 +34,18 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> fl
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save checkpointing, through a temporary file and a rename: a kill mid-write leaves the
+    previous checkpoint whole, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
 
 
 class NonFiniteLossError(LenxError):
@@ -68,6 +83,12 @@ class LenxModule(L.LightningModule):
         self._last_step_time = now
         return loss
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Random draws of a step (dropout) come from a generator seeded by (seed, step, rank) only, so a run resumed
+        # from a checkpoint draws exactly what the uninterrupted run drew, whatever else consumed the global RNG
+        # in between (dataloader iterators draw a base seed when they start, validation runs, ...).
+        torch.manual_seed((self.cfg["seed"] * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
+
     def validation_step(self, batch_BT, batch_idx):
         self.log("val/loss", self._loss(batch_BT), prog_bar=True)
 
@@ -90,34 +111,52 @@ class RandomWindows(Dataset):
     Deterministic per index, so a resumed run sees exactly the windows the uninterrupted one would have.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, n_items: int, seed: int) -> None:
+    def __init__(self, tokens: np.ndarray, seq_len: int, n_items: int, seed: int, start: int = 0) -> None:
         if len(tokens) < seq_len + 2:
             raise ConfigError(f"seq_len={seq_len} needs at least {seq_len + 2} tokens; the split has {len(tokens)}")
-        self.tokens, self.seq_len, self.n_items, self.seed = tokens, seq_len, n_items, seed
+        self.tokens, self.seq_len, self.n_items, self.seed, self.start = tokens, seq_len, n_items, seed, start
 
     def __len__(self) -> int:
+        # Not n_items - start: a resumed Lightning epoch continues its batch count from the restored step, and
+        # ends at len(dataloader); the items past n_items - start are never reached (max_steps stops first).
         return self.n_items
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        i += self.start  # items already consumed before a resume are skipped, not repeated
         o = int(np.random.default_rng((self.seed, i)).integers(0, len(self.tokens) - self.seq_len - 1))
         return torch.from_numpy(self.tokens[o:o + self.seq_len + 1].astype(np.int64))
 
 
 class WindowData(L.LightningDataModule):
     """Training windows from the train stream (or passkey sequences); fixed validation windows at the training
-    length."""
+    length.
+
+    Item i of the training set is a pure function of (seed, i), and one optimizer step consumes
+    batch_size x accumulate x world_size items; the training dataloader starts at the item after the last step
+    already taken (global_step, restored from a checkpoint), so a resumed run continues the exact item sequence
+    of the uninterrupted one. Under DDP, Lightning's DistributedSampler gives each rank its own items.
+    """
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, *, seq_len: int, batch_size: int,
                  max_steps: int, accumulate: int, val_batches: int, seed: int, passkey: Passkey | None = None) -> None:
         super().__init__()
-        n_train, n_val = max_steps * accumulate * batch_size, max(1, val_batches) * batch_size
-        if passkey is None:
-            self.train = RandomWindows(train_tokens, seq_len, n_train, seed)
-            self.val = RandomWindows(val_tokens, seq_len, n_val, seed=10_000 + seed)
-        else:  # data=passkey: synthetic retrieval sequences for training and validation
-            self.train = PasskeyWindows(passkey, seq_len, n_train, seed)
-            self.val = PasskeyWindows(passkey, seq_len, n_val, seed=10_000 + seed)
-        self.batch_size = batch_size
+        self.train_tokens, self.val_tokens, self.passkey = train_tokens, val_tokens, passkey
+        self.seq_len, self.batch_size, self.max_steps, self.accumulate = seq_len, batch_size, max_steps, accumulate
+        self.val_batches, self.seed = max(1, val_batches), seed
+        self._dataset(0, 1)  # refuse impossible shapes (seq_len vs the split, passkey length) up front
+
+    def _dataset(self, start_step: int, world: int, val: bool = False) -> Dataset:
+        per_step = self.batch_size * self.accumulate * world
+        n, start = (self.val_batches * self.batch_size * world, 0) if val else (self.max_steps * per_step,
+                                                                                 start_step * per_step)
+        seed = 10_000 + self.seed if val else self.seed
+        if self.passkey is None:
+            return RandomWindows(self.val_tokens if val else self.train_tokens, self.seq_len, n, seed, start)
+        return PasskeyWindows(self.passkey, self.seq_len, n, seed, start)  # data=passkey: synthetic sequences
+
+    def _trainer_state(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_step, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, ds: Dataset) -> DataLoader:
         # No worker processes: on a CPU box they would compete with torch's compute threads, and the
@@ -126,7 +165,9 @@ class WindowData(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self):
-        return self._loader(self.train)
+        step, world = self._trainer_state()
+        return self._loader(self._dataset(step, world))
 
     def val_dataloader(self):
-        return self._loader(self.val)
+        _, world = self._trainer_state()
+        return self._loader(self._dataset(0, world, val=True))

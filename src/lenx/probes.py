@@ -113,13 +113,15 @@ class PasskeyWindows(torch.utils.data.Dataset):
     """Training items for data=passkey: passkey sequences of seq_len + 1 tokens, depth and key drawn from an RNG
     seeded by (seed, i), so a resumed run sees the same items."""
 
-    def __init__(self, task: Passkey, seq_len: int, n_items: int, seed: int) -> None:
+    def __init__(self, task: Passkey, seq_len: int, n_items: int, seed: int, start: int = 0) -> None:
         task.sequence(seq_len + 1, 0.5, np.random.default_rng(0))  # refuses a too-short seq_len up front
-        self.task, self.seq_len, self.n_items, self.seed = task, seq_len, n_items, seed
+        self.task, self.seq_len, self.n_items, self.seed, self.start = task, seq_len, n_items, seed, start
 
     def __len__(self) -> int:
+        # Not n_items - start: a resumed Lightning epoch continues its batch count from the restored step, and
+        # ends at len(dataloader); the items past n_items - start are never reached (max_steps stops first).
         return self.n_items
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        rng = np.random.default_rng((self.seed, i))
+        rng = np.random.default_rng((self.seed, i + self.start))
         return torch.from_numpy(self.task.sequence(self.seq_len + 1, float(rng.random()), rng)[0])

@@ -7,6 +7,7 @@ never leaves a truncated results file, and rows already on disk are kept (append
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -66,11 +67,11 @@ def append_rows(run_dir: Path, rows: list[dict], name: str = "extrapolation",
     all_rows = read_rows(run_dir, name) + rows
     atomic_write_text(run_dir / f"{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows))
     extra = sorted({k for r in all_rows for k in r} - set(columns))
-    with tempfile.NamedTemporaryFile("w", newline="", delete=False, dir=run_dir, suffix=".tmp") as f:
-        writer = csv.DictWriter(f, fieldnames=columns + extra, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(all_rows)
-    os.replace(f.name, run_dir / f"{name}.csv")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns + extra, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(all_rows)
+    atomic_write_text(run_dir / f"{name}.csv", buf.getvalue())
     return all_rows
 
 

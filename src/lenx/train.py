@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +16,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
-from lenx.errors import ConfigError, LenxError
-from lenx.evaluate import CONFIG_DIR, check_eval, passkey_task, read_checkpoint, score_and_record, write_outputs
+from lenx.errors import ConfigError, user_errors
+from lenx.evaluate import (
+    CONFIG_DIR,
+    check_eval,
+    passkey_task,
+    read_checkpoint,
+    score_and_record,
+    write_outputs,
+)
 from lenx.hardware import resolve_precision
-from lenx.lit import LenxModule, WindowData, build_model
+from lenx.lit import AtomicCheckpointIO, LenxModule, WindowData, build_model
 from lenx.results import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,41 @@ def check_config(cfg: dict) -> None:
     if not isinstance(steps, int) or steps <= 0:
         raise ConfigError(f"trainer.max_steps must be a positive integer, got {steps!r}")
     build_model(cfg)  # shapes, heads vs width, rotary dims, scaling parameters
+
+
+def check_writable(run_dir: Path) -> None:
+    """A read-only or full output directory is refused before any work, with the reason."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".lenx_write_test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to the run directory {run_dir}: {e.strerror or e}") from None
+
+
+def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int]:
+    """(checkpoint to resume from, its step): `resume` auto -> run_dir's last.ckpt if present; never -> none, and a
+    run dir holding checkpoints is refused (never overwritten); a path -> that checkpoint. Checked here, before
+    data or compute: the checkpoint must load and describe the same model."""
+    mode, last = cfg.get("resume", "auto"), run_dir / "checkpoints" / "last.ckpt"
+    if mode in (None, "never"):
+        if last.is_file():
+            raise ConfigError(f"{run_dir} already holds a checkpoint and resume=never: choose another "
+                              "hydra.run.dir, or resume=auto to continue that run")
+        return None, 0
+    path = last if mode == "auto" else Path(mode)
+    if mode == "auto" and not path.is_file():
+        return None, 0
+    ckpt = read_checkpoint(path)
+    old = ckpt["hyper_parameters"]["cfg"]
+    for key in ("model", "pos", "seq_len", "data"):
+        a = {k: v for k, v in old[key].items() if k != "cache_dir"} if isinstance(old[key], dict) else old[key]
+        b = {k: v for k, v in cfg[key].items() if k != "cache_dir"} if isinstance(cfg[key], dict) else cfg[key]
+        if a != b:
+            raise ConfigError(f"cannot resume from {path}: its {key} config differs from this run's "
+                              f"({a} vs {b}); use another hydra.run.dir or resume=never")
+    return str(path), int(ckpt.get("global_step", 0))
 
 
 def wandb_offline(requested) -> bool:
@@ -62,7 +103,9 @@ def make_logger(cfg: DictConfig, choices: dict | None = None):
         if group is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             group = Path(HydraConfig.get().sweep.dir).name  # the runs of one sweep share a W&B group
         try:
-            return instantiate(lcfg, offline=wandb_offline(lcfg.get("offline", "auto")), tags=tags, group=group)
+            logger = instantiate(lcfg, offline=wandb_offline(lcfg.get("offline", "auto")), tags=tags, group=group)
+            logger.experiment  # start the run now (it is lazy): a missing package or a failing init shows here
+            return logger
         except Exception as e:  # W&B trouble must never cost a run: fall back to CSV
             log.warning("W&B logger unavailable (%s); logging to CSV instead", e)
             return L.pytorch.loggers.CSVLogger(cfg.run_dir, name="", version="logs")
@@ -76,7 +119,9 @@ def run(cfg: DictConfig) -> list[dict]:
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     cfg_dict["choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
     check_config(cfg_dict)
+    check_writable(run_dir)
     init_state = read_checkpoint(cfg.init_from)["state_dict"] if cfg.get("init_from") else None
+    resume_from, trained_steps = resume_point(cfg_dict, run_dir)
 
     prov = data.prepare(cfg_dict)  # tokenizer + token memmaps (cached after the first run)
     cfg_dict["provenance"] = prov
@@ -99,14 +144,21 @@ def run(cfg: DictConfig) -> list[dict]:
                     seed=cfg.seed, passkey=passkey_task(cfg_dict))
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every)
+    extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
-                          logger=make_logger(cfg, cfg_dict["choices"]), callbacks=[ckpt_cb],
-                          default_root_dir=str(run_dir))
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
-    # The periodic callback saves every ckpt_every steps only: write the final state too, so that
-    # last.ckpt is the model scored below whatever max_steps is (it lagged at step 100 of 150 before).
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    log.info("trained in %.1fs", time.time() - t0)
+                          logger=make_logger(cfg, cfg_dict["choices"]), callbacks=[ckpt_cb, *extra],
+                          plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+    if trained_steps >= t["max_steps"]:  # a finished run, rerun: nothing to train, score what is missing
+        log.info("already trained (%d steps in %s); scoring only", trained_steps, resume_from)
+        module.load_state_dict(read_checkpoint(resume_from)["state_dict"])
+    else:
+        if resume_from:
+            log.info("resuming from %s (step %d of %d)", resume_from, trained_steps, t["max_steps"])
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+        # The periodic callback saves every ckpt_every steps only: write the final state too, so that
+        # last.ckpt is the model scored below whatever max_steps is (it lagged at step 100 of 150 before).
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        log.info("trained in %.1fs", time.time() - t0)
 
     tables = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
                               ckpt=str(run_dir / "checkpoints" / "last.ckpt"), choices=cfg_dict["choices"])
@@ -142,8 +194,5 @@ def log_to_wandb(trainer, tables: dict[str, list[dict]]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         run(cfg)
-    except LenxError as e:
-        print(f"lenx: error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -1,0 +1,35 @@
+"""A run's identity: `${lenx_run_id:}` in the run / sweep directory names, so the same command finds its run again.
+
+The id hashes the composed job config (every group choice and value that changes what is trained) and leaves out
+what does not: Hydra's own node, the run directory, `resume`, the logger, the evaluation settings, extra callbacks
+and cosmetic trainer flags. Rerunning a command therefore lands in the same directory and resumes from its last
+checkpoint (or, if training finished, only scores what is missing); changing eval settings re-scores the same
+model instead of training a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from omegaconf import OmegaConf
+
+NOT_IDENTITY = ("hydra", "run_dir", "resume", "logger", "eval", "callbacks")
+COSMETIC_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+
+
+def run_id(cfg: dict) -> str:
+    """8 hex digits of a sha256 over the job config minus NOT_IDENTITY (and cosmetic trainer flags)."""
+    ident = {k: v for k, v in cfg.items() if k not in NOT_IDENTITY}
+    if isinstance(ident.get("trainer"), dict):
+        ident["trainer"] = {k: v for k, v in ident["trainer"].items() if k not in COSMETIC_TRAINER}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _resolve_run_id(*, _root_) -> str:
+    return run_id(OmegaConf.to_container(_root_, resolve=False))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("lenx_run_id"):
+        OmegaConf.register_new_resolver("lenx_run_id", _resolve_run_id)
