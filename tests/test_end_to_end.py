@@ -217,6 +217,16 @@ def test_two_by_two_wandb_sweep_then_aggregate(tmp_path, tree, cache):
     assert r.returncode == 0, r.stderr
     assert "| alibi | none | nonoverlapping |" in (sweep / "summary.md").read_text()
     assert (sweep / "summary.png").is_file() and "8 rows from 4 runs" in r.stdout
+    # the same sweep again, one more eval length: no job retrains, each scores only the new length
+    stamps = {p: p.stat().st_mtime_ns for p in sweep.rglob("last.ckpt")}
+    r = cli("train.py", "-m", "experiment=smoke", "pos=alibi,rope", "seed=0,1", "logger=csv",
+            "eval.multipliers=[1,2,4]", f"data.path={tree}", "data.vocab_size=300", "data.valid_fraction=0.2",
+            "data.test_fraction=0.2", f"hydra.sweep.dir={sweep}", env_extra=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("last.ckpt")} == stamps and len(stamps) == 4
+    for run_dir in runs:
+        rows = [json.loads(x) for x in (run_dir / "extrapolation.jsonl").read_text().splitlines()]
+        assert [x["eval_len"] for x in rows] == [32, 64, 128]
 
 
 @pytest.mark.slow
@@ -228,7 +238,7 @@ def test_submitit_local_sweep_end_to_end(tmp_path, tree, cache):
             env_extra={"LENX_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr[-3000:]
     runs = sorted(p.parent.name for p in sweep.rglob("extrapolation.jsonl"))
-    assert runs == ["0_alibi_L32_s0", "1_rope_L32_s0"]
+    assert [n.rsplit("_", 1)[0] for n in runs] == ["alibi_L32_s0", "rope_L32_s0"]  # + the run id
 
 
 def test_passkey_training_task_and_accuracy_table(tmp_path, tree, cache):
