@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONFIGS, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -37,8 +38,14 @@ def test_every_config_file_composes_and_instantiates(rel, tmp_path):
     check_config(resolved)
     model = build_model(resolved)
     assert model.num_params() > 0
-    if rel.parts[0] == "trainer":
-        assert instantiate(cfg.trainer, precision="32-true", logger=False, enable_progress_bar=False).max_steps > 0
+    if rel.parts[0] == "trainer" and rel.stem == "fsdp" and not torch.cuda.is_available():
+        strategy = instantiate(cfg.trainer.strategy)  # the Trainer itself needs a GPU for FSDP
+        assert type(strategy).__name__ == "FSDPStrategy"
+    elif rel.parts[0] == "trainer":
+        trainer = instantiate(cfg.trainer, precision="32-true", logger=False, enable_progress_bar=False)
+        assert trainer.max_steps > 0
+        if rel.stem == "ddp":
+            assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.world_size == 2
     if rel.parts[0] == "logger":
         logger = make_logger(cfg, {"pos": "rope"})
         if rel.stem == "wandb":  # a real (offline) W&B run, not the CSV fallback; finished so it is not reused

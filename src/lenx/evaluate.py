@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
+from lenx.dist import is_main
 from lenx.errors import CheckpointError, ConfigError, user_errors
 from lenx.extrapolation import check_multipliers, evaluate_lengths, resolve_stride, scored_span
 from lenx.hardware import resolve_device
@@ -145,6 +146,8 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
                 and r.get("scaling") == common["scaling"] and r.get("split", eval_cfg["split"]) == eval_cfg["split"]]
 
     done = {(r["stride"], r.get("context", "stream"), r["eval_len"], r.get("targets_hash")) for r in mine("extrapolation")}
+    have_probe, have_passkey = bool(mine("probe")), bool(mine("passkey"))  # read before any rank writes
+    write = is_main()  # every rank scores its share (DDP); rank zero alone writes
     new: dict[str, list[dict]] = {"extrapolation": [], "position_loss": [], "probe": [], "passkey": []}
 
     def save(row: dict, positions: list[dict]) -> None:
@@ -152,8 +155,9 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
                    corpus_hash=prov.get("corpus_hash", ""), tokenizer_hash=prov.get("tokenizer_hash", ""),
                    dirty=dirty, run_dir=str(run_dir), split=eval_cfg["split"], **stamp)
         positions = [{**common, **p} for p in positions]
-        append_rows(run_dir, positions, "position_loss", POSITION_COLUMNS)
-        append_rows(run_dir, [row])  # last: a row on disk means its positions are too
+        if write:
+            append_rows(run_dir, positions, "position_loss", POSITION_COLUMNS)
+            append_rows(run_dir, [row])  # last: a row on disk means its positions are too
         new["extrapolation"].append(row)
         new["position_loss"] += positions
 
@@ -165,23 +169,25 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
                          stride=stride, context=context, eod_id=eod_id, progress=bool(eval_cfg.get("progress", False)),
                          done=done, on_result=save)
     probe = eval_cfg.get("probe")
-    if probe and not mine("probe"):
+    if probe and not have_probe:
         new["probe"] = [{**common, **r, **stamp} for r in repeat_segment(
             model, vocab_size=cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
             multipliers=list(probe["multipliers"]), seg_len=probe["seg_len"], trials=probe["trials"], device=device)]
-        append_rows(run_dir, new["probe"], "probe", PROBE_COLUMNS)
-    if run_passkey(eval_cfg, cfg) and not mine("passkey"):
+        if write:
+            append_rows(run_dir, new["probe"], "probe", PROBE_COLUMNS)
+    if run_passkey(eval_cfg, cfg) and not have_passkey:
         pk, task = eval_cfg["passkey"], passkey_task({**cfg, "data": {**cfg["data"], "task": "passkey"}})
         new["passkey"] = [{**common, **r, **stamp} for r in passkey_accuracy(
             model, task, train_len=cfg["seq_len"], multipliers=list(pk["multipliers"]), depths=list(pk["depths"]),
             trials=pk["trials"], device=device)]
-        append_rows(run_dir, new["passkey"], "passkey", PASSKEY_COLUMNS)
+        if write:
+            append_rows(run_dir, new["passkey"], "passkey", PASSKEY_COLUMNS)
     return new
 
 
 def write_outputs(run_dir: Path, tables: dict[str, list[dict]]) -> None:
     """Figures from every row in run_dir (old and new), and a printed summary; the rows are already on disk."""
-    all_rows = read_rows(run_dir)
+    all_rows = read_rows(run_dir) if is_main() else []
     if not all_rows:
         return
     png = plot_rows(all_rows, run_dir / "extrapolation.png")

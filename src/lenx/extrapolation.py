@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lenx.dist import all_reduce_sum, rank_world
 from lenx.errors import ConfigError, OutOfRangeError
 
 Segment = tuple[int, int]  # (start, n): targets tokens[start + 1 : start + 1 + n], inputs tokens[start : start + n]
@@ -127,26 +128,35 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, seg
     unit_sum = torch.zeros(len(segments) if len(segments) > 1 else len(wins), dtype=torch.float64)
     unit_cnt = torch.zeros_like(unit_sum, dtype=torch.int64)
     offsets_L = torch.arange(eval_len)
-    batches = range(0, len(wins), per_batch)
-    if progress:
+    rank, world = rank_world()  # under DDP each rank scores every world-th batch; the sums are all-reduced
+    batches = range(rank * per_batch, len(wins), world * per_batch)
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"eval_len {eval_len} stride {stride}", leave=False, unit="batch")
-    for i in batches:
-        batch = wins[i:i + per_batch]
-        start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*batch))
-        valid_BL = offsets_L[None, :] < len_B[:, None]
-        idx_BL = torch.where(valid_BL, start_B[:, None] + offsets_L[None, :], 0)
-        x_BL, y_BL = stream[idx_BL].to(device), stream[torch.where(valid_BL, idx_BL + 1, 0)].to(device)
-        logits_BLV = model(x_BL).float()
-        nll_BL = F.cross_entropy(logits_BLV.flatten(0, 1), y_BL.flatten(), reduction="none").view_as(y_BL)
-        scored_BL = valid_BL & (offsets_L[None, :] >= off_B[:, None])
-        nll_BL = nll_BL.double().cpu() * scored_BL
-        pos_sum += nll_BL.sum(0)
-        pos_cnt += scored_BL.sum(0)
-        unit_B = grp_B if len(segments) > 1 else torch.arange(i, i + len(batch))
-        unit_sum.index_add_(0, unit_B, nll_BL.sum(1))
-        unit_cnt.index_add_(0, unit_B, scored_BL.sum(1))
+    error: OutOfRangeError | None = None
+    try:
+        for i in batches:
+            batch = wins[i:i + per_batch]
+            start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*batch))
+            valid_BL = offsets_L[None, :] < len_B[:, None]
+            idx_BL = torch.where(valid_BL, start_B[:, None] + offsets_L[None, :], 0)
+            x_BL, y_BL = stream[idx_BL].to(device), stream[torch.where(valid_BL, idx_BL + 1, 0)].to(device)
+            logits_BLV = model(x_BL).float()
+            nll_BL = F.cross_entropy(logits_BLV.flatten(0, 1), y_BL.flatten(), reduction="none").view_as(y_BL)
+            scored_BL = valid_BL & (offsets_L[None, :] >= off_B[:, None])
+            nll_BL = nll_BL.double().cpu() * scored_BL
+            pos_sum += nll_BL.sum(0)
+            pos_cnt += scored_BL.sum(0)
+            unit_B = grp_B if len(segments) > 1 else torch.arange(i, i + len(batch))
+            unit_sum.index_add_(0, unit_B, nll_BL.sum(1))
+            unit_cnt.index_add_(0, unit_B, scored_BL.sum(1))
+    except OutOfRangeError as e:
+        error = e
+    out_of_range = torch.tensor([int(error is not None)])
+    all_reduce_sum([pos_sum, pos_cnt, unit_sum, unit_cnt, out_of_range], device)  # token-weighted sums
+    if out_of_range.item():  # on every rank, also one that had no window at this length
+        raise error or OutOfRangeError(f"eval_len {eval_len} is past a learned position table (another rank)")
     return (pos_sum.sum().item(), int(pos_cnt.sum()), pos_sum.numpy(), pos_cnt.numpy(), unit_sum.numpy(),
             unit_cnt.numpy())
 

@@ -132,7 +132,7 @@ class WindowData(L.LightningDataModule):
     length.
 
     Item i of the training set is a pure function of (seed, i), and one optimizer step consumes
-    batch_size x accumulate x world_size items; the training dataloader starts at the item after the last step
+    batch_size x accumulate items (batch_size is global, split over the processes); the training dataloader starts at the item after the last step
     already taken (global_step, restored from a checkpoint), so a resumed run continues the exact item sequence
     of the uninterrupted one. Under DDP, Lightning's DistributedSampler gives each rank its own items.
     """
@@ -143,12 +143,12 @@ class WindowData(L.LightningDataModule):
         self.train_tokens, self.val_tokens, self.passkey = train_tokens, val_tokens, passkey
         self.seq_len, self.batch_size, self.max_steps, self.accumulate = seq_len, batch_size, max_steps, accumulate
         self.val_batches, self.seed = max(1, val_batches), seed
-        self._dataset(0, 1)  # refuse impossible shapes (seq_len vs the split, passkey length) up front
+        self._dataset(0)  # refuse impossible shapes (seq_len vs the split, passkey length) up front
 
-    def _dataset(self, start_step: int, world: int, val: bool = False) -> Dataset:
-        per_step = self.batch_size * self.accumulate * world
-        n, start = (self.val_batches * self.batch_size * world, 0) if val else (self.max_steps * per_step,
-                                                                                 start_step * per_step)
+    def _dataset(self, start_step: int, val: bool = False) -> Dataset:
+        per_step = self.batch_size * self.accumulate  # batch_size is global: split over the processes below
+        n, start = (self.val_batches * self.batch_size, 0) if val else (self.max_steps * per_step,
+                                                                        start_step * per_step)
         seed = 10_000 + self.seed if val else self.seed
         if self.passkey is None:
             return RandomWindows(self.val_tokens if val else self.train_tokens, self.seq_len, n, seed, start)
@@ -158,16 +158,17 @@ class WindowData(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_step, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, ds: Dataset) -> DataLoader:
+    def _loader(self, ds: Dataset, world: int) -> DataLoader:
         # No worker processes: on a CPU box they would compete with torch's compute threads, and the
-        # data path is a memmap slice per item, far cheaper than a forward pass.
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=0,
+        # data path is a memmap slice per item, far cheaper than a forward pass. Per process: the global
+        # batch / world size (Lightning's DistributedSampler hands each rank its own items).
+        return DataLoader(ds, batch_size=self.batch_size // world, shuffle=False, num_workers=0,
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self):
         step, world = self._trainer_state()
-        return self._loader(self._dataset(step, world))
+        return self._loader(self._dataset(step), world)
 
     def val_dataloader(self):
         _, world = self._trainer_state()
-        return self._loader(self._dataset(0, world, val=True))
+        return self._loader(self._dataset(0, val=True), world)

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
+from lenx.dist import is_main
 from lenx.errors import ConfigError, user_errors
 from lenx.evaluate import (
     CONFIG_DIR,
@@ -48,11 +49,27 @@ def check_writable(run_dir: Path) -> None:
     """A read-only or full output directory is refused before any work, with the reason."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".lenx_write_test"
+        probe = run_dir / f".lenx_write_test.{os.getpid()}"
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"cannot write to the run directory {run_dir}: {e.strerror or e}") from None
+
+
+def check_world(cfg: dict, trainer) -> None:
+    """Rules for more than one process, checked before training: `batch_size` is the global batch (split evenly
+    over the processes, so the optimisation is the same whatever the device count), and a Hydra multirun cannot
+    use the launcher that re-runs the command for each rank (it would re-run the whole sweep)."""
+    world = trainer.world_size
+    if cfg["batch_size"] % world:
+        raise ConfigError(f"batch_size={cfg['batch_size']} is the global batch and must divide evenly over "
+                          f"{world} processes (devices x nodes)")
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (world > 1 and type(launcher).__name__ == "_SubprocessScriptLauncher" and HydraConfig.initialized()
+            and HydraConfig.get().mode == RunMode.MULTIRUN):
+        raise ConfigError("a -m sweep cannot use trainer.strategy=ddp on several local devices: Lightning would "
+                          "re-run the whole sweep in each process. Use trainer.strategy=ddp_spawn, or "
+                          "hydra/launcher=submitit_slurm (one SLURM task per device)")
 
 
 def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int]:
@@ -127,7 +144,8 @@ def run(cfg: DictConfig) -> list[dict]:
     cfg_dict["provenance"] = prov
     passkey_task(cfg_dict)  # data=passkey: refuses a seq_len too short for the task before any training
     check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)
-    atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
+    if is_main():
+        atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
     log.info("data ready in %.1fs: %s", time.time() - t0, {k: prov[k] for k in ("corpus", "n_tokens")})
 
     L.seed_everything(cfg.seed, workers=True)
@@ -148,6 +166,7 @@ def run(cfg: DictConfig) -> list[dict]:
     trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
                           logger=make_logger(cfg, cfg_dict["choices"]), callbacks=[ckpt_cb, *extra],
                           plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+    check_world(cfg_dict, trainer)
     if trained_steps >= t["max_steps"]:  # a finished run, rerun: nothing to train, score what is missing
         log.info("already trained (%d steps in %s); scoring only", trained_steps, resume_from)
         module.load_state_dict(read_checkpoint(resume_from)["state_dict"])
@@ -163,8 +182,9 @@ def run(cfg: DictConfig) -> list[dict]:
     tables = score_and_record(module.model, cfg_dict, cfg_dict["eval"], run_dir,
                               ckpt=str(run_dir / "checkpoints" / "last.ckpt"), choices=cfg_dict["choices"])
     write_outputs(run_dir, tables)
-    log_to_wandb(trainer, tables)
-    print(f"total wall time {time.time() - t0:.1f}s; run dir {run_dir}")
+    if is_main():
+        log_to_wandb(trainer, tables)
+        print(f"total wall time {time.time() - t0:.1f}s; run dir {run_dir}")
     return tables["extrapolation"]
 
 
