@@ -82,3 +82,12 @@ def test_sweep_launchers_compose(launcher, target, tmp_path):
     assert cfg.hydra.launcher._target_ == target
     if launcher == "slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
+
+
+def test_slurm_launcher_follows_the_trainer_devices():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                          "trainer.num_nodes=2", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes, launcher.partition) == (4, 4, 2, "gpu")
