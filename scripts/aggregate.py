@@ -110,15 +110,18 @@ def figure(summary: list[dict], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     several = len({s["train_len"] for s in summary}) > 1
+    schemes = list(dict.fromkeys((k[0], k[1], k[3]) for k in map(curve, summary)))  # one colour per scheme
+    colours = plt.get_cmap("tab10" if len(schemes) <= 10 else "tab20")
     for key in dict.fromkeys(curve(s) for s in summary):
         pts = sorted((s["eval_len"], s["ppl_mean"], s["ppl_ci95"]) for s in summary
                      if curve(s) == key and s["ok_runs"])
         if not pts:
             continue
         x, y, h = zip(*pts)
-        line, = ax.plot(x, y, marker="o", label=label(key, several), ls="-" if key[2] == "nonoverlapping" else "--")
-        ax.fill_between(x, [a - b for a, b in zip(y, h)], [a + b for a, b in zip(y, h)], alpha=0.2,
-                        color=line.get_color())
+        colour = colours(schemes.index((key[0], key[1], key[3])))
+        ax.plot(x, y, marker="o", ms=4, label=label(key, several), color=colour,
+                ls="-" if key[2] == "nonoverlapping" else "--")  # modes: solid / dashed
+        ax.fill_between(x, [a - b for a, b in zip(y, h)], [a + b for a, b in zip(y, h)], alpha=0.07, color=colour)
     for L in sorted({s["train_len"] for s in summary}):
         ax.axvline(L, color="grey", lw=0.8, ls=":")
     ax.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="perplexity (mean, 95% CI)")
@@ -136,12 +139,15 @@ def position_figure(positions: list[dict], path: Path) -> None:
     modes = sorted({p["mode"] for p in positions}, key=lambda m: m != "nonoverlapping")
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.5), squeeze=False)
     several = len({p["train_len"] for p in positions}) > 1
+    schemes = list(dict.fromkeys((k[0], k[1], k[3]) for k in map(curve, positions)))  # one colour per scheme
+    colours = plt.get_cmap("tab10" if len(schemes) <= 10 else "tab20")
     for ax, mode in zip(axes[0], modes):
         for key in dict.fromkeys(curve(p) for p in positions if p["mode"] == mode):
             longest = max(p["eval_len"] for p in positions if curve(p) == key)
             pts = sorted((max(p["position_bin_start"], 0.5), p["mean_nll"]) for p in positions
                          if curve(p) == key and p["eval_len"] == longest)
-            ax.plot(*zip(*pts), marker=".", label=f"{label(key, several)} T={longest}")
+            colour = colours(schemes.index((key[0], key[1], key[3])))
+            ax.plot(*zip(*pts), marker=".", color=colour, label=f"{label(key, several)} T={longest}")
         for L in sorted({p["train_len"] for p in positions}):
             ax.axvline(L, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log", base=2)
