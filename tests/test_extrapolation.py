@@ -201,3 +201,16 @@ def test_targets_hash_tells_apart_different_scored_tokens():
     assert targets_hash(tokens, [(0, 50)]) != targets_hash(tokens, [(0, 49)])
     assert targets_hash(tokens, [(0, 50)]) != targets_hash(tokens, [(7, 50)])  # the same ids at another offset
     assert targets_hash(tokens, [(0, 20), (20, 30)]) != targets_hash(tokens, [(0, 50)])
+
+
+def test_bf16_autocast_scoring_is_close_to_fp32_and_fp32_is_the_default():
+    model, tokens = tiny("alibi"), np.random.default_rng(6).integers(0, 40, 600)
+    kw = dict(train_len=8, multipliers=[1, 4], tokens_to_score=256, batch_tokens=64, device=torch.device("cpu"))
+    fp32, _ = evaluate_lengths(model, tokens, **kw)
+    again, _ = evaluate_lengths(model, tokens, **kw, precision="32")
+    bf16, _ = evaluate_lengths(model, tokens, **kw, precision="bf16")
+    assert [r["loss"] for r in again] == [r["loss"] for r in fp32]
+    assert [r["loss"] for r in bf16] == pytest.approx([r["loss"] for r in fp32], rel=2e-2)
+    assert [r["loss"] for r in bf16] != [r["loss"] for r in fp32]  # autocast did run in bf16
+    with pytest.raises(ConfigError, match="eval.precision"):
+        evaluate_lengths(model, tokens, **kw, precision="fp8")

@@ -139,6 +139,7 @@ def test_resume_refusals_keep_the_checkpoint(tmp_path, tree, cache):
         run(compose(tmp_path, tree, "pos=alibi", "resume=never"))
     with pytest.raises(ConfigError, match="its model config differs"):
         run(compose(tmp_path, tree, "pos=alibi", "model.d_model=64"))  # another model forced into the same dir
+    assert ckpt.read_bytes() == before  # refused, not overwritten
     ckpt.write_bytes(before[: len(before) // 2])  # a truncated file (not one lenx wrote: its writes are atomic)
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         run(compose(tmp_path, tree, "pos=alibi"))

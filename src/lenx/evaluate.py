@@ -101,6 +101,7 @@ def check_eval(eval_cfg: dict, n_tokens: int, train_len: int) -> None:
         check_multipliers(list(eval_cfg["multipliers"]))
     else:
         raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
+    eval_autocast(str(eval_cfg.get("precision", "32")), torch.device("cpu"))  # validates the value
     if not isinstance(eval_cfg["tokens"], int) or eval_cfg["tokens"] <= 0:
         raise ConfigError(f"eval.tokens must be a positive integer, got {eval_cfg['tokens']!r}")
     for stride in eval_strides(eval_cfg):
@@ -167,7 +168,7 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
         evaluate_lengths(model.to(device), tokens, train_len=cfg["seq_len"], multipliers=list(eval_cfg["multipliers"]),
                          tokens_to_score=eval_cfg["tokens"], batch_tokens=eval_cfg["batch_tokens"], device=device,
                          stride=stride, context=context, eod_id=eod_id, progress=bool(eval_cfg.get("progress", False)),
-                         done=done, on_result=save)
+                         done=done, on_result=save, precision=str(eval_cfg.get("precision", "32")))
     probe = eval_cfg.get("probe")
     if probe and not have_probe:
         new["probe"] = [{**common, **r, **stamp} for r in repeat_segment(

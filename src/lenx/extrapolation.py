@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from lenx.dist import all_reduce_sum, rank_world
 from lenx.errors import ConfigError, OutOfRangeError
+from lenx.hardware import eval_autocast
 
 Segment = tuple[int, int]  # (start, n): targets tokens[start + 1 : start + 1 + n], inputs tokens[start : start + n]
 
@@ -112,8 +113,8 @@ def targets_hash(tokens: np.ndarray, segments: list[Segment]) -> str:
 
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, segments: list[Segment], *,
-                  stride: int, batch_tokens: int, device: torch.device, progress: bool = False
-                  ) -> tuple[float, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  stride: int, batch_tokens: int, device: torch.device, progress: bool = False,
+                  precision: str = "32") -> tuple[float, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(sum of target NLLs in fp64, targets scored, NLL sum and count per window position, NLL sum and count
     per resampling unit: per window with one segment (stream context), per segment (document) with several).
 
@@ -142,8 +143,10 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, seg
             valid_BL = offsets_L[None, :] < len_B[:, None]
             idx_BL = torch.where(valid_BL, start_B[:, None] + offsets_L[None, :], 0)
             x_BL, y_BL = stream[idx_BL].to(device), stream[torch.where(valid_BL, idx_BL + 1, 0)].to(device)
-            logits_BLV = model(x_BL).float()
-            nll_BL = F.cross_entropy(logits_BLV.flatten(0, 1), y_BL.flatten(), reduction="none").view_as(y_BL)
+            with eval_autocast(precision, device):
+                logits_BLV = model(x_BL)
+            nll_BL = F.cross_entropy(logits_BLV.float().flatten(0, 1), y_BL.flatten(),  # fp32 loss
+                                     reduction="none").view_as(y_BL)
             scored_BL = valid_BL & (offsets_L[None, :] >= off_B[:, None])
             nll_BL = nll_BL.double().cpu() * scored_BL
             pos_sum += nll_BL.sum(0)
@@ -197,7 +200,8 @@ def eval_segments(tokens: np.ndarray, *, context: str, train_len: int, multiplie
 def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int, multipliers: list[int],
                      tokens_to_score: int, batch_tokens: int, device: torch.device,
                      stride: int | float | None = None, context: str = "stream", eod_id: int | None = None,
-                     progress: bool = False, done: set | None = None, on_result=None) -> tuple[list[dict], list[dict]]:
+                     progress: bool = False, done: set | None = None, on_result=None, precision: str = "32"
+                     ) -> tuple[list[dict], list[dict]]:
     """(one row per multiplier, per-position rows). Rows: eval_len, multiplier, mode, stride, context, loss, ppl,
     tokens, windows (resampling units: windows, or documents with context=document), targets_hash.
 
@@ -220,7 +224,7 @@ def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: i
         try:
             total, count, pos_sum, pos_cnt, win_sum, win_cnt = score_windows(
                 model, tokens, eval_len, segments, stride=s, batch_tokens=batch_tokens, device=device,
-                progress=progress)
+                progress=progress, precision=precision)
         except OutOfRangeError as e:  # a learned table past its end: a recorded result, not a crash
             row.update(tokens=0, loss=math.nan, ppl=math.nan, ppl_ci_low=math.nan, ppl_ci_high=math.nan, windows=0,
                        status="out_of_range", error=str(e))

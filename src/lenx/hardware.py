@@ -34,3 +34,15 @@ def resolve_precision(requested: str | int, accelerator: str = "auto") -> str | 
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+
+
+def eval_autocast(requested: str, device: torch.device) -> torch.autocast:
+    """The autocast context for scoring: eval.precision "auto" -> bf16 where the device has fast bf16, "bf16" ->
+    bf16, "32" -> off. Positional maths stays fp32 inside the schemes, and the loss is taken on fp32 logits."""
+    if requested not in ("auto", "bf16", "32"):
+        from lenx.errors import ConfigError
+
+        raise ConfigError(f"eval.precision must be auto, bf16 or 32, got {requested!r}")
+    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+    enabled = requested == "bf16" or (requested == "auto" and fast)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
