@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-
-from lenx.results import COLUMNS
-
 from conftest import ROOT  # noqa: F401  (cli runs from the repository root)
 from test_end_to_end import cli
+
+from lenx.results import COLUMNS
 
 COMMON = ["data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2", "eval.multipliers=[1,2,4]",
           "eval.mode=[nonoverlapping,sliding]", "eval.stride=0.5", "eval.tokens=1024", "eval.batch_tokens=64",
