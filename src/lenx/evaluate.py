@@ -13,7 +13,7 @@ from lenx import data
 from lenx.dist import is_main
 from lenx.errors import CheckpointError, ConfigError, user_errors
 from lenx.extrapolation import check_multipliers, evaluate_lengths, resolve_stride, scored_span
-from lenx.hardware import resolve_device
+from lenx.hardware import eval_autocast, resolve_device
 from lenx.lit import build_model
 from lenx.probes import Passkey, passkey_accuracy, repeat_segment
 from lenx.results import (
