@@ -86,10 +86,12 @@ def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int]:
     if mode == "auto" and not path.is_file():
         return None, 0
     ckpt = read_checkpoint(path)
-    old = ckpt["hyper_parameters"]["cfg"]
+
+    def what(c: dict, key: str):  # the part of a config that defines the model, minus where the cache lives
+        return {k: v for k, v in c[key].items() if k != "cache_dir"} if isinstance(c[key], dict) else c[key]
+
     for key in ("model", "pos", "seq_len", "data"):
-        a = {k: v for k, v in old[key].items() if k != "cache_dir"} if isinstance(old[key], dict) else old[key]
-        b = {k: v for k, v in cfg[key].items() if k != "cache_dir"} if isinstance(cfg[key], dict) else cfg[key]
+        a, b = what(ckpt["hyper_parameters"]["cfg"], key), what(cfg, key)
         if a != b:
             raise ConfigError(f"cannot resume from {path}: its {key} config differs from this run's "
                               f"({a} vs {b}); use another hydra.run.dir or resume=never")
@@ -142,7 +144,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
     prov = data.prepare(cfg_dict)  # tokenizer + token memmaps (cached after the first run)
     cfg_dict["provenance"] = prov
-    passkey_task(cfg_dict)  # data=passkey: refuses a seq_len too short for the task before any training
+    passkey = passkey_task(cfg_dict)  # data=passkey: refuses a seq_len too short for the task before training
     check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)
     if is_main():
         atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
@@ -159,7 +161,7 @@ def run(cfg: DictConfig) -> list[dict]:
     dm = WindowData(data.load_tokens(cfg_dict, "train"), data.load_tokens(cfg_dict, "validation"),
                     seq_len=cfg.seq_len, batch_size=cfg.batch_size, max_steps=t["max_steps"],
                     accumulate=t["accumulate_grad_batches"], val_batches=t["limit_val_batches"] or 1,
-                    seed=cfg.seed, passkey=passkey_task(cfg_dict))
+                    seed=cfg.seed, passkey=passkey)
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every)
     extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
