@@ -202,8 +202,9 @@ def write_outputs(run_dir: Path, tables: dict[str, list[dict]]) -> None:
         for r in tables["probe"]:
             print(f"  {r['pos']:<14} {r['scaling']:<12} d={r['distance']:<6} ({r['multiplier']}x)"
                   f"  {r['copy_gain']:+.3f}")
-    if read_rows(run_dir, "passkey"):
-        plot_passkey(read_rows(run_dir, "passkey"), run_dir / "passkey.png")
+    passkey_rows = read_rows(run_dir, "passkey")
+    if passkey_rows:
+        plot_passkey(passkey_rows, run_dir / "passkey.png")
     if tables.get("passkey"):
         print("\npasskey retrieval accuracy, by length (rows: depth of the key)")
         for r in tables["passkey"]:
