@@ -170,6 +170,35 @@ def test_fast_path_and_chunks(monkeypatch):
         assert all(t == 8 and s == 64 and m is not None and not causal for t, s, m, causal in calls), scheme
 
 
+def test_mask_built_once_per_forward(monkeypatch):
+    """A mask that fits one chunk is built once per forward for all layers (in the compute dtype for a pure
+    bias); a longer input builds it per chunk in every layer instead, with the same logits."""
+    built = []
+    real = lenx.model.causal_bias_mask
+    monkeypatch.setattr(lenx.model, "causal_bias_mask", lambda *a: built.append(a[0].shape) or real(*a))
+    idx = torch.randint(0, 50, (1, 64))
+    for scheme in ["alibi", "t5", "fire", "shaw"]:
+        model = make(scheme, train_len=64)  # 2 layers, 2 heads
+        built.clear()
+        cached = model(idx)
+        assert len(built) == 1, scheme
+        monkeypatch.setattr(lenx.model, "CHUNK_LOGITS", 2 * 8 * 64)  # 8 chunks of 8 queries per layer
+        built.clear()
+        chunked = model(idx)
+        monkeypatch.undo()
+        monkeypatch.setattr(lenx.model, "causal_bias_mask", lambda *a: built.append(a[0].shape) or real(*a))
+        assert len(built) == 2 * 8, scheme
+        torch.testing.assert_close(chunked, cached, rtol=1e-5, atol=1e-6)
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda q, k, v, attn_mask=None, **kw: seen.append(attn_mask.dtype)
+                        or real_sdpa(q, k, v, attn_mask=attn_mask, **kw))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        make("alibi", train_len=64)(idx)
+    assert seen == [torch.bfloat16] * 2
+
+
 # --- learned parameters: positivity, state_dict ---
 
 @pytest.mark.parametrize("scheme", ["kerple_log", "kerple_power"])

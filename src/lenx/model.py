@@ -58,10 +58,7 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor
     """softmax(q.k/sqrt(D) + positional terms + causal mask) v for one chunk of t queries over all S keys."""
     if mask_Hts is None:
         with torch.autocast(q_BHtD.device.type, enabled=False):  # positional terms in fp32
-            bias_Hts = ctx.bias_HTS
-            if bias_Hts is None:
-                bias_Hts = q_BHtD.new_zeros(1, q_BHtD.shape[2], k_BHSD.shape[2], dtype=torch.float32)
-            mask_Hts = causal_bias_mask(bias_Hts, ctx.q_pos_T, ctx.k_pos_S)
+            mask_Hts = ctx.mask_HTS if ctx.mask_HTS is not None else positional_mask(ctx, torch.float32)
             extra = pos.score(q_BHtD.float(), k_BHSD.float(), ctx) if pos.adds_logits else None
             if extra is not None:
                 mask_Hts = mask_Hts + extra  # (B, H, t, S) for content-dependent schemes
@@ -88,6 +85,20 @@ class Block(nn.Module):
     def forward(self, x_BTC, pos, ctx):
         x_BTC = x_BTC + self.attn(self.ln1(x_BTC), pos, ctx)
         return x_BTC + self.mlp(self.ln2(x_BTC))
+
+
+def positional_mask(ctx: AttnContext, dtype: torch.dtype) -> torch.Tensor:
+    """ctx's distance bias (or zeros) with -inf on future keys, (H or 1, T, S): built in fp32, cast to dtype."""
+    bias_HTS = ctx.bias_HTS
+    if bias_HTS is None:
+        bias_HTS = torch.zeros(1, len(ctx.q_pos_T), len(ctx.k_pos_S), device=ctx.q_pos_T.device)
+    return causal_bias_mask(bias_HTS, ctx.q_pos_T, ctx.k_pos_S).to(dtype)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype attention's matmuls run in: autocast's where it is on for x's device, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def causal_bias_mask(bias_HTS: torch.Tensor, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> torch.Tensor:
@@ -137,6 +148,13 @@ class Decoder(nn.Module):
         x_BTC = self.drop(self.pos.embed(self.tok(idx_BT), pos_T))
         # Once per forward, shared by every layer; the Decoder owns the positions attention masks with.
         ctx = dataclasses.replace(self.pos.context(pos_T, pos_T), q_pos_T=pos_T, k_pos_S=pos_T)
+        if (ctx.bias_HR is not None or self.pos.adds_logits) and self.pos.n_heads * T * T <= CHUNK_LOGITS:
+            # Attention takes the masked path and the whole mask fits one chunk: build it here, once, not in
+            # every layer. In the compute dtype when it goes straight to SDPA (which would cast it there anyway);
+            # in fp32 when score terms are added to it.
+            exact = self.pos.adds_logits or self.pos.adds_values
+            ctx = dataclasses.replace(ctx, mask_HTS=positional_mask(ctx, torch.float32 if exact else
+                                                                    compute_dtype(x_BTC)))
         for block in self.blocks:
             x_BTC = block(x_BTC, self.pos, ctx)
         return self.head(self.ln_f(x_BTC))

@@ -42,6 +42,10 @@ class AttnContext:
     # A logit bias that depends on the distance d = i - j >= 0 only, fp32, (H, R) with R > every distance.
     # Attention gathers it per chunk of queries; the causal mask is added there too.
     bias_HR: torch.Tensor | None = None
+    # The whole positional mask (distance bias + causal -inf) of these queries and keys, (H or 1, T, S), built
+    # once per forward by the Decoder when it fits one attention chunk (training lengths), so that no layer
+    # rebuilds it; None otherwise (attention then builds it per chunk of queries).
+    mask_HTS: torch.Tensor | None = None
 
     @property
     def bias_HTS(self) -> torch.Tensor | None:
@@ -54,10 +58,11 @@ class AttnContext:
         return F.embedding(idx_TS, self.bias_HR.T).permute(2, 0, 1).contiguous()
 
     def rows(self, start: int, stop: int) -> AttnContext:
-        """The context of queries start..stop-1: the only per-query state is the query positions."""
+        """The context of queries start..stop-1: per query, only the positions (and mask rows) change."""
         if self.q_pos_T is None:  # a scheme that needs no positions in attention (e.g. RoPE's cos/sin only)
             return self
-        return dataclasses.replace(self, q_pos_T=self.q_pos_T[start:stop])
+        mask = None if self.mask_HTS is None else self.mask_HTS[:, start:stop]
+        return dataclasses.replace(self, q_pos_T=self.q_pos_T[start:stop], mask_HTS=mask)
 
 
 def distance_index(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int) -> torch.Tensor:
