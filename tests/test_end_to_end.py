@@ -50,6 +50,23 @@ def test_train_then_rescore_checkpoint_gives_the_same_numbers(tmp_path, tree, ca
     assert len(lines) == 5 and json.loads(lines[0])["mode"] == "nonoverlapping"
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, tree, cache):
+    """compile=true trains the same function: same parameter names in the checkpoint (so evaluation, resume and
+    fine-tuning take it as it is) and the same numbers up to float rounding."""
+    eager = run(compose_run(tmp_path / "eager", tree, "pos=alibi"))
+    compiled_cfg = compose_run(tmp_path / "compiled", tree, "pos=alibi", "compile=true")
+    from torch._dynamo.utils import counters
+    counters.clear()
+    compiled = run(compiled_cfg)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did capture the model
+    assert [r["ppl"] for r in compiled] == pytest.approx([r["ppl"] for r in eager], rel=1e-3)
+    sd = {tmp: torch.load(tmp_path / tmp / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+          for tmp in ("eager", "compiled")}
+    assert sd["compiled"].keys() == sd["eager"].keys()
+    load_model(tmp_path / "compiled" / "run" / "checkpoints" / "last.ckpt")
+
+
 def cfg_eval(cfg):
     return {k: (list(v) if k == "multipliers" else v) for k, v in cfg.eval.items()}
 
@@ -108,6 +125,7 @@ def test_cli_train_and_evaluate(tmp_path, tree, cache):
     (["model.n_heads=3"], "does not divide"),
     (["pos=nonexistent"], "Could not find 'pos/nonexistent'"),
     (["model.d_modle=4"], "d_modle"),
+    (["compile=maybe"], "compile must be true or false"),
 ])
 def test_cli_bad_input_is_one_clear_message(tmp_path, args, match):
     r = cli("train.py", "experiment=smoke", f"hydra.run.dir={tmp_path / 'r'}", *args)

@@ -62,6 +62,12 @@ class LenxModule(L.LightningModule):
         self.model = build_model(cfg)
         self._last_step_time: float | None = None
 
+    def configure_model(self) -> None:
+        # Lightning calls this before fitting (on the right device, inside the strategy's setup). In place, so
+        # parameter names and checkpoints stay those of the eager model.
+        if self.cfg.get("compile"):
+            self.model.compile()
+
     def forward(self, idx_BT: torch.Tensor) -> torch.Tensor:
         return self.model(idx_BT)
 

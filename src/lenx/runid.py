@@ -14,7 +14,8 @@ import json
 
 from omegaconf import OmegaConf
 
-NOT_IDENTITY = ("hydra", "run_dir", "resume", "logger", "eval", "callbacks")
+# `compile` changes how the same function is computed, not what is trained: a run may resume with it toggled.
+NOT_IDENTITY = ("hydra", "run_dir", "resume", "logger", "eval", "callbacks", "compile")
 COSMETIC_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 
 

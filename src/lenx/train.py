@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -42,6 +45,12 @@ def check_config(cfg: dict) -> None:
     steps = cfg["trainer"]["max_steps"]
     if not isinstance(steps, int) or steps <= 0:
         raise ConfigError(f"trainer.max_steps must be a positive integer, got {steps!r}")
+    if not isinstance(cfg.get("compile", False), bool):
+        raise ConfigError(f"compile must be true or false, got {cfg['compile']!r}")
+    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # what inductor calls
+    if cfg.get("compile") and not torch.cuda.is_available() and not shutil.which(cxx):
+        raise ConfigError("compile=true on CPU needs a C++ compiler (torch.compile's inductor backend); none "
+                          f"({cxx}) was found on PATH (set CXX, or run with compile=false)")
     build_model(cfg)  # shapes, heads vs width, rotary dims, scaling parameters
 
 
