@@ -1,18 +1,24 @@
-"""Measure lenx's speed and memory: `python scripts/benchmark.py [--schemes none,rope,alibi] [--out bench.json]`.
+"""Measure lenx's speed and memory: `python scripts/benchmark.py [--schemes all] [--out outputs/benchmark.json]`.
 
-In one process, so the ratios are fair on a noisy machine (median of --repeats, with min-max spread):
+In one process, so the ratios are fair on a noisy machine (median of --repeats interleaved runs, min-max spread):
 - training tokens/s through Lightning (LenxModule.training_step in a Trainer) vs a bare PyTorch loop (same model,
-  AdamW, batches, dtype): the harness overhead;
+  AdamW, batches, dtype): the harness overhead, fp32 and (where the device has fast bf16) bf16 autocast;
+- torch.compile: the bare loop eager vs compiled (nn.Module.compile, as `compile=true` does), per --compile-schemes;
 - bare-loop training tokens/s per positional scheme, relative to NoPE;
-- evaluation tokens/s and peak memory (CPU: peak RSS, /proc VmHWM reset per measurement; CUDA:
-  max_memory_allocated) at 1x, 4x, 16x the training length, per scheme;
-- model FLOPs per token (6N + attention) and the achieved fraction of the measured matmul peak, fp32 and bf16;
-- the data path: random training windows per second from the token memmap.
+- evaluation tokens/s and peak memory at 1x, 4x, 16x the training length, per scheme;
+- the long-context check: every scheme at 8x and 16x a --long-seq-len training length (4096 and 8192 tokens by
+  default), with the memory a forward adds; it grows at most linearly in T when the ratio 16x / 8x is <= 2
+  (a dense heads x T x T fp32 tensor would make it ~4);
+- model FLOPs per token and the achieved fraction of the matmul peak measured in the same run;
+- the data path: random training windows per second from the token memmap, against the training rate.
+Memory: on CUDA `max_memory_allocated`; on CPU the peak RSS (/proc VmHWM, reset per measurement after returning
+freed heap to the OS) minus the RSS before the forward.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import statistics
 import time
@@ -29,15 +35,16 @@ from lenx.hardware import cpu_has_fast_bf16
 from lenx.lit import LenxModule, RandomWindows, build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ALL_SCHEMES = sorted(p.stem for p in (CONFIGS / "pos").glob("*.yaml"))
 
 
-def config(scheme: str, seq_len: int, batch: int, steps: int) -> dict:
+def config(scheme: str, seq_len: int, batch: int, steps: int, compile: bool = False) -> dict:
     pos = OmegaConf.to_container(OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml"))
     pos.pop("defaults", None)
     if scheme in ("rope", "rope_partial", "xpos"):
         pos["scaling"] = {"method": "none"}
     return {"model": OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / "tiny.yaml")), "pos": pos,
-            "data": {"vocab_size": 8192}, "seq_len": seq_len, "batch_size": batch,
+            "data": {"vocab_size": 8192}, "seq_len": seq_len, "batch_size": batch, "compile": compile,
             "optim": OmegaConf.to_container(OmegaConf.load(CONFIGS / "optim" / "adamw.yaml")),
             "trainer": {"max_steps": steps}}
 
@@ -52,10 +59,14 @@ def batches(cfg: dict, n: int, device) -> list[torch.Tensor]:
             .to(device) for _ in range(n)]
 
 
-def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> float:
+def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
+    """Plain PyTorch: the lenx model (compiled if cfg says so), AdamW, clipping; tokens/s after `warmup` steps."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
+    if cfg["compile"]:
+        model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    t_start = time.perf_counter()
     for i, b in enumerate(data):
         if i == warmup:
             sync(device)
@@ -67,7 +78,8 @@ def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, 
         opt.step()
         opt.zero_grad(set_to_none=True)
     sync(device)
-    return (len(data) - warmup) * data[0][:, 1:].numel() / (time.perf_counter() - t0)
+    return {"tokens_per_s": (len(data) - warmup) * data[0][:, 1:].numel() / (time.perf_counter() - t0),
+            "warmup_s": t0 - t_start}
 
 
 class StepTimer(L.Callback):
@@ -102,11 +114,22 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def reset_peak(device) -> None:
+def rss_mib() -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+
+def reset_peak(device) -> float:
+    """Start a peak-memory measurement; returns the baseline (MiB) that the measurement's peak is compared to."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return torch.cuda.memory_allocated() / 2**20
+    try:  # glibc keeps freed heap mapped: hand it back, so that a later peak counts what it allocates itself
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return rss_mib()
 
 
 def peak_mib(device) -> float:
@@ -117,20 +140,25 @@ def peak_mib(device) -> float:
 
 
 @torch.no_grad()
-def eval_point(cfg: dict, length: int, device) -> dict:
-    model = build_model(cfg).to(device).eval()
-    x = torch.randint(0, cfg["data"]["vocab_size"], (1, length), device=device)
-    model(x[:, : cfg["seq_len"]])  # warm-up
-    reset_peak(device)
-    sync(device)
-    t0 = time.perf_counter()
-    try:
-        logits = model(x)
-    except OutOfRangeError:
-        return None
-    F.cross_entropy(logits.float()[0], x[0], reduction="none")
-    sync(device)
-    return {"tokens_per_s": length / (time.perf_counter() - t0), "peak_mib": peak_mib(device)}
+def eval_point(model: torch.nn.Module, vocab: int, length: int, device, repeats: int = 1) -> dict | None:
+    """Tokens/s (median of `repeats`) and memory of one forward + per-token loss over `length` tokens."""
+    x = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(1)).to(device)
+    times, added, peak = [], 0.0, 0.0
+    for _ in range(repeats):
+        base = reset_peak(device)
+        sync(device)
+        t0 = time.perf_counter()
+        try:
+            logits = model(x)
+        except OutOfRangeError:  # a learned table past its end
+            return None
+        F.cross_entropy(logits.float()[0], x[0], reduction="none")
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        del logits
+        peak = max(peak, peak_mib(device))
+        added = max(added, peak_mib(device) - base)
+    return {"tokens_per_s": length / statistics.median(times), "peak_mib": peak, "added_mib": added}
 
 
 def matmul_peak(dtype, device, n: int = 1024, reps: int = 10) -> float:
@@ -152,21 +180,40 @@ def flops_per_token(cfg: dict) -> float:
     return 6 * n + 6 * m["n_layers"] * T * m["d_model"]
 
 
+def scheme_list(arg: str) -> list[str]:
+    names = ALL_SCHEMES if arg == "all" else [s for s in arg.split(",") if s]
+    unknown = sorted(set(names) - set(ALL_SCHEMES))
+    if unknown:
+        raise SystemExit(f"benchmark: unknown scheme(s) {unknown}; known: {ALL_SCHEMES}")
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--schemes", default="none,sinusoidal,learned,rope,alibi,t5,fire")
+    ap.add_argument("--schemes", default="all", help="'all' or a comma list of configs/pos names")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8, help="training steps per timed run, warm-up included")
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--eval-multipliers", default="1,4,16")
+    ap.add_argument("--long-seq-len", type=int, default=512, help="the long-context check's training length "
+                    "(evaluated at 8x and 16x it; 0 skips the check)")
+    ap.add_argument("--long-schemes", default="all")
+    ap.add_argument("--compile-schemes", default="none,alibi", help="schemes timed eager vs torch.compile "
+                    "('' skips)")
+    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                    help="measure bf16 autocast: auto = on GPUs and CPUs with fast bf16 (AMX / avx512_bf16)")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmark.json"))
     args = ap.parse_args()
+    schemes, long_schemes = scheme_list(args.schemes), scheme_list(args.long_schemes)
+    compile_schemes = scheme_list(args.compile_schemes)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = device.type == "cuda" or cpu_has_fast_bf16()
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and (device.type == "cuda" or cpu_has_fast_bf16()))
+    t_start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "args": vars(args) | {"out": str(args.out)}}
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "fast_bf16": device.type == "cuda" or cpu_has_fast_bf16(), "args": vars(args) | {"out": str(args.out)}}
     peaks = {"fp32": matmul_peak(torch.float32, device)}
     if bf16:
         peaks["bf16"] = matmul_peak(torch.bfloat16, device)
@@ -180,26 +227,63 @@ def main() -> None:
     for name, autocast in [("fp32", False)] + ([("bf16", True)] if bf16 else []):
         bare, lit = [], []
         for _ in range(args.repeats):  # interleaved, so drift hits both alike
-            bare.append(bare_loop(base, data, args.warmup, autocast, device))
+            bare.append(bare_loop(base, data, args.warmup, autocast, device)["tokens_per_s"])
             lit.append(lightning_loop(base, data, args.warmup, autocast, device))
         report[f"train_{name}"] = {"bare_tokens_per_s": median_spread(bare), "lightning_tokens_per_s":
                                    median_spread(lit), "lightning_over_bare": statistics.median(lit) /
                                    statistics.median(bare), "bare_fraction_of_matmul_peak":
                                    statistics.median(bare) * fpt / peaks[name]}
-    schemes = {}
-    for s in args.schemes.split(","):
-        cfg = config(s, args.seq_len, args.batch, args.steps)
-        tps = [bare_loop(cfg, data, args.warmup, False, device) for _ in range(args.repeats)]
-        schemes[s] = {"train_fp32_tokens_per_s": median_spread(tps),
-                      "eval": {m: eval_point(cfg, int(m) * args.seq_len, device)
-                               for m in args.eval_multipliers.split(",")}}
-        for m, v in schemes[s]["eval"].items():
-            if v is None:  # a learned table past its end
-                schemes[s]["eval"][m] = {"tokens_per_s": float("nan"), "peak_mib": float("nan")}
+        print(f"[{time.perf_counter() - t_start:.0f} s] harness overhead, {name}", flush=True)
+
+    report["compile"] = {}
+    for s in compile_schemes:
+        runs = {"eager": [], "compiled": []}
+        warm = {}
+        for _ in range(args.repeats):
+            for mode in runs:
+                r = bare_loop(config(s, args.seq_len, args.batch, args.steps, compile=mode == "compiled"),
+                              data, args.warmup, False, device)
+                runs[mode].append(r["tokens_per_s"])
+                warm.setdefault(mode, r["warmup_s"])  # the first run's warm-up holds the compilation
+        report["compile"][s] = {"eager_tokens_per_s": median_spread(runs["eager"]),
+                                "compiled_tokens_per_s": median_spread(runs["compiled"]),
+                                "compiled_over_eager": statistics.median(runs["compiled"])
+                                / statistics.median(runs["eager"]), "first_warmup_s": warm}
+        print(f"[{time.perf_counter() - t_start:.0f} s] compile, {s}", flush=True)
+
+    mults = [int(m) for m in args.eval_multipliers.split(",")]
+    report["schemes"] = {}
     for s in schemes:
-        schemes[s]["train_relative_to_none"] = (schemes[s]["train_fp32_tokens_per_s"]["median"]
-                                                / schemes.get("none", schemes[s])["train_fp32_tokens_per_s"]["median"])
-    report["schemes"] = schemes
+        cfg = config(s, args.seq_len, args.batch, args.steps)
+        tps = [bare_loop(cfg, data, args.warmup, False, device)["tokens_per_s"] for _ in range(args.repeats)]
+        model = build_model(cfg).to(device).eval()
+        with torch.no_grad():
+            model(data[0][:1, : args.seq_len])  # warm-up
+        report["schemes"][s] = {"train_fp32_tokens_per_s": median_spread(tps), "eval": {
+            str(m): eval_point(model, cfg["data"]["vocab_size"], m * args.seq_len, device, args.repeats)
+            for m in mults}}
+        print(f"[{time.perf_counter() - t_start:.0f} s] scheme {s}", flush=True)
+    none = report["schemes"].get("none")
+    for v in report["schemes"].values():
+        v["train_relative_to_none"] = (v["train_fp32_tokens_per_s"]["median"]
+                                       / none["train_fp32_tokens_per_s"]["median"] if none else None)
+
+    report["long"] = {}
+    if args.long_seq_len:
+        for s in long_schemes:
+            cfg = config(s, args.long_seq_len, 1, 1)
+            model = build_model(cfg).to(device).eval()
+            with torch.no_grad():
+                model(data[0][:1, : args.seq_len])
+            points = {str(m): eval_point(model, cfg["data"]["vocab_size"], m * args.long_seq_len, device)
+                      for m in (8, 16)}
+            ok = all(points.values())
+            report["long"][s] = {"eval": points, "growth_16x_over_8x":
+                                 points["16"]["added_mib"] / points["8"]["added_mib"] if ok else None}
+            print(f"[{time.perf_counter() - t_start:.0f} s] long context, {s}", flush=True)
+        m = base["model"]
+        report["dense_fp32_scores_mib_at_16x"] = m["n_heads"] * (16 * args.long_seq_len) ** 2 * 4 / 2**20
+
     tokens = np.random.default_rng(0).integers(0, 8192, 2_000_000).astype(np.uint16)
     ds = RandomWindows(tokens, args.seq_len, 10_000, seed=0)
     t0 = time.perf_counter()
@@ -207,14 +291,22 @@ def main() -> None:
         ds[i]
     report["data_windows_per_s"] = 10_000 / (time.perf_counter() - t0)
     report["data_tokens_per_s"] = report["data_windows_per_s"] * args.seq_len
+    report["data_over_training"] = report["data_tokens_per_s"] / report["train_fp32"]["bare_tokens_per_s"]["median"]
+    report["wall_s"] = time.perf_counter() - t_start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print_report(report)
+    print(f"\nwritten: {args.out} ({report['wall_s']:.0f} s)")
+
+
+def fmt(point: dict | None, key: str, spec: str) -> str:
+    return "out of range" if point is None else format(point[key], spec)
 
 
 def print_report(r: dict) -> None:
-    print(f"device {r['device']} ({r['threads']} threads), torch {r['torch']}; matmul peak (GFLOP/s): "
-          + ", ".join(f"{k} {v:.0f}" for k, v in r["matmul_peak_gflops"].items()))
+    print(f"\ndevice {r['device']} ({r['threads']} threads), torch {r['torch']}; matmul peak (GFLOP/s): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in r["matmul_peak_gflops"].items())
+          + ("" if "bf16" in r["matmul_peak_gflops"] else " (bf16 not measured: no fast bf16 on this device)"))
     print(f"model FLOPs per training token: {r['flops_per_token'] / 1e6:.1f} M")
     for key in [k for k in r if k.startswith("train_")]:
         t = r[key]
@@ -223,13 +315,37 @@ def print_report(r: dict) -> None:
               f"{t['lightning_tokens_per_s']['median']:.0f} tok/s "
               f"[{t['lightning_tokens_per_s']['min']:.0f}-{t['lightning_tokens_per_s']['max']:.0f}] -> ratio "
               f"{t['lightning_over_bare']:.3f}; {100 * t['bare_fraction_of_matmul_peak']:.1f}% of matmul peak")
-    mults = list(next(iter(r["schemes"].values()))["eval"])
-    print(f"\n{'scheme':<14}{'train tok/s':>12}{'vs none':>9}" + "".join(f"{'eval ' + m + 'x tok/s':>16}{'MiB':>8}"
-                                                                 for m in mults))
-    for s, v in r["schemes"].items():
-        print(f"{s:<14}{v['train_fp32_tokens_per_s']['median']:>12.0f}{v['train_relative_to_none']:>9.2f}"
-              + "".join(f"{v['eval'][m]['tokens_per_s']:>16.0f}{v['eval'][m]['peak_mib']:>8.0f}" for m in mults))
-    print(f"\ndata path: {r['data_windows_per_s']:.0f} windows/s = {r['data_tokens_per_s'] / 1e6:.1f} M tokens/s")
+    for s, c in r["compile"].items():
+        print(f"compile, {s}: eager {c['eager_tokens_per_s']['median']:.0f} tok/s "
+              f"[{c['eager_tokens_per_s']['min']:.0f}-{c['eager_tokens_per_s']['max']:.0f}], compiled "
+              f"{c['compiled_tokens_per_s']['median']:.0f} tok/s [{c['compiled_tokens_per_s']['min']:.0f}-"
+              f"{c['compiled_tokens_per_s']['max']:.0f}] -> {c['compiled_over_eager']:.3f}x; first warm-up "
+              f"{c['first_warmup_s']['eager']:.1f} s eager, {c['first_warmup_s']['compiled']:.1f} s compiled")
+    if r["schemes"]:
+        mults = list(next(iter(r["schemes"].values()))["eval"])
+        print(f"\n{'scheme':<15}{'train tok/s':>12}{'vs none':>8}"
+              + "".join(f"{'eval ' + m + 'x tok/s':>16}{'+MiB':>6}" for m in mults))
+        for s, v in r["schemes"].items():
+            rel = v["train_relative_to_none"]
+            print(f"{s:<15}{v['train_fp32_tokens_per_s']['median']:>12.0f}"
+                  + (f"{rel:>8.2f}" if rel is not None else f"{'':>8}")
+                  + "".join(f"{fmt(v['eval'][m], 'tokens_per_s', '.0f'):>16}{fmt(v['eval'][m], 'added_mib', '.0f'):>6}"
+                            if v["eval"][m] else f"{'out of range':>22}" for m in mults))
+    if r["long"]:
+        L0 = r["args"]["long_seq_len"]
+        print(f"\nlong context (training length {L0}; a dense fp32 heads x T x T tensor at {16 * L0} tokens: "
+              f"{r['dense_fp32_scores_mib_at_16x']:.0f} MiB)")
+        print(f"{'scheme':<15}{f'{8 * L0} tok/s':>12}{'+MiB':>7}{f'{16 * L0} tok/s':>13}{'+MiB':>7}"
+              f"{'peak MiB':>10}{'16x/8x mem':>12}")
+        for s, v in r["long"].items():
+            a, b = v["eval"]["8"], v["eval"]["16"]
+            if a is None or b is None:
+                print(f"{s:<15}{'out of range (learned table)':>61}")
+                continue
+            print(f"{s:<15}{a['tokens_per_s']:>12.0f}{a['added_mib']:>7.0f}{b['tokens_per_s']:>13.0f}"
+                  f"{b['added_mib']:>7.0f}{b['peak_mib']:>10.0f}{v['growth_16x_over_8x']:>12.2f}")
+    print(f"\ndata path: {r['data_windows_per_s']:.0f} windows/s = {r['data_tokens_per_s'] / 1e6:.1f} M tokens/s, "
+          f"{r['data_over_training']:.0f}x the fp32 training rate")
 
 
 if __name__ == "__main__":

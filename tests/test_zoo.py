@@ -170,12 +170,36 @@ def test_fast_path_and_chunks(monkeypatch):
         assert all(t == 8 and s == 64 and m is not None and not causal for t, s, m, causal in calls), scheme
 
 
+@pytest.mark.parametrize("scheme", CHUNKED)
+def test_default_positions_toeplitz_mask_equals_gathered(scheme, monkeypatch):
+    """Default positions build a distance bias as a Toeplitz matrix; explicit positions gather it per pair.
+    Same logits and gradients, whole and in chunks of queries (query offsets > 0)."""
+    torch.manual_seed(0)
+    model = make(scheme, train_len=16)
+    idx = torch.randint(0, 50, (2, 37))
+
+    def run(**kw):
+        model.zero_grad()
+        logits = model(idx, **kw)
+        logits.square().mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    for chunk in (None, 2 * 2 * 5 * 37):
+        if chunk:
+            monkeypatch.setattr(lenx.model, "CHUNK_LOGITS", chunk)
+        toeplitz, toeplitz_grads = run()
+        gathered, gathered_grads = run(pos_T=torch.arange(37))
+        torch.testing.assert_close(toeplitz, gathered, rtol=1e-5, atol=1e-6)
+        for name, g in gathered_grads.items():
+            torch.testing.assert_close(toeplitz_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_mask_built_once_per_forward(monkeypatch):
     """A mask that fits one chunk is built once per forward for all layers (in the compute dtype for a pure
     bias); a longer input builds it per chunk in every layer instead, with the same logits."""
     built = []
-    real = lenx.model.causal_bias_mask
-    monkeypatch.setattr(lenx.model, "causal_bias_mask", lambda *a: built.append(a[0].shape) or real(*a))
+    real = lenx.model.positional_mask
+    monkeypatch.setattr(lenx.model, "positional_mask", lambda *a: built.append(a[1]) or real(*a))
     idx = torch.randint(0, 50, (1, 64))
     for scheme in ["alibi", "t5", "fire", "shaw"]:
         model = make(scheme, train_len=64)  # 2 layers, 2 heads
@@ -186,7 +210,7 @@ def test_mask_built_once_per_forward(monkeypatch):
         built.clear()
         chunked = model(idx)
         monkeypatch.undo()
-        monkeypatch.setattr(lenx.model, "causal_bias_mask", lambda *a: built.append(a[0].shape) or real(*a))
+        monkeypatch.setattr(lenx.model, "positional_mask", lambda *a: built.append(a[1]) or real(*a))
         assert len(built) == 2 * 8, scheme
         torch.testing.assert_close(chunked, cached, rtol=1e-5, atol=1e-6)
     seen = []

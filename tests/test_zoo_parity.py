@@ -55,11 +55,12 @@ def ref_t5(pos, q, k):
 
 
 def ref_kerple_log(pos, q, k):
-    return with_bias(q, k, lambda h, i, j: -pos.scale_H[h] * math.log(1 + pos.rate_H[h].item() * dist(i, j)))
+    return with_bias(q, k, lambda h, i, j: -pos.scale_H[h] * torch.log(1 + pos.rate_H[h] * dist(i, j)))
 
 
 def ref_kerple_power(pos, q, k):
-    return with_bias(q, k, lambda h, i, j: -pos.scale_H[h] * dist(i, j) ** pos.power_H[h].item())
+    return with_bias(q, k, lambda h, i, j: -pos.scale_H[h] * (torch.tensor(dist(i, j)) ** pos.power_H[h]
+                                                              if i != j else 0.0))
 
 
 def ref_sandwich(pos, q, k):
@@ -70,10 +71,11 @@ def ref_sandwich(pos, q, k):
 
 
 def ref_fire(pos, q, k):
-    c, L = pos.c.item(), abs(pos.L_mult.item()) * pos.init_L
+    c, L = pos.c, abs(pos.L_mult) * pos.init_L  # tensors: the gradient test differentiates through them
 
     def bias(h, i, j):
-        x = math.log(abs(c) * dist(i, j) + 1) / (math.log(abs(c) * max(float(POS[i]), L) + 1) + 1e-6)
+        norm = torch.log(abs(c) * torch.clamp(L, min=float(POS[i])) + 1) + 1e-6
+        x = torch.log(abs(c) * dist(i, j) + 1) / norm
         hidden = torch.relu(pos.w1_W * x + pos.b1_W)
         return hidden @ pos.w2_WH[:, h] + pos.b2_H[h]
     return with_bias(q, k, bias)
@@ -256,17 +258,27 @@ def test_parity_with_the_formula(scheme, monkeypatch):
     attn.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], y=out))
     monkeypatch.setattr(lenx.model, "CHUNK_LOGITS", 2 * H * 2 * T)  # B x H x 2 rows x S: parity, chunked
     idx = torch.randint(0, 50, (2, T), generator=gen)
-    with torch.no_grad():
-        model(idx, POS)
-        if ref_embed is not None:  # the input embedding, then the first LayerNorm, by hand
-            x = ref_embed(model.pos, model.tok(idx))
-            torch.testing.assert_close(seen["x"], model.blocks[0].ln1(x), rtol=1e-5, atol=1e-5)
-        q, k, v = attn.qkv(seen["x"]).view(2, T, 3, H, D).permute(2, 0, 3, 1, 4)
-        logits = ref_logits(model.pos, q, k)
-        future = POS[None, :] > POS[:, None]
-        weights = logits.masked_fill(future, float("-inf")).softmax(-1)
-        out = weights @ v
-        if scheme == "shaw_kv":
-            out = out + value_shaw_kv(model.pos, weights)
-        want = attn.proj(out.transpose(1, 2).reshape(2, T, C))
+    model(idx, POS)
+    if ref_embed is not None:  # the input embedding, then the first LayerNorm, by hand
+        x = ref_embed(model.pos, model.tok(idx))
+        torch.testing.assert_close(seen["x"], model.blocks[0].ln1(x), rtol=1e-5, atol=1e-5)
+    q, k, v = attn.qkv(seen["x"]).view(2, T, 3, H, D).permute(2, 0, 3, 1, 4)
+    logits = ref_logits(model.pos, q, k)
+    future = POS[None, :] > POS[:, None]
+    weights = logits.masked_fill(future, float("-inf")).softmax(-1)
+    out = weights @ v
+    if scheme == "shaw_kv":
+        out = out + value_shaw_kv(model.pos, weights)
+    want = attn.proj(out.transpose(1, 2).reshape(2, T, C))
     torch.testing.assert_close(seen["y"], want, rtol=1e-5, atol=1e-5)
+    # The gradient of every learned positional parameter through the fused kernel (which also carries the
+    # mask's gradient) equals the one through the formula.
+    params = [p for p in model.pos.parameters()]
+    if params:
+        g = torch.randn(want.shape, generator=gen)
+        got = torch.autograd.grad(seen["y"], params, g, retain_graph=True, allow_unused=True)
+        ref = torch.autograd.grad(want, params, g, allow_unused=True)
+        for (name, _), a, b in zip(model.pos.named_parameters(), got, ref):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -46,6 +46,9 @@ class AttnContext:
     # once per forward by the Decoder when it fits one attention chunk (training lengths), so that no layer
     # rebuilds it; None otherwise (attention then builds it per chunk of queries).
     mask_HTS: torch.Tensor | None = None
+    # Set when the positions are the Decoder's default: q_pos_T = q_start + arange(T), k_pos_S = arange(S).
+    # A distance bias is then a Toeplitz matrix, built from T + S - 1 values instead of a (T, S) gather.
+    q_start: int | None = None
 
     @property
     def bias_HTS(self) -> torch.Tensor | None:
@@ -62,7 +65,8 @@ class AttnContext:
         if self.q_pos_T is None:  # a scheme that needs no positions in attention (e.g. RoPE's cos/sin only)
             return self
         mask = None if self.mask_HTS is None else self.mask_HTS[:, start:stop]
-        return dataclasses.replace(self, q_pos_T=self.q_pos_T[start:stop], mask_HTS=mask)
+        q_start = None if self.q_start is None else self.q_start + start
+        return dataclasses.replace(self, q_pos_T=self.q_pos_T[start:stop], mask_HTS=mask, q_start=q_start)
 
 
 def distance_index(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int) -> torch.Tensor:
