@@ -44,7 +44,7 @@ def config(scheme: str, seq_len: int, batch: int, steps: int, compile: bool = Fa
     if scheme in ("rope", "rope_partial", "xpos"):
         pos["scaling"] = {"method": "none"}
     return {"model": OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / "tiny.yaml")), "pos": pos,
-            "data": {"vocab_size": 8192}, "seq_len": seq_len, "batch_size": batch, "compile": compile,
+            "data": {"vocab_size": 8192}, "seq_len": seq_len, "batch_size": batch, "compile": compile, "seed": 0,
             "optim": OmegaConf.to_container(OmegaConf.load(CONFIGS / "optim" / "adamw.yaml")),
             "trainer": {"max_steps": steps}}
 
@@ -274,7 +274,7 @@ def main() -> None:
             cfg = config(s, args.long_seq_len, 1, 1)
             model = build_model(cfg).to(device).eval()
             with torch.no_grad():
-                model(data[0][:1, : args.seq_len])
+                model(data[0][:1, : min(args.seq_len, args.long_seq_len)])  # warm-up
             points = {str(m): eval_point(model, cfg["data"]["vocab_size"], m * args.long_seq_len, device)
                       for m in (8, 16)}
             ok = all(points.values())

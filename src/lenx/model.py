@@ -45,17 +45,23 @@ class Attention(nn.Module):
         if mask is None and ctx.bias_HR is None and not pos.adds_logits:  # SDPA's causal fast path, no mask
             y_BHTD = F.scaled_dot_product_attention(q_BHTD, k_BHTD, v_BHTD, is_causal=True, dropout_p=drop)
         else:
-            rows = max(1, CHUNK_LOGITS // (B * self.n_heads * k_BHTD.shape[2]))
-            y_BHTD = torch.cat([
-                attend_rows(q_BHTD[:, :, a:a + rows], k_BHTD, v_BHTD, pos, ctx.rows(a, a + rows),
-                            None if mask is None else mask[..., a:a + rows, :], drop)
-                for a in range(0, T, rows)], dim=2)
+            S = k_BHTD.shape[2]
+            rows = max(1, CHUNK_LOGITS // (B * self.n_heads * S))
+            parts = []
+            for a in range(0, T, rows):
+                sub = ctx.rows(a, a + rows)
+                # With default positions (key j at position j), keys past the chunk's last query are future keys
+                # of all its queries: leave them out (on average this halves a long input's attention work).
+                s = S if mask is not None or sub.q_start is None else min(S, sub.q_start + len(sub.q_pos_T))
+                parts.append(attend_rows(q_BHTD[:, :, a:a + rows], k_BHTD[:, :, :s], v_BHTD[:, :, :s], pos,
+                                         sub.keys(s), None if mask is None else mask[..., a:a + rows, :], drop))
+            y_BHTD = torch.cat(parts, dim=2)
         return self.proj(y_BHTD.transpose(1, 2).reshape(B, T, C))
 
 
 def attend_rows(q_BHtD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
                 ctx: AttnContext, mask_Hts: torch.Tensor | None, drop: float) -> torch.Tensor:
-    """softmax(q.k/sqrt(D) + positional terms + causal mask) v for one chunk of t queries over all S keys."""
+    """softmax(q.k/sqrt(D) + positional terms + causal mask) v for one chunk of t queries over S keys."""
     if mask_Hts is None:
         with torch.autocast(q_BHtD.device.type, enabled=False):  # positional terms in fp32
             if ctx.mask_HTS is not None:

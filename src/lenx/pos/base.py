@@ -68,6 +68,13 @@ class AttnContext:
         q_start = None if self.q_start is None else self.q_start + start
         return dataclasses.replace(self, q_pos_T=self.q_pos_T[start:stop], mask_HTS=mask, q_start=q_start)
 
+    def keys(self, stop: int) -> AttnContext:
+        """The context restricted to keys 0..stop-1 (attention leaves out keys that are future for every query)."""
+        if self.k_pos_S is None or stop >= len(self.k_pos_S):
+            return self
+        mask = None if self.mask_HTS is None else self.mask_HTS[..., :stop]
+        return dataclasses.replace(self, k_pos_S=self.k_pos_S[:stop], mask_HTS=mask)
+
 
 def distance_index(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int) -> torch.Tensor:
     """i - j clipped to [0, n - 1], as a LongTensor (T, S): an index into a table of n distances."""

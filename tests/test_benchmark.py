@@ -1,0 +1,39 @@
+"""scripts/benchmark.py runs end to end on a few schemes and writes the report the docs quote (figures are
+measured by the script itself, never asserted here)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_benchmark_writes_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--schemes", "none,alibi,learned", "--steps", "3",
+                        "--warmup", "1", "--repeats", "1", "--seq-len", "32", "--long-seq-len", "32",
+                        "--long-schemes", "none,alibi,learned", "--compile-schemes", "", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    t = rep["train_fp32"]
+    assert math.isclose(t["lightning_over_bare"], t["lightning_tokens_per_s"]["median"]
+                        / t["bare_tokens_per_s"]["median"])
+    assert rep["schemes"]["none"]["train_relative_to_none"] == 1.0
+    learned = rep["schemes"]["learned"]["eval"]
+    assert learned["1"]["tokens_per_s"] > 0 and learned["4"] is None and learned["16"] is None  # past its table
+    alibi = rep["long"]["alibi"]
+    assert alibi["growth_16x_over_8x"] == alibi["eval"]["16"]["added_mib"] / alibi["eval"]["8"]["added_mib"]
+    assert rep["long"]["learned"]["growth_16x_over_8x"] is None
+    assert rep["data_over_training"] > 1
+    assert "lightning" in r.stdout and "long context" in r.stdout and "out of range" in r.stdout
+
+
+def test_benchmark_refuses_an_unknown_scheme(tmp_path):
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--schemes", "alibi,nonexistent",
+                        "--out", str(tmp_path / "b.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "unknown scheme(s) ['nonexistent']" in r.stderr
+    assert not (tmp_path / "b.json").exists()
