@@ -7,8 +7,9 @@ In one process, so the ratios are fair on a noisy machine (median of --repeats i
 - bare-loop training tokens/s per positional scheme, relative to NoPE;
 - evaluation tokens/s and peak memory at 1x, 4x, 16x the training length, per scheme;
 - the long-context check: every scheme at 8x and 16x a --long-seq-len training length (4096 and 8192 tokens by
-  default), with the memory a forward adds; it grows at most linearly in T when the ratio 16x / 8x is <= 2
-  (a dense heads x T x T fp32 tensor would make it ~4);
+  default), with the memory a forward adds and its excess over NoPE's. Past one attention chunk (2^25 logits)
+  that excess is a few chunk-sized buffers whatever T, and the growth ratio 16x / 8x tends to 2 (linear); a
+  dense heads x T x T fp32 tensor would make it ~4;
 - model FLOPs per token and the achieved fraction of the matmul peak measured in the same run;
 - the data path: random training windows per second from the token memmap, against the training rate.
 Memory: on CUDA `max_memory_allocated`; on CPU the peak RSS (/proc VmHWM, reset per measurement after returning
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+import lenx.model
 from lenx.errors import OutOfRangeError
 from lenx.hardware import cpu_has_fast_bf16
 from lenx.lit import LenxModule, RandomWindows, build_model
@@ -200,6 +202,8 @@ def main() -> None:
     ap.add_argument("--long-seq-len", type=int, default=512, help="the long-context check's training length "
                     "(evaluated at 8x and 16x it; 0 skips the check)")
     ap.add_argument("--long-schemes", default="all")
+    ap.add_argument("--long-multipliers", default="8,16", help="two multipliers of --long-seq-len; memory growth "
+                    "is the ratio of the second's added memory to the first's")
     ap.add_argument("--compile-schemes", default="none,alibi", help="schemes timed eager vs torch.compile "
                     "('' skips)")
     ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
@@ -208,6 +212,9 @@ def main() -> None:
     args = ap.parse_args()
     schemes, long_schemes = scheme_list(args.schemes), scheme_list(args.long_schemes)
     compile_schemes = scheme_list(args.compile_schemes)
+    long_mults = [int(m) for m in args.long_multipliers.split(",")]
+    if len(long_mults) != 2 or long_mults[0] >= long_mults[1]:
+        raise SystemExit(f"benchmark: --long-multipliers needs two increasing values, got {args.long_multipliers}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and (device.type == "cuda" or cpu_has_fast_bf16()))
     t_start = time.perf_counter()
@@ -252,17 +259,22 @@ def main() -> None:
         print(f"[{time.perf_counter() - t_start:.0f} s] compile, {s}", flush=True)
 
     mults = [int(m) for m in args.eval_multipliers.split(",")]
+    tps = {s: [] for s in schemes}
+    for r in range(args.repeats):  # round robin over the schemes, so that drift hits every scheme alike
+        for s in schemes:
+            tps[s].append(bare_loop(config(s, args.seq_len, args.batch, args.steps), data, args.warmup, False,
+                                    device)["tokens_per_s"])
+        print(f"[{time.perf_counter() - t_start:.0f} s] training per scheme, round {r + 1}", flush=True)
     report["schemes"] = {}
     for s in schemes:
         cfg = config(s, args.seq_len, args.batch, args.steps)
-        tps = [bare_loop(cfg, data, args.warmup, False, device)["tokens_per_s"] for _ in range(args.repeats)]
         model = build_model(cfg).to(device).eval()
         with torch.no_grad():
             model(data[0][:1, : args.seq_len])  # warm-up
-        report["schemes"][s] = {"train_fp32_tokens_per_s": median_spread(tps), "eval": {
+        report["schemes"][s] = {"train_fp32_tokens_per_s": median_spread(tps[s]), "eval": {
             str(m): eval_point(model, cfg["data"]["vocab_size"], m * args.seq_len, device, args.repeats)
             for m in mults}}
-        print(f"[{time.perf_counter() - t_start:.0f} s] scheme {s}", flush=True)
+    print(f"[{time.perf_counter() - t_start:.0f} s] evaluation per scheme", flush=True)
     none = report["schemes"].get("none")
     for v in report["schemes"].values():
         v["train_relative_to_none"] = (v["train_fp32_tokens_per_s"]["median"]
@@ -276,13 +288,19 @@ def main() -> None:
             with torch.no_grad():
                 model(data[0][:1, : min(args.seq_len, args.long_seq_len)])  # warm-up
             points = {str(m): eval_point(model, cfg["data"]["vocab_size"], m * args.long_seq_len, device)
-                      for m in (8, 16)}
+                      for m in long_mults}
             ok = all(points.values())
-            report["long"][s] = {"eval": points, "growth_16x_over_8x":
-                                 points["16"]["added_mib"] / points["8"]["added_mib"] if ok else None}
+            report["long"][s] = {"eval": points, "growth": points[str(long_mults[1])]["added_mib"]
+                                 / points[str(long_mults[0])]["added_mib"] if ok else None}
             print(f"[{time.perf_counter() - t_start:.0f} s] long context, {s}", flush=True)
-        m = base["model"]
-        report["dense_fp32_scores_mib_at_16x"] = m["n_heads"] * (16 * args.long_seq_len) ** 2 * 4 / 2**20
+        longest = long_mults[1] * args.long_seq_len
+        report["dense_fp32_scores_mib_at_longest"] = base["model"]["n_heads"] * longest ** 2 * 4 / 2**20
+        report["chunk_fp32_mib"] = lenx.model.CHUNK_LOGITS * 4 / 2**20
+        none = report["long"].get("none")
+        for v in report["long"].values():  # the memory a scheme's attention adds over NoPE's, at the longest
+            v["over_none_mib"] = (v["eval"][str(long_mults[1])]["added_mib"]
+                                  - none["eval"][str(long_mults[1])]["added_mib"]
+                                  if none and v["growth"] is not None else None)
 
     tokens = np.random.default_rng(0).integers(0, 8192, 2_000_000).astype(np.uint16)
     ds = RandomWindows(tokens, args.seq_len, 10_000, seed=0)
@@ -323,27 +341,30 @@ def print_report(r: dict) -> None:
               f"{c['first_warmup_s']['eager']:.1f} s eager, {c['first_warmup_s']['compiled']:.1f} s compiled")
     if r["schemes"]:
         mults = list(next(iter(r["schemes"].values()))["eval"])
-        print(f"\n{'scheme':<15}{'train tok/s':>12}{'vs none':>8}"
+        print(f"\n{'scheme':<15}{'train tok/s':>12}{'spread':>8}{'vs none':>8}"
               + "".join(f"{'eval ' + m + 'x tok/s':>16}{'+MiB':>6}" for m in mults))
         for s, v in r["schemes"].items():
             rel = v["train_relative_to_none"]
-            print(f"{s:<15}{v['train_fp32_tokens_per_s']['median']:>12.0f}"
+            t = v["train_fp32_tokens_per_s"]
+            spread = f"±{50 * (t['max'] - t['min']) / t['median']:.0f}%"
+            print(f"{s:<15}{t['median']:>12.0f}{spread:>8}"
                   + (f"{rel:>8.2f}" if rel is not None else f"{'':>8}")
                   + "".join(f"{fmt(v['eval'][m], 'tokens_per_s', '.0f'):>16}{fmt(v['eval'][m], 'added_mib', '.0f'):>6}"
                             if v["eval"][m] else f"{'out of range':>22}" for m in mults))
     if r["long"]:
-        L0 = r["args"]["long_seq_len"]
-        print(f"\nlong context (training length {L0}; a dense fp32 heads x T x T tensor at {16 * L0} tokens: "
-              f"{r['dense_fp32_scores_mib_at_16x']:.0f} MiB)")
-        print(f"{'scheme':<15}{f'{8 * L0} tok/s':>12}{'+MiB':>7}{f'{16 * L0} tok/s':>13}{'+MiB':>7}"
-              f"{'peak MiB':>10}{'16x/8x mem':>12}")
+        L0, (m1, m2) = r["args"]["long_seq_len"], [int(m) for m in r["args"]["long_multipliers"].split(",")]
+        print(f"\nlong context (training length {L0}). A dense fp32 heads x T x T tensor at {m2 * L0} tokens: "
+              f"{r['dense_fp32_scores_mib_at_longest']:.0f} MiB; one attention chunk: {r['chunk_fp32_mib']:.0f} MiB")
+        print(f"{'scheme':<15}{f'{m1 * L0} tok/s':>12}{'+MiB':>7}{f'{m2 * L0} tok/s':>13}{'+MiB':>7}"
+              f"{'peak MiB':>10}{f'{m2}x/{m1}x mem':>13}{'vs none MiB':>13}")
         for s, v in r["long"].items():
-            a, b = v["eval"]["8"], v["eval"]["16"]
+            a, b = v["eval"][str(m1)], v["eval"][str(m2)]
             if a is None or b is None:
-                print(f"{s:<15}{'out of range (learned table)':>61}")
+                print(f"{s:<15}{'out of range (learned table)':>62}")
                 continue
+            over = "" if v["over_none_mib"] is None else f"{v['over_none_mib']:+.0f}"
             print(f"{s:<15}{a['tokens_per_s']:>12.0f}{a['added_mib']:>7.0f}{b['tokens_per_s']:>13.0f}"
-                  f"{b['added_mib']:>7.0f}{b['peak_mib']:>10.0f}{v['growth_16x_over_8x']:>12.2f}")
+                  f"{b['added_mib']:>7.0f}{b['peak_mib']:>10.0f}{v['growth']:>13.2f}{over:>13}")
     print(f"\ndata path: {r['data_windows_per_s']:.0f} windows/s = {r['data_tokens_per_s'] / 1e6:.1f} M tokens/s, "
           f"{r['data_over_training']:.0f}x the fp32 training rate")
 

@@ -26,8 +26,9 @@ def test_benchmark_writes_every_section(tmp_path):
     learned = rep["schemes"]["learned"]["eval"]
     assert learned["1"]["tokens_per_s"] > 0 and learned["4"] is None and learned["16"] is None  # past its table
     alibi = rep["long"]["alibi"]
-    assert alibi["growth_16x_over_8x"] == alibi["eval"]["16"]["added_mib"] / alibi["eval"]["8"]["added_mib"]
-    assert rep["long"]["learned"]["growth_16x_over_8x"] is None
+    assert alibi["growth"] == alibi["eval"]["16"]["added_mib"] / alibi["eval"]["8"]["added_mib"]
+    assert alibi["over_none_mib"] == alibi["eval"]["16"]["added_mib"] - rep["long"]["none"]["eval"]["16"]["added_mib"]
+    assert rep["long"]["learned"]["growth"] is None and rep["long"]["learned"]["over_none_mib"] is None
     assert rep["data_over_training"] > 1
     assert "lightning" in r.stdout and "long context" in r.stdout and "out of range" in r.stdout
 
