@@ -14,8 +14,9 @@ from conftest import ROOT
 def test_benchmark_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "scripts/benchmark.py", "--schemes", "none,alibi,learned", "--steps", "3",
-                        "--warmup", "1", "--repeats", "1", "--seq-len", "32", "--long-seq-len", "32",
-                        "--long-schemes", "none,alibi,learned", "--compile-schemes", "", "--out", str(out)],
+                        "--warmup", "1", "--repeats", "1", "--overhead-steps", "2", "--overhead-repeats", "1",
+                        "--seq-len", "32", "--long-seq-len", "32", "--long-schemes", "none,alibi,learned",
+                        "--compile-schemes", "", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())
