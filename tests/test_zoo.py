@@ -216,6 +216,11 @@ def test_mask_built_once_per_forward(monkeypatch):
         monkeypatch.setattr(lenx.model, "positional_mask", lambda *a: built.append(a[1]) or real(*a))
         assert len(built) == 2 * 8, scheme
         torch.testing.assert_close(chunked, cached, rtol=1e-5, atol=1e-6)
+    fire, scored = make("fire", train_len=64), []
+    real_score = fire.pos.score
+    monkeypatch.setattr(fire.pos, "score", lambda *a: scored.append(1) or real_score(*a))
+    fire(idx)
+    assert len(scored) == 1  # FIRE's MLP bias reads positions only: evaluated once, not once per layer
     seen = []
     real_sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention",

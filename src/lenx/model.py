@@ -67,9 +67,9 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor
             if ctx.mask_HTS is not None:
                 mask_Hts = ctx.mask_HTS
             else:  # straight to SDPA: in its dtype; fp32 when more terms are added
-                exact = pos.adds_logits or pos.adds_values
-                mask_Hts = positional_mask(ctx, torch.float32 if exact else q_BHtD.dtype)
-            extra = pos.score(q_BHtD.float(), k_BHSD.float(), ctx) if pos.adds_logits else None
+                mask_Hts = positional_mask(ctx, pos, torch.float32 if exact_mask(pos) else q_BHtD.dtype)
+            content = pos.adds_logits and not pos.positional_score
+            extra = pos.score(q_BHtD.float(), k_BHSD.float(), ctx) if content else None
             if extra is not None:
                 mask_Hts = mask_Hts + extra  # (B, H, t, S) for content-dependent schemes
     if not pos.adds_values:  # the fused kernel with a float mask (also carries the bias gradient)
@@ -99,15 +99,25 @@ class Block(nn.Module):
         return x_BTC + self.mlp(self.ln2(x_BTC))
 
 
-def positional_mask(ctx: AttnContext, dtype: torch.dtype) -> torch.Tensor:
-    """ctx's distance bias (or zeros), -inf on future keys, (H or 1, T, S): built in fp32, cast to dtype."""
+def positional_mask(ctx: AttnContext, pos: PositionalScheme, dtype: torch.dtype) -> torch.Tensor:
+    """ctx's distance bias (or zeros) and a positional score, -inf on future keys, (H or 1, T, S): built in fp32,
+    cast to dtype."""
     T, S = len(ctx.q_pos_T), len(ctx.k_pos_S)
     if ctx.bias_HR is not None and ctx.q_start is not None:
-        return toeplitz_mask(ctx.bias_HR, ctx.q_start, T, S, dtype)
-    bias_HTS = ctx.bias_HTS
-    if bias_HTS is None:
-        bias_HTS = torch.zeros(1, T, S, device=ctx.q_pos_T.device)
-    return causal_bias_mask(bias_HTS, ctx.q_pos_T, ctx.k_pos_S).to(dtype)
+        mask_HTS = toeplitz_mask(ctx.bias_HR, ctx.q_start, T, S, torch.float32 if pos.positional_score else dtype)
+    else:
+        bias_HTS = ctx.bias_HTS
+        if bias_HTS is None:
+            bias_HTS = torch.zeros(1, T, S, device=ctx.q_pos_T.device)
+        mask_HTS = causal_bias_mask(bias_HTS, ctx.q_pos_T, ctx.k_pos_S)
+    if pos.positional_score:
+        mask_HTS = mask_HTS + pos.score(None, None, ctx)
+    return mask_HTS.to(dtype)
+
+
+def exact_mask(pos: PositionalScheme) -> bool:
+    """Whether the mask must stay fp32: content score terms are added to it, or Shaw's values read the weights."""
+    return (pos.adds_logits and not pos.positional_score) or pos.adds_values
 
 
 def toeplitz_mask(bias_HR: torch.Tensor, q_start: int, T: int, S: int, dtype: torch.dtype) -> torch.Tensor:
@@ -181,10 +191,9 @@ class Decoder(nn.Module):
         if (ctx.bias_HR is not None or self.pos.adds_logits) and self.pos.n_heads * T * T <= CHUNK_LOGITS:
             # Attention takes the masked path and the whole mask fits one chunk: build it here, once, not in
             # every layer. In the compute dtype when it goes straight to SDPA (which would cast it anyway);
-            # in fp32 when score terms are added to it.
-            exact = self.pos.adds_logits or self.pos.adds_values
-            ctx = dataclasses.replace(ctx, mask_HTS=positional_mask(ctx, torch.float32 if exact else
-                                                                    compute_dtype(x_BTC)))
+            # in fp32 when content score terms are added to it.
+            dtype = torch.float32 if exact_mask(self.pos) else compute_dtype(x_BTC)
+            ctx = dataclasses.replace(ctx, mask_HTS=positional_mask(ctx, self.pos, dtype))
         for block in self.blocks:
             x_BTC = block(x_BTC, self.pos, ctx)
         return self.head(self.ln_f(x_BTC))

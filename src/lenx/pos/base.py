@@ -119,6 +119,10 @@ class PositionalScheme(nn.Module):
         """Extra attention output sum_j attn_ij e_ij (B, H, T, D) from the attention weights, or None."""
         return None
 
+    # True when `score` reads only ctx's positions, never q or k (FIRE): its term then joins the positional mask,
+    # which the Decoder builds once per forward for all layers where it fits one attention chunk.
+    positional_score: bool = False
+
     @property
     def adds_logits(self) -> bool:
         """Whether this scheme implements `score`: attention then builds its logits per chunk of queries."""

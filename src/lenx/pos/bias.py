@@ -235,6 +235,8 @@ class FIRE(PositionalScheme):
     def psi(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log(torch.abs(self.c * x) + 1)
 
+    positional_score = True  # a function of (i, j) alone: built with the mask, once per forward where it fits
+
     def score(self, q_BHTD, k_BHSD, ctx):
         # The MLP's hidden layer is mlp_width times the bias: evaluate it a few query rows at a time.
         q_pos_T, k_pos_S = ctx.q_pos_T, ctx.k_pos_S
