@@ -79,7 +79,7 @@ def test_the_same_command_maps_to_the_same_run_dir():
     assert base.startswith("outputs/train/alibi_L64_s0_")
     assert resolved_run_dir(None, "pos=alibi", "seq_len=64") == base
     assert resolved_run_dir(None, "pos=alibi", "seq_len=64", "eval.multipliers=[1,2]", "logger=none",
-                            "trainer.enable_progress_bar=false") == base  # not part of what is trained
+                            "trainer.enable_progress_bar=false", "compile=true") == base  # not what is trained
     for other in (["seed=1"], ["optim.lr=1e-3"], ["model=small"], ["trainer.max_steps=10"], ["pos=rope"]):
         assert resolved_run_dir(None, "seq_len=64", *(other if other != ["pos=rope"] else []),
                                 *([] if other == ["pos=rope"] else ["pos=alibi"])) != base, other
