@@ -42,7 +42,7 @@ class Attention(nn.Module):
         q_BHTD, k_BHTD, v_BHTD = self.qkv(x_BTC).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q_BHTD, k_BHTD = pos.rotate(q_BHTD, k_BHTD, ctx)
         drop = self.dropout if self.training else 0.0
-        if mask is None and ctx.bias_HR is None and not pos.adds_logits:  # SDPA's causal fast path, no mask
+        if mask is None and not masked_path(pos, ctx):  # SDPA's causal fast path, no mask
             y_BHTD = F.scaled_dot_product_attention(q_BHTD, k_BHTD, v_BHTD, is_causal=True, dropout_p=drop)
         else:
             S = k_BHTD.shape[2]
@@ -68,8 +68,7 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor
                 mask_Hts = ctx.mask_HTS
             else:  # straight to SDPA: in its dtype; fp32 when more terms are added
                 mask_Hts = positional_mask(ctx, pos, torch.float32 if exact_mask(pos) else q_BHtD.dtype)
-            content = pos.adds_logits and not pos.positional_score
-            extra = pos.score(q_BHtD.float(), k_BHSD.float(), ctx) if content else None
+            extra = pos.score(q_BHtD.float(), k_BHSD.float(), ctx) if content_score(pos) else None
             if extra is not None:
                 mask_Hts = mask_Hts + extra  # (B, H, t, S) for content-dependent schemes
     if not pos.adds_values:  # the fused kernel with a float mask (also carries the bias gradient)
@@ -115,9 +114,19 @@ def positional_mask(ctx: AttnContext, pos: PositionalScheme, dtype: torch.dtype)
     return mask_HTS.to(dtype)
 
 
+def masked_path(pos: PositionalScheme, ctx: AttnContext) -> bool:
+    """Whether attention needs a float mask (a distance bias or score terms) rather than SDPA's causal flag."""
+    return ctx.bias_HR is not None or pos.adds_logits
+
+
+def content_score(pos: PositionalScheme) -> bool:
+    """Whether pos.score reads the queries or keys, so attention calls it per chunk and layer."""
+    return pos.adds_logits and not pos.positional_score
+
+
 def exact_mask(pos: PositionalScheme) -> bool:
     """Whether the mask must stay fp32: content score terms are added to it, or Shaw's values read the weights."""
-    return (pos.adds_logits and not pos.positional_score) or pos.adds_values
+    return content_score(pos) or pos.adds_values
 
 
 def toeplitz_mask(bias_HR: torch.Tensor, q_start: int, T: int, S: int, dtype: torch.dtype) -> torch.Tensor:
@@ -188,7 +197,7 @@ class Decoder(nn.Module):
         # Once per forward, shared by every layer; the Decoder owns the positions attention masks with.
         ctx = dataclasses.replace(self.pos.context(pos_T, pos_T), q_pos_T=pos_T, k_pos_S=pos_T,
                                   q_start=0 if default else None)
-        if (ctx.bias_HR is not None or self.pos.adds_logits) and self.pos.n_heads * T * T <= CHUNK_LOGITS:
+        if masked_path(self.pos, ctx) and self.pos.n_heads * T * T <= CHUNK_LOGITS:
             # Attention takes the masked path and the whole mask fits one chunk: build it here, once, not in
             # every layer. In the compute dtype when it goes straight to SDPA (which would cast it anyway);
             # in fp32 when content score terms are added to it.
