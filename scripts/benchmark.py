@@ -321,10 +321,6 @@ def main() -> None:
     print(f"\nwritten: {args.out} ({report['wall_s']:.0f} s)")
 
 
-def fmt(point: dict | None, key: str, spec: str) -> str:
-    return "out of range" if point is None else format(point[key], spec)
-
-
 def print_report(r: dict) -> None:
     print(f"\ndevice {r['device']} ({r['threads']} threads), torch {r['torch']}; matmul peak (GFLOP/s): "
           + ", ".join(f"{k} {v:.0f}" for k, v in r["matmul_peak_gflops"].items())
@@ -353,7 +349,7 @@ def print_report(r: dict) -> None:
             spread = f"±{50 * (t['max'] - t['min']) / t['median']:.0f}%"
             print(f"{s:<15}{t['median']:>12.0f}{spread:>8}"
                   + (f"{rel:>8.2f}" if rel is not None else f"{'':>8}")
-                  + "".join(f"{fmt(v['eval'][m], 'tokens_per_s', '.0f'):>16}{fmt(v['eval'][m], 'added_mib', '.0f'):>6}"
+                  + "".join(f"{v['eval'][m]['tokens_per_s']:>16.0f}{v['eval'][m]['added_mib']:>6.0f}"
                             if v["eval"][m] else f"{'out of range':>22}" for m in mults))
     if r["long"]:
         L0, (m1, m2) = r["args"]["long_seq_len"], [int(m) for m in r["args"]["long_multipliers"].split(",")]
