@@ -116,8 +116,9 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def rss_mib() -> float:
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS"))
+def proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: its peak), in MiB."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))
     return int(line.split()[1]) / 1024
 
 
@@ -131,14 +132,13 @@ def reset_peak(device) -> float:
     except OSError:
         pass
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    return rss_mib()
+    return proc_status_mib("VmRSS")
 
 
 def peak_mib(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM"))
-    return int(line.split()[1]) / 1024
+    return proc_status_mib("VmHWM")
 
 
 @torch.no_grad()
