@@ -160,7 +160,9 @@ def test_load_hub_connection_error_is_wrapped(cache, monkeypatch):
     (lambda p: None, "does not exist"),
     (lambda p: p.mkdir(), "no .txt"),
     (lambda p: (p.mkdir(), (p / "a.txt").write_text("  \n")), "no non-empty documents"),
-    (lambda p: (p.mkdir(), (p / "a.txt").write_bytes(b"\xff\xfe\xfa bad")), "cannot read"),
+    (lambda p: (p.mkdir(), (p / "a.txt").write_bytes(b"\xff\xfe\xfa bad")), r"a.txt is not UTF-8 text: byte 0xff at byte offset 0"),
+    (lambda p: (p.mkdir(), (p / "a.txt").write_bytes(b"ok text\0\1\2")), r"a.txt is not a text file: NUL byte at byte offset 7"),
+    (lambda p: (p.mkdir(), (p / "a.jsonl").write_bytes(b"{\"text\": \"caf\xe9\"}\n")), r"a.jsonl is not UTF-8 text: byte 0xe9 at byte offset 13"),
 ])
 def test_bad_local_corpora(tmp_path, cache, setup, match):
     path = tmp_path / "c"

@@ -143,7 +143,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     from lenx.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match=r"bad.ckpt is not a lenx checkpoint \(not a file written by torch.save\)"):
         load_model(bad)
 
 

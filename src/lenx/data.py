@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -25,10 +26,12 @@ from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lenx.errors import ConfigError, CorpusError
+from lenx.results import atomic_write_bytes
 
 EOD_TOKEN = "<|endoftext|>"
 SPLITS = ("train", "validation", "test")
-FORMAT_VERSION = 1  # bump when the stream layout changes, so old caches are not reused
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 2  # bump when the stream layout changes, so old caches are not reused
 
 
 # ----------------------------------------------------------------------------------------------- config helpers
@@ -46,8 +49,10 @@ def data_config(cfg: Mapping) -> dict:
 
 
 def cache_root(d: Mapping) -> Path:
-    root = d.get("cache_dir") or os.environ.get("LENX_CACHE") or Path.home() / ".cache" / "lenx"
-    return Path(root).expanduser()
+    root = Path(d.get("cache_dir") or os.environ.get("LENX_CACHE") or Path.home() / ".cache" / "lenx").expanduser()
+    if root.exists() and not root.is_dir():
+        raise CorpusError(f"the token cache {root} (data.cache_dir, else $LENX_CACHE) is a file, not a directory")
+    return root
 
 
 def split_of(doc_id: str, valid_fraction: float, test_fraction: float) -> str:
@@ -194,11 +199,32 @@ def documents(name: str, raw: dict[str, datasets.Dataset], d: Mapping) -> dict[s
     raise ConfigError(f"no document rules for corpus {name!r}")
 
 
-def load_local(d: Mapping) -> dict[str, list[tuple[str, str]]]:
-    """.txt (a document per file), .jsonl/.json (a document per record), .parquet (a document per row)."""
+def local_root(d: Mapping) -> Path:
+    """data.path of a local corpus, which must be given and exist."""
+    if d.get("path") in (None, "", "???"):
+        raise ConfigError("data=local needs data.path=<a file or folder of .txt/.jsonl/.json/.parquet files>")
     root = Path(d["path"]).expanduser()
     if not root.exists():
         raise CorpusError(f"corpus path {root} does not exist")
+    return root
+
+
+def check_text_file(f: Path) -> None:
+    """A text corpus file must be UTF-8 without NUL bytes: refused naming the file and the byte offset."""
+    raw = f.read_bytes()
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise CorpusError(f"{f} is not a text file: NUL byte at byte offset {nul}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{f} is not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start} "
+                          f"({e.reason})") from None
+
+
+def load_local(d: Mapping) -> dict[str, list[tuple[str, str]]]:
+    """.txt (a document per file), .jsonl/.json (a document per record), .parquet (a document per row)."""
+    root = local_root(d)
     exts = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in exts)
     if not files:
@@ -210,6 +236,8 @@ def load_local(d: Mapping) -> dict[str, list[tuple[str, str]]]:
         if fmt is None:
             raise CorpusError(f"{f}: unsupported file type (use .txt, .jsonl, .json or .parquet)")
         kw = {"sample_by": "document"} if fmt == "text" else {}
+        if fmt in ("text", "json"):
+            check_text_file(f)
         try:
             rows = datasets.load_dataset(fmt, data_files=str(f), split="train", **kw)
         except Exception as e:  # undecodable bytes, malformed json, ...: name the file
@@ -265,26 +293,28 @@ def tokenize_stream(tok: Tokenizer, texts: list[str], eod_id: int, dtype) -> np.
     return np.concatenate(parts)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def source_key(d: Mapping) -> str:
-    """A cheap key for the cache lookup (no content hashing): settings + the file tree's sizes and mtimes."""
-    settings = {k: d.get(k) for k in sorted(d) if k not in ("cache_dir", "task", "passkey")}  # not the corpus
+    """A cheap key for the cache lookup (no content hashing): settings + the file tree's sizes and mtimes; a given
+    tokenizer file counts by its content hash, not its path."""
+    settings = {k: d.get(k) for k in sorted(d) if k not in ("cache_dir", "task", "passkey", "tokenizer")}
     tree = ""
     if d["name"] == "stdlib":
         root = Path(d.get("path") or sysconfig.get_paths()["stdlib"]).expanduser()
         tree = tree_fingerprint(root, stdlib_files(root)) + sys.version
     elif d["name"] == "local":
-        root = Path(d["path"]).expanduser()
-        if not root.exists():
-            raise CorpusError(f"corpus path {root} does not exist")
+        root = local_root(d)
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         tree = _sha(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    return _sha([json.dumps(settings, sort_keys=True, default=str), tree, str(FORMAT_VERSION)])[:20]
+    tok = file_sha256(Path(d["tokenizer"])) if d.get("tokenizer") else ""
+    return _sha([json.dumps(settings, sort_keys=True, default=str), tree, tok, str(FORMAT_VERSION)])[:20]
 
 
 def check_data_config(d: Mapping) -> None:
@@ -296,53 +326,150 @@ def check_data_config(d: Mapping) -> None:
         raise ConfigError(f"data.valid_fraction={fv} / data.test_fraction={ft} must leave a training split")
 
 
+def entry_problem(root: Path, prov: Mapping) -> str | None:
+    """Why a cache entry (its index record) cannot be used as it stands, or None: its directory must be inside
+    the cache (relative: a copied cache never reads the original's files), every stream must exist with the size
+    the index records, and the tokenizer must hash to the recorded value. Stream contents are checked by
+    load_tokens (hashing is done once per file and process)."""
+    entry = prov.get("entry")
+    if not isinstance(entry, str) or Path(entry).is_absolute() or ".." in Path(entry).parts:
+        return "its index has no relative entry directory (an older or foreign cache)"
+    where = root / entry
+    itemsize = np.dtype(prov.get("dtype", "uint16")).itemsize
+    for s in SPLITS:
+        f = where / f"{s}.bin"
+        if not f.is_file():
+            return f"{f} is missing"
+        if f.stat().st_size != prov["n_tokens"][s] * itemsize:
+            return (f"{f} holds {f.stat().st_size} bytes, the index records {prov['n_tokens'][s]} tokens "
+                    f"({prov['n_tokens'][s] * itemsize} bytes)")
+    tok = where / "tokenizer.json"
+    if not tok.is_file() or file_sha256(tok) != prov.get("tokenizer_hash"):
+        return f"{tok} is missing or differs from the recorded tokenizer_hash"
+    return None
+
+
+def read_index(index: Path, root: Path) -> dict | None:
+    """The usable provenance recorded at `index`, or None (absent, unreadable or damaged: logged, rebuilt)."""
+    if not index.exists():
+        return None
+    try:
+        prov = json.loads(index.read_text())
+        problem = entry_problem(root, prov)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problem = f"its index {index} is unreadable ({type(e).__name__}: {e})"
+    if problem is None:
+        return {**prov, "dir": str(root / prov["entry"])}
+    log.warning("lenx: the token cache entry is damaged (%s); rebuilding it", problem)
+    return None
+
+
+def build_entry(d: Mapping, root: Path, index: Path) -> dict:
+    """Load the corpus, train (or take the given) tokenizer, tokenise every split, write the index last."""
+    docs, extra = load_corpus(d)
+    split_hashes = {s: _sha(p for doc in docs[s] for p in doc) for s in SPLITS}
+    corpus_hash = _sha(split_hashes[s] for s in SPLITS)
+    given = Path(d["tokenizer"]) if d.get("tokenizer") else None
+    sub = f"tok-{file_sha256(given)[:16]}" if given else f"bpe{d['vocab_size']}-mf{d['min_frequency']}"
+    entry = f"{d['name']}-{corpus_hash[:12]}/{sub}"
+    out = root / entry
+    out.mkdir(parents=True, exist_ok=True)
+    tok_path = out / "tokenizer.json"
+    if given is not None:
+        atomic_write_bytes(tok_path, given.read_bytes())
+    elif not tok_path.is_file() or not _loads(tok_path):
+        tok = train_tokenizer((t for _, t in docs["train"]), d["vocab_size"], d["min_frequency"])
+        atomic_write_bytes(tok_path, tok.to_str().encode())
+    tok = Tokenizer.from_file(str(tok_path))
+    eod_id = tok.token_to_id(EOD_TOKEN)
+    if eod_id is None:
+        raise CorpusError(f"the tokenizer {given or tok_path} has no {EOD_TOKEN} token")
+    dtype = np.uint16 if tok.get_vocab_size() <= 65535 else np.uint32
+    n_tokens, stream_hashes = {}, {}
+    for s in SPLITS:
+        stream = tokenize_stream(tok, [t for _, t in docs[s]], eod_id, dtype).tobytes()
+        atomic_write_bytes(out / f"{s}.bin", stream)
+        n_tokens[s], stream_hashes[s] = len(stream) // np.dtype(dtype).itemsize, hashlib.sha256(stream).hexdigest()
+    prov = {"corpus": d["name"], "corpus_hash": corpus_hash, "split_hashes": split_hashes,
+            "stream_hashes": stream_hashes, "tokenizer_hash": file_sha256(tok_path),
+            "vocab_size": tok.get_vocab_size(), "eod_id": eod_id, "dtype": np.dtype(dtype).name,
+            "n_tokens": n_tokens, "n_documents": {s: len(docs[s]) for s in SPLITS}, "entry": entry,
+            "python_version": extra.get("python_version", ""),
+            **{k: v for k, v in extra.items() if k != "python_version"}}
+    atomic_write_bytes(index, json.dumps(prov, indent=1).encode())
+    return {**prov, "dir": str(out)}
+
+
+def _loads(tok_path: Path) -> bool:
+    try:
+        Tokenizer.from_file(str(tok_path))
+        return True
+    except Exception:  # a damaged tokenizer file in the cache: retrained
+        return False
+
+
+def cached(cfg: Mapping) -> dict | None:
+    """The provenance of the configured corpus if its cache entry exists and is whole, else None (builds nothing)."""
+    d = data_config(cfg)
+    root = cache_root(d)
+    return read_index(root / "index" / f"{d['name']}-{source_key(d)}.json", root)
+
+
 def prepare(cfg: Mapping) -> dict:
-    """Build (or reuse) tokenizer and token streams for the configured corpus; return its provenance."""
+    """Build (or reuse) tokenizer and token streams for the configured corpus; return its provenance.
+
+    `data.tokenizer` (set by evaluation: the tokenizer a checkpoint was trained with) tokenises the corpus with
+    that file instead of training a BPE. A damaged cache entry is rebuilt, never used."""
     d = data_config(cfg)
     check_data_config(d)
     root = cache_root(d)
     index = root / "index" / f"{d['name']}-{source_key(d)}.json"
-    if index.is_file():
-        prov = json.loads(index.read_text())
-        if all(Path(prov["dir"], f"{s}.bin").is_file() for s in SPLITS):
-            return prov
-    index.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(index) + ".lock"):
-        if index.is_file():  # another process finished while we waited
-            return json.loads(index.read_text())
-        docs, extra = load_corpus(d)
-        split_hashes = {s: _sha(p for doc in docs[s] for p in doc) for s in SPLITS}
-        corpus_hash = _sha(split_hashes[s] for s in SPLITS)
-        out = root / f"{d['name']}-{corpus_hash[:12]}" / f"bpe{d['vocab_size']}-mf{d['min_frequency']}"
-        out.mkdir(parents=True, exist_ok=True)
-        tok_path = out / "tokenizer.json"
-        if not tok_path.is_file():
-            tok = train_tokenizer((t for _, t in docs["train"]), d["vocab_size"], d["min_frequency"])
-            write_atomic(tok_path, tok.to_str().encode())
-        tok = Tokenizer.from_file(str(tok_path))
-        eod_id = tok.token_to_id(EOD_TOKEN)
-        dtype = np.uint16 if tok.get_vocab_size() <= 65535 else np.uint32
-        n_tokens = {}
-        for s in SPLITS:
-            stream = tokenize_stream(tok, [t for _, t in docs[s]], eod_id, dtype)
-            write_atomic(out / f"{s}.bin", stream.tobytes())
-            n_tokens[s] = int(len(stream))
-        prov = {"corpus": d["name"], "corpus_hash": corpus_hash, "split_hashes": split_hashes,
-                "tokenizer_hash": hashlib.sha256(tok_path.read_bytes()).hexdigest(),
-                "vocab_size": tok.get_vocab_size(), "eod_id": eod_id, "dtype": np.dtype(dtype).name,
-                "n_tokens": n_tokens, "n_documents": {s: len(docs[s]) for s in SPLITS}, "dir": str(out),
-                "python_version": extra.get("python_version", ""), **{k: v for k, v in extra.items()
-                                                                       if k != "python_version"}}
-        write_atomic(index, json.dumps(prov, indent=1).encode())
+    prov = read_index(index, root)
+    if prov is not None:
         return prov
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CorpusError(f"the token cache {root} cannot be used: a file is in the way of {index.parent}") from None
+    with FileLock(str(index) + ".lock"):
+        prov = read_index(index, root)  # another process may have finished while we waited
+        return prov if prov is not None else build_entry(d, root, index)
+
+
+_VERIFIED: set[tuple] = set()
+
+
+def verify_stream(path: Path, expected: str | None) -> None:
+    """Hash a stream file against the index (once per file, size and mtime, per process)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if expected is None or key in _VERIFIED:
+        return
+    if file_sha256(path) != expected:
+        raise StaleCacheError(path)
+    _VERIFIED.add(key)
+
+
+class StaleCacheError(Exception):
+    """A stream whose bytes no longer hash to what the index records (internal: load_tokens rebuilds)."""
 
 
 def load_tokens(cfg: Mapping, split: str) -> np.ndarray:
     """The split's token stream as a read-only 1-D memmap of ids (prepares the cache on first use)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     prov = prepare(cfg)
-    return np.memmap(Path(prov["dir"]) / f"{split}.bin", dtype=prov["dtype"], mode="r")
+    path = Path(prov["dir"]) / f"{split}.bin"
+    try:
+        verify_stream(path, prov.get("stream_hashes", {}).get(split))
+    except StaleCacheError:
+        d = data_config(cfg)
+        log.warning("lenx: %s does not hash to what the cache index records (damaged); rebuilding the entry", path)
+        (cache_root(d) / "index" / f"{d['name']}-{source_key(d)}.json").unlink(missing_ok=True)
+        prov = prepare(cfg)
+        path = Path(prov["dir"]) / f"{split}.bin"
+        verify_stream(path, prov.get("stream_hashes", {}).get(split))
+    return np.memmap(path, dtype=prov["dtype"], mode="r")
 
 
 def load_tokenizer(cfg: Mapping) -> Tokenizer:

@@ -47,3 +47,11 @@ def user_errors():
               "are intact (atomic writes); free space or fix permissions, then rerun the same command to continue",
               file=sys.stderr)
         sys.exit(2)
+
+
+def check_int(value, name: str, *, minimum: int = 1) -> int:
+    """`value` as an int >= minimum (booleans, floats and strings refused), else one ConfigError naming `name`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return value

@@ -10,8 +10,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
+from lenx.checkpoint import (  # noqa: F401  (load_model, read_checkpoint and scaling_config: public here too)
+    CONFIG_DIR,
+    load_model,
+    read_checkpoint,
+    rebuild,
+    scaling_config,
+    scoring_data,
+)
 from lenx.dist import is_main
-from lenx.errors import CheckpointError, ConfigError, user_errors
+from lenx.errors import ConfigError, check_int, user_errors
 from lenx.extrapolation import check_multipliers, evaluate_lengths, resolve_stride, scored_span
 from lenx.hardware import eval_autocast, resolve_device
 from lenx.lit import build_model
@@ -30,52 +38,6 @@ from lenx.results import (
 )
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-def read_checkpoint(ckpt_path: str | Path) -> dict:
-    """The checkpoint's dict, loaded with weights_only=True (never executes pickled code from the file)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...: one message, no traceback of torch internals
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "cfg" not in ckpt.get("hyper_parameters", {}):
-        raise CheckpointError(f"{path} is not a lenx checkpoint (no state_dict / hyper_parameters.cfg)")
-    return ckpt
-
-
-def scaling_config(name: str) -> dict:
-    path = CONFIG_DIR / "pos" / "scaling" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"unknown scaling {name!r}; known: {known}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-
-
-def load_model(ckpt_path: str | Path, scaling: str | dict | None = None) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode on CPU, resolved run config) from a checkpoint, optionally under another RoPE scaling.
-
-    model(idx_BT) returns logits (B, T, vocab). The state_dict holds learned parameters only, so the model is
-    rebuilt with the new scaling and loaded strictly.
-    """
-    ckpt = read_checkpoint(ckpt_path)
-    cfg = ckpt["hyper_parameters"]["cfg"]
-    if scaling is not None:
-        if "scaling" not in cfg["pos"]:
-            raise ConfigError(f"scaling {scaling!r} does not apply to pos={cfg['pos'].get('_target_')}: "
-                              "RoPE scalings apply to rotary schemes only")
-        cfg = {**cfg, "pos": {**cfg["pos"], "scaling": scaling_config(scaling) if isinstance(scaling, str)
-                              else dict(scaling)}}
-    model = build_model(cfg)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{ckpt_path} does not match the model its config describes: {e}") from None
-    return model.eval(), cfg
 
 
 def scaling_name(cfg: dict) -> str:
@@ -92,21 +54,41 @@ def eval_strides(eval_cfg: dict) -> list:
     return [None if m == "nonoverlapping" else eval_cfg["stride"] for m in modes]
 
 
-def check_eval(eval_cfg: dict, n_tokens: int, train_len: int) -> None:
-    """Refuse, before any training or scoring, eval settings that cannot work on a split of n_tokens."""
+def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> None:
+    """Refuse, before any training or scoring, eval settings that cannot work (on a split of n_tokens, when
+    given); say when eval.tokens is more than the split holds."""
+    if eval_cfg.get("split") not in data.SPLITS:
+        raise ConfigError(f"eval.split must be one of {list(data.SPLITS)}, got {eval_cfg.get('split')!r}")
+    check_multipliers(list(eval_cfg["multipliers"]))
     context = eval_cfg.get("context", "stream")
-    if context == "stream":
-        scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
-    elif context == "document":
-        check_multipliers(list(eval_cfg["multipliers"]))
-    else:
+    if context not in ("stream", "document"):
         raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
     eval_autocast(str(eval_cfg.get("precision", "32")), torch.device("cpu"))  # validates the value
-    if not isinstance(eval_cfg["tokens"], int) or eval_cfg["tokens"] <= 0:
-        raise ConfigError(f"eval.tokens must be a positive integer, got {eval_cfg['tokens']!r}")
+    check_int(eval_cfg["tokens"], "eval.tokens")
+    check_int(eval_cfg["batch_tokens"], "eval.batch_tokens")
+    if not isinstance(eval_cfg.get("new_corpus", False), bool):
+        raise ConfigError(f"eval.new_corpus must be true or false, got {eval_cfg['new_corpus']!r}")
     for stride in eval_strides(eval_cfg):
         for m in eval_cfg["multipliers"]:
             resolve_stride(stride, m * train_len)
+    if eval_cfg.get("probe"):
+        for key in ("seg_len", "trials"):
+            check_int(eval_cfg["probe"].get(key), f"eval.probe.{key}")
+        bad = [m for m in eval_cfg["probe"]["multipliers"] if not isinstance(m, (int, float)) or m <= 0]
+        if bad or not eval_cfg["probe"]["multipliers"]:
+            raise ConfigError(f"eval.probe.multipliers must be positive numbers, got {eval_cfg['probe']['multipliers']}")
+    pk = eval_cfg.get("passkey")
+    if pk:
+        if pk.get("run") not in ("auto", True, False):
+            raise ConfigError(f"eval.passkey.run must be auto, true or false, got {pk.get('run')!r}")
+        check_int(pk.get("trials"), "eval.passkey.trials")
+        check_multipliers(list(pk["multipliers"]))
+    if n_tokens is not None and context == "stream":
+        (_, scored), = scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
+        if eval_cfg["tokens"] > n_tokens - 1:
+            log.warning("lenx: eval.tokens=%d is more than the %s split holds (%d targets): %d targets are scored "
+                        "at each length (a multiple of the longest window)", eval_cfg["tokens"], eval_cfg["split"],
+                        n_tokens - 1, scored)
 
 
 def passkey_task(cfg: dict) -> Passkey | None:
@@ -215,14 +197,19 @@ def write_outputs(run_dir: Path, tables: dict[str, list[dict]]) -> None:
 
 
 def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list[str] | None = None) -> list[dict]:
-    """Score one checkpoint under each scaling (None: as trained); validates everything before scoring."""
+    """Score one checkpoint under each scaling (None: as trained); validates everything before scoring, including
+    that the tokens to score are those the checkpoint was trained on (scoring_data)."""
     run_dir = Path(run_dir)
-    _, cfg = load_model(ckpt)  # fails fast on a missing/foreign checkpoint
+    state = read_checkpoint(ckpt)  # fails fast on a missing/foreign checkpoint
+    _, cfg = rebuild(state, None, ckpt)
+    check_eval(eval_cfg, None, cfg["seq_len"])  # values first, before the corpus is touched
+    cfg = scoring_data(state, cfg, eval_cfg["split"], bool(eval_cfg.get("new_corpus", False)))
     check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])
-    models = [load_model(ckpt, s) for s in (scalings or [None])]  # every scaling validated before scoring
+    models = [rebuild(state, s, ckpt) for s in (scalings or [None])]  # every scaling validated before scoring
     choices = cfg.get("choices", {})
     tables: dict[str, list[dict]] = {"extrapolation": [], "position_loss": [], "probe": [], "passkey": []}
     for model, mcfg in models:
+        mcfg = {**mcfg, "data": cfg["data"], "provenance": cfg["provenance"]}
         for name, rows in score_and_record(model, mcfg, eval_cfg, run_dir, ckpt=ckpt, choices=choices).items():
             tables[name] += rows
     write_outputs(run_dir, tables)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 import time
@@ -13,11 +15,14 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader, Dataset
 
 from lenx.errors import ConfigError, LenxError
 from lenx.model import Decoder
 from lenx.probes import Passkey, PasskeyWindows
+from lenx.results import atomic_write_text, umask_mode
 
 
 def build_model(cfg: dict) -> Decoder:
@@ -38,14 +43,64 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> fl
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch.save checkpointing, through a temporary file and a rename: a kill mid-write leaves the
-    previous checkpoint whole, never a truncated one."""
+    previous checkpoint whole, never a truncated one. Resuming loads with weights_only=True (plain data only)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.chmod(tmp, umask_mode())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger (<save_dir>/<name>/<version>/metrics.csv), except that a resumed run keeps its curve.
+
+    Lightning's writer deletes metrics.csv when its directory is not empty, so a resumed run lost every step before
+    its checkpoint. Here the rows of steps before `resume_step` (the checkpoint's global step) are kept, the later
+    ones (logged after the checkpoint, before a kill) dropped, since the resumed run logs those steps again; and
+    the file is flushed at every logging step, so a kill loses no row that precedes the checkpoint."""
+
+    def __init__(self, *args, resume_step: int = 0, **kwargs) -> None:
+        kwargs.setdefault("flush_logs_every_n_steps", 1)
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step
+
+    @property
+    def experiment(self):
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, self.resume_step)
+        return self._experiment
+
+
+class _KeepingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str, keep_before: int) -> None:
+        self._keep_before = keep_before
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < self._keep_before]
+        self.metrics_keys = sorted(keys)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
 
 
 class NonFiniteLossError(LenxError):
@@ -60,7 +115,14 @@ class LenxModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = cfg
         self.model = build_model(cfg)
+        self.tokenizer_json: str | None = None  # set by train.run from the data cache
         self._last_step_time: float | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The tokenizer the model was trained with, bytes-identical, so scoring the checkpoint never depends on a
+        # cache or corpus that may have changed since (lenx.checkpoint.scoring_data).
+        if self.tokenizer_json is not None:
+            checkpoint["lenx_tokenizer"] = self.tokenizer_json
 
     def configure_model(self) -> None:
         # Lightning calls this before fitting (on the right device, inside the strategy's setup). In place, so
@@ -78,9 +140,12 @@ class LenxModule(L.LightningModule):
     def training_step(self, batch_BT, batch_idx):
         loss = self._loss(batch_BT)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at step {self.global_step}; stopping. The last good checkpoint "
-                f"is kept in {self.cfg.get('run_dir', '.')}/checkpoints (try a lower optim.lr)")
+            last = Path(self.cfg.get("run_dir", ".")) / "checkpoints" / "last.ckpt"
+            kept = (f"the last good checkpoint, {last} (step {torch.load(last, weights_only=True)['global_step']}),"
+                    " is kept" if last.is_file() else f"no checkpoint was written before it (ckpt_every="
+                    f"{self.cfg.get('ckpt_every')})")
+            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}; stopping: {kept} "
+                                     "(try a lower optim.lr)")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()

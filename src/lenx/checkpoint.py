@@ -1,0 +1,205 @@
+"""Read, validate and rebuild a checkpoint's model, from lenx's own configs only.
+
+A checkpoint is data, never code. `torch.load(weights_only=True)` stops pickled code, and the model is rebuilt
+without instantiating anything the file names: the stored positional config must match one of lenx's schemes
+(`configs/pos/<name>.yaml`) and scalings (`configs/pos/scaling/<name>.yaml`) key for key, Hydra's special keys
+(`_target_`, `_partial_`, ...) must equal lenx's own, and every stored value must be plain data (numbers, strings
+without interpolations, lists of those). Anything else is refused with one line before any import or call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from lenx.errors import CheckpointError, ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+NAME = re.compile(r"[A-Za-z0-9_]+")
+PLAIN = (bool, int, float, str, type(None))
+
+
+def read_checkpoint(ckpt_path: str | Path) -> dict:
+    """The checkpoint's dict, loaded with weights_only=True (never executes pickled code from the file)."""
+    path = Path(ckpt_path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file (e.g. {path}/checkpoints/last.ckpt)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # one line, and never torch's advice to unpickle the file with weights_only=False
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format
+        if not zipped:
+            raise CheckpointError(f"{path} is not a lenx checkpoint (not a file written by torch.save)") from None
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"{path} is not a lenx checkpoint: it holds objects other than tensors and plain "
+                                  "data, which lenx never unpickles") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: damaged or truncated "
+                              f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})"
+                              ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "cfg" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path} is not a lenx checkpoint (no state_dict / hyper_parameters.cfg)")
+    return ckpt
+
+
+def _yaml(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def config_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def scaling_config(name: str) -> dict:
+    """configs/pos/scaling/<name>.yaml as a dict; `name` must be one of those files' names (never a path)."""
+    known = config_names("pos/scaling")
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name not in known:
+        raise ConfigError(f"unknown scaling {name!r}; known: {known}")
+    return _yaml(CONFIG_DIR / "pos" / "scaling" / f"{name}.yaml")
+
+
+def scheme_config(name: str) -> dict:
+    """configs/pos/<name>.yaml composed with its default scaling, as a plain dict."""
+    cfg = _yaml(CONFIG_DIR / "pos" / f"{name}.yaml")
+    for entry in cfg.pop("defaults", []):
+        if isinstance(entry, dict) and "scaling" in entry:
+            cfg["scaling"] = scaling_config(entry["scaling"])
+    return cfg
+
+
+def _merge(base: dict, stored: dict, where: str) -> dict:
+    """`base` (lenx's config) with the stored values of the keys it has; a stored key lenx does not have, a Hydra
+    key that differs from lenx's, or a value that is not plain data is refused."""
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{where} is {type(stored).__name__}, expected a mapping")
+    out = dict(base)
+    for key, value in stored.items():
+        here = f"{where}.{key}"
+        if key not in base:
+            raise CheckpointError(f"{here} is not a parameter of lenx's config for it; refusing to rebuild "
+                                  "(a checkpoint's config is never instantiated as it stands)")
+        if isinstance(key, str) and key.startswith("_") and key.endswith("_"):
+            if value != base[key]:
+                raise CheckpointError(f"{here}={value!r} differs from lenx's {base[key]!r}; refusing to load "
+                                      "(a checkpoint never chooses what code runs)")
+        elif isinstance(base[key], dict) or isinstance(value, dict):
+            if key != "scaling":
+                raise CheckpointError(f"{here}: nested mappings are not lenx parameters")
+            out[key] = _merge(scaling_config((value or {}).get("method", "none")), value, here)
+        else:
+            _check_plain(value, here)
+            out[key] = value
+    return out
+
+
+def _check_plain(value, where: str) -> None:
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if isinstance(v, list):
+            _check_plain(v, where)
+        elif not isinstance(v, PLAIN) or (isinstance(v, str) and "${" in v):
+            raise CheckpointError(f"{where}={v!r} is not a plain value; refusing to load")
+
+
+def safe_pos_config(stored: dict, name: str | None = None) -> dict:
+    """The positional config to build, from lenx's own config of the scheme the checkpoint names.
+
+    The scheme is the one whose `_target_` the stored config carries (the stored Hydra choice `name` picks among
+    lenx configs that share a class); the stored parameters override lenx's defaults after validation."""
+    if not isinstance(stored, dict):
+        raise CheckpointError("the checkpoint's pos config is not a mapping")
+    target = stored.get("_target_")
+    schemes = {n: scheme_config(n) for n in config_names("pos")}
+    matching = [n for n, c in schemes.items() if c.get("_target_") == target]
+    if not matching:
+        raise CheckpointError(f"pos._target_={target!r} is not one of lenx's schemes; refusing to load (a "
+                              "checkpoint never chooses what code runs)")
+    return _merge(schemes[name if name in matching else matching[0]], stored, "pos")
+
+
+def safe_run_config(cfg: dict) -> dict:
+    """The checkpoint's config with its pos group rebuilt by safe_pos_config, and model sizes checked as numbers."""
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("model", "pos", "data")):
+        raise CheckpointError("the checkpoint's config lacks its model / pos / data groups")
+    model = cfg["model"]
+    for key in ("d_model", "n_layers", "n_heads", "mlp_ratio", "dropout", "bias", "tie_embeddings"):
+        _check_plain(model.get(key), f"model.{key}")
+    _check_plain(cfg["data"].get("vocab_size"), "data.vocab_size")
+    _check_plain(cfg.get("seq_len"), "seq_len")
+    return {**cfg, "pos": safe_pos_config(cfg["pos"], (cfg.get("choices") or {}).get("pos"))}
+
+
+def load_model(ckpt_path: str | Path, scaling: str | dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on CPU, resolved run config) from a checkpoint, optionally under another RoPE scaling.
+
+    model(idx_BT) returns logits (B, T, vocab). The state_dict holds learned parameters only, so the model is
+    rebuilt with the new scaling and loaded strictly. The config is rebuilt from lenx's own (safe_run_config).
+    """
+    return rebuild(read_checkpoint(ckpt_path), scaling, str(ckpt_path))
+
+
+def rebuild(ckpt: dict, scaling: str | dict | None = None, where: str = "the checkpoint"
+            ) -> tuple[torch.nn.Module, dict]:
+    """load_model on a checkpoint dict already read by read_checkpoint."""
+    from lenx.lit import build_model
+
+    cfg = safe_run_config(ckpt["hyper_parameters"]["cfg"])
+    if scaling is not None:
+        if "scaling" not in cfg["pos"]:
+            raise ConfigError(f"scaling {scaling!r} does not apply to pos={cfg['pos'].get('_target_')}: "
+                              "RoPE scalings apply to rotary schemes only")
+        new = scaling_config(scaling) if isinstance(scaling, str) else _merge(
+            scaling_config(scaling.get("method", "none")), dict(scaling), "scaling")
+        cfg = {**cfg, "pos": {**cfg["pos"], "scaling": new}}
+    model = build_model(cfg)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where} does not match the model its config describes: {e}") from None
+    return model.eval(), cfg
+
+
+def scoring_data(ckpt: dict, cfg: dict, split: str, new_corpus: bool = False) -> dict:
+    """`cfg` set to score with the tokenizer the checkpoint was trained with (stored in it by training, bytes
+    identical), its `provenance` replaced by that of the data actually scored.
+
+    The scored split's token stream must be the one recorded at training (its sha256; older checkpoints: the
+    corpus and tokenizer hashes): a corpus that changed since (or `data=stdlib` under another Python) is refused
+    with both hashes, unless `new_corpus` asks to score the new corpus with the checkpoint's tokenizer."""
+    from lenx import data
+    from lenx.errors import CorpusError
+    from lenx.results import atomic_write_bytes
+
+    recorded = cfg.get("provenance") or {}
+    tok = ckpt.get("lenx_tokenizer")
+    d = dict(cfg["data"])
+    if isinstance(tok, str):
+        tok_hash = hashlib.sha256(tok.encode()).hexdigest()
+        cached = data.cached(cfg)
+        if cached is None or cached["tokenizer_hash"] != tok_hash:  # tokenise with the checkpoint's own file
+            store = data.cache_root(d) / "tokenizers" / f"{tok_hash}.json"
+            if not store.is_file():
+                atomic_write_bytes(store, tok.encode())
+            d["tokenizer"] = str(store)
+    out = {**cfg, "data": d}
+    prov = data.prepare(out)
+    trained = (recorded.get("stream_hashes") or {}).get(split)
+    same = (trained == prov["stream_hashes"][split] if trained else
+            (recorded.get("corpus_hash"), recorded.get("tokenizer_hash")) == (prov["corpus_hash"],
+                                                                               prov["tokenizer_hash"]))
+    if not same and not new_corpus:
+        raise CorpusError(
+            f"the {split} tokens differ from those this checkpoint was trained with (corpus_hash "
+            f"{str(recorded.get('corpus_hash'))[:12]} at training, {prov['corpus_hash'][:12]} now; tokenizer_hash "
+            f"{str(recorded.get('tokenizer_hash'))[:12]} vs {prov['tokenizer_hash'][:12]}; {split} stream "
+            f"{str(trained)[:12]} vs {prov['stream_hashes'][split][:12]}): the corpus changed since training. "
+            "Pass eval.new_corpus=true to score this corpus with the checkpoint's tokenizer (rows record the "
+            "hashes used)")
+    return {**out, "provenance": prov}
