@@ -32,8 +32,19 @@ def collect(root: Path, name: str = "extrapolation") -> list[dict]:
 
 
 def curve(r: dict) -> tuple:
-    """What one line of the table / figure is: scheme, scaling, mode and training length."""
-    return r["pos"], r.get("scaling", "none"), mode_label(r), r["train_len"]
+    """What one line of the table / figure is: scheme, scaling, mode, training length and, where one curve's rows
+    were scored on different token sets, which set (`tokens_set`, a targets_hash prefix)."""
+    return r["pos"], r.get("scaling", "none"), mode_label(r), r["train_len"], r.get("tokens_set", "")
+
+
+def run_key(r: dict) -> tuple | None:
+    """Which trained model a row measures: its run directory's name (from the checkpoint path, so a copied run
+    directory or a re-scoring in another output directory is the same run) and its seed; None for rows that do
+    not say (older position rows), which are never merged."""
+    ckpt, run_dir = r.get("ckpt"), r.get("run_dir")
+    if not ckpt and not run_dir:
+        return None
+    return (Path(ckpt).parent.parent if ckpt else Path(str(run_dir))).name, r.get("seed")
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:
@@ -42,33 +53,73 @@ def mean_ci(xs: list[float]) -> tuple[float, float]:
     return mean, half
 
 
+def separate(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Rows ready to average, and what was done to them: a curve scored on several token sets (targets_hash) is
+    split into one curve per set (numbers measured on different tokens are never averaged together), and a run
+    that appears more than once in a cell (same run and seed: a copied directory, a re-scoring) counts once."""
+    notes, out, seen = [], [], {}
+    hashes: dict[tuple, set] = defaultdict(set)
+    for r in rows:
+        hashes[curve(r)].add(r.get("targets_hash", ""))
+    for key, hs in hashes.items():
+        if len(hs) > 1:
+            notes.append(f"{'/'.join(map(str, key[:4]))}: scored on {len(hs)} different token sets (targets_hash "
+                         f"{', '.join(sorted(h[:8] for h in hs))}); reported as separate curves, never averaged")
+    dupes = 0
+    for r in rows:
+        h = r.get("targets_hash", "")
+        r = {**r, "tokens_set": h[:8] if len(hashes[curve(r)]) > 1 else ""}
+        cell = (*curve(r), r["eval_len"], run_key(r))
+        if cell[-1] is not None and cell in seen:
+            dupes += 1
+            continue
+        seen[cell] = r
+        out.append(r)
+    if dupes:
+        notes.append(f"{dupes} rows repeat a run already counted in their cell (same run directory name and seed: "
+                     "a copied run directory or a re-scoring); each run counts once")
+    return out, notes
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and 95% CI of ppl over seeds per (pos, scaling, mode, train_len, eval_len); failures counted."""
+    """Mean and 95% CI of ppl over seeds per (pos, scaling, mode, train_len, token set, eval_len); failures
+    counted. Rows go through `separate` first."""
+    rows, _ = separate(rows)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(*curve(r), r["eval_len"])].append(r)
     out = []
-    for (pos, scaling, mode, train_len, eval_len), rs in sorted(groups.items()):
+    for (pos, scaling, mode, train_len, tokens_set, eval_len), rs in sorted(groups.items()):
         ok = [r["ppl"] for r in rs if r["status"] == "ok" and math.isfinite(r["ppl"])]
         mean, half = mean_ci(ok)
         out.append({"pos": pos, "scaling": scaling, "mode": mode, "train_len": train_len, "eval_len": eval_len,
                     "multiplier": eval_len / train_len, "ppl_mean": mean, "ppl_ci95": half, "runs": len(rs),
-                    "ok_runs": len(ok), "status": "ok" if ok else rs[0]["status"]})
+                    "ok_runs": len(ok), "status": "ok" if ok else rs[0]["status"], "tokens_set": tokens_set,
+                    "targets_hash": ",".join(sorted({str(r.get("targets_hash", "")) for r in rs}))})
     return out
 
 
 def summarise_positions(rows: list[dict]) -> list[dict]:
-    """Mean (95% CI) over seeds of the per-position NLL, per curve, eval length and position bin."""
+    """Mean (95% CI) over seeds of the per-position NLL, per curve, eval length and position bin (rows stamped
+    with their run and token set go through `separate`, per bin)."""
     groups: dict[tuple, list[float]] = defaultdict(list)
-    for r in rows:
+    for r in separate_bins(rows):
         groups[(*curve(r), r["eval_len"], r["position_bin_start"], r["position_bin_end"])].append(r["mean_nll"])
     out = []
-    for (pos, scaling, mode, train_len, eval_len, a, b), xs in sorted(groups.items()):
+    for (pos, scaling, mode, train_len, tokens_set, eval_len, a, b), xs in sorted(groups.items()):
         mean, half = mean_ci(xs)
         out.append({"pos": pos, "scaling": scaling, "mode": mode, "train_len": train_len, "eval_len": eval_len,
                     "position_bin_start": a, "position_bin_end": b, "mean_nll": mean, "nll_ci95": half,
-                    "runs": len(xs)})
+                    "runs": len(xs), "tokens_set": tokens_set})
     return out
+
+
+def separate_bins(rows: list[dict]) -> list[dict]:
+    """`separate` applied to each position bin on its own (a run has one row per bin and length)."""
+    by_bin: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_bin[(r["position_bin_start"], r["position_bin_end"])].append(r)
+    return [r for rs in by_bin.values() for r in separate(rs)[0]]
 
 
 def markdown(summary: list[dict]) -> str:
@@ -76,6 +127,7 @@ def markdown(summary: list[dict]) -> str:
     keys = list(dict.fromkeys(curve(s) for s in summary))
     lines = ["| pos | scaling | mode | train_len | " + " | ".join(str(L) for L in lengths) + " |",
              "|---|---|---|---|" + "---|" * len(lengths)]
+    # a curve split by token set shows the set after its mode
     for key in keys:
         cells = []
         for L in lengths:
@@ -86,14 +138,16 @@ def markdown(summary: list[dict]) -> str:
                 cells.append(s["status"].replace("_", " "))
             else:
                 cells.append(f"{s['ppl_mean']:.2f}" + (f" ± {s['ppl_ci95']:.2f}" if s["ok_runs"] > 1 else ""))
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(cells) + " |")
+        mode = key[2] + (f" (tokens {key[4]})" if key[4] else "")
+        lines.append(f"| {key[0]} | {key[1]} | {mode} | {key[3]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def label(key: tuple, several_lengths: bool) -> str:
-    pos, scaling, mode, train_len = key
+    pos, scaling, mode, train_len, tokens_set = key
     out = pos if scaling == "none" else f"{pos}+{scaling}"
     out += f" L={train_len}" if several_lengths else ""
+    out += f" tokens {tokens_set}" if tokens_set else ""
     return out if mode == "nonoverlapping" else f"{out} ({mode})"
 
 
@@ -184,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = collect(args.root)
     if not rows:
         raise SystemExit(f"aggregate: no extrapolation.jsonl under {args.root}")
+    for note in separate(rows)[1]:
+        print(f"aggregate: note: {note}")
     out = args.out or args.root
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)

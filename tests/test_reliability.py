@@ -1,5 +1,6 @@
 """Crash and resume, rerun semantics, and refusals that keep earlier results intact."""
 
+import csv
 import errno
 import json
 import os
@@ -61,6 +62,12 @@ def test_sigkill_then_the_same_command_resumes_to_the_same_weights_bitwise(tmp_p
     rows = [[json.loads(x)["loss"] for x in (d / "extrapolation.jsonl").read_text().splitlines()]
             for d in (tmp_path / "straight", tmp_path / "crashed")]
     assert rows[0] == rows[1]
+    # the training curve of the resumed run covers every step from 0, once, with the uninterrupted run's values
+    curves = [[(r["step"], r["train/loss"]) for r in csv.DictReader(open(d / "logs" / "metrics.csv"))
+               if r.get("train/loss")] for d in (tmp_path / "straight", tmp_path / "crashed")]
+    assert curves[0] == curves[1] and [s for s, _ in curves[0]] == [str(i) for i in range(12)]
+    for noise in ("`weights_only` was not set", "dataloader is not resumable", "will be deleted"):
+        assert noise not in again.stderr + again.stdout
 
 
 def resolved_run_dir(tmp_path, *overrides):

@@ -90,7 +90,7 @@ def _merge(base: dict, stored: dict, where: str) -> dict:
                                       "(a checkpoint never chooses what code runs)")
         elif isinstance(base[key], dict) or isinstance(value, dict):
             if key != "scaling":
-                raise CheckpointError(f"{here}: nested mappings are not lenx parameters")
+                raise CheckpointError(f"{here}: a nested mapping is not a lenx parameter; refusing to load")
             out[key] = _merge(scaling_config((value or {}).get("method", "none")), value, here)
         else:
             _check_plain(value, here)

@@ -137,7 +137,7 @@ def score_and_record(model: torch.nn.Module, cfg: dict, eval_cfg: dict, run_dir:
         row.update(common, model=choices.get("model", ""), corpus=prov.get("corpus", ""),
                    corpus_hash=prov.get("corpus_hash", ""), tokenizer_hash=prov.get("tokenizer_hash", ""),
                    dirty=dirty, run_dir=str(run_dir), split=eval_cfg["split"], **stamp)
-        positions = [{**common, **p} for p in positions]
+        positions = [{**common, **p, **stamp, "targets_hash": row.get("targets_hash")} for p in positions]
         if write:
             append_rows(run_dir, positions, "position_loss", POSITION_COLUMNS)
             append_rows(run_dir, [row])  # last: a row on disk means its positions are too

@@ -27,7 +27,7 @@ def check_writable(run_dir: Path) -> None:
 
 def check_job(config: DictConfig) -> None:
     """What must hold before Hydra names and creates the job's directory."""
-    if "ckpt" in config and OmegaConf.is_missing(config, "ckpt"):
+    if "ckpt" in config.keys() and OmegaConf.is_missing(config, "ckpt"):
         raise ConfigError("evaluate.py needs a checkpoint: ckpt=<run dir>/checkpoints/last.ckpt")
     if "seed" in config:
         check_int(config.seed, "seed", minimum=0)

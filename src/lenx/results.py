@@ -23,7 +23,7 @@ PROBE_COLUMNS = ["pos", "scaling", "train_len", "multiplier", "distance", "seg_l
 PASSKEY_COLUMNS = ["pos", "scaling", "train_len", "eval_len", "multiplier", "depth", "trials", "accuracy", "status",
                    "seed", "git_sha", "ckpt"]
 POSITION_COLUMNS = ["pos", "scaling", "mode", "context", "train_len", "eval_len", "position_bin_start", "position_bin_end",
-                    "mean_nll", "tokens"]
+                    "mean_nll", "tokens", "seed", "targets_hash", "git_sha", "ckpt"]
 
 
 def git_state(where: Path | None = None) -> tuple[str, bool]:
