@@ -56,3 +56,24 @@ def test_positions_are_averaged_over_seeds_per_bin(tmp_path):
 def test_empty_directory_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no extrapolation.jsonl"):
         aggregate.main([str(tmp_path)])
+
+
+def test_a_copied_run_counts_once_and_different_tokens_are_never_averaged(tmp_path, capsys):
+    def rows(run, seed, ppl, targets):
+        return [{"pos": "rope", "scaling": "none", "mode": "nonoverlapping", "train_len": 64, "eval_len": 64,
+                 "multiplier": 1, "ppl": ppl, "status": "ok", "seed": seed, "targets_hash": targets,
+                 "run_dir": str(tmp_path / run), "ckpt": f"/somewhere/{run.split('/')[-1]}/checkpoints/last.ckpt"}]
+
+    for d, rs in {"a/rope_s0": rows("a/rope_s0", 0, 10.0, "t1"),
+                  "copy/rope_s0": rows("copy/rope_s0", 0, 10.0, "t1"),  # a copied run directory
+                  "b/rope_s1": rows("b/rope_s1", 1, 12.0, "t1") + rows("b/rope_s1", 1, 50.0, "t2")}.items():
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "extrapolation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    aggregate.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    summary = {r["tokens_set"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    assert set(summary) == {"t1", "t2"}  # one curve per token set
+    assert int(summary["t1"]["runs"]) == 2 and float(summary["t1"]["ppl_mean"]) == 11.0  # seeds 0 and 1, once each
+    assert int(summary["t2"]["runs"]) == 1 and float(summary["t2"]["ppl_mean"]) == 50.0
+    assert "2 different token sets" in out and "1 rows repeat a run already counted" in out
+    assert "| rope | none | nonoverlapping (tokens t1) | 64 | 11.00 ± 12.71 |" in out
