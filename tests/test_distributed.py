@@ -11,7 +11,7 @@ from lenx.results import COLUMNS
 
 COMMON = ["data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2", "eval.multipliers=[1,2,4]",
           "eval.mode=[nonoverlapping,sliding]", "eval.stride=0.5", "eval.tokens=1024", "eval.batch_tokens=64",
-          "eval.probe=null", "eval.progress=false"]
+          "eval.probes.probe=null", "eval.progress=false"]
 
 
 @pytest.mark.slow

@@ -265,7 +265,7 @@ def test_passkey_training_task_and_accuracy_table(tmp_path, tree, cache):
         run(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
     cfg = compose_run(tmp_path, tree, "data=passkey", "pos=alibi", "seq_len=128", "eval.multipliers=[1,2]",
-                      "eval.passkey.multipliers=[1,2]", "eval.passkey.depths=[0.0,1.0]", "eval.passkey.trials=3")
+                      "eval.probes.passkey.multipliers=[1,2]", "eval.probes.passkey.depths=[0.0,1.0]", "eval.probes.passkey.trials=3")
     rows = run(cfg)
     assert [r["eval_len"] for r in rows] == [128, 256]  # perplexity on the corpus stream, as for any run
     pk = [json.loads(x) for x in (tmp_path / "run" / "passkey.jsonl").read_text().splitlines()]

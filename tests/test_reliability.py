@@ -17,7 +17,7 @@ from lenx.runid import run_id
 from lenx.train import run
 
 SMOKE = ["experiment=smoke", "data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2",
-         "trainer.enable_progress_bar=false", "eval.multipliers=[1,2]", "eval.probe=null"]
+         "trainer.enable_progress_bar=false", "eval.multipliers=[1,2]", "eval.probes.probe=null"]
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_killed_evaluation_rerun_completes_the_rest(tmp_path, tree, cache, monke
     run(compose(tmp_path, tree, "pos=rope", "eval.multipliers=[1]"))
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     eval_cfg = {"multipliers": [1, 2, 4], "mode": "nonoverlapping", "stride": 0.5, "split": "validation",
-                "tokens": 1024, "batch_tokens": 4096, "device": "cpu", "probe": None}
+                "tokens": 1024, "batch_tokens": 4096, "device": "cpu", "probes": {"extrapolation": {"_target_": "lenx.extrapolation.Perplexity"}}}
     import lenx.extrapolation as ex
 
     real, calls = ex.score_windows, []
@@ -204,4 +204,4 @@ def test_checkpoint_of_another_model_shape_is_refused(tmp_path, tree, cache):
     with pytest.raises(CheckpointError, match="does not match the model its config describes"):
         evaluate_checkpoint(str(tmp_path / "other.ckpt"), {"multipliers": [1], "mode": "nonoverlapping",
                                                            "stride": 0.5, "split": "validation", "tokens": 256,
-                                                           "batch_tokens": 1024, "probe": None}, tmp_path / "e")
+                                                           "batch_tokens": 1024, "probes": {"extrapolation": {"_target_": "lenx.extrapolation.Perplexity"}}}, tmp_path / "e")

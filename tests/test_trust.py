@@ -2,7 +2,6 @@
 and bad values are one line before any work."""
 
 import errno
-import json
 import os
 import shutil
 import subprocess
@@ -22,9 +21,9 @@ from lenx.preflight import RunLock, check_job
 from lenx.train import run
 
 SMOKE = ["experiment=smoke", "data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2",
-         "trainer.enable_progress_bar=false", "eval.multipliers=[1,2]", "eval.probe=null"]
+         "trainer.enable_progress_bar=false", "eval.multipliers=[1,2]", "eval.probes.probe=null"]
 EVAL = {"multipliers": [1, 2], "mode": "nonoverlapping", "stride": 0.5, "split": "validation", "tokens": 256,
-        "batch_tokens": 1024, "device": "cpu", "probe": None, "progress": False}
+        "batch_tokens": 1024, "device": "cpu", "probes": {"extrapolation": {"_target_": "lenx.extrapolation.Perplexity"}}, "progress": False}
 
 
 @pytest.fixture
@@ -223,7 +222,7 @@ def test_a_second_process_on_a_run_directory_is_refused_with_the_holders_pid(tmp
 
 def test_unwritable_output_directory_is_one_line_exit_2(tmp_path):
     (tmp_path / "afile").write_text("x")
-    r = cli("train.py", "experiment=smoke", f"hydra.run.dir={tmp_path / 'afile' / 'run'}")
+    r = cli("train.py", "experiment=smoke", f"hydra.run.dir={tmp_path / 'afile'}/${{hydra:runtime.choices.pos}}")
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.startswith("lenx: error: cannot write to the run directory") and "Traceback" not in r.stderr
 
@@ -267,8 +266,9 @@ def test_bad_values_are_refused_before_any_work(tmp_path, tree, cache, override,
 @pytest.mark.parametrize("key", ["seg_len", "trials"])
 def test_probe_sizes_of_zero_are_refused(tmp_path, tree, cache, key):
     cfg = compose(tmp_path, tree, "pos=none")
-    cfg.eval.probe = {"multipliers": [1], "seg_len": 4, "trials": 2, key: 0}
-    with pytest.raises(ConfigError, match=f"eval.probe.{key} must be a positive integer"):
+    cfg.eval.probes.probe = {"_target_": "lenx.probes.RepeatedSegment", "multipliers": [1], "seg_len": 4,
+                             "trials": 2, key: 0}
+    with pytest.raises(ConfigError, match=f"eval.probes.probe: {key} must be a positive integer"):
         run(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -28,7 +28,7 @@ python train.py -m experiment=alibi_table2_cpu "${SWEEP[@]}" hydra.sweep.dir="$R
 for s in 0 1 2; do
   echo "ckpt=$RUNS/grid/rope_none_s$s/checkpoints/last.ckpt hydra.run.dir=$RUNS/rope_extension/posthoc_s$s"
 done | xargs -P "$JOBS" -L 1 python evaluate.py 'scalings=[none,pi,ntk,dynamic_ntk,yarn,llama3,longrope]' \
-  eval.mode=nonoverlapping eval.probe=null eval.tokens=16384 "${EVAL_EXTRA[@]}"  # the preset's scored tokens
+  eval.mode=nonoverlapping eval.probes.probe=null eval.tokens=16384 "${EVAL_EXTRA[@]}"  # the preset's scored tokens
 
 # 3. RoPE extension, fine-tuned: 60 steps x 8 windows at 4x (L=256) from each seed's checkpoint, with PI or YaRN
 #    at factor 4, and without a scaling as the control; scored at 256-1024 (4x-16x of the original 64).

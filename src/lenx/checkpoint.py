@@ -166,6 +166,32 @@ def rebuild(ckpt: dict, scaling: str | dict | None = None, where: str = "the che
     return model.eval(), cfg
 
 
+def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int, dict | None]:
+    """(checkpoint to resume from, its step, its contents): `resume` auto -> run_dir's last.ckpt if present;
+    never -> none, and a run dir holding checkpoints is refused (never overwritten); a path -> that checkpoint.
+    Checked here, before data or compute: the checkpoint must load and describe the same model."""
+    mode, last = cfg.get("resume", "auto"), run_dir / "checkpoints" / "last.ckpt"
+    if mode in (None, "never"):
+        if last.is_file():
+            raise ConfigError(f"{run_dir} already holds a checkpoint and resume=never: choose another "
+                              "hydra.run.dir, or resume=auto to continue that run")
+        return None, 0, None
+    path = last if mode == "auto" else Path(mode)
+    if mode == "auto" and not path.is_file():
+        return None, 0, None
+    ckpt = read_checkpoint(path)
+
+    def what(c: dict, key: str):  # the part of a config that defines the model, minus where the cache lives
+        return {k: v for k, v in c[key].items() if k != "cache_dir"} if isinstance(c[key], dict) else c[key]
+
+    for key in ("model", "pos", "seq_len", "data"):
+        a, b = what(ckpt["hyper_parameters"]["cfg"], key), what(cfg, key)
+        if a != b:
+            raise ConfigError(f"cannot resume from {path}: its {key} config differs from this run's "
+                              f"({a} vs {b}); use another hydra.run.dir or resume=never")
+    return str(path), int(ckpt.get("global_step", 0)), ckpt
+
+
 def scoring_data(ckpt: dict, cfg: dict, split: str, new_corpus: bool = False) -> dict:
     """`cfg` set to score with the tokenizer the checkpoint was trained with (stored in it by training, bytes
     identical), its `provenance` replaced by that of the data actually scored.

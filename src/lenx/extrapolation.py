@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ import torch.nn.functional as F
 from lenx.dist import all_reduce_sum, rank_world
 from lenx.errors import ConfigError, OutOfRangeError
 from lenx.hardware import eval_autocast
+from lenx.results import COLUMNS, POSITION_COLUMNS, format_table, plot_positions, plot_rows, read_rows
+from lenx.scoring import TABLE, Probe, eval_strides
 
 Segment = tuple[int, int]  # (start, n): targets tokens[start + 1 : start + 1 + n], inputs tokens[start : start + n]
 
@@ -197,23 +200,35 @@ def eval_segments(tokens: np.ndarray, *, context: str, train_len: int, multiplie
     raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
 
 
-def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int, multipliers: list[int],
-                     tokens_to_score: int, batch_tokens: int, device: torch.device,
-                     stride: int | float | None = None, context: str = "stream", eod_id: int | None = None,
-                     progress: bool = False, done: set | None = None, on_result=None, precision: str = "32"
+def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, on_result=None, **kw
                      ) -> tuple[list[dict], list[dict]]:
-    """(one row per multiplier, per-position rows). Rows: eval_len, multiplier, mode, stride, context, loss, ppl,
-    tokens, windows (resampling units: windows, or documents with context=document), targets_hash.
+    """(one row per multiplier, per-position rows) of length_results; on_result(row, positions) after each."""
+    rows, positions = [], []
+    for row, pos in length_results(model, tokens, **kw):
+        rows.append(row)
+        positions += pos
+        if on_result is not None:
+            on_result(row, pos)
+    return rows, positions
 
-    done: (stride, context, eval_len, targets_hash) keys already scored, skipped (a rerun completes the rest);
-    on_result(row, positions) is called after each length, so results are saved as they come."""
+
+def length_results(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int, multipliers: list[int],
+                   tokens_to_score: int, batch_tokens: int, device: torch.device,
+                   stride: int | float | None = None, context: str = "stream", eod_id: int | None = None,
+                   progress: bool = False, done: set | None = None, precision: str = "32"
+                   ) -> Iterator[tuple[dict, list[dict]]]:
+    """Yields (row, its per-position rows) for each multiplier, as each length is scored. Rows: eval_len,
+    multiplier, mode, stride, context, loss, ppl, tokens, windows (resampling units: windows, or documents with
+    context=document), targets_hash.
+
+    done: (stride, context, eval_len, targets_hash) keys already scored, skipped (a rerun completes the rest)."""
     segments = eval_segments(tokens, context=context, train_len=train_len, multipliers=multipliers,
                              tokens_to_score=tokens_to_score, eod_id=eod_id)
     n_targets = sum(n for _, n in segments)
     fingerprint = targets_hash(tokens, segments)
     strides = {m: resolve_stride(stride, m * train_len) for m in multipliers}  # all validated before scoring
     model.eval()
-    rows, positions = [], []
+    positions: list[dict] = []
     for m in multipliers:
         eval_len, s = m * train_len, strides[m]
         if done and (s, context, eval_len, fingerprint) in done:
@@ -242,7 +257,42 @@ def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, train_len: i
                                       "position_bin_start": a,
                                       "position_bin_end": b, "mean_nll": float(pos_sum[a:b].sum() / n),
                                       "tokens": n})
-        rows.append(row)
-        if on_result is not None:
-            on_result(row, positions[n_pos:])
-    return rows, positions
+        yield row, positions[n_pos:]
+
+
+class Perplexity(Probe):
+    """Perplexity at eval.multipliers x the training length, in each eval.mode, under eval.context (the protocol's
+    settings are the eval.* keys above): one row per length in `<name>.csv` (default name: extrapolation) and its
+    loss by position in `position_loss.csv`."""
+
+    columns = {"extrapolation": COLUMNS, "position_loss": POSITION_COLUMNS}
+
+    def run(self, model, run) -> Iterator[dict]:
+        e = run.eval
+        done = {(r["stride"], r.get("context", "stream"), r["eval_len"], r.get("targets_hash"))
+                for r in run.done(self.name)}
+        context = e.get("context", "stream")
+        tokens = run.tokens()
+        for stride in eval_strides(e):
+            for row, positions in length_results(
+                    model, tokens, train_len=run.train_len, multipliers=run.multipliers, tokens_to_score=e["tokens"],
+                    batch_tokens=e["batch_tokens"], device=run.device, stride=stride, context=context,
+                    eod_id=run.eod_id if context == "document" else None, progress=bool(e.get("progress", False)),
+                    done=done, precision=str(e.get("precision", "32"))):
+                for p in positions:
+                    yield {**p, "targets_hash": row["targets_hash"], TABLE: "position_loss"}
+                yield row
+
+    def report(self, run, new: dict[str, list[dict]]) -> str:
+        rows = read_rows(run.run_dir, self.name)
+        if not rows:
+            return ""
+        png = plot_rows(rows, run.run_dir / f"{self.name}.png")
+        plot_positions(read_rows(run.run_dir, "position_loss"), run.run_dir / "position_loss.png")
+        text = format_table(rows)
+        skipped = len(rows) - len(new.get(self.name, []))
+        if skipped:
+            text += (f"\n({skipped} rows were already in {run.run_dir / self.name}.jsonl; they were not scored "
+                     "again)")
+        return (text + f"\nresults: {run.run_dir / self.name}.csv (+ .jsonl), figure: {png}, loss per position: "
+                f"{run.run_dir / 'position_loss.csv'} (+ .png)")

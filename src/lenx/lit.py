@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import time
@@ -15,14 +13,12 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader, Dataset
 
 from lenx.errors import ConfigError, LenxError
 from lenx.model import Decoder
 from lenx.probes import Passkey, PasskeyWindows
-from lenx.results import atomic_write_text, umask_mode
+from lenx.results import umask_mode
 
 
 def build_model(cfg: dict) -> Decoder:
@@ -59,48 +55,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-
-
-class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSVLogger (<save_dir>/<name>/<version>/metrics.csv), except that a resumed run keeps its curve.
-
-    Lightning's writer deletes metrics.csv when its directory is not empty, so a resumed run lost every step before
-    its checkpoint. Here the rows of steps before `resume_step` (the checkpoint's global step) are kept, the later
-    ones (logged after the checkpoint, before a kill) dropped, since the resumed run logs those steps again; and
-    the file is flushed at every logging step, so a kill loses no row that precedes the checkpoint."""
-
-    def __init__(self, *args, resume_step: int = 0, **kwargs) -> None:
-        kwargs.setdefault("flush_logs_every_n_steps", 1)
-        super().__init__(*args, **kwargs)
-        self.resume_step = resume_step
-
-    @property
-    def experiment(self):
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _KeepingWriter(self.log_dir, self.resume_step)
-        return self._experiment
-
-
-class _KeepingWriter(ExperimentWriter):
-    def __init__(self, log_dir: str, keep_before: int) -> None:
-        self._keep_before = keep_before
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        path = Path(self.metrics_file_path)
-        if not path.is_file():
-            return
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            keys = list(reader.fieldnames or [])
-            rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < self._keep_before]
-        self.metrics_keys = sorted(keys)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.metrics_keys)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
 
 
 class NonFiniteLossError(LenxError):

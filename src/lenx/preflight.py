@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,13 +35,17 @@ def check_job(config: DictConfig) -> None:
 
 
 class Preflight(Callback):
+    """Hydra warns and goes on when a callback raises; these exit (SystemExit is not an Exception)."""
+
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         with user_errors():
             check_job(config)
+            HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:...} in the dir resolves
             check_writable(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         with user_errors():
+            HydraConfig.instance().set_config(config)
             check_writable(Path(config.hydra.sweep.dir))
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:  # each job of a sweep (its own seed)

@@ -10,20 +10,25 @@ and passkey-style retrieval probes (Mohtashami & Jaggi 2023, arXiv:2305.16300).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lenx.errors import ConfigError, OutOfRangeError
+from lenx import data
+from lenx.errors import ConfigError, OutOfRangeError, check_int
+from lenx.results import PASSKEY_COLUMNS, PROBE_COLUMNS, plot_passkey, read_rows
+from lenx.scoring import Probe
 
 
 @torch.no_grad()
 def repeat_segment(model: torch.nn.Module, *, vocab_size: int, train_len: int, multipliers: list[float],
-                   seg_len: int, trials: int, device: torch.device, seed: int = 0) -> list[dict]:
-    """One row per distance: mean NLL on the repeated segment (its tokens after the first) and on the control."""
+                   seg_len: int, trials: int, device: torch.device, seed: int = 0, skip: frozenset = frozenset()
+                   ) -> Iterator[dict]:
+    """One row per distance: mean NLL on the repeated segment (its tokens after the first) and on the control.
+    Multipliers in `skip` are drawn (so the others see the same random tokens) but not scored."""
     g = torch.Generator().manual_seed(seed)
-    rows = []
     model.eval()
     for m in multipliers:
         d = max(seg_len, int(m * train_len))
@@ -31,6 +36,8 @@ def repeat_segment(model: torch.nn.Module, *, vocab_size: int, train_len: int, m
         seq_BT[:, d:] = seq_BT[:, :seg_len]  # the repetition, d tokens after the original
         control_BT = seq_BT.clone()
         control_BT[:, :seg_len] = torch.randint(1, vocab_size, (trials, seg_len), generator=g)
+        if m in skip:
+            continue
         nll, status = {}, "ok"
         try:
             for name, x_BT in (("repeat", seq_BT), ("control", control_BT)):
@@ -40,10 +47,33 @@ def repeat_segment(model: torch.nn.Module, *, vocab_size: int, train_len: int, m
                 nll[name] = F.cross_entropy(logits_BTV[:, targets].flatten(0, 1), x_BT[:, d + 1:].flatten()).item()
         except OutOfRangeError:  # a learned table shorter than d + seg_len
             nll, status = {"repeat": math.nan, "control": math.nan}, "out_of_range"
-        rows.append({"multiplier": m, "distance": d, "seg_len": seg_len, "trials": trials,
-                     "nll_repeat": nll["repeat"], "nll_control": nll["control"],
-                     "copy_gain": nll["control"] - nll["repeat"], "status": status})
-    return rows
+        yield {"multiplier": m, "distance": d, "seg_len": seg_len, "trials": trials, "nll_repeat": nll["repeat"],
+               "nll_control": nll["control"], "copy_gain": nll["control"] - nll["repeat"], "status": status}
+
+
+class RepeatedSegment(Probe):
+    """The repeated-segment probe (see the module docstring), one row per distance multiplier x train_len."""
+
+    columns = {"probe": PROBE_COLUMNS}
+
+    def __init__(self, *, multipliers: list[float], seg_len: int = 16, trials: int = 8) -> None:
+        check_int(seg_len, "seg_len")
+        check_int(trials, "trials")
+        if not multipliers or any(not isinstance(m, (int, float)) or isinstance(m, bool) or m <= 0
+                                  for m in multipliers):
+            raise ConfigError(f"multipliers must be positive numbers, got {multipliers}")
+        self.multipliers, self.seg_len, self.trials = list(multipliers), seg_len, trials
+
+    def run(self, model, run) -> Iterator[dict]:
+        yield from repeat_segment(model, vocab_size=run.cfg["data"]["vocab_size"], train_len=run.train_len,
+                                  multipliers=self.multipliers, seg_len=self.seg_len, trials=self.trials,
+                                  device=run.device, skip=frozenset(r["multiplier"] for r in run.done(self.name)))
+
+    def report(self, run, new: dict[str, list[dict]]) -> str:
+        rows = new.get(self.name, [])
+        return "\n".join(["repeated-segment probe: copy gain (nats) = NLL(control) - NLL(repeat), by distance"] + [
+            f"  {r['pos']:<14} {r['scaling']:<12} d={r['distance']:<6} ({r['multiplier']}x)  {r['copy_gain']:+.3f}"
+            for r in rows] + [f"probe: {run.run_dir / self.name}.csv"]) if rows else ""
 
 
 class Passkey:
@@ -87,14 +117,17 @@ class Passkey:
 
 @torch.no_grad()
 def passkey_accuracy(model: torch.nn.Module, task: Passkey, *, train_len: int, multipliers: list[int],
-                     depths: list[float], trials: int, device: torch.device, seed: int = 0) -> list[dict]:
+                     depths: list[float], trials: int, device: torch.device, seed: int = 0,
+                     skip: frozenset = frozenset()) -> Iterator[dict]:
     """One row per (length, depth): the fraction of trials whose every answer token is the model's argmax given
-    the true prefix (teacher forcing: with all tokens right, the same as greedy decoding)."""
+    the true prefix (teacher forcing: with all tokens right, the same as greedy decoding). Each (multiplier,
+    depth) has its own seeded draws; those in `skip` are not scored."""
     model.eval()
-    rows = []
     for m in multipliers:
         length = m * train_len
         for depth in depths:
+            if (m, depth) in skip:
+                continue
             rng = np.random.default_rng((seed, m, int(round(depth * 1000))))
             seqs = [task.sequence(length, depth, rng) for _ in range(trials)]
             row = {"multiplier": m, "eval_len": length, "depth": depth, "trials": trials}
@@ -102,11 +135,60 @@ def passkey_accuracy(model: torch.nn.Module, task: Passkey, *, train_len: int, m
                 x_BT = torch.from_numpy(np.stack([s for s, _ in seqs])).to(device)
                 pred_BT = model(x_BT[:, :-1]).argmax(-1).cpu()
             except OutOfRangeError:
-                rows.append({**row, "accuracy": math.nan, "status": "out_of_range"})
+                yield {**row, "accuracy": math.nan, "status": "out_of_range"}
                 continue
             hits = [bool((pred_BT[b, a - 1:] == x_BT[b, a:].cpu()).all()) for b, (_, a) in enumerate(seqs)]
-            rows.append({**row, "accuracy": sum(hits) / trials, "status": "ok"})
-    return rows
+            yield {**row, "accuracy": sum(hits) / trials, "status": "ok"}
+
+
+def passkey_task(cfg: dict, force: bool = False) -> Passkey | None:
+    """The passkey task of a run trained on data=passkey (data.task; any run with `force`), else None; checks
+    that seq_len holds it when the run trains on it."""
+    d = cfg["data"]
+    if d.get("task") not in (None, "lm", "passkey"):
+        raise ConfigError(f"unknown data.task {d['task']!r}; expected lm or passkey")
+    if d.get("task") != "passkey" and not force:
+        return None
+    task = Passkey(data.load_tokenizer(cfg), data.prepare(cfg)["eod_id"], (d.get("passkey") or {}).get("digits", 5))
+    if d.get("task") == "passkey" and cfg["seq_len"] + 1 < task.min_length():
+        raise ConfigError(f"data=passkey needs seq_len >= {task.min_length() - 1} to hold the needle and the "
+                          f"question, got seq_len={cfg['seq_len']}")
+    return task
+
+
+class PasskeyRetrieval(Probe):
+    """Passkey retrieval accuracy by length and depth (arXiv:2305.16300). run: auto scores models trained on
+    data=passkey only; true scores any model."""
+
+    columns = {"passkey": PASSKEY_COLUMNS}
+
+    def __init__(self, *, run: str | bool = "auto", multipliers: list[int], depths: list[float],
+                 trials: int = 20) -> None:
+        if run not in ("auto", True, False):
+            raise ConfigError(f"run must be auto, true or false, got {run!r}")
+        check_int(trials, "trials")
+        for m in multipliers or [0]:
+            check_int(m, "multipliers")
+        if not depths or any(not isinstance(x, (int, float)) or not 0 <= x <= 1 for x in depths):
+            raise ConfigError(f"depths must be numbers in [0, 1], got {depths}")
+        self.when, self.multipliers, self.depths, self.trials = run, list(multipliers), list(depths), trials
+
+    def run(self, model, run) -> Iterator[dict]:
+        if not (self.when is True or (self.when == "auto" and run.cfg["data"].get("task") == "passkey")):
+            return
+        yield from passkey_accuracy(model, passkey_task(run.cfg, force=True), train_len=run.train_len,
+                                    multipliers=self.multipliers, depths=self.depths, trials=self.trials,
+                                    device=run.device,
+                                    skip=frozenset((r["multiplier"], r["depth"]) for r in run.done(self.name)))
+
+    def report(self, run, new: dict[str, list[dict]]) -> str:
+        on_disk = read_rows(run.run_dir, self.name)
+        if on_disk:
+            plot_passkey(on_disk, run.run_dir / f"{self.name}.png")
+        rows = new.get(self.name, [])
+        return "\n".join(["passkey retrieval accuracy, by length (rows: depth of the key)"] + [
+            f"  {r['pos']:<14} {r['scaling']:<12} len={r['eval_len']:<6} depth={r['depth']:<5} {r['accuracy']:.2f}"
+            for r in rows]) if rows else ""
 
 
 class PasskeyWindows(torch.utils.data.Dataset):

@@ -26,6 +26,30 @@ POSITION_COLUMNS = ["pos", "scaling", "mode", "context", "train_len", "eval_len"
                     "mean_nll", "tokens", "seed", "targets_hash", "git_sha", "ckpt"]
 
 
+PROVENANCE = ["pos", "scaling", "train_len", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "split",
+              "git_sha", "dirty", "run_dir", "ckpt"]
+
+
+def provenance_columns() -> list[str]:
+    return list(PROVENANCE)
+
+
+def scaling_name(cfg: dict) -> str:
+    """The RoPE scaling (or table interpolation) a run config applies: its method, or "none"."""
+    return (cfg["pos"].get("scaling") or {}).get("method", "none")
+
+
+def stamp(cfg: dict, *, run_dir: Path, ckpt: str, split: str, choices: dict | None = None) -> dict:
+    """The provenance columns of every result row (PROVENANCE): what was scored, on which data, by which code."""
+    prov, choices = cfg.get("provenance", {}), choices or {}
+    sha, dirty = git_state()
+    return {"pos": choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower(),
+            "scaling": scaling_name(cfg), "train_len": cfg["seq_len"], "seed": cfg.get("seed"),
+            "model": choices.get("model", ""), "corpus": prov.get("corpus", ""),
+            "corpus_hash": prov.get("corpus_hash", ""), "tokenizer_hash": prov.get("tokenizer_hash", ""),
+            "split": split, "git_sha": sha, "dirty": dirty, "run_dir": str(run_dir), "ckpt": str(ckpt)}
+
+
 def git_state(where: Path | None = None) -> tuple[str, bool]:
     """(HEAD sha, dirty flag) of the repository holding lenx's source; ("unknown", False) outside git."""
     where = where or Path(__file__).resolve().parent

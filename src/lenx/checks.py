@@ -1,0 +1,81 @@
+"""Refusals that need no data or compute: a training config is checked here, before any work starts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from lenx.checkpoint import config_names, scheme_config
+from lenx.errors import ConfigError, check_int
+from lenx.lit import build_model
+
+
+def check_config(cfg: dict) -> None:
+    """Everything that can be refused without data or compute: refused here, before any work starts."""
+    for key in ("seq_len", "batch_size", "ckpt_every"):
+        check_int(cfg[key], key)
+    check_int(cfg["seed"], "seed", minimum=0)
+    t = cfg["trainer"]
+    check_int(t["max_steps"], "trainer.max_steps")
+    check_int(t["accumulate_grad_batches"], "trainer.accumulate_grad_batches")
+    dropout = cfg["model"].get("dropout")
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise ConfigError(f"model.dropout must be a probability in [0, 1), got {dropout!r}")
+    if not isinstance(cfg.get("compile", False), bool):
+        raise ConfigError(f"compile must be true or false, got {cfg['compile']!r}")
+    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # what inductor calls
+    if cfg.get("compile") and not torch.cuda.is_available() and not shutil.which(cxx):
+        raise ConfigError("compile=true on CPU needs a C++ compiler (torch.compile's inductor backend); none "
+                          f"({cxx}) was found on PATH (set CXX, or run with compile=false)")
+    check_scaling_applies(cfg)
+    check_model_memory(cfg)  # shapes, heads vs width, rotary dims, scaling parameters, and the model's size
+
+
+def check_scaling_applies(cfg: dict) -> None:
+    """`+pos/scaling=...` on a scheme whose lenx config has no scaling: say which schemes take one."""
+    pos = cfg["pos"]
+    if "scaling" not in pos:
+        return
+    schemes = {n: scheme_config(n) for n in config_names("pos")}
+    mine = [c for c in schemes.values() if c.get("_target_") == pos.get("_target_")]
+    if mine and not any("scaling" in c for c in mine):
+        takes = sorted(n for n, c in schemes.items() if "scaling" in c)
+        raise ConfigError(f"pos/scaling does not apply to pos={(cfg.get('choices') or {}).get('pos', pos['_target_'])}"
+                          f": only {takes} take a scaling (RoPE extension, or interpolate for learned)")
+
+
+def check_model_memory(cfg: dict) -> None:
+    """Build the model on the meta device (no memory) and refuse one whose weights, gradients and AdamW state
+    (16 bytes a parameter in fp32) exceed this machine's memory, e.g. pos=learned with seq_len=10^9."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    except (NotImplementedError, RuntimeError):  # a scheme whose construction reads tensor values: real build
+        model = build_model(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 16 * n > ram:
+        raise ConfigError(f"the model has {n:,} parameters ({16 * n / 2**30:.1f} GiB with gradients and AdamW "
+                          f"state), more than this machine's {ram / 2**30:.1f} GiB of memory (check seq_len / "
+                          "model sizes: a learned position table holds seq_len rows)")
+
+
+def check_world(cfg: dict, trainer) -> None:
+    """Rules for more than one process, checked before training: `batch_size` is the global batch (split evenly
+    over the processes, so the optimisation is the same whatever the device count), and a Hydra multirun cannot
+    use the launcher that re-runs the command for each rank (it would re-run the whole sweep)."""
+    world = trainer.world_size
+    if cfg["batch_size"] % world:
+        raise ConfigError(f"batch_size={cfg['batch_size']} is the global batch and must divide evenly over "
+                          f"{world} processes (devices x nodes)")
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (world > 1 and type(launcher).__name__ == "_SubprocessScriptLauncher" and HydraConfig.initialized()
+            and HydraConfig.get().mode == RunMode.MULTIRUN):
+        raise ConfigError("a -m sweep cannot use trainer.strategy=ddp on several local devices: Lightning would "
+                          "re-run the whole sweep in each process. Use trainer.strategy=ddp_spawn, or "
+                          "hydra/launcher=submitit_slurm (one SLURM task per device)")

@@ -1,0 +1,183 @@
+"""Scoring as a library: every measurement is a Probe, chosen by `_target_` under `eval.probes.<name>`.
+
+A probe is one class: `run(model, run)` yields result rows, and `<name>` (the config key) is the stem of its files,
+`<run_dir>/<name>.csv` and `.jsonl`. lenx stamps every row with the provenance columns (results.stamp) and writes
+it as soon as it is yielded, so an interrupted probe that skips what `run.done(name)` holds resumes where it
+stopped. A row may name another table with the key TABLE (the perplexity probe's per-position rows go to
+`position_loss`); such rows are written before the next row of the probe's own table, so a row on disk means its
+companions are too. `eval.probes.<name>=null` disables a probe; one defined outside lenx plugs in the same way:
+`python evaluate.py ckpt=... +eval.probes.mine._target_=mymodule.MyProbe`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from lenx import data
+from lenx.dist import is_main
+from lenx.errors import ConfigError, check_int
+from lenx.hardware import eval_autocast, resolve_device
+from lenx.results import append_rows, provenance_columns, read_rows, scaling_name, stamp
+
+TABLE = "_table"  # a row's key naming the table it belongs to, when not its probe's own
+
+
+class Run:
+    """What a probe may read about the model being scored: its resolved config, the evaluation settings, the
+    scored corpus and tokenizer (those it was trained with), and the rows already written."""
+
+    def __init__(self, cfg: dict, eval_cfg: dict, run_dir: Path, *, ckpt: str = "", choices: dict | None = None):
+        self.cfg, self.eval, self.run_dir, self.ckpt = cfg, eval_cfg, Path(run_dir), str(ckpt)
+        self.choices = choices or {}
+        self.train_len: int = cfg["seq_len"]
+        self.multipliers: list[int] = list(eval_cfg["multipliers"])
+        self.device = resolve_device(eval_cfg.get("device", "auto"))
+        self.scaling = scaling_name(cfg)
+
+    def tokens(self, split: str | None = None) -> np.ndarray:
+        """The corpus stream of `split` (default: eval.split) as a 1-D array of token ids."""
+        return data.load_tokens(self.cfg, split or self.eval["split"])
+
+    @cached_property
+    def tokenizer(self):
+        return data.load_tokenizer(self.cfg)
+
+    @cached_property
+    def eod_id(self) -> int:
+        return data.prepare(self.cfg)["eod_id"]
+
+    def done(self, table: str) -> list[dict]:
+        """Rows of `table` already in run_dir for this checkpoint, scaling and split (read before any writing)."""
+        return [r for r in read_rows(self.run_dir, table) if r.get("ckpt") == self.ckpt
+                and r.get("scaling") == self.scaling and r.get("split", self.eval["split"]) == self.eval["split"]]
+
+
+class Probe(abc.ABC):
+    """One measurement. Subclasses take their parameters as keyword arguments (checked in __init__, so a bad value
+    is refused before any scoring) and implement `run`; `columns` orders each table's CSV (the provenance columns
+    and any others follow); `report` prints a summary and draws figures from the rows on disk."""
+
+    name: str = ""  # set from the config key
+    columns: dict[str, list[str]] = {}
+
+    @abc.abstractmethod
+    def run(self, model: torch.nn.Module, run: Run) -> Iterable[dict]:
+        """Yield result rows (plain dicts); skip what run.done(...) already holds."""
+
+    def report(self, run: Run, new: dict[str, list[dict]]) -> str:
+        rows = new.get(self.name, [])
+        return f"{self.name}: {len(rows)} new rows -> {run.run_dir / self.name}.csv" if rows else ""
+
+
+def build_probes(eval_cfg: dict) -> list[Probe]:
+    """The probes of eval.probes, instantiated (each validates its parameters); a bad entry is one ConfigError."""
+    probes = []
+    for name, pcfg in (eval_cfg.get("probes") or {}).items():
+        if pcfg is None:
+            continue
+        if not isinstance(pcfg, Mapping) or "_target_" not in pcfg:
+            raise ConfigError(f"eval.probes.{name} must have a _target_ (a Probe class) or be null")
+        try:
+            probe = instantiate(pcfg, _convert_="all")
+        except InstantiationException as e:
+            cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else e
+            raise ConfigError(f"eval.probes.{name}: {str(cause).strip().splitlines()[0]}") from None
+        if not isinstance(probe, Probe):
+            raise ConfigError(f"eval.probes.{name}: {pcfg['_target_']} is not a lenx.scoring.Probe")
+        probe.name = name
+        probes.append(probe)
+    return probes
+
+
+def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Probe]:
+    """Refuse, before any training or scoring, eval settings that cannot work (on a split of n_tokens, when
+    given), and say when eval.tokens is more than the split holds; returns the probes."""
+    import logging
+
+    from lenx.extrapolation import (  # extrapolation imports Probe
+        check_multipliers,
+        resolve_stride,
+        scored_span,
+    )
+
+    if eval_cfg.get("split") not in data.SPLITS:
+        raise ConfigError(f"eval.split must be one of {list(data.SPLITS)}, got {eval_cfg.get('split')!r}")
+    check_multipliers(list(eval_cfg["multipliers"]))
+    context = eval_cfg.get("context", "stream")
+    if context not in ("stream", "document"):
+        raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
+    eval_autocast(str(eval_cfg.get("precision", "32")), torch.device("cpu"))  # validates the value
+    check_int(eval_cfg["tokens"], "eval.tokens")
+    check_int(eval_cfg["batch_tokens"], "eval.batch_tokens")
+    if not isinstance(eval_cfg.get("new_corpus", False), bool):
+        raise ConfigError(f"eval.new_corpus must be true or false, got {eval_cfg['new_corpus']!r}")
+    for stride in eval_strides(eval_cfg):
+        for m in eval_cfg["multipliers"]:
+            resolve_stride(stride, m * train_len)
+    probes = build_probes(eval_cfg)
+    if n_tokens is not None and context == "stream":
+        (_, scored), = scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
+        if eval_cfg["tokens"] > n_tokens - 1:
+            logging.getLogger(__name__).warning(
+                "lenx: eval.tokens=%d is more than the %s split holds (%d targets): %d targets are scored at each "
+                "length (a multiple of the longest window)", eval_cfg["tokens"], eval_cfg["split"], n_tokens - 1,
+                scored)
+    return probes
+
+
+def eval_strides(eval_cfg: dict) -> list:
+    """The stride of each requested mode: nonoverlapping -> None (= eval_len), sliding -> eval.stride."""
+    modes = eval_cfg.get("mode", "nonoverlapping")
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    unknown = sorted(set(modes) - {"nonoverlapping", "sliding"})
+    if unknown:
+        raise ConfigError(f"unknown eval.mode {unknown}; expected nonoverlapping and/or sliding")
+    return [None if m == "nonoverlapping" else eval_cfg["stride"] for m in modes]
+
+
+def score(model: torch.nn.Module, run: Run, probes: list[Probe]) -> dict[str, list[dict]]:
+    """Run every probe on `model`, stamping and writing each row as it comes (rank zero writes; under DDP every
+    rank runs the probes, which share their work through all-reduces). Returns the new rows by table."""
+    new: dict[str, list[dict]] = {}
+    marks = stamp(run.cfg, run_dir=run.run_dir, ckpt=run.ckpt, split=run.eval["split"], choices=run.choices)
+    model = model.to(run.device)
+    for probe in probes:
+        pending: list[tuple[str, dict]] = []
+        for row in probe.run(model, run):
+            table = row.pop(TABLE, probe.name)
+            row = {**row, **marks}
+            new.setdefault(table, []).append(row)
+            pending.append((table, row))
+            if table == probe.name:
+                flush(run, probe, pending)
+                pending = []
+        flush(run, probe, pending)
+    return new
+
+
+def flush(run: Run, probe: Probe, pending: list[tuple[str, dict]]) -> None:
+    """Write pending rows table by table, the probe's own table last."""
+    if not is_main() or not pending:
+        return
+    tables = sorted({t for t, _ in pending}, key=lambda t: t == probe.name)
+    for t in tables:
+        append_rows(run.run_dir, [r for tt, r in pending if tt == t], t,
+                    probe.columns.get(t) or provenance_columns())
+
+
+def report(run: Run, probes: list[Probe], new: dict[str, list[dict]]) -> None:
+    """Each probe's printed summary and figures (from every row on disk), on rank zero."""
+    if not is_main():
+        return
+    for probe in probes:
+        text = probe.report(run, new)
+        if text:
+            print("\n" + text)
