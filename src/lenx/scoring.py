@@ -88,7 +88,7 @@ def build_probes(eval_cfg: dict) -> list[Probe]:
         try:
             probe = instantiate(pcfg, _convert_="all")
         except InstantiationException as e:
-            cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else e
+            cause = e.__cause__ or e  # the probe's own message (a ConfigError, a TypeError for an unknown key)
             raise ConfigError(f"eval.probes.{name}: {str(cause).strip().splitlines()[0]}") from None
         if not isinstance(probe, Probe):
             raise ConfigError(f"eval.probes.{name}: {pcfg['_target_']} is not a lenx.scoring.Probe")
