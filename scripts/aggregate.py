@@ -18,17 +18,14 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from lenx.results import mode_label
+from lenx.results import mode_label, read_tree
 
 # two-sided 95% Student t quantiles for n - 1 degrees of freedom (n seeds); large n -> 1.96
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def collect(root: Path, name: str = "extrapolation") -> list[dict]:
-    rows = []
-    for path in sorted(root.rglob(f"{name}.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows
+    return read_tree(root, name)
 
 
 def curve(r: dict) -> tuple:

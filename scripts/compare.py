@@ -10,18 +10,16 @@ run and eval length, and the change relative to the baseline run in percent, wit
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from lenx.results import mode_label
+from lenx.results import mode_label, read_tree
 
 
 def load(path: Path) -> list[dict]:
-    files = [path] if path.is_file() else sorted(path.rglob("extrapolation.jsonl"))
-    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    rows = read_tree(path)
     if not rows:
         raise SystemExit(f"compare: no extrapolation rows under {path}")
     return rows

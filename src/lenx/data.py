@@ -25,7 +25,7 @@ import numpy as np
 from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lenx.errors import ConfigError, CorpusError
+from lenx.errors import ConfigError, CorpusError, check_int
 from lenx.results import atomic_write_bytes
 
 EOD_TOKEN = "<|endoftext|>"
@@ -318,9 +318,7 @@ def source_key(d: Mapping) -> str:
 
 
 def check_data_config(d: Mapping) -> None:
-    v = d.get("vocab_size")
-    if not isinstance(v, int) or isinstance(v, bool) or v < 257:
-        raise ConfigError(f"data.vocab_size must be an integer >= 257 (256 bytes + end-of-document), got {v!r}")
+    check_int(d.get("vocab_size"), "data.vocab_size (256 bytes + end-of-document)", minimum=257)
     fv, ft = d.get("valid_fraction", 0), d.get("test_fraction", 0)
     if not (0 < fv < 1 and 0 <= ft < 1 and fv + ft < 1):
         raise ConfigError(f"data.valid_fraction={fv} / data.test_fraction={ft} must leave a training split")
@@ -454,10 +452,29 @@ class StaleCacheError(Exception):
     """A stream whose bytes no longer hash to what the index records (internal: load_tokens rebuilds)."""
 
 
+def held(cfg: Mapping, split: str | None = None) -> dict | None:
+    """The provenance a run config already holds (`provenance`, set by train / scoring), if its entry is on disk
+    and the requested stream (or, without a split, the tokenizer) hashes to what it records: then it is used as
+    is, without re-walking the corpus to find the cache entry."""
+    prov = cfg.get("provenance") if "data" in cfg else None
+    if not isinstance(prov, Mapping) or not prov.get("dir") or not prov.get("stream_hashes"):
+        return None
+    path = Path(prov["dir"]) / (f"{split}.bin" if split else "tokenizer.json")
+    expected = prov["stream_hashes"].get(split) if split else prov.get("tokenizer_hash")
+    try:
+        verify_stream(path, expected)
+    except (StaleCacheError, OSError):
+        return None
+    return dict(prov)
+
+
 def load_tokens(cfg: Mapping, split: str) -> np.ndarray:
     """The split's token stream as a read-only 1-D memmap of ids (prepares the cache on first use)."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    prov = held(cfg, split)
+    if prov is not None:
+        return np.memmap(Path(prov["dir"]) / f"{split}.bin", dtype=prov["dtype"], mode="r")
     prov = prepare(cfg)
     path = Path(prov["dir"]) / f"{split}.bin"
     try:
@@ -472,5 +489,10 @@ def load_tokens(cfg: Mapping, split: str) -> np.ndarray:
     return np.memmap(path, dtype=prov["dtype"], mode="r")
 
 
+def entry(cfg: Mapping) -> dict:
+    """The provenance of the run's cache entry: the one the config holds when it is whole, else prepare's."""
+    return held(cfg) or prepare(cfg)
+
+
 def load_tokenizer(cfg: Mapping) -> Tokenizer:
-    return Tokenizer.from_file(str(Path(prepare(cfg)["dir"]) / "tokenizer.json"))
+    return Tokenizer.from_file(str(Path(entry(cfg)["dir"]) / "tokenizer.json"))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import time
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from lenx.errors import ConfigError, LenxError
 from lenx.model import Decoder
 from lenx.probes import Passkey, PasskeyWindows
-from lenx.results import umask_mode
+from lenx.results import atomic_write_bytes
 
 
 def build_model(cfg: dict) -> Decoder:
@@ -42,16 +42,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     previous checkpoint whole, never a truncated one. Resuming loads with weights_only=True (plain data only)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.chmod(tmp, umask_mode())
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(Path(path), buf.getvalue())
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenx.errors import ConfigError
+from lenx.errors import ConfigError, check_int
 from lenx.pos.base import AttnContext, PositionalScheme
 
 # Logits per attention chunk (batch x heads x queries x keys) when a scheme adds logit terms: 2^25 bounds each
@@ -163,8 +163,7 @@ class Decoder(nn.Module):
         super().__init__()
         for name, v in dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                             train_len=train_len).items():
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            check_int(v, name)
         if d_model % n_heads:
             raise ConfigError(f"n_heads={n_heads} does not divide d_model={d_model}")
         self.tok = nn.Embedding(vocab_size, d_model)

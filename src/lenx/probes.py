@@ -149,7 +149,7 @@ def passkey_task(cfg: dict, force: bool = False) -> Passkey | None:
         raise ConfigError(f"unknown data.task {d['task']!r}; expected lm or passkey")
     if d.get("task") != "passkey" and not force:
         return None
-    task = Passkey(data.load_tokenizer(cfg), data.prepare(cfg)["eod_id"], (d.get("passkey") or {}).get("digits", 5))
+    task = Passkey(data.load_tokenizer(cfg), data.entry(cfg)["eod_id"], (d.get("passkey") or {}).get("digits", 5))
     if d.get("task") == "passkey" and cfg["seq_len"] + 1 < task.min_length():
         raise ConfigError(f"data=passkey needs seq_len >= {task.min_length() - 1} to hold the needle and the "
                           f"question, got seq_len={cfg['seq_len']}")

@@ -104,6 +104,14 @@ def read_rows(run_dir: Path, name: str = "extrapolation") -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_tree(root: Path, name: str = "extrapolation") -> list[dict]:
+    """Every row of the <name>.jsonl files under `root` (or of `root` itself, a .jsonl file), in path order: the
+    one reader of result trees (aggregate.py, compare.py)."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(root.rglob(f"{name}.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+
+
 def append_rows(run_dir: Path, rows: list[dict], name: str = "extrapolation",
                 columns: list[str] = COLUMNS) -> list[dict]:
     """Add rows to run_dir/<name>.{jsonl,csv} (the CSV keeps `columns` first); returns all rows in the file."""
@@ -151,13 +159,11 @@ def _figure():
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:

@@ -52,7 +52,7 @@ class Run:
 
     @cached_property
     def eod_id(self) -> int:
-        return data.prepare(self.cfg)["eod_id"]
+        return data.entry(self.cfg)["eod_id"]
 
     def done(self, table: str) -> list[dict]:
         """Rows of `table` already in run_dir for this checkpoint, scaling and split (read before any writing)."""
