@@ -286,4 +286,4 @@ def test_xpos_centres_positions_so_scales_stay_finite():
 def test_fope_keeps_the_frequencies_with_a_full_period_in_the_training_length():
     # head_dim 64, train_len 512: 10000^(-2f/64) >= 2 pi / 512 <=> f <= 32 ln(512 / 2 pi) / ln(10000) = 15.3
     pos = make("fope", train_len=512, d_model=256, n_heads=4).pos
-    assert pos.inv_freq_K.numel() == 16 and pos.cos_coef_HKK.shape == (4, 16, 16)
+    assert pos.inv_freq_K.numel() == 16 and pos.cos_coef_NHKM.shape == (2, 4, 16, 16)  # 2 layers, min(K, D/4) = 16
