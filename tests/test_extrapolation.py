@@ -259,3 +259,29 @@ def test_moving_block_bootstrap_covers_correlated_units_better():
             covered[run] += lo <= 4 <= hi
     iid, block = covered[1] / reps, covered[block_run(n)] / reps
     assert block > iid + 0.05 and block > 0.8
+
+
+def test_document_context_runs_each_window_at_its_real_length():
+    """A length-reading scaling (dynamic NTK, factor null) must see a short document's own length, not the padded
+    eval_len: the row equals each document scored on its own, window by window, unpadded."""
+    from conftest import make_model
+
+    rng, vocab = np.random.default_rng(4), 50
+    lengths = [5, 40, 17, 90, 3, 200, 60]
+    tokens = documents_stream(rng, 0, lengths, vocab)
+    model = make_model("rope", train_len=8, vocab_size=vocab, scaling={"method": "dynamic_ntk", "factor": None})
+    for block in model.blocks:  # attention logits of order 1, so the rotation's base visibly moves the output
+        block.attn.qkv.weight.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    rows, _ = evaluate_lengths(model, tokens, train_len=8, multipliers=[16], tokens_to_score=10_000, batch_tokens=256,
+                               device=torch.device("cpu"), context="document", eod_id=0)
+    starts = np.flatnonzero(tokens == 0)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for a, n in zip(starts, lengths):
+            for s in range(0, n, 128):  # nonoverlapping windows of 128 inside the document, the last one shorter
+                m = min(128, n - s)
+                x = torch.from_numpy(tokens[a + s:a + s + m + 1].astype(np.int64))
+                total += F.cross_entropy(model(x[None, :-1])[0], x[1:], reduction="sum").item()
+                count += m
+    assert rows[0]["tokens"] == count == sum(lengths)
+    assert rows[0]["loss"] == pytest.approx(total / count, rel=1e-6)

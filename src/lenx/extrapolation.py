@@ -131,9 +131,13 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, seg
     targets when given; per segment (document) with several). With `bins` (window-position bins), the unit sums
     and counts are (units, bins) instead of (units,).
 
-    Windows shorter than eval_len are right-padded; with causal attention the padding is never seen by a
-    scored position, and padded positions are not scored."""
+    A batch holds windows of one length only, so a window shorter than eval_len (a document's last one, or a short
+    document) runs at its own length, unpadded: a scheme that reads the input length (RoPE scalings with factor
+    null, dynamic NTK, LongRoPE's short/long switch) then sees the document's real length, not the padded one."""
     wins = [(a + s, n, o, g) for g, (a, m) in enumerate(segments) for s, n, o in windows(m, eval_len, stride)]
+    by_len: dict[int, list[int]] = {}
+    for w, (_, n, _, _) in enumerate(wins):
+        by_len.setdefault(n, []).append(w)
     hi = max(a + m for a, m in segments) + 1
     stream = torch.from_numpy(np.asarray(tokens[:hi], dtype=np.int64))
     per_batch = max(1, batch_tokens // eval_len)
@@ -147,33 +151,36 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, seg
     unit_cnt = torch.zeros_like(unit_sum, dtype=torch.int64)
     offsets_L = torch.arange(eval_len)
     rank, world = rank_world()  # under DDP each rank scores every world-th batch; the sums are all-reduced
-    batches = range(rank * per_batch, len(wins), world * per_batch)
+    all_batches = [ids[i:i + per_batch] for n in sorted(by_len, reverse=True) for ids in [by_len[n]]
+                   for i in range(0, len(ids), per_batch)]
+    batches = all_batches[rank::world]
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"eval_len {eval_len} stride {stride}", leave=False, unit="batch")
     error: OutOfRangeError | None = None
     try:
-        for i in batches:
-            batch = wins[i:i + per_batch]
-            start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*batch))
-            valid_BL = offsets_L[None, :] < len_B[:, None]
-            idx_BL = torch.where(valid_BL, start_B[:, None] + offsets_L[None, :], 0)
+        for ids in batches:
+            start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*(wins[w] for w in ids)))
+            L = int(len_B[0])  # every window of the batch has this length
+            offs_L = offsets_L[:L]
+            valid_BL = offs_L[None, :] < len_B[:, None]
+            idx_BL = start_B[:, None] + offs_L[None, :]
             x_BL, y_BL = stream[idx_BL].to(device), stream[torch.where(valid_BL, idx_BL + 1, 0)].to(device)
             with eval_autocast(precision, device):
                 logits_BLV = model(x_BL)
             nll_BL = F.cross_entropy(logits_BLV.float().flatten(0, 1), y_BL.flatten(),  # fp32 loss
                                      reduction="none").view_as(y_BL)
-            scored_BL = valid_BL & (offsets_L[None, :] >= off_B[:, None])
+            scored_BL = valid_BL & (offs_L[None, :] >= off_B[:, None])
             nll_BL = nll_BL.double().cpu() * scored_BL
-            pos_sum += nll_BL.sum(0)
-            pos_cnt += scored_BL.sum(0)
+            pos_sum[:L] += nll_BL.sum(0)
+            pos_cnt[:L] += scored_BL.sum(0)
             if by_block:  # the target of input idx is target number idx - segment start
                 unit_BL = ((idx_BL - segments[0][0]) // block).clamp(0, n_units - 1)
             else:
-                unit_B = grp_B if len(segments) > 1 else torch.arange(i, i + len(batch))
+                unit_B = grp_B if len(segments) > 1 else torch.tensor(ids)
                 unit_BL = unit_B[:, None].expand_as(idx_BL)
-            cell_BL = unit_BL * len(edges) + bin_L[None, :]
+            cell_BL = unit_BL * len(edges) + bin_L[None, :L]
             unit_sum.view(-1).index_add_(0, cell_BL.flatten(), nll_BL.flatten())
             unit_cnt.view(-1).index_add_(0, cell_BL.flatten(), scored_BL.flatten().long())
     except OutOfRangeError as e:
