@@ -256,7 +256,9 @@ def test_fope_equals_the_authors_fourier_embedding(train_len, K, M):
 
 def test_fope_initial_noise_is_xavier_normal_with_gain_0_3():
     # xavier_normal_(gain) on an (H, K, M) tensor: fan_in = K M, fan_out = H M, std = gain sqrt(2 / (fan_in + fan_out))
-    pos = make("fope", train_len=65536, n_layers=4, n_heads=16, d_model=16 * 128).pos  # head_dim 128
+    from lenx.pos.rotary import FoPE
+
+    pos = FoPE(d_model=16 * 128, n_heads=16, head_dim=128, train_len=65536, n_layers=4)  # the default config's
     K, M = pos.cos_coef_NHKM.shape[-2:]
     ref = torch.empty(16, K, M)
     torch.nn.init.xavier_normal_(ref, gain=0.3)
