@@ -10,6 +10,10 @@ schemes whose terms depend on the queries and keys themselves):
                          DeBERTa, CoPE; FIRE, whose bias is not a function of the distance alone);
   value(attn, ctx)       extra attention output from relative value embeddings (Shaw's a^V).
 Each hook defaults to "do nothing", so NoPE (Kazemnejad et al. 2023, arXiv:2305.19466) is this class itself.
+One module serves every layer. Where the reference gives each attention layer its own positional parameters (CoPE,
+FIRE, Shaw, Transformer-XL's W_R, DeBERTa's projections, FoPE), the module holds them stacked, N = n_layers copies
+(`tables`; config `shared: true` for one), `context` still runs once per forward for all of them, and the Decoder
+hands each block the context with its `layer` index, which `rotate` / `score` / `value` read.
 Positions are absolute integer indices; relative schemes derive distances from them.
 
 Attention runs over chunks of queries whenever a scheme adds logit terms, so that no (T, S) tensor ever spans
