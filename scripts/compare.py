@@ -5,6 +5,10 @@ Rows are matched by (mode, stride fraction, context, split, eval_len); a compari
 being compared did not score the same target tokens (their targets_hash differs, or the corpus / tokenizer hash
 does), because a ppl difference would then mix the models with the text. Prints one table per mode: ppl per
 run and eval length, and the change relative to the baseline run in percent, with each row's bootstrap interval.
+Where both rows carry their per-unit NLL sums (`units_nll`, `units_tokens`: the same blocks of the same tokens),
+the change gets a 95% paired bootstrap interval: the same resampled units for both runs, so the text's own
+difficulty cancels and only the difference between the models is left (two rows' own intervals overlap far more
+than their difference is uncertain). Cells whose row warns of too few resampling units are marked `!`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,26 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
+from lenx.extrapolation import bootstrap_indices, block_run
 from lenx.results import mode_label, read_tree
+
+
+def paired_change(row: dict, base: dict, n_boot: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """95% paired-bootstrap interval of the ppl change row / base - 1 (in %), or None when the rows do not carry
+    matching per-unit sums. Units are resampled in runs of neighbouring units, as the rows' own intervals."""
+    a, b = row.get("units_nll"), base.get("units_nll")
+    if not a or not b or len(a) != len(b) or row.get("units_tokens") != base.get("units_tokens"):
+        return None
+    sum_a, sum_b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    cnt = np.maximum(np.asarray(row["units_tokens"], dtype=np.float64), 0)
+    run = int(row.get("units_run", block_run(len(sum_a))))
+    idx = bootstrap_indices(len(sum_a), run, n_boot, seed)  # the same draws for both runs: paired
+    n = np.maximum(cnt[idx].sum(1), 1)
+    delta = (sum_a[idx].sum(1) - sum_b[idx].sum(1)) / n  # loss difference, nats per token
+    lo, hi = np.percentile(delta, [2.5, 97.5])
+    return 100 * math.expm1(lo), 100 * math.expm1(hi)
 
 
 def load(path: Path) -> list[dict]:
@@ -61,8 +84,8 @@ def render(shared: dict, names: list[str], baseline: str) -> str:
     out = []
     for mode in dict.fromkeys(k[0] for k in sorted(shared, key=lambda k: (k[0], k[1]))):
         lengths = sorted({k[1] for k in shared if k[0] == mode})
-        out.append(f"\n{mode}: ppl [95% bootstrap CI]; (change vs {baseline})")
-        out.append(f"{'run':<28}" + "".join(f"{L:>26}" for L in lengths))
+        out.append(f"\n{mode}: ppl [95% bootstrap CI]; (change vs {baseline} [95% paired bootstrap CI])")
+        out.append(f"{'run':<28}" + "".join(f"{L:>40}" for L in lengths))
         for name in names:
             cells = []
             for L in lengths:
@@ -72,10 +95,15 @@ def render(shared: dict, names: list[str], baseline: str) -> str:
                     cells.append(r.get("status", "nan"))
                     continue
                 cell = f"{r['ppl']:.2f} [{r.get('ppl_ci_low', math.nan):.1f},{r.get('ppl_ci_high', math.nan):.1f}]"
+                cell += "!" if r.get("ci_warning") else ""
                 if name != baseline and b.get("status", "ok") == "ok":
-                    cell += f" ({100 * (r['ppl'] / b['ppl'] - 1):+.1f}%)"
+                    cell += f" ({100 * (r['ppl'] / b['ppl'] - 1):+.1f}%"
+                    paired = paired_change(r, b)
+                    cell += ")" if paired is None else f" [{paired[0]:+.1f},{paired[1]:+.1f}])"
                 cells.append(cell)
-            out.append(f"{name:<28}" + "".join(f"{c:>26}" for c in cells))
+            out.append(f"{name:<28}" + "".join(f"{c:>40}" for c in cells))
+        if any(shared[k][n].get("ci_warning") for k in shared if k[0] == mode for n in names):
+            out.append("!: fewer than 20 resampling units; that interval covers less than 95%")
     return "\n".join(out)
 
 

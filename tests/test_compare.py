@@ -43,3 +43,28 @@ def test_rows_only_match_the_same_mode_and_stride(tmp_path):
     b = write_run(tmp_path / "b", "alibi", [11.0, 15.0], stride_frac=0.5)
     with pytest.raises(SystemExit, match="share no"):
         compare.main([str(a), str(b)])
+
+
+def test_paired_bootstrap_of_the_difference(tmp_path):
+    """Two models on the same blocks: text difficulty varies a lot between blocks (wide row intervals that
+    overlap), but model b is better on every block by ~2%: the paired interval of the change excludes 0."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(3.0, 6.0, 64) * 64  # NLL sums of 64 blocks of 64 tokens: very different texts
+    better = base - 64 * rng.normal(0.02, 0.005, 64)
+    paths = []
+    for name, units in (("a", base), ("b", better)):
+        path = write_run(tmp_path / name, name, [20.0, 20.0])
+        rows = [json.loads(line) for line in (path / "extrapolation.jsonl").read_text().splitlines()]
+        for r in rows:
+            r.update(units_nll=units.tolist(), units_tokens=[64] * 64, units_run=4,
+                     ppl=float(np.exp(units.sum() / 4096)))
+        (path / "extrapolation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(path)
+    lo, hi = compare.paired_change(rows[0], json.loads((paths[0] / "extrapolation.jsonl").read_text().splitlines()[0]))
+    assert -2.6 < lo < hi < -1.4  # exp(-0.02) - 1 = -1.98%, tightly
+    text = compare.main([str(p) for p in paths])
+    assert "paired bootstrap" in text and "[-2." in text
+    # Without per-unit sums (older rows) there is no paired interval, only the change.
+    assert compare.paired_change({"ppl": 1.0}, {"ppl": 1.0}) is None

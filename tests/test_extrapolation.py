@@ -214,3 +214,74 @@ def test_bf16_autocast_scoring_is_close_to_fp32_and_fp32_is_the_default():
     assert [r["loss"] for r in bf16] != [r["loss"] for r in fp32]  # autocast did run in bf16
     with pytest.raises(ConfigError, match="eval.precision"):
         evaluate_lengths(model, tokens, **kw, precision="fp8")
+
+
+# --- intervals: blocks of train_len targets, moving-block bootstrap, warnings, per-position bands ---
+
+def test_stream_units_are_blocks_of_train_len_at_every_length():
+    """The resampling units are the same train_len-target blocks at every length (not 4-16 long windows), each
+    carrying the exact NLL of its targets (the bigram model's closed form); a row with < 20 units warns."""
+    rng, vocab = np.random.default_rng(5), 30
+    tokens = rng.integers(1, vocab, 600)
+    model = Bigram(vocab)
+    logp = model.logp.double().numpy()
+    nll = np.array([-logp[tokens[i], tokens[i + 1]] for i in range(256)])
+    rows, positions = evaluate_lengths(model, tokens, train_len=8, multipliers=[1, 4, 16], tokens_to_score=256,
+                                       batch_tokens=64, device=torch.device("cpu"))
+    for r in rows:
+        assert r["windows"] == 32 and r["ci_warning"] == ""
+        np.testing.assert_allclose(r["units_nll"], nll.reshape(32, 8).sum(1), rtol=1e-6)
+        assert r["units_tokens"] == [8] * 32 and r["units_run"] == 4  # ceil(32^(1/3))
+        assert r["ppl_ci_low"] < r["ppl"] < r["ppl_ci_high"]
+    for p in positions:
+        assert p["nll_ci_low"] <= p["mean_nll"] <= p["nll_ci_high"] and p["units"] >= 1
+    few, _ = evaluate_lengths(model, tokens, train_len=8, multipliers=[1, 4], tokens_to_score=128, batch_tokens=64,
+                              device=torch.device("cpu"))
+    assert all(r["windows"] == 16 and "only 16 resampling units" in r["ci_warning"] for r in few)
+
+
+def test_moving_block_bootstrap_covers_correlated_units_better():
+    """Neighbouring blocks of a stream are correlated (they share documents): resampling them one by one
+    undercovers; runs of ceil(n^(1/3)) neighbours recover much of the coverage (AR(1) units, phi = 0.5)."""
+    from lenx.extrapolation import block_run, bootstrap_indices, bootstrap_loss
+
+    idx = bootstrap_indices(10, run=3, n_boot=5, seed=0)
+    assert idx.shape == (5, 10) and all(((row[1:3] - row[0:2]) % 10 == 1).all() for row in idx)  # runs of 3
+    rng, n, reps = np.random.default_rng(0), 64, 200
+    covered = {1: 0, block_run(n): 0}
+    for rep in range(reps):
+        x = np.zeros(n + 100)
+        for t in range(1, n + 100):
+            x[t] = 0.5 * x[t - 1] + rng.normal()
+        sums, cnt = (4 + 0.3 * x[100:]) * 100, np.full(n, 100)
+        for run in covered:
+            lo, hi = bootstrap_loss(sums, cnt, n_boot=300, seed=rep, run=run)
+            covered[run] += lo <= 4 <= hi
+    iid, block = covered[1] / reps, covered[block_run(n)] / reps
+    assert block > iid + 0.05 and block > 0.8
+
+
+def test_document_context_runs_each_window_at_its_real_length():
+    """A length-reading scaling (dynamic NTK, factor null) must see a short document's own length, not the padded
+    eval_len: the row equals each document scored on its own, window by window, unpadded."""
+    from conftest import make_model
+
+    rng, vocab = np.random.default_rng(4), 50
+    lengths = [5, 40, 17, 90, 3, 200, 60]
+    tokens = documents_stream(rng, 0, lengths, vocab)
+    model = make_model("rope", train_len=8, vocab_size=vocab, scaling={"method": "dynamic_ntk", "factor": None})
+    for block in model.blocks:  # attention logits of order 1, so the rotation's base visibly moves the output
+        block.attn.qkv.weight.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    rows, _ = evaluate_lengths(model, tokens, train_len=8, multipliers=[16], tokens_to_score=10_000, batch_tokens=256,
+                               device=torch.device("cpu"), context="document", eod_id=0)
+    starts = np.flatnonzero(tokens == 0)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for a, n in zip(starts, lengths):
+            for s in range(0, n, 128):  # nonoverlapping windows of 128 inside the document, the last one shorter
+                m = min(128, n - s)
+                x = torch.from_numpy(tokens[a + s:a + s + m + 1].astype(np.int64))
+                total += F.cross_entropy(model(x[None, :-1])[0], x[1:], reduction="sum").item()
+                count += m
+    assert rows[0]["tokens"] == count == sum(lengths)
+    assert rows[0]["loss"] == pytest.approx(total / count, rel=1e-6)

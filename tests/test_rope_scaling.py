@@ -58,10 +58,23 @@ def test_dynamic_ntk_with_fixed_factor_is_none_until_train_len():
     np.testing.assert_allclose(inv, theta(base=base), rtol=1e-6)
 
 
-def test_dynamic_ntk_factor_null_uses_the_length_ratio_twice():
-    inv, af = params("dynamic_ntk", seq_len=4 * L0)  # s = 4 in base ((s L / L0) - (s - 1)) = base (16 - 3)
-    np.testing.assert_allclose(inv, theta(base=BASE * 13 ** (D / (D - 2))), rtol=1e-6)
+@pytest.mark.parametrize("mult", [2, 4, 16])
+def test_dynamic_ntk_factor_null_is_the_yarn_papers_alpha_one(mult):
+    # YaRN paper sec. 3.3 / jquesnelle/yarn `--dynamic-ntk 1`: base' = base (L / L0)^(d/(d-2)) at length L, i.e.
+    # HF's formula base ((alpha L / L0) - (alpha - 1))^(d/(d-2)) with alpha = 1 -- not alpha = L / L0, which
+    # would give base term s^2 - s + 1 (241 at 16x instead of 16).
+    inv, af = params("dynamic_ntk", seq_len=mult * L0)
+    np.testing.assert_allclose(inv, theta(base=BASE * mult ** (D / (D - 2))), rtol=1e-6)
+    wrong = theta(base=BASE * (mult ** 2 - mult + 1) ** (D / (D - 2)))
+    assert not np.allclose(inv, wrong, rtol=1e-3)
     assert af == 1.0
+    np.testing.assert_array_equal(inv, params("ntk", seq_len=mult * L0)[0])  # = static NTK at s = L / L0
+
+
+def test_dynamic_ntk_number_is_hfs_slope_alpha():
+    # HF `_compute_dynamic_ntk_parameters` with factor 2 at seq_len 4 L0: base (2 . 4 - (2 - 1))^(d/(d-2)) = base 7^...
+    inv, _ = params("dynamic_ntk", seq_len=4 * L0, factor=2.0)
+    np.testing.assert_allclose(inv, theta(base=BASE * 7 ** (D / (D - 2))), rtol=1e-6)
 
 
 def test_pi_divides_every_frequency():

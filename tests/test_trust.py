@@ -16,8 +16,9 @@ from conftest import ROOT, compose_train
 from lenx import data
 from lenx.checkpoint import load_model, read_checkpoint, safe_pos_config, scaling_config
 from lenx.errors import CheckpointError, ConfigError, CorpusError, user_errors
-from lenx.evaluate import check_eval, evaluate_checkpoint
+from lenx.evaluate import evaluate_checkpoint
 from lenx.preflight import RunLock, check_job
+from lenx.scoring import check_eval
 from lenx.train import run
 
 SMOKE = ["experiment=smoke", "data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2",

@@ -65,19 +65,19 @@ def ref_kerple_power(pos, q, k):
 
 def ref_sandwich(pos, q, k):
     def bias(h, i, j):
-        dot = sum(math.cos(dist(i, j) / 10000 ** (2 * m / 128)) for m in range(1, 65))  # d' = 128
-        return (dot - 64) / (8 * (h + 1) / H)
+        dot = sum(math.cos(dist(i, j) / 10000 ** (2 * m / D)) for m in range(1, D // 2 + 1))  # d' = D
+        return (dot - D / 2) / (8 * (h + 1) / H)
     return with_bias(q, k, bias)
 
 
 def ref_fire(pos, q, k):
-    c, L = pos.c, abs(pos.L_mult) * pos.init_L  # tensors: the gradient test differentiates through them
+    c, L = pos.c_N[0], abs(pos.L_mult_N[0]) * pos.init_L  # tensors: the gradient test differentiates through them
 
     def bias(h, i, j):
         norm = torch.log(abs(c) * torch.clamp(L, min=float(POS[i])) + 1) + 1e-6
         x = torch.log(abs(c) * dist(i, j) + 1) / norm
-        hidden = torch.relu(pos.w1_W * x + pos.b1_W)
-        return hidden @ pos.w2_WH[:, h] + pos.b2_H[h]
+        hidden = torch.relu(pos.w1_NW[0] * x + pos.b1_NW[0])
+        return hidden @ pos.w2_NWH[0, :, h] + pos.b2_NH[0, h]
     return with_bias(q, k, bias)
 
 
@@ -85,7 +85,7 @@ def ref_shaw(pos, q, k):
     kk = pos.max_distance
     logits = content(q, k)
     for i, j in pairs():
-        a = pos.key_RD[max(-kk, min(kk, j - i)) + kk]
+        a = pos.key_NRD[0, max(-kk, min(kk, j - i)) + kk]
         logits[:, :, i, j] += q[:, :, i] @ a / math.sqrt(D)
     return logits
 
@@ -94,7 +94,7 @@ def value_shaw_kv(pos, attn):
     kk = pos.max_distance
     out = torch.zeros(*attn.shape[:3], D)
     for i, j in pairs():
-        out[:, :, i] += attn[:, :, i, j, None] * pos.value_RD[max(-kk, min(kk, j - i)) + kk]
+        out[:, :, i] += attn[:, :, i, j, None] * pos.value_NRD[0, max(-kk, min(kk, j - i)) + kk]
     return out
 
 
@@ -108,22 +108,25 @@ def ref_transformer_xl(pos, q, k):
     for h in range(H):
         u, v = pos.u_HD[h], pos.v_HD[h]
         for i, j in pairs():
-            r = (pos.w_r_EC @ sinusoid(dist(i, j), C))[h * D:(h + 1) * D]  # W_R R_{i-j}, this head's slice
+            r = (pos.w_r_NEC[0] @ sinusoid(dist(i, j), C))[h * D:(h + 1) * D]  # W_R R_{i-j}, this head's slice
             logits[:, h, i, j] += (k[:, h, j] @ u + (q[:, h, i] + v) @ r) / math.sqrt(D)
     return logits
 
 
 def ref_deberta(pos, q, k):
+    # microsoft/DeBERTa's indexing: row clamp(i - j + k, 0, 2k - 1) of the 2k relative embeddings for both terms,
+    # all three terms over sqrt(3D) (test_fidelity.py checks it against the code's gather formulation).
     kk = pos.max_distance
 
-    def row(r, w, h):
-        return (w @ pos.rel_RC[max(-kk, min(kk, r)) + kk])[h * D:(h + 1) * D]
-    logits = content(q, k)
+    def row(r, w, h, b=None):
+        out = w @ pos.rel_RC[max(0, min(2 * kk - 1, r + kk))]
+        return (out if b is None else out + b)[h * D:(h + 1) * D]
+    logits = q @ k.transpose(-1, -2) / math.sqrt(3 * D)
     for h in range(H):
         for i, j in pairs():
-            c2p = q[:, h, i] @ row(i - j, pos.w_kr_EC, h)
-            p2c = k[:, h, j] @ row(j - i, pos.w_qr_EC, h)
-            logits[:, h, i, j] += (c2p + p2c) / math.sqrt(D)
+            c2p = q[:, h, i] @ row(i - j, pos.w_kr_NEC[0], h)
+            p2c = k[:, h, j] @ row(i - j, pos.w_qr_NEC[0], h, pos.b_qr_NE[0])
+            logits[:, h, i, j] += (c2p + p2c) / math.sqrt(3 * D)
     return logits
 
 
@@ -134,8 +137,8 @@ def ref_cope(pos, q, k):
         gates = torch.sigmoid(logits[:, :, i, j:i + 1])  # keys j..i
         p = gates.sum(-1).clamp(max=pos.npos_max - 1)  # (B, H)
         lo, hi = p.floor(), p.ceil()
-        e_lo = pos.pos_emb_DP.T[lo.long()]  # (B, H, D)
-        e_hi = pos.pos_emb_DP.T[hi.long()]
+        e_lo = pos.pos_emb_NDP[0].T[lo.long()]  # (B, H, D)
+        e_hi = pos.pos_emb_NDP[0].T[hi.long()]
         e = e_lo + (p - lo)[..., None] * (e_hi - e_lo)
         extra[:, :, i, j] = (q[:, :, i] * e).sum(-1)
     return logits + extra
@@ -181,13 +184,13 @@ def ref_fope(pos, q, k):
     assert len(kept) == 2  # the test exercises two kept frequencies and two zeroed ones
     logits = torch.zeros(q.shape[0], H, T, T)
     for h in range(H):
-        cos = torch.ones(T, D // 2)
-        sin = torch.zeros(T, D // 2)
+        cos = torch.ones(T, D // 2)  # pairs past min(K, D/4) = 2: cos' = sin' = 1, as the authors' F.pad(value=1)
+        sin = torch.ones(T, D // 2)
         for t in range(T):
             for m in range(len(kept)):
                 n_t = float(POS[t])
-                cos[t, m] = sum(pos.cos_coef_HKK[h, n, m] * math.cos(w_n * n_t) for n, w_n in enumerate(kept))
-                sin[t, m] = sum(pos.sin_coef_HKK[h, n, m] * math.sin(w_n * n_t) for n, w_n in enumerate(kept))
+                cos[t, m] = sum(pos.cos_coef_NHKM[0, h, n, m] * math.cos(w_n * n_t) for n, w_n in enumerate(kept))
+                sin[t, m] = sum(pos.sin_coef_NHKM[0, h, n, m] * math.sin(w_n * n_t) for n, w_n in enumerate(kept))
         logits[:, h] = content(rotate_pairs(q[:, h], cos, sin), rotate_pairs(k[:, h], cos, sin))
     return logits
 
@@ -251,7 +254,7 @@ def test_parity_with_the_formula(scheme, monkeypatch):
     for p in model.pos.parameters():  # random values everywhere: zero-initialised tables must not hide a term
         p.data.normal_(0, 0.5, generator=gen)
     if scheme == "fire":
-        model.pos.L_mult.data.fill_(0.1)  # threshold 6.4: some queries normalise by L, later ones by i
+        model.pos.L_mult_N.data.fill_(0.0125)  # threshold 6.4: some queries normalise by L, later ones by i
     attn = model.blocks[0].attn
     attn.qkv.weight.data.normal_(0, 0.3, generator=gen)  # logits of order 1, so every term matters
     seen = {}
@@ -273,12 +276,13 @@ def test_parity_with_the_formula(scheme, monkeypatch):
     torch.testing.assert_close(seen["y"], want, rtol=1e-5, atol=1e-5)
     # The gradient of every learned positional parameter through the fused kernel (which also carries the
     # mask's gradient) equals the one through the formula.
-    params = [p for p in model.pos.parameters()]
+    named = [(n, p) for n, p in model.pos.named_parameters() if p.requires_grad]  # FoPE's are frozen
+    params = [p for _, p in named]
     if params:
         g = torch.randn(want.shape, generator=gen)
         got = torch.autograd.grad(seen["y"], params, g, retain_graph=True, allow_unused=True)
         ref = torch.autograd.grad(want, params, g, allow_unused=True)
-        for (name, _), a, b in zip(model.pos.named_parameters(), got, ref):
+        for (name, _), a, b in zip(named, got, ref):
             assert (a is None) == (b is None), name
             if a is not None:
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -12,7 +12,14 @@ Context (eval.context): `stream` scores a span of the concatenated stream, so a 
 span a document boundary (the long-range setting of the ALiBi and T5 papers); `document` scores whole documents
 (the first ones of the split, until eval.tokens targets), each on its own: every document's first window starts
 with its end-of-document token, no window crosses into another document, and a document shorter than the
-window is scored in one shorter window. The bootstrap then resamples documents instead of windows.
+window is scored in one shorter window.
+
+Intervals (`bootstrap_ppl`): a percentile bootstrap over resampling units that do not depend on the length scored,
+so that a long window does not leave a handful of correlated units: contiguous blocks of `train_len` targets of the
+stream, resampled in runs of ceil(n^(1/3)) neighbouring blocks (a circular moving-block bootstrap, Kuensch 1989;
+neighbouring blocks share documents), or whole documents (document context). A row resampling fewer than
+MIN_UNITS units says so in `ci_warning`: such an interval covers less than its nominal 95%. The per-position rows
+carry the same interval for each bin's mean NLL.
 """
 
 from __future__ import annotations
@@ -114,71 +121,120 @@ def targets_hash(tokens: np.ndarray, segments: list[Segment]) -> str:
     return h.hexdigest()[:16]
 
 
+MIN_UNITS = 20  # fewer resampled units than this: the row carries a ci_warning
+
+
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, segments: list[Segment], *,
                   stride: int, batch_tokens: int, device: torch.device, progress: bool = False,
-                  precision: str = "32") -> tuple[float, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  precision: str = "32", block: int | None = None, bins: list[tuple[int, int]] | None = None
+                  ) -> tuple[float, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(sum of target NLLs in fp64, targets scored, NLL sum and count per window position, NLL sum and count
-    per resampling unit: per window with one segment (stream context), per segment (document) with several).
+    per resampling unit: with one segment (stream context) per window, or per block of `block` consecutive
+    targets when given; per segment (document) with several). With `bins` (window-position bins), the unit sums
+    and counts are (units, bins) instead of (units,).
 
-    Windows shorter than eval_len are right-padded; with causal attention the padding is never seen by a
-    scored position, and padded positions are not scored."""
+    A batch holds windows of one length only, so a window shorter than eval_len (a document's last one, or a short
+    document) runs at its own length, unpadded: a scheme that reads the input length (RoPE scalings with factor
+    null, dynamic NTK, LongRoPE's short/long switch) then sees the document's real length, not the padded one."""
     wins = [(a + s, n, o, g) for g, (a, m) in enumerate(segments) for s, n, o in windows(m, eval_len, stride)]
+    by_len: dict[int, list[int]] = {}
+    for w, (_, n, _, _) in enumerate(wins):
+        by_len.setdefault(n, []).append(w)
     hi = max(a + m for a, m in segments) + 1
     stream = torch.from_numpy(np.asarray(tokens[:hi], dtype=np.int64))
     per_batch = max(1, batch_tokens // eval_len)
     pos_sum = torch.zeros(eval_len, dtype=torch.float64)
     pos_cnt = torch.zeros(eval_len, dtype=torch.int64)
-    unit_sum = torch.zeros(len(segments) if len(segments) > 1 else len(wins), dtype=torch.float64)
+    by_block = len(segments) == 1 and block is not None
+    n_units = len(segments) if len(segments) > 1 else (-(-segments[0][1] // block) if by_block else len(wins))
+    edges = [0] if bins is None else [a for a, _ in bins]
+    bin_L = torch.bucketize(torch.arange(eval_len), torch.tensor(edges[1:]), right=True)  # bin of each position
+    unit_sum = torch.zeros(n_units, len(edges), dtype=torch.float64)
     unit_cnt = torch.zeros_like(unit_sum, dtype=torch.int64)
     offsets_L = torch.arange(eval_len)
     rank, world = rank_world()  # under DDP each rank scores every world-th batch; the sums are all-reduced
-    batches = range(rank * per_batch, len(wins), world * per_batch)
+    all_batches = [ids[i:i + per_batch] for n in sorted(by_len, reverse=True) for ids in [by_len[n]]
+                   for i in range(0, len(ids), per_batch)]
+    batches = all_batches[rank::world]
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"eval_len {eval_len} stride {stride}", leave=False, unit="batch")
     error: OutOfRangeError | None = None
     try:
-        for i in batches:
-            batch = wins[i:i + per_batch]
-            start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*batch))
-            valid_BL = offsets_L[None, :] < len_B[:, None]
-            idx_BL = torch.where(valid_BL, start_B[:, None] + offsets_L[None, :], 0)
+        for ids in batches:
+            start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*(wins[w] for w in ids)))
+            L = int(len_B[0])  # every window of the batch has this length
+            offs_L = offsets_L[:L]
+            valid_BL = offs_L[None, :] < len_B[:, None]
+            idx_BL = start_B[:, None] + offs_L[None, :]
             x_BL, y_BL = stream[idx_BL].to(device), stream[torch.where(valid_BL, idx_BL + 1, 0)].to(device)
             with eval_autocast(precision, device):
                 logits_BLV = model(x_BL)
             nll_BL = F.cross_entropy(logits_BLV.float().flatten(0, 1), y_BL.flatten(),  # fp32 loss
                                      reduction="none").view_as(y_BL)
-            scored_BL = valid_BL & (offsets_L[None, :] >= off_B[:, None])
+            scored_BL = valid_BL & (offs_L[None, :] >= off_B[:, None])
             nll_BL = nll_BL.double().cpu() * scored_BL
-            pos_sum += nll_BL.sum(0)
-            pos_cnt += scored_BL.sum(0)
-            unit_B = grp_B if len(segments) > 1 else torch.arange(i, i + len(batch))
-            unit_sum.index_add_(0, unit_B, nll_BL.sum(1))
-            unit_cnt.index_add_(0, unit_B, scored_BL.sum(1))
+            pos_sum[:L] += nll_BL.sum(0)
+            pos_cnt[:L] += scored_BL.sum(0)
+            if by_block:  # the target of input idx is target number idx - segment start
+                unit_BL = ((idx_BL - segments[0][0]) // block).clamp(0, n_units - 1)
+            else:
+                unit_B = grp_B if len(segments) > 1 else torch.tensor(ids)
+                unit_BL = unit_B[:, None].expand_as(idx_BL)
+            cell_BL = unit_BL * len(edges) + bin_L[None, :L]
+            unit_sum.view(-1).index_add_(0, cell_BL.flatten(), nll_BL.flatten())
+            unit_cnt.view(-1).index_add_(0, cell_BL.flatten(), scored_BL.flatten().long())
     except OutOfRangeError as e:
         error = e
     out_of_range = torch.tensor([int(error is not None)])
     all_reduce_sum([pos_sum, pos_cnt, unit_sum, unit_cnt, out_of_range], device)  # token-weighted sums
     if out_of_range.item():  # on every rank, also one that had no window at this length
         raise error or OutOfRangeError(f"eval_len {eval_len} is past a learned position table (another rank)")
+    if bins is None:
+        unit_sum, unit_cnt = unit_sum[:, 0], unit_cnt[:, 0]
     return (pos_sum.sum().item(), int(pos_cnt.sum()), pos_sum.numpy(), pos_cnt.numpy(), unit_sum.numpy(),
             unit_cnt.numpy())
 
 
-def bootstrap_ppl(unit_sum: np.ndarray, unit_cnt: np.ndarray, n_boot: int = 1000, seed: int = 0
+def block_run(n_units: int) -> int:
+    """Consecutive units per draw of the moving-block bootstrap: ceil(n^(1/3)), the usual order (Hall et al. 1995)."""
+    return max(1, math.ceil(n_units ** (1 / 3)))
+
+
+def bootstrap_indices(n_units: int, run: int = 1, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, n_units) unit indices: ceil(n / run) runs of `run` consecutive units (circular), cut to n_units.
+    run = 1 is the ordinary bootstrap."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n_units, size=(n_boot, -(-n_units // run)))
+    idx = (starts[:, :, None] + np.arange(run)[None, None, :]) % n_units
+    return idx.reshape(n_boot, -1)[:, :n_units]
+
+
+def bootstrap_ppl(unit_sum: np.ndarray, unit_cnt: np.ndarray, n_boot: int = 1000, seed: int = 0, run: int = 1
                   ) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the token-weighted ppl, resampling units: windows of the stream, or
-    whole documents (the correlated units), each carrying its NLL sum and token count.
+    """95% percentile-bootstrap interval of the token-weighted ppl, resampling units (blocks of the stream, or
+    whole documents), each carrying its NLL sum and token count, in runs of `run` neighbouring units.
 
     It measures the sampling noise of the scored text only (not seed-to-seed variation: see aggregate.py).
     """
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(unit_sum), size=(n_boot, len(unit_sum)))
+    lo, hi = bootstrap_loss(unit_sum, unit_cnt, n_boot, seed, run)
+    return math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
+
+
+def bootstrap_loss(unit_sum: np.ndarray, unit_cnt: np.ndarray, n_boot: int = 1000, seed: int = 0, run: int = 1
+                   ) -> tuple[float, float]:
+    """95% percentile interval of the token-weighted mean NLL (see bootstrap_ppl)."""
+    idx = bootstrap_indices(len(unit_sum), run, n_boot, seed)
     losses = unit_sum[idx].sum(1) / np.maximum(unit_cnt[idx].sum(1), 1)
     lo, hi = np.percentile(losses, [2.5, 97.5])
-    return math.exp(min(lo, 700.0)), math.exp(min(hi, 700.0))
+    return float(lo), float(hi)
+
+
+def ci_warning(n_units: int) -> str:
+    return (f"only {n_units} resampling units (< {MIN_UNITS}): the 95% interval covers less than 95%"
+            if n_units < MIN_UNITS else "")
 
 
 def position_bins(eval_len: int) -> list[tuple[int, int]]:
@@ -236,27 +292,35 @@ def length_results(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int
         row = {"eval_len": eval_len, "multiplier": m, "mode": "nonoverlapping" if s == eval_len else "sliding",
                "stride": s, "context": context, "targets_hash": fingerprint}
         n_pos = len(positions)
+        bins = position_bins(eval_len)
         try:
-            total, count, pos_sum, pos_cnt, win_sum, win_cnt = score_windows(
+            total, count, pos_sum, pos_cnt, unit_sum, unit_cnt = score_windows(
                 model, tokens, eval_len, segments, stride=s, batch_tokens=batch_tokens, device=device,
-                progress=progress, precision=precision)
+                progress=progress, precision=precision, block=train_len, bins=bins)
         except OutOfRangeError as e:  # a learned table past its end: a recorded result, not a crash
             row.update(tokens=0, loss=math.nan, ppl=math.nan, ppl_ci_low=math.nan, ppl_ci_high=math.nan, windows=0,
-                       status="out_of_range", error=str(e))
+                       status="out_of_range", error=str(e), ci_warning="")
         else:
             if count != n_targets:
                 raise RuntimeError(f"scored {count} targets instead of {n_targets} at eval_len={eval_len}")
             loss = total / count
-            lo, hi = bootstrap_ppl(win_sum, win_cnt)
+            run = block_run(len(unit_sum)) if len(segments) == 1 else 1  # documents: independent units
+            lo, hi = bootstrap_ppl(unit_sum.sum(1), unit_cnt.sum(1), run=run)
             row.update(tokens=count, loss=loss, ppl=math.exp(min(loss, 700.0)), ppl_ci_low=lo, ppl_ci_high=hi,
-                       windows=len(win_sum), status="ok", error="")
-            for a, b in position_bins(eval_len):
+                       windows=len(unit_sum), status="ok", error="", ci_warning=ci_warning(len(unit_sum)),
+                       # per-unit NLL sums and target counts: scripts/compare.py's paired bootstrap of a difference
+                       units_nll=[float(f"{x:.9g}") for x in unit_sum.sum(1)],
+                       units_tokens=[int(x) for x in unit_cnt.sum(1)], units_run=run)
+            for k, (a, b) in enumerate(bins):
                 n = int(pos_cnt[a:b].sum())
                 if n:
+                    has = unit_cnt[:, k] > 0  # units with targets in this bin
+                    nll_lo, nll_hi = bootstrap_loss(unit_sum[has, k], unit_cnt[has, k], run=run)
                     positions.append({"eval_len": eval_len, "mode": row["mode"], "context": context,
                                       "position_bin_start": a,
                                       "position_bin_end": b, "mean_nll": float(pos_sum[a:b].sum() / n),
-                                      "tokens": n})
+                                      "tokens": n, "nll_ci_low": nll_lo, "nll_ci_high": nll_hi,
+                                      "units": int(has.sum())})
         yield row, positions[n_pos:]
 
 

@@ -167,7 +167,8 @@ class Decoder(nn.Module):
         if d_model % n_heads:
             raise ConfigError(f"n_heads={n_heads} does not divide d_model={d_model}")
         self.tok = nn.Embedding(vocab_size, d_model)
-        self.pos = pos(d_model=d_model, n_heads=n_heads, head_dim=d_model // n_heads, train_len=train_len)
+        self.pos = pos(d_model=d_model, n_heads=n_heads, head_dim=d_model // n_heads, train_len=train_len,
+                       n_layers=n_layers)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
@@ -196,14 +197,18 @@ class Decoder(nn.Module):
         # Once per forward, shared by every layer; the Decoder owns the positions attention masks with.
         ctx = dataclasses.replace(self.pos.context(pos_T, pos_T), q_pos_T=pos_T, k_pos_S=pos_T,
                                   q_start=0 if default else None)
-        if masked_path(self.pos, ctx) and self.pos.n_heads * T * T <= CHUNK_LOGITS:
-            # Attention takes the masked path and the whole mask fits one chunk: build it here, once, not in
-            # every layer. In the compute dtype when it goes straight to SDPA (which would cast it anyway);
-            # in fp32 when content score terms are added to it.
-            dtype = torch.float32 if exact_mask(self.pos) else compute_dtype(x_BTC)
+        whole_mask = masked_path(self.pos, ctx) and self.pos.n_heads * T * T <= CHUNK_LOGITS
+        # Attention takes the masked path and the whole mask fits one chunk: build it here, once, not in every
+        # layer (once per layer for a positional score with a table per layer, FIRE). In the compute dtype when it
+        # goes straight to SDPA (which would cast it anyway); in fp32 when content score terms are added to it.
+        dtype = torch.float32 if exact_mask(self.pos) else compute_dtype(x_BTC)
+        if whole_mask and not self.pos.layerwise_mask:
             ctx = dataclasses.replace(ctx, mask_HTS=positional_mask(ctx, self.pos, dtype))
-        for block in self.blocks:
-            x_BTC = block(x_BTC, self.pos, ctx)
+        for layer, block in enumerate(self.blocks):
+            ctx_l = dataclasses.replace(ctx, layer=layer)
+            if whole_mask and self.pos.layerwise_mask:
+                ctx_l = dataclasses.replace(ctx_l, mask_HTS=positional_mask(ctx_l, self.pos, dtype))
+            x_BTC = block(x_BTC, self.pos, ctx_l)
         return self.head(self.ln_f(x_BTC))
 
     def num_params(self, non_embedding: bool = True) -> int:

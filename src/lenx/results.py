@@ -194,10 +194,13 @@ def plot_positions(rows: list[dict], path: Path) -> Path:
     plt, fig, ax = _figure()
     keys = list(dict.fromkeys((r["pos"], r["scaling"], mode_label(r), r["eval_len"]) for r in rows))
     for key in keys:
-        pts = sorted((max(r["position_bin_start"], 0.5), r["mean_nll"]) for r in rows
-                     if (r["pos"], r["scaling"], mode_label(r), r["eval_len"]) == key)
+        pts = sorted((max(r["position_bin_start"], 0.5), r["mean_nll"], r.get("nll_ci_low"), r.get("nll_ci_high"))
+                     for r in rows if (r["pos"], r["scaling"], mode_label(r), r["eval_len"]) == key)
         name = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker=".", label=f"{name} {key[2][:7]} L={key[3]}")
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"{name} {key[2][:7]} L={key[3]}")
+        if all(p[2] is not None for p in pts):  # the bins' 95% bootstrap bands (rows from before them have none)
+            ax.fill_between([p[0] for p in pts], [p[2] for p in pts], [p[3] for p in pts], color=line.get_color(),
+                            alpha=0.15, lw=0)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("position inside the window (bin start; 0 drawn at 0.5)")
     ax.set_ylabel("mean NLL (nats)")

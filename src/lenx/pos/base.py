@@ -10,6 +10,10 @@ schemes whose terms depend on the queries and keys themselves):
                          DeBERTa, CoPE; FIRE, whose bias is not a function of the distance alone);
   value(attn, ctx)       extra attention output from relative value embeddings (Shaw's a^V).
 Each hook defaults to "do nothing", so NoPE (Kazemnejad et al. 2023, arXiv:2305.19466) is this class itself.
+One module serves every layer. Where the reference gives each attention layer its own positional parameters (CoPE,
+FIRE, Shaw, Transformer-XL's W_R, DeBERTa's projections, FoPE), the module holds them stacked, N = n_layers copies
+(`tables`; config `shared: true` for one), `context` still runs once per forward for all of them, and the Decoder
+hands each block the context with its `layer` index, which `rotate` / `score` / `value` read.
 Positions are absolute integer indices; relative schemes derive distances from them.
 
 Attention runs over chunks of queries whenever a scheme adds logit terms, so that no (T, S) tensor ever spans
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lenx.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class AttnContext:
     # Set when the positions are the Decoder's default: q_pos_T = q_start + arange(T), k_pos_S = arange(S).
     # A distance bias is then a Toeplitz matrix, built from T + S - 1 values instead of a (T, S) gather.
     q_start: int | None = None
+    # The index of the decoder layer this context is handed to (the Decoder sets it per block): schemes with a
+    # table per layer (`PositionalScheme.layer`) read their own.
+    layer: int = 0
 
     @property
     def bias_HTS(self) -> torch.Tensor | None:
@@ -81,6 +90,13 @@ def distance_index(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int) -> torc
     return (q_pos_T[:, None] - k_pos_S[None, :]).clamp(0, n - 1)
 
 
+def layer_tables(shared: bool, n_layers: int) -> int:
+    """How many copies of a scheme's learned tables: 1 when `shared` (config) else one per layer."""
+    if not isinstance(shared, bool):
+        raise ConfigError(f"shared must be true or false, got {shared!r}")
+    return 1 if shared else n_layers
+
+
 def max_distance(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> int:
     """The largest causal distance i - j (>= 0) between these query and key positions."""
     return max(0, int(q_pos_T.max()) - int(k_pos_S.min()))
@@ -94,9 +110,24 @@ class PositionalScheme(nn.Module):
     buffers, so a state_dict holds learned parameters only and a checkpoint reloads under another scaling.
     """
 
-    def __init__(self, *, d_model: int, n_heads: int, head_dim: int, train_len: int) -> None:
+    def __init__(self, *, d_model: int, n_heads: int, head_dim: int, train_len: int, n_layers: int = 1) -> None:
         super().__init__()
         self.d_model, self.n_heads, self.head_dim, self.train_len = d_model, n_heads, head_dim, train_len
+        self.n_layers = n_layers
+
+    # Copies of the scheme's learned tables: 1 (shared by every layer), or n_layers (one per layer, as the
+    # references of CoPE, FIRE, Shaw, Transformer-XL's W_R and DeBERTa's projections have). Parameters of such a
+    # scheme carry a leading dimension of this size (N in their names); `layer(ctx)` picks the row.
+    tables: int = 1
+
+    def layer(self, ctx: AttnContext) -> int:
+        """The row of the per-layer tables for the layer `ctx` belongs to (0 when the tables are shared)."""
+        return min(ctx.layer, self.tables - 1)
+
+    @property
+    def layerwise_mask(self) -> bool:
+        """Whether the positional mask differs per layer (a `positional_score` with a table per layer, FIRE)."""
+        return self.positional_score and self.tables > 1
 
     def embed(self, x_BTC: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
         return x_BTC

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenx.errors import ConfigError
-from lenx.pos.base import AttnContext, PositionalScheme, max_distance
+from lenx.pos.base import AttnContext, PositionalScheme, layer_tables, max_distance
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -131,15 +131,67 @@ class T5Bias(DistanceBias):
         return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}"
 
 
+class KerpleLog(DistanceBias):
+    """KERPLE, logarithmic variant: bias -r1_h * log(1 + r2_h * d), r1, r2 > 0 learned per head (Chi et al.
+    2022, arXiv:2205.09921, eq. 7), one set shared by all layers. As the authors' code (chijames/KERPLE,
+    `ParallelKerpleLog`): r1 and r2 are the parameters themselves, initialised r1 ~ U(0, 2), r2 ~ U(0, 1), and
+    clamped in place to >= eps before every use (so Adam steps them at its full rate; a gradient reaches a clamped
+    value unchanged). `KerpleLogSoftplus` is lenx's earlier softplus reparametrisation, an ablation."""
+
+    def __init__(self, *, eps: float = 1e-2, **dims) -> None:
+        super().__init__(**dims)
+        self.eps = eps
+        self.scale_H = nn.Parameter(torch.rand(self.n_heads) * 2)  # r1, the authors' bias_p
+        self.rate_H = nn.Parameter(torch.rand(self.n_heads))  # r2, the authors' bias_a
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """The authors' in-place clamp (`param.data = param.data.clamp(min=eps)`), before each use."""
+        self.scale_H.clamp_(min=self.eps)
+        self.rate_H.clamp_(min=self.eps)
+
+    def bias(self, d_R):
+        self.clamp_()
+        return -self.scale_H.float()[:, None] * torch.log1p(self.rate_H.float()[:, None] * d_R[None, :])
+
+
+class KerplePower(DistanceBias):
+    """KERPLE, power variant: bias -r1_h * d^r2_h with r1 > 0 and 0 < r2 <= 2 learned per head (Chi et al.
+    2022, arXiv:2205.09921, eq. 6), shared by all layers. As the authors' code (chijames/KERPLE,
+    `ParallelKerplePower`, pos_emb `kerple_power_ap_`): the raw parameters r1 ~ U(0, 1) (bias_a) and
+    r2 ~ U(0, 2) (bias_p), clamped in place to r1 >= eps and eps <= r2 <= 2 before every use.
+    `KerplePowerSoftplus` is lenx's earlier reparametrisation, an ablation."""
+
+    def __init__(self, *, eps: float = 1e-2, **dims) -> None:
+        super().__init__(**dims)
+        self.eps = eps
+        self.scale_H = nn.Parameter(torch.rand(self.n_heads))  # r1, the authors' bias_a
+        self.power_H = nn.Parameter(torch.rand(self.n_heads) * 2)  # r2, the authors' bias_p
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.scale_H.clamp_(min=self.eps)
+        self.power_H.clamp_(min=self.eps, max=2)
+
+    def bias(self, d_R):
+        self.clamp_()
+        return kerple_power(self.scale_H.float(), self.power_H.float(), d_R)
+
+
+def kerple_power(scale_H: torch.Tensor, power_H: torch.Tensor, d_R: torch.Tensor) -> torch.Tensor:
+    # d^p with d >= 1 only: at d = 0 the bias is 0, and d(0^p)/dp would be 0 * log 0 = nan.
+    powered_HR = d_R.clamp(min=1)[None, :] ** power_H[:, None]
+    return -scale_H[:, None] * torch.where(d_R > 0, powered_HR, 0.0)
+
+
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
-class KerpleLog(DistanceBias):
-    """KERPLE, logarithmic variant: bias -r1_h * log(1 + r2_h * d), r1, r2 > 0 learned per head (Chi et al.
-    2022, arXiv:2205.09921, eq. 7). The paper clamps its parameters to >= eps in place each step; here
-    r = eps + softplus(raw), which keeps them positive without a gradient that dies at the clamp. Initialised
-    like the paper's code: r1 ~ U(0, 2), r2 ~ U(0, 1)."""
+class KerpleLogSoftplus(DistanceBias):
+    """Ablation of `KerpleLog`: r = eps + softplus(raw) instead of the authors' clamped raw parameters. Keeps r > 0
+    with a gradient everywhere, but Adam's step on r is scaled by sigmoid(raw) (5-25x smaller for r of 0.01-0.2).
+    Initialised like the authors' code: r1 ~ U(0, 2), r2 ~ U(0, 1)."""
 
     def __init__(self, *, eps: float = 1e-2, **dims) -> None:
         super().__init__(**dims)
@@ -159,10 +211,9 @@ class KerpleLog(DistanceBias):
         return -self.scale_H[:, None] * torch.log1p(self.rate_H[:, None] * d_R[None, :])
 
 
-class KerplePower(DistanceBias):
-    """KERPLE, power variant: bias -r1_h * d^r2_h with r1 > 0 and 0 < r2 <= 2 learned per head (Chi et al.
-    2022, arXiv:2205.09921, eq. 6). r1 = eps + softplus(raw), r2 = eps + (2 - eps) sigmoid(raw) instead of the
-    paper's in-place clamps; initialised like the paper's code: r1 ~ U(0, 1), r2 ~ U(0, 2)."""
+class KerplePowerSoftplus(DistanceBias):
+    """Ablation of `KerplePower`: r1 = eps + softplus(raw), r2 = eps + (2 - eps) sigmoid(raw) instead of the
+    authors' clamps; initialised like the authors' code: r1 ~ U(0, 1), r2 ~ U(0, 2)."""
 
     def __init__(self, *, eps: float = 1e-2, **dims) -> None:
         super().__init__(**dims)
@@ -180,19 +231,21 @@ class KerplePower(DistanceBias):
         return self.eps + (2 - self.eps) * torch.sigmoid(self.raw_power_H.float())
 
     def bias(self, d_R):
-        # d^p with d >= 1 only: at d = 0 the bias is 0, and d(0^p)/dp would be 0 * log 0 = nan.
-        powered_HR = d_R.clamp(min=1)[None, :] ** self.power_H[:, None]
-        return -self.scale_H[:, None] * torch.where(d_R > 0, powered_HR, 0.0)
+        return kerple_power(self.scale_H, self.power_H, d_R)
 
 
 class Sandwich(DistanceBias):
     """Sandwich (Chi et al. 2023, arXiv:2212.10356): the inner product of sinusoidal embeddings of dimension
-    d', p_i . p_j = sum_k cos((i - j) w_k), shifted by -d'/2 (so 0 at distance 0) and compressed per head by
-    8h/H like ALiBi's slopes. Parameter-free; the bias stays bounded (it oscillates below 0 far away)."""
+    d', p_i . p_j = sum_k cos((i - j) w_k), w_k = base^(-2k/d'), k = 1..d'/2, shifted by -d'/2 (so 0 at distance 0)
+    and compressed per head by 8h/H like ALiBi's slopes. d' (`dim`) null: the head dimension, as the NeMo port
+    (`SandwichRelativePositionEmbedding`, hidden_size = "hidden size per attention head") does; a fixed d' is an
+    option (a larger d' deepens the bias: its slope near 0 grows as d'). Parameter-free; the bias stays bounded
+    (it oscillates below 0 far away)."""
 
-    def __init__(self, *, dim: int = 128, base: float = 10000.0, **dims) -> None:
+    def __init__(self, *, dim: int | None = None, base: float = 10000.0, **dims) -> None:
         super().__init__(**dims)
-        if dim <= 0 or dim % 2:
+        dim = self.head_dim if dim is None else dim
+        if not isinstance(dim, int) or dim <= 0 or dim % 2:
             raise ConfigError(f"Sandwich needs an even positive embedding dim, got {dim}")
         self.dim = dim
         k = torch.arange(1, dim // 2 + 1, dtype=torch.float32)
@@ -213,46 +266,51 @@ MLP_VALUES = 1 << 24  # FIRE's hidden activations per evaluation (64 MiB in fp32
 
 class FIRE(PositionalScheme):
     """FIRE (Li et al. 2023, arXiv:2310.04418): bias_h(i, j) = f_h(psi(i - j) / psi(max(L, i))), psi(x) =
-    log(c x + 1), f a 1 -> width -> H ReLU MLP, c and the threshold L learned (L = |L_mult| * train_len, as
-    the paper's code initialises L to the training length). Normalising by the query position maps every
-    distance into [0, 1], so longer inputs interpolate instead of extrapolating; it also makes the bias depend
-    on i, not i - j alone, hence the `score` hook (one chunk of queries at a time)."""
+    log(c x + 1), f a 1 -> width -> H ReLU MLP, c and the threshold L = |L_mult| * init_L learned. Normalising by
+    the query position maps every distance into [0, 1], so longer inputs interpolate instead of extrapolating; it
+    also makes the bias depend on i, not i - j alone, hence the `score` hook (one chunk of queries at a time).
+    As the paper's code (its appendix listing, `FIRE(num_heads, mlp_width=32, init_c=0.1, init_L=512.)`):
+    init_L = 512 tokens whatever the training length, L_mult starts at 1; queries past L are in the
+    progressive-interpolation regime (at the paper's training length 2048, three quarters of them). One FIRE per
+    layer ("layerwise", the paper's default; one shared by all layers is its ablation): `shared: true`."""
 
-    def __init__(self, *, mlp_width: int = 32, init_c: float = 0.1, eps: float = 1e-6, **dims) -> None:
+    def __init__(self, *, mlp_width: int = 32, init_c: float = 0.1, init_L: float = 512.0, eps: float = 1e-6,
+                 shared: bool = False, **dims) -> None:
         super().__init__(**dims)
-        self.mlp_width, self.eps = mlp_width, eps
-        self.init_L = float(self.train_len)
-        self.c = nn.Parameter(torch.tensor(float(init_c)))
-        self.L_mult = nn.Parameter(torch.tensor(1.0))
+        if not float(init_L) > 0:
+            raise ConfigError(f"FIRE init_L must be positive, got {init_L!r}")
+        self.mlp_width, self.eps, self.tables = mlp_width, eps, layer_tables(shared, self.n_layers)
+        self.init_L = float(init_L)
+        N = self.tables
+        self.c_N = nn.Parameter(torch.full((N,), float(init_c)))
+        self.L_mult_N = nn.Parameter(torch.ones(N))
         # PyTorch's default Linear init (U(+-1/sqrt(fan_in))), as the paper's nn.Linear layers; raw parameters
         # so that the Decoder's normal(0.02) init of Linear modules does not flatten the MLP.
         bound2 = mlp_width ** -0.5
-        self.w1_W = nn.Parameter(torch.empty(mlp_width).uniform_(-1, 1))
-        self.b1_W = nn.Parameter(torch.empty(mlp_width).uniform_(-1, 1))
-        self.w2_WH = nn.Parameter(torch.empty(mlp_width, self.n_heads).uniform_(-bound2, bound2))
-        self.b2_H = nn.Parameter(torch.empty(self.n_heads).uniform_(-bound2, bound2))
+        self.w1_NW = nn.Parameter(torch.empty(N, mlp_width).uniform_(-1, 1))
+        self.b1_NW = nn.Parameter(torch.empty(N, mlp_width).uniform_(-1, 1))
+        self.w2_NWH = nn.Parameter(torch.empty(N, mlp_width, self.n_heads).uniform_(-bound2, bound2))
+        self.b2_NH = nn.Parameter(torch.empty(N, self.n_heads).uniform_(-bound2, bound2))
 
-    def psi(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log(torch.abs(self.c * x) + 1)
-
-    positional_score = True  # a function of (i, j) alone: built with the mask, once per forward where it fits
+    positional_score = True  # a function of (i, j) alone: built with the mask, once per forward (and layer table)
 
     def score(self, q_BHTD, k_BHSD, ctx):
         # The MLP's hidden layer is mlp_width times the bias: evaluate it a few query rows at a time.
-        q_pos_T, k_pos_S = ctx.q_pos_T, ctx.k_pos_S
+        q_pos_T, k_pos_S, n = ctx.q_pos_T, ctx.k_pos_S, self.layer(ctx)
         rows = max(1, MLP_VALUES // (len(k_pos_S) * self.mlp_width))
-        parts = [self.bias(q_pos_T[a:a + rows], k_pos_S) for a in range(0, len(q_pos_T), rows)]
+        parts = [self.bias(q_pos_T[a:a + rows], k_pos_S, n) for a in range(0, len(q_pos_T), rows)]
         return torch.cat(parts, dim=1)
 
-    def bias(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> torch.Tensor:
-        """The FIRE bias for these query and key positions, fp32, (H, T, S)."""
-        i_T, j_S = q_pos_T.float(), k_pos_S.float()
-        threshold = torch.abs(self.L_mult * self.init_L)
-        norm_T = self.psi(torch.maximum(i_T, threshold)) + self.eps
-        x_X = (self.psi((i_T[:, None] - j_S[None, :]).clamp(min=0)) / norm_T[:, None]).flatten()  # X = T * S
-        hidden_XW = torch.relu(x_X[:, None] * self.w1_W + self.b1_W)
-        bias_HX = torch.addmm(self.b2_H[:, None], self.w2_WH.T, hidden_XW.T)  # heads first, as SDPA reads it
+    def bias(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int = 0) -> torch.Tensor:
+        """The FIRE bias of layer table n for these query and key positions, fp32, (H, T, S)."""
+        i_T, j_S, c = q_pos_T.float(), k_pos_S.float(), self.c_N[n]
+        threshold = torch.abs(self.L_mult_N[n] * self.init_L)
+        norm_T = torch.log(torch.abs(c * torch.maximum(i_T, threshold)) + 1) + self.eps
+        rel_TS = torch.log(torch.abs(c * (i_T[:, None] - j_S[None, :]).clamp(min=0)) + 1)
+        x_X = (rel_TS / norm_T[:, None]).flatten()  # X = T * S
+        hidden_XW = torch.relu(x_X[:, None] * self.w1_NW[n] + self.b1_NW[n])
+        bias_HX = torch.addmm(self.b2_NH[n][:, None], self.w2_NWH[n].T, hidden_XW.T)  # heads first, as SDPA reads
         return bias_HX.view(self.n_heads, len(i_T), len(j_S))
 
     def extra_repr(self) -> str:
-        return f"mlp_width={self.mlp_width}, init_L={self.init_L}"
+        return f"mlp_width={self.mlp_width}, init_L={self.init_L}, tables={self.tables}"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenx.errors import ConfigError
-from lenx.pos.base import PositionalScheme
+from lenx.pos.base import PositionalScheme, layer_tables
 
 
 class CoPE(PositionalScheme):
@@ -17,17 +17,18 @@ class CoPE(PositionalScheme):
 
     Gates g_ij = sigmoid(q_i . k_j / sqrt(D)) (0 for future keys) count the position of key j from query i,
     p_ij = sum_{t=j..i} g_it, a fractional number; the logit gains q_i . e[p_ij], with e linearly interpolated
-    between the learned embeddings of floor(p) and ceil(p). As in the paper's code, p is clamped to
-    npos_max - 1, the embeddings are shared by all heads and start at zero. Positions depend on content only,
-    never on the absolute index, so the scheme is shift invariant and evaluates at any length.
+    between the learned embeddings of floor(p) and ceil(p). As in the paper's code (its listing: a `CoPE` module
+    created inside each attention layer), p is clamped to npos_max - 1, the embeddings are shared by all heads,
+    start at zero, and each layer has its own table; `shared: true` ties them across layers. Positions depend on
+    content only, never on the absolute index, so the scheme is shift invariant and evaluates at any length.
     """
 
-    def __init__(self, *, npos_max: int = 64, **dims) -> None:
+    def __init__(self, *, npos_max: int = 64, shared: bool = False, **dims) -> None:
         super().__init__(**dims)
         if not isinstance(npos_max, int) or isinstance(npos_max, bool) or npos_max < 2:
             raise ConfigError(f"CoPE npos_max must be an integer >= 2, got {npos_max!r}")
-        self.npos_max = npos_max
-        self.pos_emb_DP = nn.Parameter(torch.zeros(self.head_dim, npos_max))
+        self.npos_max, self.tables = npos_max, layer_tables(shared, self.n_layers)
+        self.pos_emb_NDP = nn.Parameter(torch.zeros(self.tables, self.head_dim, npos_max))
 
     def score(self, q_BHTD, k_BHSD, ctx):
         future_TS = ctx.k_pos_S[None, :] > ctx.q_pos_T[:, None]
@@ -35,14 +36,14 @@ class CoPE(PositionalScheme):
         gates_BHTS = gates_BHTS.masked_fill(future_TS, 0.0)
         pos_BHTS = gates_BHTS.flip(-1).cumsum(-1).flip(-1).clamp(max=self.npos_max - 1)  # sum over keys j..i
         floor_BHTS = pos_BHTS.floor()
-        logits_BHTP = q_BHTD @ self.pos_emb_DP.float()  # q_i . e[p] at every integer position p
+        logits_BHTP = q_BHTD @ self.pos_emb_NDP[self.layer(ctx)].float()  # q_i . e[p] at every integer position p
         at_floor = logits_BHTP.gather(-1, floor_BHTS.long())
         at_ceil = logits_BHTP.gather(-1, pos_BHTS.ceil().long())
         w_BHTS = pos_BHTS - floor_BHTS
         return at_ceil * w_BHTS + at_floor * (1 - w_BHTS)
 
     def extra_repr(self) -> str:
-        return f"npos_max={self.npos_max}"
+        return f"npos_max={self.npos_max}, tables={self.tables}"
 
 
 class CPE(PositionalScheme):

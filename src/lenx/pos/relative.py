@@ -2,7 +2,10 @@
 relative distance that meet q or k inside attention. All enter through the `score` hook, one chunk of queries
 at a time; none has a length limit (distances past the table are clipped, sinusoids are computed on the fly).
 
-The model's content logit is q_i . k_j / sqrt(D); every term here is divided by sqrt(D) as well.
+The model's content logit is q_i . k_j / sqrt(D); every term here is divided by sqrt(D) as well (DeBERTa divides
+the sum of all three of its terms by sqrt(3D), as its code does).
+Learned tables are per layer by default, as in each reference (N = n_layers copies, leading dimension N);
+`shared: true` gives one table for all layers (lenx's earlier behaviour, an ablation).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from torch import nn
 
 from lenx.errors import ConfigError
 from lenx.pos.absolute import sinusoidal_table
-from lenx.pos.base import AttnContext, PositionalScheme, distance_index
+from lenx.pos.base import AttnContext, PositionalScheme, distance_index, layer_tables
 from lenx.pos.bias import distances
 
 
@@ -23,8 +26,8 @@ from lenx.pos.bias import distances
 class RelativeContext(AttnContext):
     """Relative embeddings already projected per head, built once per forward and shared by all layers."""
 
-    rel_k_HRD: torch.Tensor | None = None  # key-side relative embeddings, fp32, (H, R, D)
-    rel_q_HRD: torch.Tensor | None = None  # query-side relative embeddings (DeBERTa's position-to-content)
+    rel_k_NHRD: torch.Tensor | None = None  # key-side relative embeddings per layer table, fp32, (N, H, R, D)
+    rel_q_NHRD: torch.Tensor | None = None  # query-side relative embeddings (DeBERTa's position-to-content)
 
 
 def clipped_index(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, k: int) -> torch.Tensor:
@@ -45,101 +48,119 @@ def check_distance(k: int) -> None:
 class Shaw(PositionalScheme):
     """Shaw et al. 2018 relative position representations (arXiv:1803.02155), keys only:
     e_ij = q_i . (k_j + a^K_{clip(j - i, -k, k)}) / sqrt(D), with 2k+1 learned vectors of size D shared by all
-    heads (as in the paper) and here by all layers. Distances beyond k share the outermost vector, so any
-    length evaluates; a causal decoder only reads the k+1 vectors of j <= i."""
+    heads (as in the paper). One table per layer, as tensor2tensor's `dot_product_attention_relative` creates its
+    relative embeddings inside each attention layer's scope; `shared: true` ties them across layers. Distances
+    beyond k share the outermost vector, so any length evaluates; a causal decoder only reads the k+1 vectors of
+    j <= i."""
 
-    def __init__(self, *, max_distance: int = 16, **dims) -> None:
+    def __init__(self, *, max_distance: int = 16, shared: bool = False, **dims) -> None:
         super().__init__(**dims)
         check_distance(max_distance)
-        self.max_distance = max_distance
-        self.key_RD = nn.Parameter(torch.randn(2 * max_distance + 1, self.head_dim) * self.head_dim ** -0.5)
+        self.max_distance, self.tables = max_distance, layer_tables(shared, self.n_layers)
+        self.key_NRD = nn.Parameter(torch.randn(self.tables, 2 * max_distance + 1, self.head_dim)
+                                    * self.head_dim ** -0.5)
 
     def score(self, q_BHTD, k_BHSD, ctx):
         idx_TS = clipped_index(ctx.q_pos_T, ctx.k_pos_S, self.max_distance)
-        return gather_last(q_BHTD @ self.key_RD.float().T, idx_TS) / math.sqrt(self.head_dim)
+        key_RD = self.key_NRD[self.layer(ctx)].float()
+        return gather_last(q_BHTD @ key_RD.T, idx_TS) / math.sqrt(self.head_dim)
 
     def extra_repr(self) -> str:
-        return f"max_distance={self.max_distance}"
+        return f"max_distance={self.max_distance}, tables={self.tables}"
 
 
 class ShawKV(Shaw):
     """Shaw et al. 2018 (arXiv:1803.02155) with value representations too:
-    z_i = sum_j a_ij (v_j + a^V_{clip(j - i, -k, k)}).
+    z_i = sum_j a_ij (v_j + a^V_{clip(j - i, -k, k)}), one a^V table per layer like a^K.
     The paper found the value term adds little over keys alone; it needs the attention weights themselves, so
     attention runs unfused for this scheme."""
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
-        self.value_RD = nn.Parameter(torch.randn_like(self.key_RD) * self.head_dim ** -0.5)
+        self.value_NRD = nn.Parameter(torch.randn_like(self.key_NRD) * self.head_dim ** -0.5)
 
     def value(self, attn_BHTS, ctx):
         idx_TS = clipped_index(ctx.q_pos_T, ctx.k_pos_S, self.max_distance)
-        weight_BHTR = attn_BHTS.new_zeros(*attn_BHTS.shape[:-1], self.value_RD.shape[0])
+        weight_BHTR = attn_BHTS.new_zeros(*attn_BHTS.shape[:-1], self.value_NRD.shape[1])
         weight_BHTR.scatter_add_(-1, idx_TS.expand_as(attn_BHTS), attn_BHTS)  # attention mass per distance
-        return weight_BHTR @ self.value_RD.float()
+        return weight_BHTR @ self.value_NRD[self.layer(ctx)].float()
 
 
 class TransformerXL(PositionalScheme):
     """Transformer-XL relative attention (Dai et al. 2019, arXiv:1901.02860, sec. 3.3), without the memory:
     A_ij = q_i.k_j + u.k_j + (q_i + v).W_R R_{i-j}, all / sqrt(D), with R_d the sinusoid of distance d
-    (d_model wide), W_R a learned projection to the heads, u and v learned global biases per head. Shared by
-    all layers here (the paper's code shares u and v across layers but has a W_R per layer)."""
+    (d_model wide), W_R a learned projection to the heads, u and v learned global biases per head. As the
+    authors' code (kimiyoung/transformer-xl, `RelPartialLearnableMultiHeadAttn.r_net`, `untie_r` off): a W_R per
+    layer, u and v shared by all layers; `shared: true` ties W_R across layers too. R_d interleaves sin and cos
+    where the code concatenates them: a fixed permutation of W_R's input columns, the same model."""
 
-    def __init__(self, *, base: float = 10000.0, **dims) -> None:
+    def __init__(self, *, base: float = 10000.0, shared: bool = False, **dims) -> None:
         super().__init__(**dims)
-        self.base = base
+        self.base, self.tables = base, layer_tables(shared, self.n_layers)
         hd = self.n_heads * self.head_dim
         self.u_HD = nn.Parameter(torch.randn(self.n_heads, self.head_dim) * 0.02)
         self.v_HD = nn.Parameter(torch.randn(self.n_heads, self.head_dim) * 0.02)
-        self.w_r_EC = nn.Parameter(torch.randn(hd, self.d_model) * 0.02)  # E = H * D
+        self.w_r_NEC = nn.Parameter(torch.randn(self.tables, hd, self.d_model) * 0.02)  # E = H * D
 
     def context(self, q_pos_T, k_pos_S):
         with torch.autocast(q_pos_T.device.type, enabled=False):
             d_R = distances(q_pos_T, k_pos_S)
-            rel_RE = sinusoidal_table(d_R, self.d_model, self.base) @ self.w_r_EC.float().T
-            rel_HRD = rel_RE.view(len(d_R), self.n_heads, self.head_dim).transpose(0, 1)
-        return RelativeContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, rel_k_HRD=rel_HRD)
+            rel_NRE = sinusoidal_table(d_R, self.d_model, self.base) @ self.w_r_NEC.float().transpose(-1, -2)
+            rel_NHRD = rel_NRE.view(self.tables, len(d_R), self.n_heads, self.head_dim).transpose(1, 2)
+        return RelativeContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, rel_k_NHRD=rel_NHRD)
 
     def score(self, q_BHTD, k_BHSD, ctx):
-        rel_HRD = ctx.rel_k_HRD
+        rel_HRD = ctx.rel_k_NHRD[self.layer(ctx)]
         position_BHTR = (q_BHTD + self.v_HD.float()[:, None, :]) @ rel_HRD.transpose(-1, -2)
         position_BHTS = gather_last(position_BHTR, distance_index(ctx.q_pos_T, ctx.k_pos_S, rel_HRD.shape[1]))
         content_BH1S = (k_BHSD @ self.u_HD.float()[:, :, None]).transpose(-1, -2)  # u . k_j
         return (content_BH1S + position_BHTS) / math.sqrt(self.head_dim)
 
+    def extra_repr(self) -> str:
+        return f"tables={self.tables}"
+
 
 class DeBERTa(PositionalScheme):
-    """DeBERTa disentangled attention (He et al. 2021, arXiv:2006.03654, sec. 3.1):
-    A_ij = q_i.k_j + q_i.K^r_{delta(i,j)} + k_j.Q^r_{delta(j,i)}, delta(i, j) = clip(i - j, -k, k), with
-    relative embeddings P (2k+1 rows, d_model wide) shared by all layers as in the paper, K^r = P W_kr,
-    Q^r = P W_qr (here shared by the layers too). The paper scales the sum by 1/sqrt(3D); here each term is
-    divided by sqrt(D), a constant factor per term that the learned projections absorb. Clipped distances
-    (DeBERTa v1), not the log buckets of v2."""
+    """DeBERTa disentangled attention (He et al. 2021, arXiv:2006.03654, sec. 3.1), as its released code
+    (microsoft/DeBERTa `DisentangledSelfAttention`, transformers' `DebertaModel`) computes it:
+      A_ij = (q_i.k_j + q_i.K^r_{delta(i,j)} + k_j.Q^r_{delta(i,j)}) / sqrt(3D),
+      delta(i, j) = clamp(i - j + k, 0, 2k - 1)   (a row of the 2k relative embeddings P),
+    K^r = P W_kr (`pos_proj`, no bias), Q^r = P W_qr + b_qr (`pos_q_proj`). Both terms use the same relative
+    index i - j: the paper's eq. (4) prints delta(j, i) for the position-to-content term, the code does not.
+    The sum of the three terms is divided by sqrt(3D) (`scale_factor` = 1 + 2 terms): the queries are scaled by
+    1/sqrt(3) in `rotate`, so the model's q.k / sqrt(D) becomes q.k / sqrt(3D), and so does every term here.
+    P is shared by all layers (the encoder's `rel_embeddings`), W_kr, W_qr, b_qr are per layer (each attention
+    layer's projections); `shared: true` ties them across layers. Clipped distances (DeBERTa v1), not the log
+    buckets of v2."""
 
-    def __init__(self, *, max_distance: int = 64, **dims) -> None:
+    def __init__(self, *, max_distance: int = 64, shared: bool = False, **dims) -> None:
         super().__init__(**dims)
         check_distance(max_distance)
-        self.max_distance = max_distance
+        self.max_distance, self.tables = max_distance, layer_tables(shared, self.n_layers)
         hd = self.n_heads * self.head_dim
-        self.rel_RC = nn.Parameter(torch.randn(2 * max_distance + 1, self.d_model) * 0.02)
-        self.w_kr_EC = nn.Parameter(torch.randn(hd, self.d_model) * 0.02)
-        self.w_qr_EC = nn.Parameter(torch.randn(hd, self.d_model) * 0.02)
+        self.rel_RC = nn.Parameter(torch.randn(2 * max_distance, self.d_model) * 0.02)
+        self.w_kr_NEC = nn.Parameter(torch.randn(self.tables, hd, self.d_model) * 0.02)
+        self.w_qr_NEC = nn.Parameter(torch.randn(self.tables, hd, self.d_model) * 0.02)
+        self.b_qr_NE = nn.Parameter(torch.zeros(self.tables, hd))
 
     def context(self, q_pos_T, k_pos_S):
         with torch.autocast(q_pos_T.device.type, enabled=False):
-            rel_RC = self.rel_RC.float()
-            k_r, q_r = (
-                (rel_RC @ w.float().T).view(len(rel_RC), self.n_heads, self.head_dim).transpose(0, 1)
-                for w in (self.w_kr_EC, self.w_qr_EC))
-        return RelativeContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, rel_k_HRD=k_r, rel_q_HRD=q_r)
+            rel_RC, n = self.rel_RC.float(), len(self.rel_RC)
+            k_r = rel_RC @ self.w_kr_NEC.float().transpose(-1, -2)  # (N, R, E)
+            q_r = rel_RC @ self.w_qr_NEC.float().transpose(-1, -2) + self.b_qr_NE.float()[:, None, :]
+            k_r, q_r = (x.view(self.tables, n, self.n_heads, self.head_dim).transpose(1, 2) for x in (k_r, q_r))
+        return RelativeContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, rel_k_NHRD=k_r, rel_q_NHRD=q_r)
 
-    def score(self, q_BHTD, k_BHSD, ctx):
-        k = self.max_distance
-        idx_TS = clipped_index(ctx.q_pos_T, ctx.k_pos_S, k)  # row of clip(j - i); 2k - idx: of clip(i - j)
-        c2p_BHTS = gather_last(q_BHTD @ ctx.rel_k_HRD.transpose(-1, -2), 2 * k - idx_TS)  # q_i . K^r_(i-j)
-        p2c_BHRS = ctx.rel_q_HRD @ k_BHSD.transpose(-1, -2)  # Q^r_r . k_j for every row r
-        p2c_BHTS = p2c_BHRS.gather(-2, idx_TS.expand(*p2c_BHRS.shape[:2], -1, -1))  # Q^r_(j-i) . k_j
-        return (c2p_BHTS + p2c_BHTS) / math.sqrt(self.head_dim)
+    def rotate(self, q_BHTD, k_BHSD, ctx):
+        return q_BHTD / math.sqrt(3), k_BHSD  # content and both position terms / sqrt(3D), as the code scales
+
+    def score(self, q_BHTD, k_BHSD, ctx):  # q_BHTD arrives already divided by sqrt(3) (rotate)
+        k, layer = self.max_distance, self.layer(ctx)
+        idx_TS = (ctx.q_pos_T[:, None] - ctx.k_pos_S[None, :] + k).clamp(0, 2 * k - 1)  # row of i - j
+        c2p_BHTS = gather_last(q_BHTD @ ctx.rel_k_NHRD[layer].transpose(-1, -2), idx_TS)  # q_i . K^r_(i-j)
+        p2c_BHRS = ctx.rel_q_NHRD[layer] @ k_BHSD.transpose(-1, -2)  # Q^r_r . k_j for every row r
+        p2c_BHTS = p2c_BHRS.gather(-2, idx_TS.expand(*p2c_BHRS.shape[:2], -1, -1))  # Q^r_(i-j) . k_j
+        return c2p_BHTS / math.sqrt(self.head_dim) + p2c_BHTS / math.sqrt(3 * self.head_dim)
 
     def extra_repr(self) -> str:
-        return f"max_distance={self.max_distance}"
+        return f"max_distance={self.max_distance}, tables={self.tables}"

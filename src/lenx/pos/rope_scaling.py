@@ -8,11 +8,16 @@ transformers' `modeling_rope_utils` rope initialisation. Parameter names, HF -> 
   rope_type: default / linear / dynamic / yarn / llama3 / longrope -> method: none / pi / dynamic_ntk / yarn /
   llama3 / longrope;  factor, beta_fast, beta_slow, attention_factor, mscale, mscale_all_dim, truncate,
   low_freq_factor, high_freq_factor, short_factor, long_factor -> the same names.
-`ntk` (static NTK-aware base change) has no HF rope_type; it is HF's dynamic formula at seq_len = factor x train_len.
 `factor: None` (lenx only) means s = max(1, seq_len / train_len), recomputed at each length, so at or below
-train_len every method gives the unscaled frequencies. For `dynamic_ntk` that puts s into HF's formula twice:
-base ((s L / L0) - (s - 1))^(d/(d-2)) with s = L / L0 is base (s^2 - s + 1)^(d/(d-2)), a stronger base change than
-`ntk` with factor null (base s^(d/(d-2))); give a number to get HF's `dynamic` as it is.
+train_len every method gives the unscaled frequencies.
+`dynamic_ntk` is the one exception: HF's `dynamic` factor is not a scale but a slope alpha (jquesnelle/yarn's
+`--dynamic-ntk alpha`): base' = base ((alpha L / L0) - (alpha - 1))^(d/(d-2)), L = max(seq_len, L0), already
+recomputed from the length. The YaRN paper's Dynamic NTK (arXiv:2309.00071 sec. 3.3) is alpha = 1, base' =
+base (L / L0)^(d/(d-2)), and that is what `factor: None` means here; a number keeps meaning HF's alpha.
+(Putting s = L / L0 in the slope as well would give base (s^2 - s + 1)^(d/(d-2)): 241 instead of 16 at 16x.)
+`ntk` (static NTK-aware base change) has no HF rope_type: with a number s it is base s^(d/(d-2)) at every length,
+which equals `dynamic_ntk` with alpha = 1 only at seq_len = s x train_len; with `factor: None` it equals
+`dynamic_ntk` with `factor: None` at every length.
 HF's Phi-3 / DeepSeek quirk (factor := max_position_embeddings / original_max_position_embeddings when the config
 carries both) has no lenx analogue: pass that ratio as `factor`.
 """
@@ -67,10 +72,14 @@ def _ntk(d, base, train_len, seq_len, factor=None):
 
 
 def _dynamic_ntk(d, base, train_len, seq_len, factor=None):
-    """Dynamic NTK (HF `dynamic`): base' = base ((s L / L0) - (s - 1))^(d / (d - 2)), L = max(seq_len, L0)."""
-    s = scale_factor(factor, train_len, seq_len)
+    """Dynamic NTK (HF `dynamic`): base' = base ((alpha L / L0) - (alpha - 1))^(d / (d - 2)), L = max(seq_len, L0).
+
+    `factor` is HF's slope alpha (>= 1); None means alpha = 1, the YaRN paper's Dynamic NTK (arXiv:2309.00071
+    sec. 3.3): base (L / L0)^(d / (d - 2)), i.e. `ntk` with s = L / L0 recomputed at each length.
+    """
+    alpha = 1.0 if factor is None else scale_factor(factor, train_len, seq_len)
     length = max(seq_len, train_len)
-    return default_inv_freq(d, base * ((s * length / train_len) - (s - 1)) ** _ntk_exponent(d)), 1.0
+    return default_inv_freq(d, base * ((alpha * length / train_len) - (alpha - 1)) ** _ntk_exponent(d)), 1.0
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:

@@ -8,10 +8,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lenx.errors import ConfigError
-from lenx.pos.base import AttnContext, PositionalScheme
+from lenx.pos.base import AttnContext, PositionalScheme, layer_tables
 from lenx.pos.rope import Scaling, apply_rotary, rotate_half
 from lenx.pos.rope_scaling import rope_cache
 
@@ -67,48 +68,68 @@ class XPos(PositionalScheme):
 
 @dataclass(frozen=True)
 class FoPEContext(AttnContext):
-    cos_HTD: torch.Tensor | None = None  # per-head Fourier-series cos, fp32, (H, T, D)
-    sin_HTD: torch.Tensor | None = None
+    cos_NHTD: torch.Tensor | None = None  # per layer table and head Fourier-series cos, fp32, (N, H, T, D)
+    sin_NHTD: torch.Tensor | None = None
+
+
+def step_eye(k: int, m: int) -> torch.Tensor:
+    """The authors' `get_step_eye`: (k, m) zeros with a 1 at (i * ceil(k / m), i) (the identity when k == m)."""
+    eye = torch.zeros(k, m)
+    step = math.ceil(k / m) if m else 1
+    for i in range(m):
+        if i * step < k:
+            eye[i * step, i] = 1.0
+    return eye
 
 
 class FoPE(PositionalScheme):
-    """Fourier position embedding (Hua et al. 2024, arXiv:2412.17739).
+    """Fourier position embedding (Hua et al. 2024, arXiv:2412.17739), as the authors' released code (OLMo-based
+    `FourierEmbedding`, configs `fourier_init: eye_xavier_norm`, `sep_basis_head`, `ignore_clamp_zero`) computes it.
 
-    Each rotary pair m of each head rotates by a Fourier series instead of one frequency:
-    cos'_m(n) = sum_k C_hkm cos(w_k n), sin'_m(n) = sum_k S_hkm sin(w_k n), over the frequencies w_k that
-    complete a period within the training length (w >= 2 pi / train_len); the pairs whose frequency is lower
-    are clipped to frequency zero (cos' = 1, sin' = 0: no position at all), as they were never trained over a
-    full period. C and S start at identity + N(0, sigma^2 / K) noise (K kept frequencies) and are learned
-    parameters (the paper's code freezes them and divides each column by its sum, a division with a pole once
-    they learn, so it is left out). Not purely relative: the cross terms w_k n - w_l m do not cancel.
+    RoPE's frequencies w = base^(-2f/D) lower than 2 pi / train_len (no full period within the training length)
+    are clamped to zero and dropped (`rope_clamp_floor_to_zero`, `fourier_ignore_zero`), leaving K. Each head mixes
+    them into M = min(K, D/4) output pairs (`output_dim`): cos'_m(n) = sum_k C_hkm cos(w_k n),
+    sin'_m(n) = sum_k S_hkm sin(w_k n); the other D/2 - M pairs are padded with cos' = sin' = 1 (`F.pad(value=1)`:
+    a constant, position-free map that doubles those pairs' q.k). C and S start at the step identity (`get_step_eye`)
+    plus xavier-normal noise of gain sigma = 0.3 on the (H, K, M) tensor, std = sigma sqrt(2 / ((K + H) M)), and are
+    frozen (`fourier_learnable: false`; `learnable: true` is the option) and not normalised (`fourier_norm: false`).
+    Each attention layer has its own (the code builds one per block); `shared: true` ties them. Not purely relative:
+    the cross terms w_k n - w_l m do not cancel.
     """
 
-    def __init__(self, *, base: float = 10000.0, sigma: float = 0.3, **dims) -> None:
+    def __init__(self, *, base: float = 10000.0, sigma: float = 0.3, learnable: bool = False, shared: bool = False,
+                 **dims) -> None:
         super().__init__(**dims)
-        self.base, self.sigma = float(base), float(sigma)
+        if not isinstance(learnable, bool):
+            raise ConfigError(f"FoPE learnable must be true or false, got {learnable!r}")
+        self.base, self.sigma, self.tables = float(base), float(sigma), layer_tables(shared, self.n_layers)
         inv_freq_F = half_split_inv_freq(self.head_dim, self.base)
         kept_K = inv_freq_F[inv_freq_F >= 2 * math.pi / self.train_len]  # highest frequencies come first
         self.register_buffer("inv_freq_K", kept_K, persistent=False)
-        K = len(kept_K)
+        K, H = len(kept_K), self.n_heads
+        self.out_pairs = M = min(K, self.head_dim // 4)
+        std = self.sigma * math.sqrt(2 / ((K + H) * M)) if M else 0.0  # torch xavier_normal_ on (H, K, M)
 
-        def coefficients() -> nn.Parameter:
-            return nn.Parameter(torch.eye(K) + sigma / math.sqrt(max(K, 1)) * torch.randn(self.n_heads, K, K))
+        def coefficients() -> nn.Parameter:  # frozen by default: a Parameter (in the state_dict), as the code's
+            return nn.Parameter(step_eye(K, M) + std * torch.randn(self.tables, H, K, M), requires_grad=learnable)
 
-        self.cos_coef_HKK, self.sin_coef_HKK = coefficients(), coefficients()
+        self.cos_coef_NHKM, self.sin_coef_NHKM = coefficients(), coefficients()
 
     def context(self, q_pos_T, k_pos_S):
         with torch.autocast(q_pos_T.device.type, enabled=False):
             angles_TK = q_pos_T.float()[:, None] * self.inv_freq_K[None, :]
-            cos_HTK = torch.einsum("tk,hkm->htm", angles_TK.cos(), self.cos_coef_HKK.float())
-            sin_HTK = torch.einsum("tk,hkm->htm", angles_TK.sin(), self.sin_coef_HKK.float())
-            zero_freq = self.head_dim // 2 - angles_TK.shape[1]
-            cos_HTF = torch.cat((cos_HTK, cos_HTK.new_ones(self.n_heads, len(q_pos_T), zero_freq)), -1)
-            sin_HTF = torch.cat((sin_HTK, sin_HTK.new_zeros(self.n_heads, len(q_pos_T), zero_freq)), -1)
-        return FoPEContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, cos_HTD=torch.cat((cos_HTF, cos_HTF), -1),
-                           sin_HTD=torch.cat((sin_HTF, sin_HTF), -1))
+            cos_NHTM = torch.einsum("tk,nhkm->nhtm", angles_TK.cos(), self.cos_coef_NHKM.float())
+            sin_NHTM = torch.einsum("tk,nhkm->nhtm", angles_TK.sin(), self.sin_coef_NHKM.float())
+            pad = self.head_dim // 2 - self.out_pairs
+            cos_NHTF, sin_NHTF = (F.pad(x, (0, pad), value=1.0) for x in (cos_NHTM, sin_NHTM))
+        return FoPEContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, cos_NHTD=torch.cat((cos_NHTF, cos_NHTF), -1),
+                           sin_NHTD=torch.cat((sin_NHTF, sin_NHTF), -1))
 
     def rotate(self, q_BHTD, k_BHSD, ctx):
-        return apply_rotary(q_BHTD, ctx.cos_HTD, ctx.sin_HTD), apply_rotary(k_BHSD, ctx.cos_HTD, ctx.sin_HTD)
+        n = self.layer(ctx)
+        cos_HTD, sin_HTD = ctx.cos_NHTD[n], ctx.sin_NHTD[n]
+        return apply_rotary(q_BHTD, cos_HTD, sin_HTD), apply_rotary(k_BHSD, cos_HTD, sin_HTD)
 
     def extra_repr(self) -> str:
-        return f"base={self.base}, sigma={self.sigma}, kept_frequencies={len(self.inv_freq_K)}"
+        return (f"base={self.base}, sigma={self.sigma}, kept_frequencies={len(self.inv_freq_K)}, "
+                f"out_pairs={self.out_pairs}, tables={self.tables}")
