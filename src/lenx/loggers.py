@@ -109,11 +109,13 @@ def log_to_wandb(trainer, tables: dict[str, list[dict]]) -> None:
             import wandb
 
             wb = {}
-            for name, rs in tables.items():
-                cols = sorted({k for r in rs for k in r})
+            for name, rs in tables.items():  # list-valued columns (per-unit sums) stay in the local files
+                cols = sorted({k for r in rs for k, v in r.items() if not isinstance(v, list)})
                 wb[name] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rs])
-            lg.experiment.log({**wb, "extrapolation_ppl": wandb.plot.line(
-                wb["extrapolation"], "eval_len", "ppl", title="ppl vs evaluation length")})
+            if "extrapolation" in wb:
+                wb["extrapolation_ppl"] = wandb.plot.line(wb["extrapolation"], "eval_len", "ppl",
+                                                          title="ppl vs evaluation length")
+            lg.experiment.log(wb)
             offline, run_path = lg.experiment.settings.mode == "offline", Path(lg.experiment.dir).parent
             lg.experiment.finish()  # flush now: a sweep's next job starts a new run in this process
             if offline:
