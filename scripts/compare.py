@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lenx.extrapolation import bootstrap_indices, block_run
+from lenx.extrapolation import block_run, bootstrap_indices
 from lenx.results import mode_label, read_tree
 
 

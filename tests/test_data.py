@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE, STDLIB
 
-from lenx import data
+from lenx import corpora, data
 from lenx.errors import ConfigError, CorpusError
 
 
@@ -87,7 +87,7 @@ def test_local_txt_jsonl_parquet(tmp_path, cache):
 def test_wikitext_articles_are_reassembled_from_lines():
     lines = [" = Valkyria = \n", " Body one .\n", " = = Gameplay = = \n", " More .\n", "\n",
              " = Tower = \n", " Body two .\n"]
-    arts = data.wikitext_articles(lines)
+    arts = corpora.wikitext_articles(lines)
     assert len(arts) == 2 and arts[0].startswith(" = Valkyria") and "Gameplay" in arts[0]
     assert arts[1] == " = Tower = \n Body two .\n"
 
@@ -138,7 +138,7 @@ def test_wikitext_pg19_tinystories_processing_on_local_files_in_hub_schema(tmp_p
 
 def test_unreachable_hub_is_one_clear_error_fast(cache, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "hub_reachable", lambda: False)
+    monkeypatch.setattr(corpora, "hub_reachable", lambda: False)
     t = time.time()
     with pytest.raises(CorpusError, match="hub is unreachable.*Salesforce/wikitext.*data=stdlib"):
         data.prepare(cfg("wikitext103", hub_id="Salesforce/wikitext", hub_config="wikitext-103-raw-v1"))
@@ -146,14 +146,14 @@ def test_unreachable_hub_is_one_clear_error_fast(cache, monkeypatch):
 
 
 def test_load_hub_connection_error_is_wrapped(cache, monkeypatch):
-    monkeypatch.setattr(data, "hub_reachable", lambda: True)
+    monkeypatch.setattr(corpora, "hub_reachable", lambda: True)
 
     def refuse(*a, **k):
         raise ConnectionError("no route to host")
 
-    monkeypatch.setattr(data.datasets, "load_dataset", refuse)
+    monkeypatch.setattr(corpora.datasets, "load_dataset", refuse)
     with pytest.raises(CorpusError, match="unreachable.*no route to host"):
-        data.load_hub({"hub_id": "x/y", "cache_dir": None})
+        corpora.load_hub({"hub_id": "x/y", "cache_dir": None})
 
 
 @pytest.mark.parametrize("setup, match", [
