@@ -222,7 +222,8 @@ def test_two_by_two_wandb_sweep_then_aggregate(tmp_path, tree, cache):
     sweep = tmp_path / "sweep"
     r = cli("train.py", "-m", "experiment=smoke", "pos=alibi,rope", "seed=0,1", "logger=wandb",
             "eval.multipliers=[1,2]", f"data.path={tree}", "data.vocab_size=300", "data.valid_fraction=0.2",
-            "data.test_fraction=0.2", f"hydra.sweep.dir={sweep}", env_extra=env)
+            "data.test_fraction=0.2", f"hydra.sweep.dir={sweep}", "eval.every_n_steps=2",
+            "eval.during.multipliers=[1,2]", "eval.during.tokens=256", env_extra=env)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = sorted(p.parent for p in sweep.rglob("extrapolation.jsonl"))
     assert len(runs) == 4
@@ -230,6 +231,7 @@ def test_two_by_two_wandb_sweep_then_aggregate(tmp_path, tree, cache):
         (offline,) = (run_dir / "wandb").glob("offline-run-*")
         data = b"".join(p.read_bytes() for p in offline.rglob("*.wandb"))
         assert b"extrapolation" in data and sweep.name.encode() in data  # the table, and the sweep's group
+        assert b"extrap/ppl_2x" in data  # the curve scored during training, in the W&B history
     r = subprocess.run([sys.executable, "scripts/aggregate.py", str(sweep)], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr

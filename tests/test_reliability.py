@@ -33,7 +33,8 @@ def train_cli(tmp_path, tree, run_dir, *extra):
     env = {**os.environ, "LENX_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT / "tests"),
            "WANDB_MODE": "disabled"}
     args = [*SMOKE, f"data.path={tree}", "trainer.max_steps=12", "ckpt_every=4", "trainer.val_check_interval=4",
-            "pos=alibi", "model.dropout=0.1", f"hydra.run.dir={run_dir}", *extra]
+            "pos=alibi", "model.dropout=0.1", f"hydra.run.dir={run_dir}", "eval.every_n_steps=3",
+            "eval.during.multipliers=[1,2]", "eval.during.tokens=256", *extra]
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -66,6 +67,9 @@ def test_sigkill_then_the_same_command_resumes_to_the_same_weights_bitwise(tmp_p
     curves = [[(r["step"], r["train/loss"]) for r in csv.DictReader(open(d / "logs" / "metrics.csv"))
                if r.get("train/loss")] for d in (tmp_path / "straight", tmp_path / "crashed")]
     assert curves[0] == curves[1] and [s for s, _ in curves[0]] == [str(i) for i in range(12)]
+    during = [[(r["step"], r["extrap/ppl_2x"]) for r in csv.DictReader(open(d / "logs" / "metrics.csv"))
+               if r.get("extrap/ppl_2x")] for d in (tmp_path / "straight", tmp_path / "crashed")]
+    assert during[0] == during[1] and [s for s, _ in during[0]] == ["2", "5", "8", "11"]  # each once
     for noise in ("`weights_only` was not set", "dataloader is not resumable", "will be deleted"):
         assert noise not in again.stderr + again.stdout
 

@@ -122,6 +122,11 @@ def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Pro
     for stride in eval_strides(eval_cfg):
         for m in eval_cfg["multipliers"]:
             resolve_stride(stride, m * train_len)
+    if eval_cfg.get("every_n_steps") is not None:  # scoring during training (lenx.during)
+        check_int(eval_cfg["every_n_steps"], "eval.every_n_steps")
+        during = eval_cfg.get("during") or {}
+        check_multipliers(list(during.get("multipliers") or []))
+        check_int(during.get("tokens"), "eval.during.tokens")
     probes = build_probes(eval_cfg)
     if n_tokens is not None and context == "stream":
         (_, scored), = scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])

@@ -18,6 +18,7 @@ from lenx import data
 from lenx.checkpoint import CONFIG_DIR, read_checkpoint, resume_point, scoring_data
 from lenx.checks import check_config, check_world
 from lenx.dist import is_main
+from lenx.during import ExtrapolationDuringTraining
 from lenx.errors import ConfigError, user_errors
 from lenx.hardware import resolve_precision
 from lenx.lit import AtomicCheckpointIO, LenxModule, WindowData
@@ -79,8 +80,11 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every)
     extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    during = ExtrapolationDuringTraining.from_config(cfg_dict["eval"], data.load_tokens(cfg_dict, "validation"),
+                                                     cfg.seq_len)
     trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
-                          logger=make_logger(cfg, cfg_dict["choices"], trained_steps), callbacks=[ckpt_cb, *extra],
+                          logger=make_logger(cfg, cfg_dict["choices"], trained_steps),
+                          callbacks=[ckpt_cb, *extra, *([during] if during else [])],
                           plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
     check_world(cfg_dict, trainer)
     last = run_dir / "checkpoints" / "last.ckpt"

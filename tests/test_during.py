@@ -1,0 +1,36 @@
+"""Extrapolation while training (eval.every_n_steps): curves in metrics.csv, the same numbers as the final scoring."""
+
+import csv
+
+import pytest
+from conftest import compose_train
+
+from lenx.errors import ConfigError
+from lenx.train import run
+
+SMOKE = ["experiment=smoke", "data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2",
+         "trainer.enable_progress_bar=false", "eval.probes.probe=null", "eval.progress=false"]
+
+
+def test_scores_during_training_land_in_metrics_csv_and_match_the_final_scoring(tmp_path, tree, monkeypatch):
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    cfg = compose_train([*SMOKE, f"data.path={tree}", "pos=alibi", "eval.every_n_steps=2",
+                         "eval.during.multipliers=[1,2]", "eval.during.tokens=256", "eval.multipliers=[1,2]",
+                         "eval.tokens=256"], tmp_path / "run")
+    final = run(cfg)
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")) if r.get("extrap/ppl_1x")]
+    assert [int(r["step"]) for r in rows] == [1, 3]  # after optimizer steps 2 and 4 (of 4), at the step's index
+    last = {m: float(rows[-1][f"extrap/ppl_{m}x"]) for m in (1, 2)}
+    # the model after step 4 is the one scored at the end, on the same targets: the same numbers
+    assert last == pytest.approx({r["multiplier"]: r["ppl"] for r in final}, rel=1e-9)
+    assert all(float(r["extrap/loss_2x"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("override, match", [("eval.every_n_steps=0", "eval.every_n_steps must be a positive"),
+                                             ("eval.during.tokens=-1", "eval.during.tokens must be a positive"),
+                                             ("eval.during.multipliers=[0]", "multipliers must be positive")])
+def test_bad_during_settings_are_refused_before_training(tmp_path, tree, monkeypatch, override, match):
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=match):
+        run(compose_train([*SMOKE, f"data.path={tree}", "eval.every_n_steps=2", override], tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
