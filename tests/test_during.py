@@ -34,3 +34,24 @@ def test_bad_during_settings_are_refused_before_training(tmp_path, tree, monkeyp
     with pytest.raises(ConfigError, match=match):
         run(compose_train([*SMOKE, f"data.path={tree}", "eval.every_n_steps=2", override], tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ckpt_keep_every_keeps_intermediate_checkpoints_that_score(tmp_path, tree, monkeypatch):
+    import torch
+
+    from lenx.evaluate import evaluate_checkpoint, load_model
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    run(compose_train([*SMOKE, f"data.path={tree}", "pos=rope", "ckpt_keep_every=2", "eval.multipliers=[1]"],
+                      tmp_path / "run"))
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step*.ckpt")) == ["step2.ckpt", "step4.ckpt"]
+    assert torch.load(ckpts / "step2.ckpt", weights_only=True)["global_step"] == 2
+    early, _ = load_model(ckpts / "step2.ckpt")
+    final, _ = load_model(ckpts / "last.ckpt")
+    assert any(not torch.equal(a, b) for a, b in zip(early.parameters(), final.parameters()))
+    rows = evaluate_checkpoint(str(ckpts / "step2.ckpt"), {
+        "multipliers": [1], "mode": "nonoverlapping", "stride": 0.5, "split": "validation", "tokens": 256,
+        "batch_tokens": 1024, "device": "cpu", "progress": False,
+        "probes": {"extrapolation": {"_target_": "lenx.extrapolation.Perplexity"}}}, tmp_path / "e")
+    assert rows[0]["ckpt"].endswith("step2.ckpt") and rows[0]["status"] == "ok"

@@ -231,7 +231,7 @@ def test_two_by_two_wandb_sweep_then_aggregate(tmp_path, tree, cache):
         (offline,) = (run_dir / "wandb").glob("offline-run-*")
         data = b"".join(p.read_bytes() for p in offline.rglob("*.wandb"))
         assert b"extrapolation" in data and sweep.name.encode() in data  # the table, and the sweep's group
-        assert b"extrap/ppl_2x" in data  # the curve scored during training, in the W&B history
+        assert b"extrap/ppl_2x" in data and b"position_nll" in data  # the curve during training; positions
     r = subprocess.run([sys.executable, "scripts/aggregate.py", str(sweep)], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -20,6 +20,8 @@ def check_config(cfg: dict) -> None:
     for key in ("seq_len", "batch_size", "ckpt_every"):
         check_int(cfg[key], key)
     check_int(cfg["seed"], "seed", minimum=0)
+    if cfg.get("ckpt_keep_every") is not None:
+        check_int(cfg["ckpt_keep_every"], "ckpt_keep_every")
     t = cfg["trainer"]
     check_int(t["max_steps"], "trainer.max_steps")
     check_int(t["accumulate_grad_batches"], "trainer.accumulate_grad_batches")

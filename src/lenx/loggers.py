@@ -115,6 +115,9 @@ def log_to_wandb(trainer, tables: dict[str, list[dict]]) -> None:
             if "extrapolation" in wb:
                 wb["extrapolation_ppl"] = wandb.plot.line(wb["extrapolation"], "eval_len", "ppl",
                                                           title="ppl vs evaluation length")
+            if "position_loss" in wb:
+                wb["position_nll"] = wandb.plot.line(wb["position_loss"], "position_bin_start", "mean_nll",
+                                                     stroke="eval_len", title="loss by position (bin start)")
             lg.experiment.log(wb)
             offline, run_path = lg.experiment.settings.mode == "offline", Path(lg.experiment.dir).parent
             lg.experiment.finish()  # flush now: a sweep's next job starts a new run in this process

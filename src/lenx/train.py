@@ -80,6 +80,9 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every)
     extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if cfg.get("ckpt_keep_every"):  # intermediate checkpoints, kept (python evaluate.py ckpt=... scores any of them)
+        extra.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_top_k=-1,
+                                     every_n_train_steps=cfg.ckpt_keep_every, auto_insert_metric_name=False))
     during = ExtrapolationDuringTraining.from_config(cfg_dict["eval"], data.load_tokens(cfg_dict, "validation"),
                                                      cfg.seq_len)
     trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
