@@ -1,0 +1,51 @@
+"""Export to transformers: the exported model computes lenx's logits (GPT-NeoX for rope, MPT for alibi)."""
+
+import pytest
+import torch
+from conftest import compose_train
+
+from lenx.errors import ConfigError
+from lenx.evaluate import load_model
+from lenx.train import run
+
+transformers = pytest.importorskip("transformers")
+
+SMOKE = ["experiment=smoke", "data.vocab_size=300", "data.valid_fraction=0.2", "data.test_fraction=0.2",
+         "trainer.enable_progress_bar=false", "eval.multipliers=[1]", "eval.probes.probe=null"]
+
+
+@pytest.mark.parametrize("scheme, arch", [("rope", "GPTNeoXForCausalLM"), ("rope_partial", "GPTNeoXForCausalLM"),
+                                          ("alibi", "MptForCausalLM")])
+def test_exported_model_gives_lenx_logits_at_1x_and_16x(tmp_path, tree, monkeypatch, scheme, arch):
+    from lenx.export import export_hf
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    run(compose_train([*SMOKE, f"data.path={tree}", f"pos={scheme}", "model.n_heads=4"], tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    out = export_hf(ckpt, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == arch
+    lenx_model, cfg = load_model(ckpt)
+    ids = torch.randint(0, 300, (2, 16 * cfg["seq_len"]), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for T in (cfg["seq_len"], 16 * cfg["seq_len"]):
+            want, got = lenx_model(ids[:, :T]), hf(ids[:, :T]).logits
+            assert (got - want).abs().max().item() < 1e-4, T
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    from tokenizers import Tokenizer
+
+    state = torch.load(ckpt, weights_only=True)
+    text = "def f(x):\n    return x + 1\n"
+    assert tok(text)["input_ids"] == Tokenizer.from_str(state["lenx_tokenizer"]).encode(text).ids
+    assert tok.eos_token == "<|endoftext|>"
+    card = (out / "README.md").read_text()
+    assert state["hyper_parameters"]["cfg"]["provenance"]["corpus_hash"] in card and "training length: 32" in card
+
+
+def test_other_schemes_are_refused_in_one_line(tmp_path, tree, monkeypatch):
+    from lenx.export import export_hf
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    run(compose_train([*SMOKE, f"data.path={tree}", "pos=t5"], tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"pos=t5 does not export to transformers: only rope and rope_partial"):
+        export_hf(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
