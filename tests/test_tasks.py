@@ -224,6 +224,9 @@ def test_too_large_sizes_are_reported_not_crashed():
     ({"_target_": "lenx.tasks.Addition", "train_size": 4, "order": "backwards"}, "order must be reversed or plain"),
     ({"_target_": "lenx.tasks.Copy", "train_size": 4, "nope": 1}, "data.task: .*nope"),
     ({"_target_": "collections.OrderedDict"}, "is not a lenx.tasks.Task"),
+    ({"_target_": "os.system", "command": "touch pwned"}, "os.system is not a lenx.tasks.Task"),  # never called
+    ({"_target_": "lenx.tasks.build_task", "cfg": 1}, "is not a lenx.tasks.Task"),
+    ({"_target_": "lenx.tasks.Copy", "train_size": {"_target_": "os.getpid"}}, "must be plain values"),
 ])
 def test_bad_task_configs_are_one_line(spec, match):
     with pytest.raises(ConfigError, match=match):
@@ -259,3 +262,14 @@ def test_a_task_run_trains_without_a_corpus_and_writes_tasks_csv(data, tmp_path,
     assert saved["hyper_parameters"]["cfg"]["seq_len"] == task.seq_len()
     run(cfg)  # a rerun: finished, nothing rescored
     assert len((tmp_path / "run" / "tasks.jsonl").read_text().splitlines()) == 2
+    if data == "copy":  # re-scoring the checkpoint at another size, still without a corpus
+        from omegaconf import OmegaConf
+
+        from lenx.evaluate import evaluate_checkpoint
+
+        eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
+        eval_cfg["probes"]["tasks"]["multipliers"] = [4]
+        evaluate_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"), eval_cfg, tmp_path / "eval")
+        (row,) = [json.loads(x) for x in (tmp_path / "eval" / "tasks.jsonl").read_text().splitlines()]
+        assert row["size"] == 12 and row["status"] == "ok" and row["corpus"] == "task:copy"
+        assert not (tmp_path / "cache").exists()

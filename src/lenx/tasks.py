@@ -327,17 +327,20 @@ def build_task(cfg: Mapping) -> Task | None:
     spec = cfg["data"].get("task")
     if not isinstance(spec, Mapping):
         return None
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
+    # A checkpoint's config is data, never code (README, "What lenx trusts"): only a Task class of this module,
+    # with plain values, is ever built, so rebuilding a checkpoint's model cannot call anything else.
+    target = str(spec.get("_target_", ""))
+    cls = globals().get(target.removeprefix("lenx.tasks.")) if target.startswith("lenx.tasks.") else None
+    if not (isinstance(cls, type) and issubclass(cls, Task) and cls is not Task):
+        raise ConfigError(f"data.task: {target or 'a task without _target_'} is not a lenx.tasks.Task")
+    params = {k: v for k, v in spec.items() if k != "_target_"}
+    bad = [k for k, v in params.items() if str(k).startswith("_") or not isinstance(v, (int, float, str, bool))]
+    if bad:
+        raise ConfigError(f"data.task: {bad} must be plain values (no nested nodes, no hydra keys)")
     try:
-        task = instantiate(spec, _convert_="all")
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"data.task: {str(cause).strip().splitlines()[0]}") from None
-    if not isinstance(task, Task):
-        raise ConfigError(f"data.task: {spec.get('_target_')} is not a lenx.tasks.Task")
-    return task
+        return cls(**params)
+    except TypeError as e:  # an unknown or missing parameter
+        raise ConfigError(f"data.task: {e}") from None
 
 
 def configure(cfg: dict) -> Task | None:
