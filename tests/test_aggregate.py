@@ -93,7 +93,7 @@ def test_task_accuracy_mean_ci_over_seeds(tmp_path):
     write_task_run(tmp_path / "a1", "alibi", 1, [0.8, 0.3])
     write_task_run(tmp_path / "l0", "learned", 0, [0.9, math.nan], status="out_of_range")
     aggregate.main([str(tmp_path)])  # a task-only sweep: no extrapolation rows, no error
-    rows = list(csv.DictReader(open(tmp_path / "tasks_summary.csv")))
+    rows = list(csv.DictReader((tmp_path / "tasks_summary.csv").read_text().splitlines()))
     alibi2 = next(r for r in rows if r["pos"] == "alibi" and r["multiplier"] == "2")
     assert float(alibi2["accuracy_mean"]) == pytest.approx(0.4) and alibi2["runs"] == "2"
     assert float(alibi2["accuracy_ci95"]) == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))

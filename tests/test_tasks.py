@@ -170,7 +170,7 @@ class Scripted(torch.nn.Module):
 @pytest.mark.parametrize("kind", TASKS)
 def test_a_perfect_model_scores_one_and_a_length_limited_one_zero_beyond_training(kind):
     task = TASKS[kind]
-    score = lambda model, decode="teacher": {r["multiplier"]: r for r in T.task_accuracy(  # noqa: E731
+    score = lambda model, decode="teacher": {r["multiplier"]: r for r in T.task_accuracy(
         model, task, multipliers=[1, 2], instances=6, batch=4, decode=decode, device="cpu")}
     perfect = score(Scripted(kind, task))
     assert all(r["accuracy"] == 1.0 and r["token_accuracy"] == 1.0 and r["status"] == "ok" for r in perfect.values())
