@@ -273,3 +273,13 @@ def test_a_task_run_trains_without_a_corpus_and_writes_tasks_csv(data, tmp_path,
         (row,) = [json.loads(x) for x in (tmp_path / "eval" / "tasks.jsonl").read_text().splitlines()]
         assert row["size"] == 12 and row["status"] == "ok" and row["corpus"] == "task:copy"
         assert not (tmp_path / "cache").exists()
+
+
+def test_a_learned_table_is_out_of_range_beyond_the_trained_positions():
+    from conftest import make_model
+
+    task = T.Copy(train_size=4, alphabet=4)
+    model = make_model("learned", train_len=task.seq_len(), vocab_size=task.vocab_size)
+    rows = list(T.task_accuracy(model, task, multipliers=[1, 2], instances=4, batch=4, decode="teacher",
+                                device="cpu"))
+    assert [r["status"] for r in rows] == ["ok", "out_of_range"]
