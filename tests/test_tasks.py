@@ -283,3 +283,15 @@ def test_a_learned_table_is_out_of_range_beyond_the_trained_positions():
     rows = list(T.task_accuracy(model, task, multipliers=[1, 2], instances=4, batch=4, decode="teacher",
                                 device="cpu"))
     assert [r["status"] for r in rows] == ["ok", "out_of_range"]
+
+
+def test_bad_task_values_stop_before_hydra_creates_the_run_directory(tmp_path):
+    from conftest import CONFIGS
+    from hydra import compose, initialize_config_dir
+
+    from lenx.preflight import check_job
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["data=addition", "data.task.order=backwards"])
+    with pytest.raises(ConfigError, match="data.task.order must be reversed or plain"):
+        check_job(cfg)
