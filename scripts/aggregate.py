@@ -238,6 +238,7 @@ def summarise_tasks(rows: list[dict]) -> list[dict]:
         rs = list(by_run.values())
         ok = [r for r in rs if r["status"] == "ok" and math.isfinite(r["accuracy"])]
         acc, half = mean_ci([r["accuracy"] for r in ok])
+        half = half if len(ok) > 1 else math.nan  # one run: no interval over seeds (its rows have Wilson's)
         tok, _ = mean_ci([r["token_accuracy"] for r in ok])
         out.append({"task": task, "pos": pos, "scaling": scaling, "decode": decode, "train_size": train_size,
                     "multiplier": m, "size": rs[0]["size"], "mean_tokens": statistics.fmean(
@@ -262,6 +263,7 @@ def tasks_markdown(summary: list[dict]) -> str:
             for m in mults:
                 r = by_m.get(m)
                 cells.append("" if r is None else r["status"].replace("_", " ") if not r["ok_runs"] else
+                             f"{r['accuracy_mean']:.2f} ({r['ok_runs']})" if r["ok_runs"] == 1 else
                              f"{r['accuracy_mean']:.2f} ± {r['accuracy_ci95']:.2f} ({r['ok_runs']})")
             lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -280,6 +282,7 @@ def tasks_figure(summary: list[dict], path: Path) -> None:
                          if (r["pos"], r["scaling"], r["decode"]) == key)
             xs, ys, hs = zip(*pts)
             line, = ax.plot(xs, ys, marker="o", label=" ".join(k for k in key if k not in ("none", "teacher")))
+            hs = [0.0 if math.isnan(h) else h for h in hs]
             ax.fill_between(xs, [y - h for y, h in zip(ys, hs)], [y + h for y, h in zip(ys, hs)],
                             color=line.get_color(), alpha=0.15, lw=0)
         ax.set_xscale("log", base=2)
