@@ -281,7 +281,7 @@ def tasks_figure(summary: list[dict], path: Path) -> None:
             pts = sorted((r["multiplier"], r["accuracy_mean"], r["accuracy_ci95"]) for r in rs
                          if (r["pos"], r["scaling"], r["decode"]) == key)
             xs, ys, hs = zip(*pts)
-            line, = ax.plot(xs, ys, marker="o", label=" ".join(k for k in key if k not in ("none", "teacher")))
+            line, = ax.plot(xs, ys, marker="o", label=" ".join([key[0]] + [k for k in key[1:] if k not in ("none", "teacher")]))
             hs = [0.0 if math.isnan(h) else h for h in hs]
             ax.fill_between(xs, [y - h for y, h in zip(ys, hs)], [y + h for y, h in zip(ys, hs)],
                             color=line.get_color(), alpha=0.15, lw=0)

@@ -134,7 +134,7 @@ def plot_tasks(rows: list[dict], path):
     for key in keys:
         pts = sorted((r["multiplier"], r["accuracy"]) for r in rows
                      if (r["task"], r["pos"], r["scaling"], r.get("decode", "teacher")) == key)
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=" ".join(k for k in key if k != "none"))
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=" ".join([*key[:2]] + [k for k in key[2:] if k not in ("none", "teacher")]))
     ax.set_xscale("log", base=2)
     ax.set(xlabel="size / training size", ylabel="exact-match accuracy", ylim=(-0.05, 1.05),
            title="length generalisation on tasks")
