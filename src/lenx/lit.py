@@ -19,15 +19,14 @@ from lenx.errors import ConfigError, LenxError
 from lenx.model import Decoder
 from lenx.probes import Passkey, PasskeyWindows
 from lenx.results import atomic_write_bytes
-from lenx.tasks import Task, TaskItems, masked_loss, pad
+from lenx.tasks import Task, TaskItems, build_task, masked_loss, pad
 
 
 def build_model(cfg: dict) -> Decoder:
     """The Decoder described by a resolved run config (plain dict): model group + pos group + vocab + seq_len."""
-    from lenx.tasks import build_task
-
     m, task = cfg["model"], build_task(cfg)  # a task run's vocabulary is the task's own (data.task)
-    return Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"], pos=instantiate(cfg["pos"]),
+    return Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
+                   pos=instantiate(cfg["pos"]),
                    d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
                    dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
 
