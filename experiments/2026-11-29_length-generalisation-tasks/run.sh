@@ -2,9 +2,10 @@
 # NOT YET RUN. The length-generalisation task study of issue 20: 5 tasks x 8 schemes x 3 seeds, each scored at
 # 1x, 2x, 4x, 8x the training size; `bash experiments/2026-11-29_length-generalisation-tasks/run.sh`.
 # Budget (an estimate, from the 2026-11-29 demo on 2 shared CPU cores, d_model 64, 2 layers, batch 32, two 1-thread
-# jobs side by side): ~12 optimizer steps/s per job when the machine is otherwise idle (500 steps in 37-49 s), i.e.
-# 2 x 12 = 24 steps/s together. 120 runs x STEPS=2000 steps = 240,000 steps -> ~170 minutes, over the 120-minute
-# target: check the demo's 1x accuracies first, and lower STEPS or drop a task (TASKS=...) to fit.
+# jobs side by side): 2000 steps took 105-180 s of training per run (500 steps: 37-49 s), so 120 runs x 2000 steps
+# take ~120 x 140 s / 2 jobs = ~140 minutes, over the 120-minute target. And 2000 steps are NOT enough: in the demo
+# only copy with rope reached >= 90% at 1x; mqar (5000 steps) and niah_multikey (2000) were not learned. Calibrate
+# STEPS / sizes per task (see README.md) and drop tasks (TASKS=...) or schemes (SCHEMES=...) to fit the budget.
 # Per-run files go to $RUNS (not committed); the aggregates to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
