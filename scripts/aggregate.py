@@ -6,6 +6,10 @@ plus a figure of ppl against eval length (log2 x axis) with one line per scheme 
 Every position_loss.jsonl is averaged over seeds the same way (positions.csv, and positions.png: loss per
 position at each curve's longest eval length), and provenance.json lists the git SHAs, corpus and tokenizer
 hashes and run directories the rows came from.
+
+Task runs (data=copy, ...; tasks.jsonl) give tasks_summary.{md,csv,png}: per task, scheme, scaling, decoding and
+multiplier, the exact-match accuracy's mean over seeds with a 95% Student t interval (one value per run: each
+run's own row carries a Wilson interval over instances), the per-token accuracy's mean, and the runs counted.
 """
 
 from __future__ import annotations
@@ -220,6 +224,76 @@ def provenance(rows: list[dict]) -> dict:
             "model": distinct("model"), "runs": len({r.get("run_dir") for r in rows}), "rows": len(rows)}
 
 
+def summarise_tasks(rows: list[dict]) -> list[dict]:
+    """Mean and 95% CI over seeds of task accuracy per (task, pos, scaling, decode, train_size, multiplier); a run
+    counts once per cell (the latest of its rows), rows without a result (too_large, out_of_range) are counted
+    but not averaged."""
+    cells: dict[tuple, dict] = defaultdict(dict)
+    for r in rows:
+        key = (r["task"], r["pos"], r.get("scaling", "none"), r.get("decode", "teacher"), r["train_size"],
+               r["multiplier"])
+        cells[key][run_key(r) or id(r)] = r
+    out = []
+    for (task, pos, scaling, decode, train_size, m), by_run in sorted(cells.items(), key=lambda kv: str(kv[0])):
+        rs = list(by_run.values())
+        ok = [r for r in rs if r["status"] == "ok" and math.isfinite(r["accuracy"])]
+        acc, half = mean_ci([r["accuracy"] for r in ok])
+        half = half if len(ok) > 1 else math.nan  # one run: no interval over seeds (its rows have Wilson's)
+        tok, _ = mean_ci([r["token_accuracy"] for r in ok])
+        out.append({"task": task, "pos": pos, "scaling": scaling, "decode": decode, "train_size": train_size,
+                    "multiplier": m, "size": rs[0]["size"], "mean_tokens": statistics.fmean(
+                        [r["mean_tokens"] for r in rs if isinstance(r.get("mean_tokens"), (int, float))] or [math.nan]),
+                    "accuracy_mean": acc, "accuracy_ci95": half, "token_accuracy_mean": tok, "runs": len(rs),
+                    "ok_runs": len(ok), "status": "ok" if ok else rs[0]["status"]})
+    return out
+
+
+def tasks_markdown(summary: list[dict]) -> str:
+    """One table per task: rows (pos, scaling, decode), columns multipliers, cells accuracy mean ± CI (n runs)."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in summary):
+        rs = [r for r in summary if r["task"] == task]
+        mults = sorted({r["multiplier"] for r in rs})
+        lines += [f"### {task} (exact-match accuracy, mean ± 95% CI over seeds; train size {rs[0]['train_size']})", "",
+                  "| pos | scaling | decode | " + " | ".join(f"{m}x" for m in mults) + " |",
+                  "|---|---|---|" + "---|" * len(mults)]
+        for key in dict.fromkeys((r["pos"], r["scaling"], r["decode"]) for r in rs):
+            by_m = {r["multiplier"]: r for r in rs if (r["pos"], r["scaling"], r["decode"]) == key}
+            cells = []
+            for m in mults:
+                r = by_m.get(m)
+                cells.append("" if r is None else r["status"].replace("_", " ") if not r["ok_runs"] else
+                             f"{r['accuracy_mean']:.2f} ({r['ok_runs']})" if r["ok_runs"] == 1 else
+                             f"{r['accuracy_mean']:.2f} ± {r['accuracy_ci95']:.2f} ({r['ok_runs']})")
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def tasks_figure(summary: list[dict], path: Path) -> None:
+    """Accuracy against the size multiplier, one panel per task, one line (with its interval) per scheme."""
+    plt = _plt()
+    names = list(dict.fromkeys(r["task"] for r in summary))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], names):
+        rs = [r for r in summary if r["task"] == task]
+        for key in dict.fromkeys((r["pos"], r["scaling"], r["decode"]) for r in rs):
+            pts = sorted((r["multiplier"], r["accuracy_mean"], r["accuracy_ci95"]) for r in rs
+                         if (r["pos"], r["scaling"], r["decode"]) == key)
+            xs, ys, hs = zip(*pts)
+            line, = ax.plot(xs, ys, marker="o", label=" ".join([key[0]] + [k for k in key[1:] if k not in ("none", "teacher")]))
+            hs = [0.0 if math.isnan(h) else h for h in hs]
+            ax.fill_between(xs, [y - h for y, h in zip(ys, hs)], [y + h for y, h in zip(ys, hs)],
+                            color=line.get_color(), alpha=0.15, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set(title=task, xlabel="size / training size", ylabel="exact match", ylim=(-0.05, 1.05))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -232,13 +306,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("root", type=Path, help="a sweep directory (multirun/...) or any folder of run directories")
     p.add_argument("--out", type=Path, default=None, help="where to write (default: the root itself)")
     args = p.parse_args(argv)
-    rows = collect(args.root)
-    if not rows:
-        raise SystemExit(f"aggregate: no extrapolation.jsonl under {args.root}")
-    for note in separate(rows)[1]:
-        print(f"aggregate: note: {note}")
+    rows, task_rows = collect(args.root), collect(args.root, "tasks")
+    if not rows and not task_rows:
+        raise SystemExit(f"aggregate: no extrapolation.jsonl or tasks.jsonl under {args.root}")
     out = args.out or args.root
     out.mkdir(parents=True, exist_ok=True)
+    if task_rows:
+        tasks = summarise_tasks(task_rows)
+        (out / "tasks_summary.md").write_text(tasks_markdown(tasks))
+        write_csv(out / "tasks_summary.csv", tasks)
+        tasks_figure(tasks, out / "tasks_summary.png")
+        print(tasks_markdown(tasks))
+        print(f"{len(task_rows)} task rows -> {out}/tasks_summary.{{md,csv,png}}")
+    if not rows:
+        return
+    for note in separate(rows)[1]:
+        print(f"aggregate: note: {note}")
     summary = summarise(rows)
     (out / "summary.md").write_text(markdown(summary))
     write_csv(out / "summary.csv", summary)

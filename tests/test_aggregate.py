@@ -77,3 +77,27 @@ def test_a_copied_run_counts_once_and_different_tokens_are_never_averaged(tmp_pa
     assert int(summary["t2"]["runs"]) == 1 and float(summary["t2"]["ppl_mean"]) == 50.0
     assert "2 different token sets" in out and "1 rows repeat a run already counted" in out
     assert "| rope | none | nonoverlapping (tokens t1) | 64 | 11.00 ± 12.71 |" in out
+
+
+def write_task_run(path, pos, seed, accs, status="ok"):
+    path.mkdir(parents=True)
+    rows = [{"task": "copy", "pos": pos, "scaling": "none", "decode": "teacher", "train_size": 8, "size": 8 * m,
+             "multiplier": m, "mean_tokens": 18.0 * m, "accuracy": a, "token_accuracy": a, "instances": 100,
+             "status": status if m > 1 else "ok", "seed": seed, "run_dir": str(path),
+             "ckpt": str(path / "checkpoints" / "last.ckpt")} for m, a in zip([1, 2], accs)]
+    (path / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_task_accuracy_mean_ci_over_seeds(tmp_path):
+    write_task_run(tmp_path / "a0", "alibi", 0, [1.0, 0.5])
+    write_task_run(tmp_path / "a1", "alibi", 1, [0.8, 0.3])
+    write_task_run(tmp_path / "l0", "learned", 0, [0.9, math.nan], status="out_of_range")
+    aggregate.main([str(tmp_path)])  # a task-only sweep: no extrapolation rows, no error
+    rows = list(csv.DictReader((tmp_path / "tasks_summary.csv").read_text().splitlines()))
+    alibi2 = next(r for r in rows if r["pos"] == "alibi" and r["multiplier"] == "2")
+    assert float(alibi2["accuracy_mean"]) == pytest.approx(0.4) and alibi2["runs"] == "2"
+    assert float(alibi2["accuracy_ci95"]) == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+    md = (tmp_path / "tasks_summary.md").read_text()
+    assert "| alibi | none | teacher | 0.90 ± 1.27 (2) | 0.40 ± 1.27 (2) |" in md
+    assert "| learned | none | teacher | 0.90 (1) | out of range |" in md  # one run: no interval over seeds
+    assert (tmp_path / "tasks_summary.png").stat().st_size > 1000

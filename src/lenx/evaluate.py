@@ -18,6 +18,7 @@ from lenx.checkpoint import (  # noqa: F401  (load_model, read_checkpoint, scali
 )
 from lenx.errors import user_errors
 from lenx.scoring import Run, check_eval, report, score
+from lenx.tasks import build_task
 
 
 def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list[str] | None = None) -> list[dict]:
@@ -28,9 +29,12 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
     run_dir = Path(run_dir)
     state = read_checkpoint(ckpt)  # fails fast on a missing/foreign checkpoint
     _, cfg = rebuild(state, None, ckpt)
-    check_eval(eval_cfg, None, cfg["seq_len"])  # values first, before the corpus is touched
-    cfg = scoring_data(state, cfg, eval_cfg["split"], bool(eval_cfg.get("new_corpus", False)))
-    probes = check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])
+    probes = check_eval(eval_cfg, None, cfg["seq_len"])  # values first, before the corpus is touched
+    if build_task(cfg) is not None:  # a task model: no corpus; only probes that score tasks
+        probes = [p for p in probes if getattr(p, "task_probe", False)]
+    else:
+        cfg = scoring_data(state, cfg, eval_cfg["split"], bool(eval_cfg.get("new_corpus", False)))
+        probes = check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])
     models = [rebuild(state, s, ckpt) for s in (scalings or [None])]  # every scaling validated before scoring
     new: dict[str, list[dict]] = {}
     for model, mcfg in models:

@@ -19,12 +19,14 @@ from lenx.errors import ConfigError, LenxError
 from lenx.model import Decoder
 from lenx.probes import Passkey, PasskeyWindows
 from lenx.results import atomic_write_bytes
+from lenx.tasks import Task, TaskItems, build_task, masked_loss, pad
 
 
 def build_model(cfg: dict) -> Decoder:
     """The Decoder described by a resolved run config (plain dict): model group + pos group + vocab + seq_len."""
-    m = cfg["model"]
-    return Decoder(vocab_size=cfg["data"]["vocab_size"], train_len=cfg["seq_len"], pos=instantiate(cfg["pos"]),
+    m, task = cfg["model"], build_task(cfg)  # a task run's vocabulary is the task's own (data.task)
+    return Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
+                   pos=instantiate(cfg["pos"]),
                    d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
                    dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
 
@@ -80,7 +82,10 @@ class LenxModule(L.LightningModule):
     def forward(self, idx_BT: torch.Tensor) -> torch.Tensor:
         return self.model(idx_BT)
 
-    def _loss(self, batch_BT: torch.Tensor) -> torch.Tensor:
+    def _loss(self, batch_BT) -> torch.Tensor:
+        if isinstance(batch_BT, (tuple, list)):  # a task batch (ids, answer mask): loss on answer tokens only
+            ids_BT, mask_BT = batch_BT
+            return masked_loss(self.model(ids_BT[:, :-1]), ids_BT, mask_BT)
         logits_BTV = self.model(batch_BT[:, :-1])
         return F.cross_entropy(logits_BTV.float().flatten(0, 1), batch_BT[:, 1:].flatten())
 
@@ -97,7 +102,8 @@ class LenxModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()
         if self._last_step_time is not None:  # wall time of the previous step: forward, backward and optimizer
-            self.log("train/tokens_per_s", batch_BT[:, 1:].numel() / (now - self._last_step_time))
+            ids_BT = batch_BT[0] if isinstance(batch_BT, (tuple, list)) else batch_BT  # tokens read, padding included
+            self.log("train/tokens_per_s", ids_BT[:, 1:].numel() / (now - self._last_step_time))
         self._last_step_time = now
         return loss
 
@@ -156,9 +162,10 @@ class WindowData(L.LightningDataModule):
     """
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, *, seq_len: int, batch_size: int,
-                 max_steps: int, accumulate: int, val_batches: int, seed: int, passkey: Passkey | None = None) -> None:
+                 max_steps: int, accumulate: int, val_batches: int, seed: int, passkey: Passkey | None = None,
+                 task: Task | None = None) -> None:
         super().__init__()
-        self.train_tokens, self.val_tokens, self.passkey = train_tokens, val_tokens, passkey
+        self.train_tokens, self.val_tokens, self.passkey, self.task = train_tokens, val_tokens, passkey, task
         self.seq_len, self.batch_size, self.max_steps, self.accumulate = seq_len, batch_size, max_steps, accumulate
         self.val_batches, self.seed = max(1, val_batches), seed
         self._dataset(0)  # refuse impossible shapes (seq_len vs the split, passkey length) up front
@@ -168,6 +175,8 @@ class WindowData(L.LightningDataModule):
         n, start = (self.val_batches * self.batch_size, 0) if val else (self.max_steps * per_step,
                                                                         start_step * per_step)
         seed = 10_000 + self.seed if val else self.seed
+        if self.task is not None:  # a task run: instances of the task (validation: the held-out half, own stream)
+            return TaskItems(self.task, n, self.seed, start, "validation" if val else "train")
         if self.passkey is None:
             return RandomWindows(self.val_tokens if val else self.train_tokens, self.seq_len, n, seed, start)
         return PasskeyWindows(self.passkey, self.seq_len, n, seed, start)  # data=passkey: synthetic sequences
@@ -181,7 +190,7 @@ class WindowData(L.LightningDataModule):
         # data path is a memmap slice per item, far cheaper than a forward pass. Per process: the global
         # batch / world size (Lightning's DistributedSampler hands each rank its own items).
         return DataLoader(ds, batch_size=self.batch_size // world, shuffle=False, num_workers=0,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(), collate_fn=pad if self.task is not None else None)
 
     def train_dataloader(self):
         step, world = self._trainer_state()

@@ -32,6 +32,10 @@ def check_job(config: DictConfig) -> None:
         raise ConfigError("evaluate.py needs a checkpoint: ckpt=<run dir>/checkpoints/last.ckpt")
     if "seed" in config:
         check_int(config.seed, "seed", minimum=0)
+    if "data" in config and OmegaConf.is_dict(config.data.get("task")):  # a task's parameters (lenx.tasks)
+        from lenx.tasks import build_task
+
+        build_task({"data": {"task": OmegaConf.to_container(config.data.task, resolve=True)}})
 
 
 class Preflight(Callback):

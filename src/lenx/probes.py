@@ -145,6 +145,8 @@ def passkey_task(cfg: dict, force: bool = False) -> Passkey | None:
     """The passkey task of a run trained on data=passkey (data.task; any run with `force`), else None; checks
     that seq_len holds it when the run trains on it."""
     d = cfg["data"]
+    if isinstance(d.get("task"), dict):  # a lenx.tasks task (data.task._target_): not passkey
+        return None
     if d.get("task") not in (None, "lm", "passkey"):
         raise ConfigError(f"unknown data.task {d['task']!r}; expected lm or passkey")
     if d.get("task") != "passkey" and not force:

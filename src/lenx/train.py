@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from lenx import data
+from lenx import data, tasks
 from lenx.checkpoint import CONFIG_DIR, read_checkpoint, resume_point, scoring_data
 from lenx.checks import check_config, check_world
 from lenx.dist import is_main
@@ -46,12 +46,15 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     cfg_dict["choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    task = tasks.configure(cfg_dict)  # a task run: vocab_size and seq_len from the task (data.task)
     check_config(cfg_dict)
-    check_eval(cfg_dict["eval"], None, cfg.seq_len)
+    check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"])
     init_state = read_checkpoint(cfg.init_from)["state_dict"] if cfg.get("init_from") else None
     resume_from, trained_steps, resumed = resume_point(cfg_dict, run_dir)
 
-    if resumed is None:
+    if task is not None:  # synthetic instances: no corpus, no tokenizer
+        cfg_dict["provenance"] = tasks.provenance(cfg_dict)
+    elif resumed is None:
         cfg_dict["provenance"] = data.prepare(cfg_dict)  # tokenizer + token memmaps (cached after the first run)
     else:  # the tokens it was trained on, with its own tokenizer; a changed corpus is refused with both hashes
         recorded = {**cfg_dict, "provenance": resumed["hyper_parameters"]["cfg"].get("provenance", {})}
@@ -59,24 +62,28 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
             cfg_dict = scoring_data(resumed, recorded, split)
     prov = cfg_dict["provenance"]
     passkey = passkey_task(cfg_dict)  # data=passkey: refuses a seq_len too short for the task before training
-    probes = check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)
+    if task is None:
+        probes = check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)
+    else:  # probes that read the corpus (perplexity, repeated segment, passkey) have nothing to score here
+        probes = [p for p in check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"]) if getattr(p, "task_probe", False)]
     if is_main():
         atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
     log.info("data ready in %.1fs: %s", time.time() - t0, {k: prov[k] for k in ("corpus", "n_tokens")})
 
     L.seed_everything(cfg.seed, workers=True)
     module = LenxModule(cfg_dict)
-    module.tokenizer_json = (Path(prov["dir"]) / "tokenizer.json").read_text()
+    if task is None:
+        module.tokenizer_json = (Path(prov["dir"]) / "tokenizer.json").read_text()
     if init_state is not None:  # fine-tuning (e.g. at a longer seq_len under a RoPE scaling): weights only
         try:
             module.load_state_dict(init_state, strict=True)
         except RuntimeError as e:
             raise ConfigError(f"init_from={cfg.init_from} does not fit this model: {e}") from None
     t = cfg_dict["trainer"]
-    dm = WindowData(data.load_tokens(cfg_dict, "train"), data.load_tokens(cfg_dict, "validation"),
-                    seq_len=cfg.seq_len, batch_size=cfg.batch_size, max_steps=t["max_steps"],
+    streams = [None, None] if task else [data.load_tokens(cfg_dict, s) for s in ("train", "validation")]
+    dm = WindowData(*streams, seq_len=cfg_dict["seq_len"], batch_size=cfg.batch_size, max_steps=t["max_steps"],
                     accumulate=t["accumulate_grad_batches"], val_batches=t["limit_val_batches"] or 1,
-                    seed=cfg.seed, passkey=passkey)
+                    seed=cfg.seed, passkey=passkey, task=task)
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                               every_n_train_steps=cfg.ckpt_every)
     extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]

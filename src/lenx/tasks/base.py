@@ -1,0 +1,172 @@
+"""The task interface: a Task draws instances (token ids + answer mask) of a size; build_task reads data.task;
+the training dataset, padding and the answer-only loss."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lenx.errors import ConfigError, check_int
+
+PAD, BOS, SEP = 0, 1, 2
+SPECIALS = ("<pad>", "<bos>", "<sep>")
+SPLITS = {"train": 0, "validation": 1, "eval": 2}  # the seed stream of each split
+HALF = {"train": 0, "validation": 1, "eval": 1}  # which half of the instance space a split draws from
+
+
+
+
+def half_of(ids: np.ndarray) -> int:
+    """Which half of the instance space `ids` (an instance's tokens) lies in: one bit of its blake2b hash."""
+    return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8).digest()[0] & 1
+
+
+class Task:
+    """Base class: a task draws instances of a given size; subclasses define `symbols` and `draw`."""
+
+    name = ""
+    sizes = "symbols"  # what the size counts (for messages)
+
+    def __init__(self, *, train_size: int, min_size: int = 1) -> None:
+        check_int(train_size, "data.task.train_size")
+        check_int(min_size, "data.task.min_size")
+        if min_size > train_size:
+            raise ConfigError(f"data.task.min_size={min_size} is larger than data.task.train_size={train_size}")
+        self.train_size, self.min_size = train_size, min_size
+
+    # vocabulary
+    def symbols(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def vocab(self) -> list[str]:
+        return [*SPECIALS, *self.symbols()]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def id(self, name: str) -> int:
+        return self.vocab.index(name)
+
+    # instances
+    def draw(self, size: int, rng: np.random.Generator) -> tuple[list[int], list[bool]]:
+        """The tokens after BOS and their answer mask."""
+        raise NotImplementedError
+
+    def max_len(self, size: int) -> int:
+        """The longest instance of this size, in tokens (BOS included)."""
+        raise NotImplementedError
+
+    def too_large(self, size: int) -> str | None:
+        """Why an instance of this size cannot be drawn (vocabulary exhausted), or None."""
+        return None
+
+    def qa(self, prompt: list[int], answer: list[int]) -> tuple[list[int], list[bool]]:
+        return [*prompt, SEP, *answer], [False] * (len(prompt) + 1) + [True] * len(answer)
+
+    def instance(self, seed: int, split: str, i: int, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, answer mask) of instance i of `split` (a pure function of the arguments). Training draws its
+        size uniformly in [min_size, train_size]; evaluation passes the size."""
+        rng = np.random.default_rng((seed, SPLITS[split], i, size or 0))
+        if size is None:
+            size = int(rng.integers(self.min_size, self.train_size + 1))
+        for _ in range(64):
+            ids, mask = self.draw(size, rng)
+            ids = np.asarray([BOS, *ids], dtype=np.int64)
+            if half_of(ids) == HALF[split]:
+                return ids, np.asarray([False, *mask])
+        if split == "train":  # a size with too few instances to split (e.g. parity of 1 bit): training may see it
+            return ids, np.asarray([False, *mask])
+        raise ConfigError(f"data.task: size {size} has too few distinct {self.name} instances to hold some out of "
+                          "training; use a larger train_size")
+
+    def seq_len(self) -> int:
+        """The training length: the longest training instance minus one (the model reads all tokens but the last)."""
+        return self.max_len(self.train_size) - 1
+
+
+def query(context: list[int], q: int, answer: list[int]) -> tuple[list[int], list[bool]]:
+    """`context SEP q answer` and its mask: a retrieval question about the context."""
+    prompt = [*context, SEP, q]
+    return prompt + answer, [False] * len(prompt) + [True] * len(answer)
+
+
+
+def build_task(cfg: Mapping) -> Task | None:
+    """The task of a run config (data.task with a _target_), or None for a corpus (LM) or passkey run."""
+    spec = cfg["data"].get("task")
+    if not isinstance(spec, Mapping):
+        return None
+    # A checkpoint's config is data, never code (README, "What lenx trusts"): only a Task class of this module,
+    # with plain values, is ever built, so rebuilding a checkpoint's model cannot call anything else.
+    import lenx.tasks
+
+    target = str(spec.get("_target_", ""))
+    cls = getattr(lenx.tasks, target.removeprefix("lenx.tasks."), None) if target.startswith("lenx.tasks.") else None
+    if not (isinstance(cls, type) and issubclass(cls, Task) and cls is not Task):
+        raise ConfigError(f"data.task: {target or 'a task without _target_'} is not a lenx.tasks.Task")
+    params = {k: v for k, v in spec.items() if k != "_target_"}
+    bad = [k for k, v in params.items() if str(k).startswith("_") or not isinstance(v, (int, float, str, bool))]
+    if bad:
+        raise ConfigError(f"data.task: {bad} must be plain values (no nested nodes, no hydra keys)")
+    try:
+        return cls(**params)
+    except TypeError as e:  # an unknown or missing parameter
+        raise ConfigError(f"data.task: {e}") from None
+
+
+def configure(cfg: dict) -> Task | None:
+    """For a task run: set data.vocab_size from the task's vocabulary and seq_len to its longest training instance
+    (so a learned table holds exactly the trained positions), and a provenance naming the generator; returns the
+    task (None for corpus runs, left unchanged)."""
+    task = build_task(cfg)
+    if task is not None:
+        cfg["data"]["vocab_size"], cfg["seq_len"] = task.vocab_size, task.seq_len()
+    return task
+
+
+def provenance(cfg: dict) -> dict:
+    """A task run's data provenance: the task and a hash of its generator settings (no corpus, no tokenizer)."""
+    import json
+
+    spec = json.dumps(cfg["data"]["task"], sort_keys=True)
+    return {"corpus": f"task:{cfg['data'].get('name', '')}", "corpus_hash": hashlib.sha256(spec.encode()).hexdigest(),
+            "tokenizer_hash": "", "n_tokens": 0}
+
+
+def pad(items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad instances to the longest: (ids (B, T), answer mask (B, T)). Padding is never attended to by
+    earlier tokens (causal) and never a target."""
+    T = max(len(ids) for ids, _ in items)
+    ids_BT = torch.full((len(items), T), PAD, dtype=torch.long)
+    mask_BT = torch.zeros((len(items), T), dtype=torch.bool)
+    for b, (ids, mask) in enumerate(items):
+        ids_BT[b, :len(ids)], mask_BT[b, :len(mask)] = torch.from_numpy(ids), torch.from_numpy(mask)
+    return ids_BT, mask_BT
+
+
+class TaskItems(torch.utils.data.Dataset):
+    """Training (or validation) instances: item i is `task.instance(seed, split, start + i)`."""
+
+    def __init__(self, task: Task, n_items: int, seed: int, start: int = 0, split: str = "train") -> None:
+        self.task, self.n_items, self.seed, self.start, self.split = task, n_items, seed, start, split
+
+    def __len__(self) -> int:
+        return self.n_items  # as RandomWindows: a resumed epoch ends at max_steps, not at n_items - start
+
+    def __getitem__(self, i: int):
+        return self.task.instance(self.seed, self.split, i + self.start)
+
+
+def masked_loss(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens only; logits_BTV predicts ids_BT[:, 1:]."""
+    nll_BT = F.cross_entropy(logits_BTV.float().transpose(1, 2), ids_BT[:, 1:], reduction="none")
+    m = mask_BT[:, 1:].float()
+    return (nll_BT * m).sum() / m.sum().clamp(min=1)
+
+
