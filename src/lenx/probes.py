@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from lenx import data
 from lenx.errors import ConfigError, OutOfRangeError, check_int
-from lenx.results import PASSKEY_COLUMNS, PROBE_COLUMNS, plot_passkey, read_rows
+from lenx.results import PASSKEY_COLUMNS, PROBE_COLUMNS, plot_passkey
 from lenx.scoring import Probe
 
 
@@ -70,10 +70,10 @@ class RepeatedSegment(Probe):
                                   device=run.device, skip=frozenset(r["multiplier"] for r in run.done(self.name)))
 
     def report(self, run, new: dict[str, list[dict]]) -> str:
-        rows = new.get(self.name, [])
-        return "\n".join(["repeated-segment probe: copy gain (nats) = NLL(control) - NLL(repeat), by distance"] + [
-            f"  {r['pos']:<14} {r['scaling']:<12} d={r['distance']:<6} ({r['multiplier']}x)  {r['copy_gain']:+.3f}"
-            for r in rows] + [f"probe: {run.run_dir / self.name}.csv"]) if rows else ""
+        return self.lines_report(
+            run, new, f"repeated-segment probe ({run.run_dir / self.name}.csv): copy gain (nats) = NLL(control) - "
+            "NLL(repeat), by distance", lambda r: (f"  {r['pos']:<14} {r['scaling']:<12} d={r['distance']:<6} "
+                                                   f"({r['multiplier']}x)  {r['copy_gain']:+.3f}"))
 
 
 class Passkey:
@@ -184,13 +184,9 @@ class PasskeyRetrieval(Probe):
                                     skip=frozenset((r["multiplier"], r["depth"]) for r in run.done(self.name)))
 
     def report(self, run, new: dict[str, list[dict]]) -> str:
-        on_disk = read_rows(run.run_dir, self.name)
-        if on_disk:
-            plot_passkey(on_disk, run.run_dir / f"{self.name}.png")
-        rows = new.get(self.name, [])
-        return "\n".join(["passkey retrieval accuracy, by length (rows: depth of the key)"] + [
-            f"  {r['pos']:<14} {r['scaling']:<12} len={r['eval_len']:<6} depth={r['depth']:<5} {r['accuracy']:.2f}"
-            for r in rows]) if rows else ""
+        return self.lines_report(run, new, "passkey retrieval accuracy, by length (rows: depth of the key)", lambda r: (
+            f"  {r['pos']:<14} {r['scaling']:<12} len={r['eval_len']:<6} depth={r['depth']:<5} {r['accuracy']:.2f}"),
+            plot_passkey)
 
 
 class PasskeyWindows(torch.utils.data.Dataset):

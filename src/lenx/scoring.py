@@ -76,6 +76,14 @@ class Probe(abc.ABC):
         rows = new.get(self.name, [])
         return f"{self.name}: {len(rows)} new rows -> {run.run_dir / self.name}.csv" if rows else ""
 
+    def lines_report(self, run: Run, new: dict[str, list[dict]], title: str, line, plot=None) -> str:
+        """`plot(rows, path)` drawn from every row on disk (to <name>.png), and `title` with one `line(row)` per
+        new row; empty when this run added none."""
+        if plot is not None and (on_disk := read_rows(run.run_dir, self.name)):
+            plot(on_disk, run.run_dir / f"{self.name}.png")
+        rows = new.get(self.name, [])
+        return "\n".join([title] + [line(r) for r in rows]) if rows else ""
+
 
 def build_probes(eval_cfg: dict) -> list[Probe]:
     """The probes of eval.probes, instantiated (each validates its parameters); a bad entry is one ConfigError."""

@@ -113,16 +113,11 @@ class TaskAccuracy(Probe):
                                  batch=self.batch, decode=self.decode, device=run.device, seed=self.seed, skip=done)
 
     def report(self, run, new: dict[str, list[dict]]) -> str:
-        from lenx.results import read_rows
-
-        on_disk = read_rows(run.run_dir, self.name)
-        if on_disk:
-            plot_tasks(on_disk, run.run_dir / f"{self.name}.png")
-        rows = new.get(self.name, [])
-        return "\n".join(["task accuracy (exact match of the whole answer; Wilson 95% interval), by size"] + [
-            f"  {r['task']:<18} {r['pos']:<14} size={r['size']:<5} ({r['multiplier']}x, {r['mean_tokens']:.0f} tokens)"
-            f"  {r['accuracy']:.3f} [{r['acc_ci_low']:.2f}, {r['acc_ci_high']:.2f}]  per token "
-            f"{r['token_accuracy']:.3f}  {r['status']}" for r in rows]) if rows else ""
+        return self.lines_report(
+            run, new, "task accuracy (exact match of the whole answer; Wilson 95% interval), by size", lambda r: (
+                f"  {r['task']:<18} {r['pos']:<14} size={r['size']:<5} ({r['multiplier']}x, "
+                f"{r['mean_tokens']:.0f} tokens)  {r['accuracy']:.3f} [{r['acc_ci_low']:.2f}, {r['acc_ci_high']:.2f}]"
+                f"  per token {r['token_accuracy']:.3f}  {r['status']}"), plot_tasks)
 
 
 def plot_tasks(rows: list[dict], path):
