@@ -66,9 +66,11 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
     prov = cfg_dict["provenance"]
     passkey = passkey_task(cfg_dict)  # data=passkey: refuses a seq_len too short for the task before training
     if task is None:
-        probes = check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)
+        n_eval = len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"]))
+        probes = check_eval(cfg_dict["eval"], n_eval, cfg.seq_len)
     else:  # probes that read the corpus (perplexity, repeated segment, passkey) have nothing to score here
-        probes = [p for p in check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"]) if getattr(p, "task_probe", False)]
+        probes = [p for p in check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"])
+                  if getattr(p, "task_probe", False)]
     if is_main():
         atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
     log.info("data ready in %.1fs: %s", time.time() - t0, {k: prov[k] for k in ("corpus", "n_tokens")})
