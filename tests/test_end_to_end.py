@@ -186,6 +186,19 @@ def test_scaling_on_a_non_rotary_checkpoint_is_refused(tmp_path, tree, cache):
     assert not (tmp_path / "e" / "extrapolation.jsonl").exists()
 
 
+def wandb_file(offline_run, last: bytes, timeout: float = 60.0) -> bytes:
+    """The bytes of an offline W&B run's transaction log once `last` (the last thing lenx logs) is in it: W&B's
+    service process writes the file after run.finish() returns, later under load (seen: a CI run read it early)."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        data = b"".join(p.read_bytes() for p in offline_run.rglob("*.wandb"))
+        if last in data or time.time() > deadline:
+            return data
+        time.sleep(0.5)
+
+
 def test_wandb_offline_run_holds_the_extrapolation_table(tmp_path, tree, cache, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -194,7 +207,7 @@ def test_wandb_offline_run_holds_the_extrapolation_table(tmp_path, tree, cache, 
     assert len(rows) == 2 and (tmp_path / "run" / "extrapolation.csv").is_file()  # local results first
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    data = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
+    data = wandb_file(runs[0], b"position_nll")
     assert b"extrapolation" in data and b"position_loss" in data and b"pos=alibi" in data
 
 
@@ -229,7 +242,7 @@ def test_two_by_two_wandb_sweep_then_aggregate(tmp_path, tree, cache):
     assert len(runs) == 4
     for run_dir in runs:
         (offline,) = (run_dir / "wandb").glob("offline-run-*")
-        data = b"".join(p.read_bytes() for p in offline.rglob("*.wandb"))
+        data = wandb_file(offline, b"position_nll")
         assert b"extrapolation" in data and sweep.name.encode() in data  # the table, and the sweep's group
         assert b"extrap/ppl_2x" in data and b"position_nll" in data  # the curve during training; positions
     r = subprocess.run([sys.executable, "scripts/aggregate.py", str(sweep)], cwd=ROOT, capture_output=True,
