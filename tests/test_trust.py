@@ -335,3 +335,13 @@ def test_nan_stop_without_a_checkpoint_says_so(tmp_path, tree, cache, monkeypatc
 def test_eval_tokens_beyond_the_split_are_reported(caplog):
     check_eval({**EVAL, "tokens": 10**9}, 5000, 32)
     assert "eval.tokens=1000000000 is more than the validation split holds (4999 targets): 4992 targets" in caplog.text
+
+
+@pytest.mark.parametrize("scheme, over, match", [("cope", {"npos_max": 1}, "CoPE npos_max must be an integer >= 2"),
+                                                 ("cpe", {"kernel_size": 0}, "CPE kernel_size must be a positive"),
+                                                 ("shaw", {"max_distance": 1.5}, "max_distance must be a positive")])
+def test_bad_scheme_sizes_are_one_line(scheme, over, match):
+    from conftest import make_model
+
+    with pytest.raises(ConfigError, match=match):
+        make_model(scheme, **over)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenx.errors import ConfigError
+from lenx.errors import check_int
 from lenx.pos.base import PositionalScheme, layer_tables
 
 
@@ -25,8 +25,7 @@ class CoPE(PositionalScheme):
 
     def __init__(self, *, npos_max: int = 64, shared: bool = False, **dims) -> None:
         super().__init__(**dims)
-        if not isinstance(npos_max, int) or isinstance(npos_max, bool) or npos_max < 2:
-            raise ConfigError(f"CoPE npos_max must be an integer >= 2, got {npos_max!r}")
+        check_int(npos_max, "CoPE npos_max", minimum=2)
         self.npos_max, self.tables = npos_max, layer_tables(shared, self.n_layers)
         self.pos_emb_NDP = nn.Parameter(torch.zeros(self.tables, self.head_dim, npos_max))
 
@@ -58,8 +57,7 @@ class CPE(PositionalScheme):
 
     def __init__(self, *, kernel_size: int = 3, **dims) -> None:
         super().__init__(**dims)
-        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
-            raise ConfigError(f"CPE kernel_size must be a positive integer, got {kernel_size!r}")
+        check_int(kernel_size, "CPE kernel_size")
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(self.d_model, self.d_model, kernel_size, groups=self.d_model)
         # Zero init: the block starts as the identity. PyTorch's default (uniform +-1/sqrt(kernel_size), ~0.6)

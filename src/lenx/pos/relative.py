@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lenx.errors import ConfigError
+from lenx.errors import check_int
 from lenx.pos.absolute import sinusoidal_table
 from lenx.pos.base import AttnContext, PositionalScheme, distance_index, layer_tables
 from lenx.pos.bias import distances
@@ -41,8 +41,7 @@ def gather_last(x_BHTR: torch.Tensor, idx_TS: torch.Tensor) -> torch.Tensor:
 
 
 def check_distance(k: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"max_distance must be a positive integer, got {k!r}")
+    check_int(k, "max_distance")
 
 
 class Shaw(PositionalScheme):
