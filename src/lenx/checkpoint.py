@@ -73,6 +73,11 @@ def scheme_config(name: str) -> dict:
     return cfg
 
 
+def scheme_configs() -> dict[str, dict]:
+    """Every configs/pos/<name>.yaml, composed, by name."""
+    return {n: scheme_config(n) for n in config_names("pos")}
+
+
 def _merge(base: dict, stored: dict, where: str) -> dict:
     """`base` (lenx's config) with the stored values of the keys it has; a stored key lenx does not have, a Hydra
     key that differs from lenx's, or a value that is not plain data is refused."""
@@ -115,7 +120,7 @@ def safe_pos_config(stored: dict, name: str | None = None) -> dict:
     if not isinstance(stored, dict):
         raise CheckpointError("the checkpoint's pos config is not a mapping")
     target = stored.get("_target_")
-    schemes = {n: scheme_config(n) for n in config_names("pos")}
+    schemes = scheme_configs()
     matching = [n for n, c in schemes.items() if c.get("_target_") == target]
     if not matching:
         raise CheckpointError(f"pos._target_={target!r} is not one of lenx's schemes; refusing to load (a "

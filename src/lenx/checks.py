@@ -10,7 +10,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from lenx.checkpoint import config_names, scheme_config
+from lenx.checkpoint import scheme_configs
 from lenx.errors import ConfigError, check_int
 from lenx.lit import build_model
 
@@ -43,7 +43,7 @@ def check_scaling_applies(cfg: dict) -> None:
     pos = cfg["pos"]
     if "scaling" not in pos:
         return
-    schemes = {n: scheme_config(n) for n in config_names("pos")}
+    schemes = scheme_configs()
     mine = [c for c in schemes.values() if c.get("_target_") == pos.get("_target_")]
     if mine and not any("scaling" in c for c in mine):
         takes = sorted(n for n, c in schemes.items() if "scaling" in c)

@@ -189,11 +189,15 @@ def _loads(tok_path: Path) -> bool:
         return False
 
 
+def index_path(d: Mapping) -> Path:
+    """The index file of the configured corpus's cache entry (keyed by source_key)."""
+    return cache_root(d) / "index" / f"{d['name']}-{source_key(d)}.json"
+
+
 def cached(cfg: Mapping) -> dict | None:
     """The provenance of the configured corpus if its cache entry exists and is whole, else None (builds nothing)."""
     d = data_config(cfg)
-    root = cache_root(d)
-    return read_index(root / "index" / f"{d['name']}-{source_key(d)}.json", root)
+    return read_index(index_path(d), cache_root(d))
 
 
 def prepare(cfg: Mapping) -> dict:
@@ -204,7 +208,7 @@ def prepare(cfg: Mapping) -> dict:
     d = data_config(cfg)
     check_data_config(d)
     root = cache_root(d)
-    index = root / "index" / f"{d['name']}-{source_key(d)}.json"
+    index = index_path(d)
     prov = read_index(index, root)
     if prov is not None:
         return prov
@@ -265,7 +269,7 @@ def load_tokens(cfg: Mapping, split: str) -> np.ndarray:
     except StaleCacheError:
         d = data_config(cfg)
         log.warning("lenx: %s does not hash to what the cache index records (damaged); rebuilding the entry", path)
-        (cache_root(d) / "index" / f"{d['name']}-{source_key(d)}.json").unlink(missing_ok=True)
+        index_path(d).unlink(missing_ok=True)
         prov = prepare(cfg)
         path = Path(prov["dir"]) / f"{split}.bin"
         verify_stream(path, prov.get("stream_hashes", {}).get(split))

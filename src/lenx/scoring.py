@@ -12,6 +12,7 @@ companions are too. `eval.probes.<name>=null` disables a probe; one defined outs
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +28,7 @@ from lenx.errors import ConfigError, check_int
 from lenx.hardware import eval_autocast, resolve_device
 from lenx.results import append_rows, provenance_columns, read_rows, scaling_name, stamp
 
+log = logging.getLogger(__name__)
 TABLE = "_table"  # a row's key naming the table it belongs to, when not its probe's own
 
 
@@ -108,8 +110,6 @@ def build_probes(eval_cfg: dict) -> list[Probe]:
 def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Probe]:
     """Refuse, before any training or scoring, eval settings that cannot work (on a split of n_tokens, when
     given), and say when eval.tokens is more than the split holds; returns the probes."""
-    import logging
-
     from lenx.extrapolation import (  # extrapolation imports Probe
         check_multipliers,
         resolve_stride,
@@ -139,7 +139,7 @@ def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Pro
     if n_tokens is not None and context == "stream":
         (_, scored), = scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
         if eval_cfg["tokens"] > n_tokens - 1:
-            logging.getLogger(__name__).warning(
+            log.warning(
                 "lenx: eval.tokens=%d is more than the %s split holds (%d targets): %d targets are scored at each "
                 "length (a multiple of the longest window)", eval_cfg["tokens"], eval_cfg["split"], n_tokens - 1,
                 scored)
