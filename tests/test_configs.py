@@ -19,8 +19,8 @@ GROUP_FILES = sorted(p.relative_to(CONFIGS) for p in CONFIGS.rglob("*.yaml")
 
 def override_for(rel: Path) -> str:
     group = "/".join(rel.parts[:-1])
-    if group == "pos/scaling":  # table interpolation is the learned table's scaling; the rest are RoPE's
-        return f"pos={'learned' if rel.stem == 'interpolate' else 'rope'} pos/scaling={rel.stem}"
+    if group == "pos/scaling":  # RoPE scalings apply to the rotary schemes
+        return f"pos=rope pos/scaling={rel.stem}"
     return f"+{group}={rel.stem}" if group == "experiment" else f"{group}={rel.stem}"
 
 

@@ -269,7 +269,7 @@ def test_document_context_runs_each_window_at_its_real_length():
     rng, vocab = np.random.default_rng(4), 50
     lengths = [5, 40, 17, 90, 3, 200, 60]
     tokens = documents_stream(rng, 0, lengths, vocab)
-    model = make_model("rope", train_len=8, vocab_size=vocab, scaling={"method": "dynamic_ntk", "factor": None})
+    model = make_model("rope", train_len=8, vocab_size=vocab, scaling={"_target_": "lenx.pos.rope_scaling.DynamicNTK", "factor": None})
     for block in model.blocks:  # attention logits of order 1, so the rotation's base visibly moves the output
         block.attn.qkv.weight.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     rows, _ = evaluate_lengths(model, tokens, train_len=8, multipliers=[16], tokens_to_score=10_000, batch_tokens=256,

@@ -121,7 +121,7 @@ def test_bad_shapes_are_refused(bad, match):
 
 def test_learned_table_interpolation():
     plain = make("learned")
-    interp = make("learned", scaling={"method": "interpolate"})
+    interp = make("learned", interpolate=True)
     idx = torch.randint(0, 50, (1, TRAIN_LEN))
     torch.testing.assert_close(interp(idx), plain(idx), rtol=0, atol=0)  # within the table: unchanged
     x = torch.zeros(1, 2 * TRAIN_LEN, 32)
@@ -132,5 +132,5 @@ def test_learned_table_interpolation():
     frac = 5 * (TRAIN_LEN - 1) / (2 * TRAIN_LEN - 1)  # position 5 of 32 reads row 5 x 15 / 31
     lo = int(frac)
     torch.testing.assert_close(pe[5], (1 - (frac - lo)) * table[lo] + (frac - lo) * table[lo + 1])
-    with pytest.raises(ConfigError, match="does not apply to a learned"):
-        make("learned", scaling={"method": "yarn"})
+    with pytest.raises(ConfigError, match="interpolate must be true or false"):
+        make("learned", interpolate="yes")

@@ -11,7 +11,11 @@ from conftest import CONFIGS
 from omegaconf import OmegaConf
 
 from lenx.errors import ConfigError
-from lenx.pos.rope_scaling import METHODS, rope_cache, rope_parameters
+from hydra.utils import instantiate
+
+from lenx.pos.rope_scaling import RopeScaling, rope_cache, rope_parameters
+
+METHODS = sorted(RopeScaling.registry)
 
 D, BASE, L0 = 16, 10000.0, 128
 
@@ -178,12 +182,23 @@ def test_odd_head_dim_refused():
                                          if p.stem in METHODS), ids=lambda p: p.stem)
 def test_every_scaling_config_is_accepted(path):
     cfg = OmegaConf.to_container(OmegaConf.load(path))
-    method = cfg.pop("method")
-    cfg.pop("original_len")
-    assert method == path.stem
+    scaling = instantiate(cfg)
+    assert type(scaling).name == path.stem  # the class the config names is the method the file is named after
+    params_ = {k: v for k, v in cfg.items() if k not in ("_target_", "original_len")}
     for seq_len in (L0, 16 * L0):
-        inv, af = params(method, seq_len=seq_len, **cfg)
-        assert torch.isfinite(torch.from_numpy(inv)).all() and af >= 1.0
+        inv, af = params(path.stem, seq_len=seq_len, **params_)
+        inv2, af2 = scaling(D, BASE, L0, seq_len)  # the instantiated config gives the same values
+        np.testing.assert_array_equal(inv, inv2.double().numpy())
+        assert torch.isfinite(torch.from_numpy(inv)).all() and af >= 1.0 and af == af2
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "pos" / "scaling").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_key_a_scaling_does_not_take_is_refused_by_its_class(path):
+    from lenx.errors import instantiate_node
+
+    cfg = {**OmegaConf.to_container(OmegaConf.load(path)), "fator": 2.0}
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'fator'"):
+        instantiate_node(cfg, "pos.scaling")
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -220,3 +235,27 @@ def test_matches_hugging_face_transformers():
                                   train_len=case["train_len"], seq_len=case["seq_len"], **case["params"])
         np.testing.assert_allclose(inv.numpy(), np.array(case["inv_freq"]), rtol=2e-6, err_msg=str(case))
         assert af == pytest.approx(case["attention_factor"], rel=1e-6), case
+
+
+def test_a_scaling_defined_outside_lenx_plugs_in_by_its_class():
+    """Adding a RoPE scaling is one RopeScaling subclass (and a config naming it): it is found by name, labels the
+    results by that name, and a rotary scheme built with it uses its frequencies."""
+    from lenx.pos.rope import RoPE
+    from lenx.pos.rope_scaling import scaling_label
+
+    class Halve(RopeScaling):  # every frequency halved past the training length
+        name = "test_halve"
+
+        def frequencies(self, d, base, train_len, seq_len):
+            inv, af = super().frequencies(d, base, train_len, seq_len)
+            return (inv / 2 if seq_len > train_len else inv), af
+
+    try:
+        inv, _ = params("test_halve", seq_len=2 * L0)
+        np.testing.assert_allclose(inv, theta() / 2, rtol=1e-6)
+        assert scaling_label({"_target_": f"{__name__}.Halve"}) != "test_halve"  # a local class: not importable
+        assert scaling_label({"_target_": f"{Halve.__module__}.{Halve.__qualname__}"}) == "test_halve"
+        rope = RoPE(scaling=Halve(), d_model=32, n_heads=2, head_dim=16, train_len=L0)
+        torch.testing.assert_close(rope.frequencies(4 * L0)[0], torch.from_numpy(theta() / 2).float())
+    finally:
+        RopeScaling.registry.pop("test_halve")

@@ -98,6 +98,22 @@ def test_safe_pos_config_keeps_stored_parameters_and_lenx_targets():
                            "scaling": {"method": "yarn", "factor": 4.0}}, "rope_partial")
     assert cfg["base"] == 500 and cfg["rotary_fraction"] == 0.5
     assert cfg["scaling"] == {**scaling_config("yarn"), "factor": 4.0}  # lenx's keys, the stored factor
+    assert cfg["scaling"]["_target_"] == "lenx.pos.rope_scaling.YaRN"  # (a pre-class `method` names the class)
+    new = safe_pos_config({**cfg, "scaling": {**scaling_config("pi"), "factor": 2.0}}, "rope_partial")
+    assert new["scaling"] == {**scaling_config("pi"), "factor": 2.0}  # today's checkpoints: `_target_` names it
+
+
+def test_a_learned_table_stored_with_the_pre_class_interpolate_scaling_rebuilds():
+    stored = {"_target_": "lenx.pos.absolute.Learned", "_partial_": True, "max_positions": None}
+    for method, flag in (("interpolate", True), ("none", False)):
+        cfg = safe_pos_config({**stored, "scaling": {"method": method, "original_len": None}}, "learned")
+        assert "scaling" not in cfg and cfg["interpolate"] is flag
+
+
+def test_a_key_a_scaling_does_not_take_is_refused_before_any_work(tmp_path, tree, cache):
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'fator'"):
+        run(compose(tmp_path, tree, "pos=rope", "pos/scaling=pi", "+pos.scaling.fator=2"))
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (cache / "index").exists()
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "pos/scaling/yarn", "yarn.yaml", "nope"])
@@ -255,7 +271,7 @@ def test_disk_full_line_names_the_file(tmp_path, capsys, monkeypatch):
     ("ckpt_every=-1", "ckpt_every must be a positive integer"),
     ("model.dropout=1.5", r"model.dropout must be a probability in \[0, 1\)"),
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be a positive integer"),
-    ("+pos/scaling=pi", r"pos/scaling does not apply to pos=alibi: only \['learned', 'rope', 'rope_partial', 'xpos'\]"),
+    ("+pos/scaling=pi", r"pos/scaling does not apply to pos=alibi: only \['rope', 'rope_partial', 'xpos'\] take"),
     ("eval.split=bogus", "eval.split must be one of"),
 ])
 def test_bad_values_are_refused_before_any_work(tmp_path, tree, cache, override, match):

@@ -60,7 +60,7 @@ def scaling_config(name: str) -> dict:
     """configs/pos/scaling/<name>.yaml as a dict; `name` must be one of those files' names (never a path)."""
     known = config_names("pos/scaling")
     if not isinstance(name, str) or not NAME.fullmatch(name) or name not in known:
-        raise ConfigError(f"unknown scaling {name!r}; known: {known}")
+        raise ConfigError(f"unknown scaling {name!r}; known: {known} (and 'interpolate' for pos=learned)")
     return _yaml(CONFIG_DIR / "pos" / "scaling" / f"{name}.yaml")
 
 
@@ -78,12 +78,47 @@ def scheme_configs() -> dict[str, dict]:
     return {n: scheme_config(n) for n in config_names("pos")}
 
 
+def is_rotary(pos: dict) -> bool:
+    """Whether a positional config (whose `_target_` is one of lenx's schemes) builds a scheme that takes a RoPE
+    scaling (a subclass of lenx.pos.rope.Rotary)."""
+    from hydra.utils import get_class
+
+    from lenx.pos.rope import Rotary
+
+    try:
+        return issubclass(get_class(pos["_target_"]), Rotary)
+    except (ImportError, ValueError, TypeError, KeyError):  # not a class lenx can import: it takes no lenx scaling
+        return False
+
+
+def stored_scaling(stored, where: str) -> dict:
+    """lenx's configs/pos/scaling/ config a stored scaling node names, with its stored values (validated): the
+    node names its method by `_target_` (or, written before scalings were classes, by `method`)."""
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{where} is {type(stored).__name__}, expected a mapping")
+    stored = dict(stored)
+    if "method" in stored:  # a checkpoint from before scalings were classes: `method` names the config
+        name = stored.pop("method")
+        stored.pop("_target_", None)
+        return _merge(scaling_config(name), stored, where)
+    target = stored.get("_target_")
+    names = [n for n in config_names("pos/scaling") if scaling_config(n)["_target_"] == target]
+    if not names:
+        raise CheckpointError(f"{where}._target_={target!r} is not one of lenx's RoPE scalings; refusing to load "
+                              "(a checkpoint never chooses what code runs)")
+    return _merge(scaling_config(names[0]), stored, where)
+
+
 def _merge(base: dict, stored: dict, where: str) -> dict:
     """`base` (lenx's config) with the stored values of the keys it has; a stored key lenx does not have, a Hydra
     key that differs from lenx's, or a value that is not plain data is refused."""
     if not isinstance(stored, dict):
         raise CheckpointError(f"{where} is {type(stored).__name__}, expected a mapping")
     out = dict(base)
+    stored = dict(stored)
+    legacy = stored.pop("scaling", None) if "interpolate" in base else None
+    if isinstance(legacy, dict) and legacy.get("method") == "interpolate":  # a learned table's pre-class scaling
+        stored["interpolate"] = True
     for key, value in stored.items():
         here = f"{where}.{key}"
         if key not in base:
@@ -96,7 +131,7 @@ def _merge(base: dict, stored: dict, where: str) -> dict:
         elif isinstance(base[key], dict) or isinstance(value, dict):
             if key != "scaling":
                 raise CheckpointError(f"{here}: a nested mapping is not a lenx parameter; refusing to load")
-            out[key] = _merge(scaling_config((value or {}).get("method", "none")), value, here)
+            out[key] = stored_scaling(value, here)
         else:
             _check_plain(value, here)
             out[key] = value
@@ -156,12 +191,7 @@ def rebuild(ckpt: dict, scaling: str | dict | None = None, where: str = "the che
 
     cfg = safe_run_config(ckpt["hyper_parameters"]["cfg"])
     if scaling is not None:
-        if "scaling" not in cfg["pos"]:
-            raise ConfigError(f"scaling {scaling!r} does not apply to pos={cfg['pos'].get('_target_')}: "
-                              "RoPE scalings apply to rotary schemes only")
-        new = scaling_config(scaling) if isinstance(scaling, str) else _merge(
-            scaling_config(scaling.get("method", "none")), dict(scaling), "scaling")
-        cfg = {**cfg, "pos": {**cfg["pos"], "scaling": new}}
+        cfg = {**cfg, "pos": with_extension(cfg["pos"], scaling)}
     model = build_model(cfg)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     try:
@@ -169,6 +199,22 @@ def rebuild(ckpt: dict, scaling: str | dict | None = None, where: str = "the che
     except RuntimeError as e:
         raise CheckpointError(f"{where} does not match the model its config describes: {e}") from None
     return model.eval(), cfg
+
+
+def with_extension(pos: dict, scaling: str | dict) -> dict:
+    """The positional config `pos` under a training-free extension: a RoPE scaling by name (configs/pos/scaling/)
+    or as a dict ({"method": name, **params}, or a scaling node with `_target_`) for a rotary scheme, or
+    "interpolate" for a learned table (its `interpolate` option)."""
+    if scaling == "interpolate":
+        if "interpolate" not in pos:
+            raise ConfigError(f"scaling 'interpolate' does not apply to pos={pos.get('_target_')}: it stretches a "
+                              "learned position table (pos=learned)")
+        return {**pos, "interpolate": True}
+    if not is_rotary(pos):
+        raise ConfigError(f"scaling {scaling!r} does not apply to pos={pos.get('_target_')}: RoPE scalings apply "
+                          "to rotary schemes only (rope, rope_partial, xpos)")
+    new = scaling_config(scaling) if isinstance(scaling, str) else stored_scaling(scaling, "scaling")
+    return {**pos, "scaling": new}
 
 
 def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int, dict | None]:
@@ -187,6 +233,8 @@ def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int, dict | None
     ckpt = read_checkpoint(path)
 
     def what(c: dict, key: str):  # the part of a config that defines the model, minus where the cache lives
+        if key == "pos" and c is not cfg:  # as lenx rebuilds it (a checkpoint of an older lenx: today's keys)
+            return safe_pos_config(c["pos"], (c.get("choices") or {}).get("pos"))
         return {k: v for k, v in c[key].items() if k != "cache_dir"} if isinstance(c[key], dict) else c[key]
 
     for key in ("model", "pos", "seq_len", "data"):

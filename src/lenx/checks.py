@@ -10,7 +10,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from lenx.checkpoint import scheme_configs
+from lenx.checkpoint import is_rotary, scheme_configs
 from lenx.errors import ConfigError, check_int
 from lenx.lit import build_model
 
@@ -39,16 +39,13 @@ def check_config(cfg: dict) -> None:
 
 
 def check_scaling_applies(cfg: dict) -> None:
-    """`+pos/scaling=...` on a scheme whose lenx config has no scaling: say which schemes take one."""
+    """`+pos/scaling=...` on a scheme that is not rotary (lenx.pos.rope.Rotary): say which schemes take one."""
     pos = cfg["pos"]
-    if "scaling" not in pos:
+    if "scaling" not in pos or is_rotary(pos):
         return
-    schemes = scheme_configs()
-    mine = [c for c in schemes.values() if c.get("_target_") == pos.get("_target_")]
-    if mine and not any("scaling" in c for c in mine):
-        takes = sorted(n for n, c in schemes.items() if "scaling" in c)
-        raise ConfigError(f"pos/scaling does not apply to pos={(cfg.get('choices') or {}).get('pos', pos['_target_'])}"
-                          f": only {takes} take a scaling (RoPE extension, or interpolate for learned)")
+    takes = sorted(n for n, c in scheme_configs().items() if is_rotary(c))
+    raise ConfigError(f"pos/scaling does not apply to pos={(cfg.get('choices') or {}).get('pos', pos['_target_'])}"
+                      f": only {takes} take a RoPE scaling (a learned table has `pos.interpolate=true` instead)")
 
 
 def check_model_memory(cfg: dict) -> None:

@@ -55,3 +55,18 @@ def check_int(value, name: str, *, minimum: int = 1) -> int:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"{name} must be {what}, got {value!r}")
     return value
+
+
+def instantiate_node(node, where: str, **kw):
+    """hydra.utils.instantiate(node, **kw) with a failure inside as one error: a lenx error raised by the class
+    itself as it is, anything else (a TypeError for a key the class does not take) as a ConfigError naming `where`."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kw)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, LenxError):
+            raise cause from None
+        raise ConfigError(f"{where}: {str(cause).strip().splitlines()[0]}") from None

@@ -18,6 +18,7 @@ import torch
 from lenx.checkpoint import read_checkpoint, rebuild
 from lenx.data import EOD_TOKEN, entry
 from lenx.errors import ConfigError
+from lenx.pos.rope_scaling import scaling_label
 from lenx.results import git_state, scaling_name
 
 EXPORTS = {"lenx.pos.rope.RoPE": "gpt_neox", "lenx.pos.bias.ALiBi": "mpt"}
@@ -33,12 +34,12 @@ def _neox(model, cfg: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     rope = {"rope_type": "default", "rope_theta": float(pos["base"]),
             "partial_rotary_factor": float(pos.get("rotary_fraction", 1.0))}
     scaling = pos.get("scaling") or {}
-    method = scaling.get("method", "none")
+    method = scaling_label(scaling)
     if method != "none":
         if method not in HF_ROPE_TYPES or scaling.get("factor") is None:
             raise ConfigError(f"RoPE scaling {method!r} (factor {scaling.get('factor')}) has no transformers "
                               f"equivalent to export; exportable: {sorted(HF_ROPE_TYPES)} with a fixed factor")
-        params = {k: v for k, v in scaling.items() if k not in ("method", "original_len", "_target_", "_partial_")
+        params = {k: v for k, v in scaling.items() if k not in ("method", "original_len", "_target_")
                   and v is not None}
         rope.update(params, rope_type=HF_ROPE_TYPES[method],
                     original_max_position_embeddings=scaling.get("original_len") or cfg["seq_len"])

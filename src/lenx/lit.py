@@ -11,11 +11,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset
 
-from lenx.errors import ConfigError, LenxError
+from lenx.errors import ConfigError, LenxError, instantiate_node
 from lenx.model import Decoder
 from lenx.probes import Passkey, PasskeyWindows
 from lenx.results import atomic_write_bytes
@@ -26,7 +25,7 @@ def build_model(cfg: dict) -> Decoder:
     """The Decoder described by a resolved run config (plain dict): model group + pos group + vocab + seq_len."""
     m, task = cfg["model"], build_task(cfg)  # a task run's vocabulary is the task's own (data.task)
     return Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
-                   pos=instantiate(cfg["pos"]),
+                   pos=instantiate_node(cfg["pos"], "pos"),
                    d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
                    dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
 

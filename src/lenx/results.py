@@ -35,8 +35,13 @@ def provenance_columns() -> list[str]:
 
 
 def scaling_name(cfg: dict) -> str:
-    """The RoPE scaling (or table interpolation) a run config applies: its method, or "none"."""
-    return (cfg["pos"].get("scaling") or {}).get("method", "none")
+    """The training-free extension a run config applies: its RoPE scaling's name, "interpolate" for a stretched
+    learned table, or "none"."""
+    from lenx.pos.rope_scaling import scaling_label
+
+    if cfg["pos"].get("interpolate") is True:
+        return "interpolate"
+    return scaling_label(cfg["pos"].get("scaling"))
 
 
 def stamp(cfg: dict, *, run_dir: Path, ckpt: str, split: str, choices: dict | None = None) -> dict:

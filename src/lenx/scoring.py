@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 
 from lenx import data
 from lenx.dist import is_main
-from lenx.errors import ConfigError, check_int
+from lenx.errors import ConfigError, check_int, instantiate_node
 from lenx.hardware import eval_autocast, resolve_device
 from lenx.results import append_rows, provenance_columns, read_rows, scaling_name, stamp
 
@@ -96,10 +94,10 @@ def build_probes(eval_cfg: dict) -> list[Probe]:
         if not isinstance(pcfg, Mapping) or "_target_" not in pcfg:
             raise ConfigError(f"eval.probes.{name} must have a _target_ (a Probe class) or be null")
         try:
-            probe = instantiate(pcfg, _convert_="all")
-        except InstantiationException as e:
-            cause = e.__cause__ or e  # the probe's own message (a ConfigError, a TypeError for an unknown key)
-            raise ConfigError(f"eval.probes.{name}: {str(cause).strip().splitlines()[0]}") from None
+            probe = instantiate_node(pcfg, f"eval.probes.{name}", _convert_="all")
+        except ConfigError as e:  # the probe's own message, or Hydra's for a key the probe does not take
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith("eval.probes.") else f"eval.probes.{name}: {msg}") from None
         if not isinstance(probe, Probe):
             raise ConfigError(f"eval.probes.{name}: {pcfg['_target_']} is not a lenx.scoring.Probe")
         probe.name = name

@@ -47,23 +47,23 @@ class Learned(PositionalScheme):
     """A learned table of `max_positions` vectors (GPT-2 style; Radford et al. 2019).
 
     The one scheme that may refuse a position: past its table it raises OutOfRangeError, which the
-    evaluator records as 'out_of_range' (extrapolating a learned table is undefined, not a crash), unless the
-    scaling `interpolate` (configs/pos/scaling/interpolate.yaml) stretches the table over longer inputs.
+    evaluator records as 'out_of_range' (extrapolating a learned table is undefined, not a crash), unless
+    `interpolate: true` stretches the table over longer inputs (`python evaluate.py ckpt=... scalings=[interpolate]`
+    applies it to a trained checkpoint).
     """
 
-    def __init__(self, *, max_positions: int | None = None, scaling: dict | None = None, **dims) -> None:
+    def __init__(self, *, max_positions: int | None = None, interpolate: bool = False, **dims) -> None:
         super().__init__(**dims)
+        if not isinstance(interpolate, bool):
+            raise ConfigError(f"learned interpolate must be true or false, got {interpolate!r}")
         self.max_positions = max_positions or self.train_len
         self.table = nn.Embedding(self.max_positions, self.d_model)
         nn.init.normal_(self.table.weight, std=0.02)
-        self.method = (scaling or {}).get("method", "none")
-        if self.method not in ("none", "interpolate"):
-            raise ConfigError(f"scaling {self.method!r} does not apply to a learned position table: use "
-                              f"'interpolate' (linear interpolation of the table) or none")
+        self.interpolate = interpolate
 
     def embed(self, x_BTC, pos_T):
         last = int(pos_T.max())
-        if last >= self.max_positions and self.method == "interpolate":
+        if last >= self.max_positions and self.interpolate:
             # Stretch the table over the input: position p reads row p (max_positions - 1) / last, linearly
             # interpolated between its neighbours (position interpolation for absolute tables, cf.
             # arXiv:2306.15595 sec. 2.3 and ViT's resized position embeddings, arXiv:2010.11929 sec. 3.2).

@@ -13,7 +13,7 @@ from torch import nn
 
 from lenx.errors import ConfigError
 from lenx.pos.base import AttnContext, PositionalScheme, layer_tables
-from lenx.pos.rope import Scaling, apply_rotary, rotate_half
+from lenx.pos.rope import Rotary, apply_rotary, rotate_half
 from lenx.pos.rope_scaling import rope_cache
 
 
@@ -29,24 +29,21 @@ class XPosContext(AttnContext):
     scale_TD: torch.Tensor | None = None  # zeta^((p - c) / scale_base), fp32, (T, D): queries x it, keys / it
 
 
-class XPos(PositionalScheme):
+class XPos(Rotary):
     """xPos (Sun et al. 2022, arXiv:2212.10554): RoPE with q_n scaled by zeta^(n/B) and k_m by zeta^(-m/B), so
     q_n . k_m carries zeta^((n - m)/B) <= 1 for m <= n: an exponential decay with distance, per dimension
     zeta_f = (2f/D + gamma) / (1 + gamma). Positions are centred on the window's middle before exponentiation
     (as torchscale does) so neither factor overflows at long lengths; the product depends on n - m only."""
 
-    def __init__(self, *, base: float = 10000.0, gamma: float = 0.4, scale_base: float = 512.0,
-                 scaling: dict | None = None, **dims) -> None:
-        super().__init__(**dims)
-        self.base, self.gamma, self.scale_base = float(base), float(gamma), float(scale_base)
-        half_split_inv_freq(self.head_dim, self.base)  # refuses an odd head_dim
-        # RoPE's context-extension methods apply to xPos's rotation unchanged (the decay is left as trained).
-        self.scaling = Scaling(scaling, rotary_dim=self.head_dim, base=self.base, train_len=self.train_len)
+    def __init__(self, *, gamma: float = 0.4, scale_base: float = 512.0, **kw) -> None:
+        # RoPE's context-extension methods (kw `scaling`) apply to xPos's rotation unchanged (the decay as trained).
+        super().__init__(**kw)
+        self.gamma, self.scale_base = float(gamma), float(scale_base)
         f = torch.arange(0, self.head_dim, 2, dtype=torch.float32)
         self.register_buffer("zeta_F", (f / self.head_dim + self.gamma) / (1 + self.gamma), persistent=False)
 
     def context(self, q_pos_T, k_pos_S):
-        inv_freq_F, attn_factor = self.scaling(int(q_pos_T.max()) + 1)
+        inv_freq_F, attn_factor = self.frequencies(int(q_pos_T.max()) + 1)
         with torch.autocast(q_pos_T.device.type, enabled=False):
             cos_TF, sin_TF = rope_cache(q_pos_T, inv_freq_F, attn_factor)
             centred_T = (q_pos_T - (q_pos_T.min() + q_pos_T.max()) // 2).float()  # integer: shift-exact
@@ -63,7 +60,7 @@ class XPos(PositionalScheme):
         return turn(q_BHTD, ctx.scale_TD), turn(k_BHSD, 1.0 / ctx.scale_TD)
 
     def extra_repr(self) -> str:
-        return f"base={self.base}, gamma={self.gamma}, scale_base={self.scale_base}, scaling={self.scaling}"
+        return f"{super().extra_repr()}, gamma={self.gamma}, scale_base={self.scale_base}"
 
 
 @dataclass(frozen=True)
