@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import lenx.model
+import lenx.attention
 from lenx.errors import OutOfRangeError
 from lenx.hardware import cpu_has_fast_bf16
 from lenx.lit import LenxModule, RandomWindows, build_model
@@ -299,7 +299,7 @@ def main() -> None:
             print(f"[{time.perf_counter() - t_start:.0f} s] long context, {s}", flush=True)
         longest = long_mults[1] * args.long_seq_len
         report["dense_fp32_scores_mib_at_longest"] = base["model"]["n_heads"] * longest ** 2 * 4 / 2**20
-        report["chunk_fp32_mib"] = lenx.model.CHUNK_LOGITS * 4 / 2**20
+        report["chunk_fp32_mib"] = lenx.attention.CHUNK_LOGITS * 4 / 2**20
         none = report["long"].get("none")
         for v in report["long"].values():  # the memory a scheme's attention adds over NoPE's, at the longest
             v["over_none_mib"] = (v["eval"][str(long_mults[1])]["added_mib"]

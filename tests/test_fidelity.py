@@ -115,9 +115,9 @@ def test_fire_default_equals_the_papers_listing_per_layer():
     for layer in (0, 1):
         want = listing_fire(n, pos.c_N[layer], pos.L_mult_N[layer], 512.0, pos.w1_NW[layer], pos.b1_NW[layer],
                             pos.w2_NWH[layer], pos.b2_NH[layer])
-        got = pos.bias(torch.arange(n), torch.arange(n), layer)
+        got = pos.fire_bias(torch.arange(n), torch.arange(n), layer)
         torch.testing.assert_close(got[:, causal], want[:, causal], rtol=1e-5, atol=1e-5)
-    other = pos.bias(torch.arange(n), torch.arange(n), 0)
+    other = pos.fire_bias(torch.arange(n), torch.arange(n), 0)
     assert (other[:, causal] - got[:, causal]).abs().max() > 1e-3  # the layers really differ
 
 
@@ -137,7 +137,7 @@ def test_sandwich_default_equals_nemo_with_the_head_dim(d_model, n_heads):
     pos = make("sandwich", d_model=d_model, n_heads=n_heads).pos
     n = 300
     want = nemo_sandwich(n, n_heads, d_model // n_heads)
-    got = pos.bias(torch.arange(n, dtype=torch.float32))  # (H, R): distance d = i - j
+    got = pos.distance_bias(torch.arange(n, dtype=torch.float32))  # (H, R): distance d = i - j
     causal = torch.arange(n)[:, None] - torch.arange(n)[None, :]
     torch.testing.assert_close(got[:, causal.clamp(min=0)][:, causal >= 0], want[:, causal >= 0], rtol=1e-4,
                                atol=1e-4)
@@ -184,16 +184,16 @@ def test_kerple_trains_like_the_authors_parameters(scheme, kind):
     g = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
     opt_ref, opt = torch.optim.Adam(ref.parameters(), lr=0.01), torch.optim.Adam(pos.parameters(), lr=0.01)
     for _ in range(8):
-        for o, b in ((opt_ref, ref(d)), (opt, pos.bias(d))):
+        for o, b in ((opt_ref, ref(d)), (opt, pos.distance_bias(d))):
             o.zero_grad()
             (b * g).sum().backward()
             o.step()
-        torch.testing.assert_close(pos.bias(d), ref(d), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(pos.distance_bias(d), ref(d), rtol=1e-5, atol=1e-6)
     # The test can fail: the softplus reparametrisation (kept as an ablation) takes other steps.
     ablation = (bias_mod.KerpleLogSoftplus if kind == "log" else bias_mod.KerplePowerSoftplus)(
         d_model=32, n_heads=4, head_dim=8, train_len=16)
     names = ("raw_scale_H", "raw_rate_H") if kind == "log" else ("raw_power_H", "raw_scale_H")
-    ablation_start = ablation.bias(d).detach()
+    ablation_start = ablation.distance_bias(d).detach()
     with torch.no_grad():
         for name, v in zip(names, (p0, a0) if kind == "log" else (p0, a0)):
             if name == "raw_power_H":
@@ -204,11 +204,11 @@ def test_kerple_trains_like_the_authors_parameters(scheme, kind):
     ref2 = AuthorsKerple(kind, p0, a0)
     opt_ref2 = torch.optim.Adam(ref2.parameters(), lr=0.01)
     for _ in range(8):
-        for o, b in ((opt_ref2, ref2(d)), (opt_ab, ablation.bias(d))):
+        for o, b in ((opt_ref2, ref2(d)), (opt_ab, ablation.distance_bias(d))):
             o.zero_grad()
             (b * g).sum().backward()
             o.step()
-    assert (ablation.bias(d) - ref2(d)).abs().max() > 1e-3 and not torch.equal(ablation_start, ablation.bias(d))
+    assert (ablation.distance_bias(d) - ref2(d)).abs().max() > 1e-3 and not torch.equal(ablation_start, ablation.distance_bias(d))
 
 
 # --- FoPE: the authors' FourierEmbedding (OLMo) ---

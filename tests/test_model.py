@@ -1,6 +1,7 @@
 """Contracts every positional scheme must satisfy, and closed-form parity for the ones with one."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_nope_hooks_are_identity_and_order_blind():
     p = torch.arange(3)
     assert pos.embed(x, p) is x
     ctx = pos.context(p, p)
-    assert ctx.cos_TD is None and ctx.bias_HTS is None
+    assert ctx.cos_TD is None and pos.bias(ctx, 0, torch.float32) is None and not pos.adds_bias
     assert pos.rotate(q, k, ctx) == (q, k)
     # With no positions, one layer's last output depends on the SET of earlier tokens, not their order.
     model = make("none", n_layers=1)
@@ -100,9 +101,12 @@ def test_alibi_attention_matches_explicit_softmax():
     x = torch.randn(1, 6, 16)
     p = torch.arange(6)
     ctx = model.pos.context(p, p)
-    from lenx.model import causal_bias_mask
+    from lenx.attention import plan
+    from lenx.pos.base import causal
 
-    got = attn(x, model.pos, ctx, causal_bias_mask(ctx.bias_HTS, p, p))
+    mask = causal(ctx.bias_HTS, p, p)  # an explicit (H, T, S) mask, positions given: the gathered bias, no Toeplitz
+    got = attn(x, model.pos, ctx, replace(plan(model.pos, ctx, batch=1, dtype=torch.float32, contiguous=False),
+                                          mask_HTS=mask))
     q, k, v = attn.qkv(x).view(1, 6, 3, 4, 4).permute(2, 0, 3, 1, 4)
     scores = q @ k.transpose(-1, -2) / 2.0 - alibi_slopes(4)[:, None, None] * (p[:, None] - p[None, :])
     scores = scores.masked_fill(p[None, :] > p[:, None], float("-inf"))

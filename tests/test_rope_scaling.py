@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lenx.errors import ConfigError
-from hydra.utils import instantiate
-
 from lenx.pos.rope_scaling import RopeScaling, rope_cache, rope_parameters
 
 METHODS = sorted(RopeScaling.registry)

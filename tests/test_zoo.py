@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import SCHEMES, make_model
 
-import lenx.model
+import lenx.attention
 import lenx.pos.bias
 from lenx.model import Decoder
 from lenx.pos.bias import t5_relative_bucket
@@ -136,7 +136,7 @@ def test_chunked_attention_equals_unchunked(scheme, monkeypatch):
         return real_sdpa(*args, **kw)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(lenx.model, "CHUNK_LOGITS", 2 * 2 * 5 * 37)  # B x H x 5 rows x S: 8 chunks, last of 2
+    monkeypatch.setattr(lenx.attention, "CHUNK_LOGITS", 2 * 2 * 5 * 37)  # B x H x 5 rows x S: 8 chunks, last of 2
     monkeypatch.setattr(lenx.pos.bias, "MLP_VALUES", 3 * 37 * 32)  # FIRE's MLP: 3 query rows at a time
     chunked, chunked_grads = run()
     if scheme != "shaw_kv":  # (Shaw's values run unfused: no SDPA call to count)
@@ -158,7 +158,7 @@ def test_fast_path_and_chunks(monkeypatch):
         return real_sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(lenx.model, "CHUNK_LOGITS", 2 * 8 * 64)  # H x 8 queries x S
+    monkeypatch.setattr(lenx.attention, "CHUNK_LOGITS", 2 * 8 * 64)  # H x 8 queries x S
     idx = torch.randint(0, 50, (1, 64))
     for scheme in FAST:
         calls.clear()
@@ -189,7 +189,7 @@ def test_default_positions_toeplitz_mask_equals_gathered(scheme, monkeypatch):
 
     for chunk in (None, 2 * 2 * 5 * 37):
         if chunk:
-            monkeypatch.setattr(lenx.model, "CHUNK_LOGITS", chunk)
+            monkeypatch.setattr(lenx.attention, "CHUNK_LOGITS", chunk)
         toeplitz, toeplitz_grads = run()
         gathered, gathered_grads = run(pos_T=torch.arange(37))
         torch.testing.assert_close(toeplitz, gathered, rtol=1e-5, atol=1e-6)
@@ -201,8 +201,8 @@ def test_mask_built_once_per_forward(monkeypatch):
     """A mask that fits one chunk is built once per forward for all layers (in the compute dtype for a pure
     bias); a longer input builds it per chunk in every layer instead, with the same logits."""
     built = []
-    real = lenx.model.positional_mask
-    monkeypatch.setattr(lenx.model, "positional_mask", lambda *a: built.append(a[1]) or real(*a))
+    real = lenx.attention.positional_mask
+    monkeypatch.setattr(lenx.attention, "positional_mask", lambda *a: built.append(a[0]) or real(*a))
     idx = torch.randint(0, 50, (1, 64))
     for scheme, over, once in [("alibi", {}, 1), ("t5", {}, 1), ("fire", {"shared": True}, 1), ("fire", {}, 2),
                                ("shaw", {}, 1)]:
@@ -210,16 +210,16 @@ def test_mask_built_once_per_forward(monkeypatch):
         built.clear()
         cached = model(idx)
         assert len(built) == once, scheme  # per-layer FIRE: one mask per layer (each has its own MLP)
-        monkeypatch.setattr(lenx.model, "CHUNK_LOGITS", 2 * 8 * 64)  # 8 chunks of 8 queries per layer
+        monkeypatch.setattr(lenx.attention, "CHUNK_LOGITS", 2 * 8 * 64)  # 8 chunks of 8 queries per layer
         built.clear()
         chunked = model(idx)
         monkeypatch.undo()
-        monkeypatch.setattr(lenx.model, "positional_mask", lambda *a: built.append(a[1]) or real(*a))
+        monkeypatch.setattr(lenx.attention, "positional_mask", lambda *a: built.append(a[0]) or real(*a))
         assert len(built) == 2 * 8, scheme
         torch.testing.assert_close(chunked, cached, rtol=1e-5, atol=1e-6)
     fire, scored = make("fire", train_len=64, shared=True), []
-    real_score = fire.pos.score
-    monkeypatch.setattr(fire.pos, "score", lambda *a: scored.append(1) or real_score(*a))
+    real_bias = fire.pos.bias
+    monkeypatch.setattr(fire.pos, "bias", lambda *a: scored.append(1) or real_bias(*a))
     fire(idx)
     assert len(scored) == 1  # shared FIRE's MLP bias reads positions only: evaluated once, not once per layer
     seen = []
@@ -230,6 +230,22 @@ def test_mask_built_once_per_forward(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         make("alibi", train_len=64)(idx)
     assert seen == [torch.bfloat16] * 2
+
+
+def test_fire_bias_is_computed_in_fp32_under_autocast(monkeypatch):
+    """Positional terms are fp32 whether the mask is built once per forward or per chunk (the whole-mask path once
+    ran FIRE's MLP in bf16 under autocast while the chunked path ran it in fp32)."""
+    idx = torch.randint(0, 50, (1, 64))
+    fire, dtypes = make("fire", train_len=64), []
+    real = fire.pos.fire_bias
+    monkeypatch.setattr(fire.pos, "fire_bias", lambda *a: (lambda b: dtypes.append(b.dtype) or b)(real(*a)))
+    for chunk in (None, 2 * 8 * 64):
+        if chunk:
+            monkeypatch.setattr(lenx.attention, "CHUNK_LOGITS", chunk)
+        dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fire(idx)
+        assert dtypes and set(dtypes) == {torch.float32}, chunk
 
 
 # --- learned parameters: positivity, state_dict ---
@@ -244,15 +260,15 @@ def test_kerple_parameters_are_clamped_before_use(scheme):
     d_R = torch.arange(100.0)
     for _ in range(5):  # push every parameter hard past zero: the next use clamps it back, as the authors' code
         opt.zero_grad()
-        (-pos.bias(d_R).sum()).backward()
+        (-pos.distance_bias(d_R).sum()).backward()
         opt.step()
     assert (pos.scale_H < 0).any() or (getattr(pos, second) < 0).any()  # the step went below eps...
-    bias = pos.bias(d_R)  # ...and using the parameters clamps them in place
+    bias = pos.distance_bias(d_R)  # ...and using the parameters clamps them in place
     assert (pos.scale_H >= pos.eps).all() and (getattr(pos, second) >= pos.eps).all()
     assert torch.isfinite(bias).all() and (bias <= 0).all() and (bias[:, 0] == 0).all()
     if scheme == "kerple_power":
         pos.power_H.data.fill_(7.0)
-        pos.bias(d_R)
+        pos.distance_bias(d_R)
         assert (pos.power_H == 2).all()
 
 

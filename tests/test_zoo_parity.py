@@ -11,7 +11,7 @@ import torch
 from conftest import SCHEMES
 from test_zoo import make, reference_t5_bucket
 
-import lenx.model
+import lenx.attention
 
 # --- parity: every scheme against its formula, written out by hand ---
 
@@ -259,7 +259,7 @@ def test_parity_with_the_formula(scheme, monkeypatch):
     attn.qkv.weight.data.normal_(0, 0.3, generator=gen)  # logits of order 1, so every term matters
     seen = {}
     attn.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], y=out))
-    monkeypatch.setattr(lenx.model, "CHUNK_LOGITS", 2 * H * 2 * T)  # B x H x 2 rows x S: parity, chunked
+    monkeypatch.setattr(lenx.attention, "CHUNK_LOGITS", 2 * H * 2 * T)  # B x H x 2 rows x S: parity, chunked
     idx = torch.randint(0, 50, (2, T), generator=gen)
     model(idx, POS)
     if ref_embed is not None:  # the input embedding, then the first LayerNorm, by hand

@@ -3,11 +3,12 @@
 Every scheme enters attention at one (or more) of these points (the x-transformers taxonomy, plus hooks for
 schemes whose terms depend on the queries and keys themselves):
   embed(x, pos)          add to the token embeddings (sinusoidal, learned; CPE's convolution);
-  context(q_pos, k_pos)  positional state built ONCE per forward and shared by all layers (cos/sin for rotary
-                         schemes, a logit bias per distance for ALiBi/T5/KERPLE/Sandwich, ...);
+  context(q_pos, k_pos)  positional state built ONCE per forward and shared by all layers (the positions, cos/sin
+                         for rotary schemes, a logit bias per distance for ALiBi/T5/KERPLE/Sandwich, ...);
   rotate(q, k, ctx)      transform queries and keys per layer (RoPE, xPos, FoPE);
-  score(q, k, ctx)       extra logit terms that need q, k or both positions of a pair (Shaw, Transformer-XL,
-                         DeBERTa, CoPE; FIRE, whose bias is not a function of the distance alone);
+  bias(ctx, ...)         logit terms of positions alone, causal mask included (ALiBi, T5, KERPLE, Sandwich: a
+                         function of i - j; FIRE: of i and j);
+  score(q, k, ctx)       extra logit terms that read q or k (Shaw, Transformer-XL, DeBERTa, CoPE);
   value(attn, ctx)       extra attention output from relative value embeddings (Shaw's a^V).
 Each hook defaults to "do nothing", so NoPE (Kazemnejad et al. 2023, arXiv:2305.19466) is this class itself.
 One module serves every layer. Where the reference gives each attention layer its own positional parameters (CoPE,
@@ -16,9 +17,9 @@ FIRE, Shaw, Transformer-XL's W_R, DeBERTa's projections, FoPE), the module holds
 hands each block the context with its `layer` index, which `rotate` / `score` / `value` read.
 Positions are absolute integer indices; relative schemes derive distances from them.
 
-Attention runs over chunks of queries whenever a scheme adds logit terms, so that no (T, S) tensor ever spans
-the whole sequence (a dense fp32 heads x 8192 x 8192 bias is 1 GiB per 4 heads): `ctx.rows(a, b)` is the
-context of queries a..b-1 and `score` is called once per chunk.
+Attention (lenx.attention) runs over chunks of queries whenever a scheme adds logit terms, so that no (T, S) tensor
+ever spans a long sequence (a dense fp32 heads x 8192 x 8192 bias is 1 GiB per 4 heads): `ctx.rows(a, b)` is the
+context of queries a..b-1, and `bias` (where the mask does not fit one chunk) and `score` are called per chunk.
 Shape letters: B batch, T queries, S keys, H heads, D head dim, C model width, R relative distances.
 """
 
@@ -28,7 +29,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lenx.errors import ConfigError
@@ -36,53 +36,39 @@ from lenx.errors import ConfigError
 
 @dataclass(frozen=True)
 class AttnContext:
-    """What attention needs from the positional scheme for one forward pass (shared by all layers).
+    """The positional state of one forward pass, built by the scheme (`context`) and shared by all layers.
 
-    Schemes with more state subclass it (a frozen dataclass too); `rows` keeps the subclass.
+    Schemes with more state subclass it (a frozen dataclass too); `rows`, `keys` and `at_layer` keep the subclass.
+    How attention runs over it (path, chunks of queries, key range, the mask) is attention's plan
+    (lenx.attention), never stored here.
     """
 
+    q_pos_T: torch.Tensor | None = None  # absolute positions of the queries (of this chunk, after `rows`)
+    k_pos_S: torch.Tensor | None = None  # absolute positions of the keys (after `keys`)
     cos_TD: torch.Tensor | None = None  # rotary cos, fp32, (T, D) (keys use the same positions as queries)
     sin_TD: torch.Tensor | None = None  # rotary sin, fp32, (T, D)
-    q_pos_T: torch.Tensor | None = None  # absolute positions of the queries (of this chunk, after `rows`)
-    k_pos_S: torch.Tensor | None = None  # absolute positions of the keys
-    # A logit bias that depends on the distance d = i - j >= 0 only, fp32, (H, R) with R > every distance.
-    # Attention gathers it per chunk of queries; the causal mask is added there too.
-    bias_HR: torch.Tensor | None = None
-    # The whole positional mask (distance bias + causal -inf) of these queries and keys, (H or 1, T, S), built
-    # once per forward by the Decoder when it fits one attention chunk (training lengths), so that no layer
-    # rebuilds it; None otherwise (attention then builds it per chunk of queries).
-    mask_HTS: torch.Tensor | None = None
-    # Set when the positions are the Decoder's default: q_pos_T = q_start + arange(T), k_pos_S = arange(S).
-    # A distance bias is then a Toeplitz matrix, built from T + S - 1 values instead of a (T, S) gather.
-    q_start: int | None = None
     # The index of the decoder layer this context is handed to (the Decoder sets it per block): schemes with a
     # table per layer (`PositionalScheme.layer`) read their own.
     layer: int = 0
 
-    @property
-    def bias_HTS(self) -> torch.Tensor | None:
-        """The distance bias of every (query, key) pair, fp32, (H, T, S), or None (future keys: d = 0)."""
-        if self.bias_HR is None:
-            return None
-        idx_TS = distance_index(self.q_pos_T, self.k_pos_S, self.bias_HR.shape[1])
-        # An embedding lookup rather than bias_HR[:, idx]: the indexing backward (an accumulating scatter)
-        # made a tiny model's training step 4x slower on an H100 (56 vs 13 ms). Contiguous (H, T, S) for SDPA.
-        return F.embedding(idx_TS, self.bias_HR.T).permute(2, 0, 1).contiguous()
-
     def rows(self, start: int, stop: int) -> AttnContext:
-        """The context of queries start..stop-1: per query, only the positions (and mask rows) change."""
-        if self.q_pos_T is None:  # a scheme that needs no positions in attention (e.g. RoPE's cos/sin only)
-            return self
-        mask = None if self.mask_HTS is None else self.mask_HTS[:, start:stop]
-        q_start = None if self.q_start is None else self.q_start + start
-        return dataclasses.replace(self, q_pos_T=self.q_pos_T[start:stop], mask_HTS=mask, q_start=q_start)
+        """The context of queries start..stop-1: per query, only the positions change."""
+        return dataclasses.replace(self, q_pos_T=self.q_pos_T[start:stop])
 
     def keys(self, stop: int) -> AttnContext:
         """The context restricted to keys 0..stop-1 (attention leaves out keys that are future for every query)."""
-        if self.k_pos_S is None or stop >= len(self.k_pos_S):
+        if stop >= len(self.k_pos_S):
             return self
-        mask = None if self.mask_HTS is None else self.mask_HTS[..., :stop]
-        return dataclasses.replace(self, k_pos_S=self.k_pos_S[:stop], mask_HTS=mask)
+        return dataclasses.replace(self, k_pos_S=self.k_pos_S[:stop])
+
+    def at_layer(self, layer: int) -> AttnContext:
+        return dataclasses.replace(self, layer=layer)
+
+
+def causal(bias_HTS: torch.Tensor, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> torch.Tensor:
+    """A positional bias with -inf on future keys (key position > query position), fp32, (H, T, S) (H may be 1)."""
+    future_TS = k_pos_S[None, :] > q_pos_T[:, None]
+    return bias_HTS.float().masked_fill(future_TS, float("-inf"))
 
 
 def distance_index(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int) -> torch.Tensor:
@@ -124,19 +110,25 @@ class PositionalScheme(nn.Module):
         """The row of the per-layer tables for the layer `ctx` belongs to (0 when the tables are shared)."""
         return min(ctx.layer, self.tables - 1)
 
-    @property
-    def layerwise_mask(self) -> bool:
-        """Whether the positional mask differs per layer (a `positional_score` with a table per layer, FIRE)."""
-        return self.positional_score and self.tables > 1
-
     def embed(self, x_BTC: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
         return x_BTC
 
     def context(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> AttnContext:
+        """The positional state of a forward pass over these query and key positions; it carries the positions."""
         return AttnContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S)
 
     def rotate(self, q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, ctx: AttnContext):
         return q_BHTD, k_BHSD
+
+    def bias(self, ctx: AttnContext, q_start: int | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """The logit terms that read positions alone (never q or k) for ctx's queries and keys, with -inf on future
+        keys, (H or 1, T, S), or None (the default: no such terms). fp32, or `dtype` where the scheme can build it
+        cheaper so (attention casts the result to `dtype` either way). `q_start` is set when the positions are the
+        Decoder's default (queries at q_start + arange(T), keys at arange(S)): a distance bias is then Toeplitz.
+        Attention calls it once per forward where the mask fits one chunk (once per layer when the scheme has a
+        table per layer, `tables` > 1), else once per chunk of queries and layer.
+        """
+        return None
 
     def score(self, q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, ctx: AttnContext) -> torch.Tensor | None:
         """Extra logit terms for the queries of `ctx`, fp32, broadcastable to (B, H, T, S), or None.
@@ -150,13 +142,14 @@ class PositionalScheme(nn.Module):
         """Extra attention output sum_j attn_ij e_ij (B, H, T, D) from the attention weights, or None."""
         return None
 
-    # True when `score` reads only ctx's positions, never q or k (FIRE): its term then joins the positional mask,
-    # which the Decoder builds once per forward for all layers where it fits one attention chunk.
-    positional_score: bool = False
+    @property
+    def adds_bias(self) -> bool:
+        """Whether this scheme implements `bias`: attention then passes SDPA a float mask."""
+        return type(self).bias is not PositionalScheme.bias
 
     @property
     def adds_logits(self) -> bool:
-        """Whether this scheme implements `score`: attention then builds its logits per chunk of queries."""
+        """Whether this scheme implements `score`: attention then adds its terms per chunk of queries, in fp32."""
         return type(self).score is not PositionalScheme.score
 
     @property

@@ -73,7 +73,8 @@ class RoPE(Rotary):
     def context(self, q_pos_T, k_pos_S):
         inv_freq, attn_factor = self.frequencies(int(q_pos_T.max()) + 1)
         cos_TF, sin_TF = rope_cache(q_pos_T, inv_freq.to(q_pos_T.device), attn_factor)
-        return AttnContext(cos_TD=torch.cat((cos_TF, cos_TF), -1), sin_TD=torch.cat((sin_TF, sin_TF), -1))
+        return AttnContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, cos_TD=torch.cat((cos_TF, cos_TF), -1),
+                           sin_TD=torch.cat((sin_TF, sin_TF), -1))
 
     def rotate(self, q_BHTD, k_BHSD, ctx):
         return apply_rotary(q_BHTD, ctx.cos_TD, ctx.sin_TD), apply_rotary(k_BHSD, ctx.cos_TD, ctx.sin_TD)

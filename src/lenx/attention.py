@@ -1,0 +1,123 @@
+"""How attention runs for one forward pass: the plan, decided once, and the chunked attention it drives.
+
+The positional scheme owns the positional context (`pos.context`: positions, cos/sin, tables; `pos.bias`: the logit
+terms of positions alone). Attention owns the plan (`plan`): the path (SDPA's causal kernel with no mask; SDPA with
+a float mask; an explicit softmax when value terms read the weights), the queries per chunk, the keys each chunk
+reads, the mask's dtype, and the mask itself when one chunk holds it (built once per forward, or once per layer
+for a bias with a table per layer).
+Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lenx.pos.base import AttnContext, PositionalScheme, causal
+
+# Logits per attention chunk (batch x heads x queries x keys) when a scheme adds logit terms: 2^25 bounds each
+# of a chunk's fp32 (B, H, t, S) tensors to 128 MiB at any length (a dense fp32 bias at 8192 tokens is 1 GiB
+# per 4 heads) and still gives SDPA enough query rows to fill a GPU (2^20 ran 4x slower at 8192 on an H100).
+CHUNK_LOGITS = 1 << 25
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How attention runs over one forward's context (the same for every layer, the mask aside)."""
+
+    path: str  # "causal": SDPA is_causal, no mask; "mask": SDPA with a float mask; "weights": explicit softmax
+    rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS)
+    # Default positions (query i and key j at positions i and j): a chunk reads only the keys up to its last query
+    # (the rest are future keys of all its queries), and a distance bias is a Toeplitz matrix.
+    contiguous: bool
+    # The mask's dtype: the compute dtype when it goes straight to SDPA (which would cast it anyway); fp32 when
+    # content score terms are added to it or the weights themselves are read (Shaw's values).
+    dtype: torch.dtype
+    whole: bool  # one chunk holds the whole (H, T, S) mask: built once, before the layers, not per chunk
+    per_layer: bool  # the positional bias differs per layer (a table per layer: FIRE)
+    mask_HTS: torch.Tensor | None = None  # the whole mask, when `whole` (set by `for_layer`)
+
+    def for_layer(self, pos: PositionalScheme, ctx: AttnContext) -> Plan:
+        """The plan for ctx's layer: the whole mask built here when one chunk holds it, kept from the layer before
+        unless the bias differs per layer."""
+        if not self.whole or (self.mask_HTS is not None and not self.per_layer):
+            return self
+        return dataclasses.replace(self, mask_HTS=positional_mask(pos, ctx, 0 if self.contiguous else None,
+                                                                  self.dtype))
+
+
+def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dtype, contiguous: bool) -> Plan:
+    """The plan for attention over ctx's queries and keys with this scheme, batch size and compute dtype."""
+    T, S = len(ctx.q_pos_T), len(ctx.k_pos_S)
+    if pos.adds_values:
+        path = "weights"
+    elif pos.adds_bias or pos.adds_logits:
+        path = "mask"
+    else:
+        path = "causal"
+    exact = pos.adds_logits or pos.adds_values
+    return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
+                dtype=torch.float32 if exact else dtype,
+                whole=path != "causal" and pos.n_heads * T * S <= CHUNK_LOGITS,
+                per_layer=pos.adds_bias and pos.tables > 1)
+
+
+def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
+           ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
+    """softmax(q.k/sqrt(D) + positional terms + causal mask) v, (B, H, T, D), as the plan says."""
+    if plan.path == "causal":
+        return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
+    T, S = q_BHTD.shape[2], k_BHSD.shape[2]
+    parts = []
+    for a in range(0, T, plan.rows):
+        b = min(T, a + plan.rows)
+        # Default positions: keys past the chunk's last query are future keys of all its queries; leave them out
+        # (on average this halves a long input's attention work).
+        s = min(S, b) if plan.contiguous else S
+        mask_Hts = None if plan.mask_HTS is None else plan.mask_HTS[:, a:b, :s]
+        parts.append(attend_rows(q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], pos, ctx.rows(a, b).keys(s),
+                                 plan, mask_Hts, a, drop))
+    return torch.cat(parts, dim=2)
+
+
+def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor, pos: PositionalScheme,
+                ctx: AttnContext, plan: Plan, mask_Hts: torch.Tensor | None, q_start: int,
+                drop: float) -> torch.Tensor:
+    """Attention of one chunk of queries (starting at query q_start) over s keys."""
+    with torch.autocast(q_BHtD.device.type, enabled=False):  # positional terms in fp32
+        if mask_Hts is None:
+            mask_Hts = positional_mask(pos, ctx, q_start if plan.contiguous else None, plan.dtype)
+        extra = pos.score(q_BHtD.float(), k_BHsD.float(), ctx) if pos.adds_logits else None
+        if extra is not None:
+            mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
+    if plan.path == "mask":  # the fused kernel with a float mask (also carries the bias gradient)
+        # 4-D: given a 3-D (H, t, s) mask, CPU SDPA falls back to its unfused math backend (5x slower at 8192)
+        mask_BHts = mask_Hts if mask_Hts.dim() == 4 else mask_Hts[None]
+        return F.scaled_dot_product_attention(q_BHtD, k_BHsD, v_BHsD, attn_mask=mask_BHts.to(q_BHtD.dtype),
+                                              dropout_p=drop)
+    with torch.autocast(q_BHtD.device.type, enabled=False):  # Shaw's value terms need the weights themselves
+        logits = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5 + mask_Hts
+        attn_BHts = F.dropout(logits.softmax(-1), drop)
+        y_BHtD = attn_BHts @ v_BHsD.float() + pos.value(attn_BHts, ctx)
+    return y_BHtD.to(v_BHsD.dtype)
+
+
+def positional_mask(pos: PositionalScheme, ctx: AttnContext, q_start: int | None, dtype: torch.dtype
+                    ) -> torch.Tensor:
+    """The scheme's positional bias with -inf on future keys (zeros and -inf when it has none), (H or 1, T, S),
+    in `dtype`. q_start: set for default positions (ctx's queries at q_start + arange(T), keys at arange(S))."""
+    with torch.autocast(ctx.q_pos_T.device.type, enabled=False):
+        mask_HTS = pos.bias(ctx, q_start, dtype)
+        if mask_HTS is None:
+            T, S = len(ctx.q_pos_T), len(ctx.k_pos_S)
+            mask_HTS = causal(torch.zeros(1, T, S, device=ctx.q_pos_T.device), ctx.q_pos_T, ctx.k_pos_S)
+    return mask_HTS.to(dtype)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype attention's matmuls run in: autocast's where it is on for x's device, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
