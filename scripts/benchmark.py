@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import lenx.attention
+from lenx.checkpoint import scheme_config
 from lenx.errors import OutOfRangeError
 from lenx.hardware import cpu_has_fast_bf16
 from lenx.lit import LenxModule, RandomWindows, build_model
@@ -41,10 +42,7 @@ ALL_SCHEMES = sorted(p.stem for p in (CONFIGS / "pos").glob("*.yaml"))
 
 
 def config(scheme: str, seq_len: int, batch: int, steps: int, compile: bool = False) -> dict:
-    pos = OmegaConf.to_container(OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml"))
-    pos.pop("defaults", None)
-    if scheme in ("rope", "rope_partial", "xpos"):
-        pos["scaling"] = {"method": "none"}
+    pos = scheme_config(scheme)  # configs/pos/<scheme>.yaml with its default scaling
     return {"model": OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / "tiny.yaml")), "pos": pos,
             "data": {"vocab_size": 8192}, "seq_len": seq_len, "batch_size": batch, "compile": compile, "seed": 0,
             "optim": OmegaConf.to_container(OmegaConf.load(CONFIGS / "optim" / "adamw.yaml")),
