@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from lenx import positions
 from lenx.errors import CheckpointError, ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -172,7 +173,23 @@ def safe_run_config(cfg: dict) -> dict:
         _check_plain(model.get(key), f"model.{key}")
     _check_plain(cfg["data"].get("vocab_size"), "data.vocab_size")
     _check_plain(cfg.get("seq_len"), "seq_len")
-    return {**cfg, "pos": safe_pos_config(cfg["pos"], (cfg.get("choices") or {}).get("pos"))}
+    out = {**cfg, "pos": safe_pos_config(cfg["pos"], (cfg.get("choices") or {}).get("pos"))}
+    if cfg.get("positions") is not None:  # the train-time position mode (sizes a learned table): lenx's own only
+        out["positions"] = safe_group_config("positions", cfg["positions"])
+    return out
+
+
+def safe_group_config(group: str, stored) -> dict:
+    """lenx's configs/<group>/<name>.yaml whose `_target_` the stored node names, with the stored values
+    (validated as _merge does)."""
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"the checkpoint's {group} config is not a mapping")
+    configs = {n: _yaml(CONFIG_DIR / group / f"{n}.yaml") for n in config_names(group)}
+    matching = [n for n, c in configs.items() if c.get("_target_") == stored.get("_target_")]
+    if not matching:
+        raise CheckpointError(f"{group}._target_={stored.get('_target_')!r} is not one of lenx's {group} configs; "
+                              "refusing to load (a checkpoint never chooses what code runs)")
+    return _merge(configs[matching[0]], stored, group)
 
 
 def load_model(ckpt_path: str | Path, scaling: str | dict | None = None) -> tuple[torch.nn.Module, dict]:
@@ -235,9 +252,11 @@ def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int, dict | None
     def what(c: dict, key: str):  # the part of a config that defines the model, minus where the cache lives
         if key == "pos" and c is not cfg:  # as lenx rebuilds it (a checkpoint of an older lenx: today's keys)
             return safe_pos_config(c["pos"], (c.get("choices") or {}).get("pos"))
+        if key == "positions":  # older checkpoints have none: contiguous
+            return c.get("positions") or positions.CONTIGUOUS
         return {k: v for k, v in c[key].items() if k != "cache_dir"} if isinstance(c[key], dict) else c[key]
 
-    for key in ("model", "pos", "seq_len", "data"):
+    for key in ("model", "pos", "seq_len", "data", "positions"):
         a, b = what(ckpt["hyper_parameters"]["cfg"], key), what(cfg, key)
         if a != b:
             raise ConfigError(f"cannot resume from {path}: its {key} config differs from this run's "

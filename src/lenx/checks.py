@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -10,9 +11,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from lenx import positions
 from lenx.checkpoint import is_rotary, scheme_configs
 from lenx.errors import ConfigError, check_int
 from lenx.lit import build_model
+
+log = logging.getLogger(__name__)
 
 
 def check_config(cfg: dict) -> None:
@@ -35,7 +39,23 @@ def check_config(cfg: dict) -> None:
         raise ConfigError("compile=true on CPU needs a C++ compiler (torch.compile's inductor backend); none "
                           f"({cxx}) was found on PATH (set CXX, or run with compile=false)")
     check_scaling_applies(cfg)
-    check_model_memory(cfg)  # shapes, heads vs width, rotary dims, scaling parameters, and the model's size
+    model = check_model_memory(cfg)  # shapes, heads vs width, rotary dims, scaling parameters, the model's size
+    check_positions(cfg, model.pos)
+
+
+def check_positions(cfg: dict, scheme) -> None:
+    """A position mode (configs/positions/) the scheme cannot take is refused; one it cannot feel is said."""
+    mode = positions.build(cfg)
+    if type(mode) is positions.Contiguous:
+        return
+    span, table = mode.span(cfg["seq_len"]), getattr(scheme, "max_positions", None)
+    if table is not None and span > table:
+        raise ConfigError(f"positions={mode.name} gives positions up to {span - 1}, past the learned table's "
+                          f"{table} rows (pos.max_positions={table}); leave it null to size the table to {span}")
+    if not scheme.reads_positions:
+        log.warning("positions=%s has no effect on pos=%s: the scheme reads no positions, so this run trains the "
+                    "same model as positions=contiguous", mode.name,
+                    (cfg.get("choices") or {}).get("pos", type(scheme).__name__))
 
 
 def check_scaling_applies(cfg: dict) -> None:
@@ -48,7 +68,7 @@ def check_scaling_applies(cfg: dict) -> None:
                       f": only {takes} take a RoPE scaling (a learned table has `pos.interpolate=true` instead)")
 
 
-def check_model_memory(cfg: dict) -> None:
+def check_model_memory(cfg: dict):
     """Build the model on the meta device (no memory) and refuse one whose weights, gradients and AdamW state
     (16 bytes a parameter in fp32) exceed this machine's memory, e.g. pos=learned with seq_len=10^9."""
     try:
@@ -62,6 +82,7 @@ def check_model_memory(cfg: dict) -> None:
         raise ConfigError(f"the model has {n:,} parameters ({16 * n / 2**30:.1f} GiB with gradients and AdamW "
                           f"state), more than this machine's {ram / 2**30:.1f} GiB of memory (check seq_len / "
                           "model sizes: a learned position table holds seq_len rows)")
+    return model
 
 
 def check_world(cfg: dict, trainer) -> None:

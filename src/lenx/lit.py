@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset
 
+from lenx import positions
 from lenx.errors import ConfigError, LenxError, instantiate_node
 from lenx.model import Decoder
 from lenx.probes import Passkey, PasskeyWindows
@@ -25,7 +26,7 @@ def build_model(cfg: dict) -> Decoder:
     """The Decoder described by a resolved run config (plain dict): model group + pos group + vocab + seq_len."""
     m, task = cfg["model"], build_task(cfg)  # a task run's vocabulary is the task's own (data.task)
     return Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
-                   pos=instantiate_node(cfg["pos"], "pos"),
+                   pos=instantiate_node(positions.table_size(cfg), "pos"),
                    d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
                    dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
 
@@ -63,6 +64,7 @@ class LenxModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = cfg
         self.model = build_model(cfg)
+        self.positions = positions.build(cfg)  # train-time position augmentation (validation: contiguous)
         self.tokenizer_json: str | None = None  # set by train.run from the data cache
         self._last_step_time: float | None = None
 
@@ -81,15 +83,22 @@ class LenxModule(L.LightningModule):
     def forward(self, idx_BT: torch.Tensor) -> torch.Tensor:
         return self.model(idx_BT)
 
-    def _loss(self, batch_BT) -> torch.Tensor:
+    def _loss(self, batch_BT, pos_T: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(batch_BT, (tuple, list)):  # a task batch (ids, answer mask): loss on answer tokens only
             ids_BT, mask_BT = batch_BT
-            return masked_loss(self.model(ids_BT[:, :-1]), ids_BT, mask_BT)
-        logits_BTV = self.model(batch_BT[:, :-1])
+            return masked_loss(self.model(ids_BT[:, :-1], pos_T), ids_BT, mask_BT)
+        logits_BTV = self.model(batch_BT[:, :-1], pos_T)
         return F.cross_entropy(logits_BTV.float().flatten(0, 1), batch_BT[:, 1:].flatten())
 
+    def train_positions(self, batch_BT, batch_idx: int) -> torch.Tensor | None:
+        """This forward's positions: None (0..T-1) unless a position mode draws them from (seed, step, micro)."""
+        ids_BT = batch_BT[0] if isinstance(batch_BT, (tuple, list)) else batch_BT
+        micro = batch_idx % self.cfg["trainer"].get("accumulate_grad_batches", 1)
+        pos_T = self.positions.for_step(ids_BT.shape[1] - 1, self.cfg["seed"], self.global_step, micro)
+        return None if pos_T is None else pos_T.to(ids_BT.device)
+
     def training_step(self, batch_BT, batch_idx):
-        loss = self._loss(batch_BT)
+        loss = self._loss(batch_BT, self.train_positions(batch_BT, batch_idx))
         if not torch.isfinite(loss):
             last = Path(self.cfg.get("run_dir", ".")) / "checkpoints" / "last.ckpt"
             kept = (f"the last good checkpoint, {last} (step {torch.load(last, weights_only=True)['global_step']}),"

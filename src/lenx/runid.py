@@ -22,6 +22,8 @@ COSMETIC_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_
 def run_id(cfg: dict) -> str:
     """8 hex digits of a sha256 over the job config minus NOT_IDENTITY (and cosmetic trainer flags)."""
     ident = {k: v for k, v in cfg.items() if k not in NOT_IDENTITY}
+    if (ident.get("positions") or {}).get("_target_") == "lenx.positions.Contiguous":
+        del ident["positions"]  # the default (and older configs, which have no `positions`): ids stay as they were
     if isinstance(ident.get("trainer"), dict):
         ident["trainer"] = {k: v for k, v in ident["trainer"].items() if k not in COSMETIC_TRAINER}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from lenx import data, tasks
+from lenx import data, positions, tasks
 from lenx.checkpoint import CONFIG_DIR, read_checkpoint, resume_point, scoring_data
 from lenx.checks import check_config, check_world
 from lenx.dist import is_main
@@ -47,6 +47,7 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     cfg_dict["choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
     task = tasks.configure(cfg_dict)  # a task run: vocab_size and seq_len from the task (data.task)
+    positions.configure(cfg_dict)  # a position mode's null length: seq_len x the largest eval multiplier
     check_config(cfg_dict)
     check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"])
     if task is not None and cfg_dict["eval"].get("every_n_steps") is not None:

@@ -143,6 +143,12 @@ class PositionalScheme(nn.Module):
         return None
 
     @property
+    def reads_positions(self) -> bool:
+        """Whether the scheme reads token positions at all (NoPE does not; CoPE and CPE set it false too): when it
+        does not, train-time position augmentation (lenx.positions) cannot change what it learns."""
+        return type(self) is not PositionalScheme
+
+    @property
     def adds_bias(self) -> bool:
         """Whether this scheme implements `bias`: attention then passes SDPA a float mask."""
         return type(self).bias is not PositionalScheme.bias

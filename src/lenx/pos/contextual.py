@@ -23,6 +23,8 @@ class CoPE(PositionalScheme):
     content only, never on the absolute index, so the scheme is shift invariant and evaluates at any length.
     """
 
+    reads_positions = False  # contextual counts / a convolution over the sequence: positions unused
+
     def __init__(self, *, npos_max: int = 64, shared: bool = False, **dims) -> None:
         super().__init__(**dims)
         check_int(npos_max, "CoPE npos_max", minimum=2)
@@ -54,6 +56,8 @@ class CPE(PositionalScheme):
     construction. The convolution is a learned layer on content and runs under autocast like any other (no
     angles to lose).
     """
+
+    reads_positions = False  # contextual counts / a convolution over the sequence: positions unused
 
     def __init__(self, *, kernel_size: int = 3, **dims) -> None:
         super().__init__(**dims)

@@ -1,0 +1,200 @@
+"""Train-time position augmentation (lenx.positions): each mode's draws against the distributions its paper's code
+specifies, bitwise contiguous training, every scheme under randomized positions, shift invariance through the
+augmented path, learned-table sizing, and runs that record their mode."""
+
+import logging
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from conftest import SCHEMES, compose_train, make_model
+from omegaconf import OmegaConf
+
+from lenx import positions
+from lenx.checkpoint import safe_run_config
+from lenx.checks import check_config
+from lenx.errors import CheckpointError, ConfigError
+from lenx.lit import LenxModule, build_model
+from lenx.results import scheme_label
+from lenx.runid import run_id
+
+T, STEPS = 16, 3000
+
+
+def draws(mode, seed=0, n=STEPS, T=T):
+    return [mode.for_step(T, seed, step).numpy() for step in range(n)]
+
+
+def check_positions(ps, span):
+    for p in ps:
+        assert len(p) == T and (np.diff(p) > 0).all() and p.min() >= 0 and p.max() < span
+
+
+def within_sampling_noise(counts: np.ndarray, probs: np.ndarray, n: int) -> bool:
+    """Every count within 5 standard deviations of its expectation under the stated distribution."""
+    expect, sd = n * probs, np.sqrt(n * probs * (1 - probs))
+    return bool((np.abs(counts - expect) <= 5 * sd + 1).all())
+
+
+def test_randomized_is_a_uniform_sorted_subset_of_the_range():
+    mode = positions.Randomized(max_len=64)
+    ps = draws(mode)
+    check_positions(ps, 64)
+    counts = np.bincount(np.concatenate(ps), minlength=64)
+    # the authors' choice(arange(L), T, replace=False): each position is in a draw with probability T / L
+    assert within_sampling_noise(counts, np.full(64, T / 64), STEPS)
+    assert len({tuple(p) for p in ps}) > STEPS * 0.99  # (and draws differ from step to step)
+
+
+def test_pose_two_chunks_follow_the_released_code():
+    mode = positions.PoSE(target_len=64)
+    ps = draws(mode)
+    check_positions(ps, 64)
+    first, skip = [], []
+    for p in ps:
+        jumps = np.flatnonzero(np.diff(p) > 1)
+        cut = int(jumps[0]) + 1 if len(jumps) else None  # no jump: a skip of 0 (the cut is then invisible)
+        assert len(jumps) <= 1 and p[0] == 0  # two chunks; the first keeps positions 0.. (the code's lt = 0)
+        if cut is not None:
+            first.append(cut)
+        skip.append(int(p[-1]) - (T - 1))
+    # rt1 = randint(1, (T + 1) // 2): the first chunk's length, uniform (a skip of 0 hides it: 1 draw in 49)
+    assert set(first) == set(range(1, (T + 1) // 2 + 1))
+    lengths = np.array([Counter(first)[k] for k in range(1, (T + 1) // 2 + 1)])
+    assert within_sampling_noise(lengths, np.full(len(lengths), 1 / len(lengths)), len(first))
+    # rt = randint(0, target_len - T): the skip, uniform over 0..48, so distances up to target_len - 1 occur
+    counts = np.bincount(skip, minlength=64 - T + 1)
+    assert len(counts) == 64 - T + 1 and within_sampling_noise(counts, np.full(len(counts), 1 / len(counts)), STEPS)
+    assert max(int(p[-1] - p[0]) for p in ps) == 63
+
+
+def test_pose_more_chunks_and_offset():
+    ps = draws(positions.PoSE(target_len=64, chunks=4), n=500)
+    check_positions(ps, 64)
+    assert max(len(np.flatnonzero(np.diff(p) > 1)) for p in ps) == 3 and all(p[0] == 0 for p in ps)
+    ps = draws(positions.Offset(max_len=40))
+    check_positions(ps, 40)
+    assert all((np.diff(p) == 1).all() for p in ps)  # a shifted window, no gaps
+    starts = np.bincount([int(p[0]) for p in ps], minlength=40 - T + 1)
+    assert len(starts) == 40 - T + 1 and within_sampling_noise(starts, np.full(len(starts), 1 / len(starts)), STEPS)
+
+
+@pytest.mark.parametrize("mode", [positions.Randomized(max_len=64), positions.PoSE(target_len=64),
+                                  positions.Offset(max_len=64)], ids=lambda m: m.name)
+def test_draws_are_a_function_of_seed_step_and_micro_batch(mode):
+    a, b = mode.for_step(T, 3, 17), mode.for_step(T, 3, 17)
+    assert torch.equal(a, b)
+    others = [mode.for_step(T, 4, 17), mode.for_step(T, 3, 18), mode.for_step(T, 3, 17, micro=1)]
+    assert all(not torch.equal(a, o) for o in others)
+
+
+def test_null_lengths_resolve_to_the_longest_evaluation_and_bad_ones_are_refused():
+    cfg = {"seq_len": 32, "eval": {"multipliers": [1, 4, 16]}, "positions": {"_target_": "lenx.positions.PoSE",
+                                                                           "target_len": None, "chunks": 2}}
+    assert positions.configure(cfg).span(32) == 512 and cfg["positions"]["target_len"] == 512  # recorded
+    with pytest.raises(ConfigError, match="shorter than seq_len"):
+        positions.configure({**cfg, "positions": {"_target_": "lenx.positions.Randomized", "max_len": 16}})
+    with pytest.raises(ConfigError, match="chunks must be an integer >= 2"):
+        positions.PoSE(chunks=1)
+
+
+def module_for(tmp_path, scheme, *over):
+    cfg = OmegaConf.to_container(compose_train(["seq_len=16", "model.d_model=32", "model.n_layers=2",
+                                                "model.n_heads=2", "data.vocab_size=50", f"pos={scheme}",
+                                                *over], tmp_path), resolve=True)
+    positions.configure(cfg)
+    torch.manual_seed(0)
+    return LenxModule(cfg), cfg
+
+
+def test_contiguous_training_is_todays_bitwise(tmp_path, monkeypatch):
+    module, _ = module_for(tmp_path, "alibi")
+    batch = torch.randint(0, 50, (4, 17))
+    seen = []
+    forward = module.model.forward
+    monkeypatch.setattr(module.model, "forward", lambda idx, pos_T=None: seen.append(pos_T) or forward(idx, pos_T))
+    pos_T = module.train_positions(batch, 0)
+    loss = module._loss(batch, pos_T)
+    assert pos_T is None and seen == [None]  # the Decoder's own default positions (and its Toeplitz path)
+    logits = forward(batch[:, :-1])
+    ref = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+    assert torch.equal(loss, ref)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_scheme_trains_under_randomized_positions_and_scores_at_16x(scheme, tmp_path, caplog):
+    module, cfg = module_for(tmp_path, scheme, "positions=randomized")
+    with caplog.at_level(logging.WARNING):
+        check_config(cfg)
+    said = "has no effect" in caplog.text
+    assert said == (scheme in ("none", "cope", "cpe")), caplog.text  # schemes that read no positions say so
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        batch = torch.randint(0, 50, (2, 17), generator=g)
+        pos_T = module.positions.for_step(16, 0, step)
+        assert pos_T.max() < 256 and (pos_T.diff() > 0).all()
+        loss = module._loss(batch, pos_T)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = module.model.eval()(torch.randint(0, 50, (1, 16 * 16), generator=g))  # 16x, contiguous
+    assert torch.isfinite(logits).all()
+
+
+RELATIVE = ["rope", "rope_partial", "xpos", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich",
+            "shaw", "shaw_kv", "transformer_xl", "deberta"]
+
+
+@pytest.mark.parametrize("scheme", RELATIVE)
+def test_relative_schemes_are_shift_invariant_through_the_augmented_path(scheme):
+    model = make_model(scheme, train_len=16)
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
+    p = torch.from_numpy(positions.Randomized(max_len=200).draw(16, np.random.default_rng(0)))
+    with torch.no_grad():
+        a, b = model(idx, p), model(idx, p + 777)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-4)  # (rotary angles at +777 round differently in fp32)
+    with torch.no_grad():  # ... and the gaps matter: the same tokens at contiguous positions score differently
+        assert not torch.equal(model(idx), a)
+
+
+def test_learned_table_is_sized_to_the_mode_or_refused(tmp_path):
+    _, cfg = module_for(tmp_path, "learned", "positions=randomized", "positions.max_len=100")
+    assert build_model(cfg).pos.max_positions == 100
+    _, small = module_for(tmp_path, "learned", "positions=offset", "positions.max_len=100", "pos.max_positions=50")
+    with pytest.raises(ConfigError, match="past the learned table's 50 rows"):
+        check_config(small)
+    _, plain = module_for(tmp_path, "learned")
+    assert build_model(plain).pos.max_positions == 16  # contiguous: the training length, as before
+
+
+def test_run_ids_rows_and_checkpoints_record_the_mode(tmp_path):
+    base = OmegaConf.to_container(compose_train(["seq_len=16"], tmp_path), resolve=False)
+    older = {k: v for k, v in base.items() if k != "positions"}  # a config from before position modes
+    assert run_id(base) == run_id(older)  # contiguous runs keep their directories
+    rand = OmegaConf.to_container(compose_train(["seq_len=16", "positions=randomized"], tmp_path), resolve=False)
+    assert run_id(rand) != run_id(base)
+    rows = [{"pos": "rope", "positions": "randomized"}, {"pos": "rope", "positions": "contiguous"}, {"pos": "rope"}]
+    assert [scheme_label(r) for r in rows] == ["rope+randomized", "rope", "rope"]
+    _, cfg = module_for(tmp_path, "rope", "positions=pose")
+    assert safe_run_config(cfg)["positions"] == cfg["positions"]
+    with pytest.raises(CheckpointError, match="not one of lenx's positions configs"):
+        safe_run_config({**cfg, "positions": {"_target_": "os.system", "command": "true"}})
+
+
+def test_a_trained_run_records_its_mode_and_its_learned_table_reaches_16x(tmp_path, tree, monkeypatch):
+    from test_end_to_end import compose_run
+
+    from lenx.evaluate import load_model
+    from lenx.train import run
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    rows = run(compose_run(tmp_path, tree, "pos=learned", "positions=randomized", "eval.multipliers=[1,16]"))
+    assert all(r["positions"] == "randomized" for r in rows)
+    assert all(r["status"] == "ok" and math.isfinite(r["ppl"]) for r in rows)  # a contiguous table: out_of_range
+    model, mcfg = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert model.pos.max_positions == 16 * mcfg["seq_len"] == mcfg["positions"]["max_len"]
