@@ -22,7 +22,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from lenx.results import mode_label, read_tree, scheme_label
+from lenx.results import extension_label, mode_label, read_tree, scheme_label
 
 # two-sided 95% Student t quantiles for n - 1 degrees of freedom (n seeds); large n -> 1.96
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -35,7 +35,7 @@ def collect(root: Path, name: str = "extrapolation") -> list[dict]:
 def curve(r: dict) -> tuple:
     """What one line of the table / figure is: scheme, scaling, mode, training length and, where one curve's rows
     were scored on different token sets, which set (`tokens_set`, a targets_hash prefix)."""
-    return scheme_label(r), r.get("scaling", "none"), mode_label(r), r["train_len"], r.get("tokens_set", "")
+    return scheme_label(r), extension_label(r), mode_label(r), r["train_len"], r.get("tokens_set", "")
 
 
 def run_key(r: dict) -> tuple | None:
@@ -230,7 +230,7 @@ def summarise_tasks(rows: list[dict]) -> list[dict]:
     but not averaged."""
     cells: dict[tuple, dict] = defaultdict(dict)
     for r in rows:
-        key = (r["task"], scheme_label(r), r.get("scaling", "none"), r.get("decode", "teacher"), r["train_size"],
+        key = (r["task"], scheme_label(r), extension_label(r), r.get("decode", "teacher"), r["train_size"],
                r["multiplier"])
         cells[key][run_key(r) or id(r)] = r
     out = []
@@ -257,8 +257,8 @@ def tasks_markdown(summary: list[dict]) -> str:
         lines += [f"### {task} (exact-match accuracy, mean ± 95% CI over seeds; train size {rs[0]['train_size']})", "",
                   "| pos | scaling | decode | " + " | ".join(f"{m}x" for m in mults) + " |",
                   "|---|---|---|" + "---|" * len(mults)]
-        for key in dict.fromkeys((scheme_label(r), r["scaling"], r["decode"]) for r in rs):
-            by_m = {r["multiplier"]: r for r in rs if (scheme_label(r), r["scaling"], r["decode"]) == key}
+        for key in dict.fromkeys((scheme_label(r), extension_label(r), r["decode"]) for r in rs):
+            by_m = {r["multiplier"]: r for r in rs if (scheme_label(r), extension_label(r), r["decode"]) == key}
             cells = []
             for m in mults:
                 r = by_m.get(m)
@@ -277,9 +277,9 @@ def tasks_figure(summary: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, task in zip(axes[0], names):
         rs = [r for r in summary if r["task"] == task]
-        for key in dict.fromkeys((scheme_label(r), r["scaling"], r["decode"]) for r in rs):
+        for key in dict.fromkeys((scheme_label(r), extension_label(r), r["decode"]) for r in rs):
             pts = sorted((r["multiplier"], r["accuracy_mean"], r["accuracy_ci95"]) for r in rs
-                         if (scheme_label(r), r["scaling"], r["decode"]) == key)
+                         if (scheme_label(r), extension_label(r), r["decode"]) == key)
             xs, ys, hs = zip(*pts)
             line, = ax.plot(xs, ys, marker="o", label=" ".join([key[0]] + [k for k in key[1:] if k not in ("none", "teacher")]))
             hs = [0.0 if math.isnan(h) else h for h in hs]

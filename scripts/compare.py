@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lenx.extrapolation import block_run, bootstrap_indices
-from lenx.results import mode_label, read_tree, scheme_label
+from lenx.results import extension_label, mode_label, read_tree, scheme_label
 
 
 def paired_change(row: dict, base: dict, n_boot: int = 1000, seed: int = 0) -> tuple[float, float] | None:
@@ -49,7 +49,7 @@ def load(path: Path) -> list[dict]:
 
 
 def run_label(rows: list[dict], fallback: str) -> str:
-    keys = sorted({(scheme_label(r), r.get("scaling", "none"), r.get("seed")) for r in rows})
+    keys = sorted({(scheme_label(r), extension_label(r), r.get("seed")) for r in rows})
     if len(keys) == 1:
         pos, scaling, seed = keys[0]
         return f"{pos}{'' if scaling == 'none' else '+' + scaling} s{seed}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lenx.extensions import Extension
 from lenx.pos.base import AttnContext, PositionalScheme, causal
 
 # Logits per attention chunk (batch x heads x queries x keys) when a scheme adds logit terms: 2^25 bounds each
@@ -39,6 +40,10 @@ class Plan:
     whole: bool  # one chunk holds the whole (H, T, S) mask: built once, before the layers, not per chunk
     per_layer: bool  # the positional bias differs per layer (a table per layer: FIRE)
     mask_HTS: torch.Tensor | None = None  # the whole mask, when `whole` (set by `for_layer`)
+    # A training-free extension active at this length (lenx.extensions): path "extended" when it remaps distances
+    # or windows keys; q_scale_T multiplies the queries (log-n scaling), on any path.
+    extension: Extension | None = None
+    q_scale_T: torch.Tensor | None = None
 
     def for_layer(self, pos: PositionalScheme, ctx: AttnContext) -> Plan:
         """The plan for ctx's layer: the whole mask built here when one chunk holds it, kept from the layer before
@@ -49,9 +54,16 @@ class Plan:
                                                                   self.dtype))
 
 
-def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dtype, contiguous: bool) -> Plan:
-    """The plan for attention over ctx's queries and keys with this scheme, batch size and compute dtype."""
+def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dtype, contiguous: bool,
+         extension: Extension | None = None) -> Plan:
+    """The plan for attention over ctx's queries and keys with this scheme, batch size and compute dtype (and a
+    training-free extension, where it changes anything at these positions)."""
     T, S = len(ctx.q_pos_T), len(ctx.k_pos_S)
+    ext = extension if extension is not None and extension.active(ctx.q_pos_T, ctx.k_pos_S) else None
+    q_scale_T = None if ext is None else ext.q_scale(ctx.q_pos_T)
+    if ext is not None and (ext.remaps or ext.windows):  # remapped pairs, windows: logits built here, in fp32
+        return Plan(path="extended", rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
+                    dtype=torch.float32, whole=False, per_layer=False, extension=ext, q_scale_T=q_scale_T)
     if pos.adds_values:
         path = "weights"
     elif pos.adds_bias or pos.adds_logits:
@@ -62,12 +74,16 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
                 whole=path != "causal" and pos.n_heads * T * S <= CHUNK_LOGITS,
-                per_layer=pos.adds_bias and pos.tables > 1)
+                per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T)
 
 
 def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
-           ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
-    """softmax(q.k/sqrt(D) + positional terms + causal mask) v, (B, H, T, D), as the plan says."""
+           ctx: AttnContext, plan: Plan, drop: float, raw: tuple[torch.Tensor, torch.Tensor] | None = None
+           ) -> torch.Tensor:
+    """softmax(q.k/sqrt(D) + positional terms + causal mask) v, (B, H, T, D), as the plan says. `raw`: q and k
+    before the scheme's rotation (path "extended" rotates them again at remapped positions)."""
+    if plan.path == "extended":
+        return attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos, ctx, plan, drop)
     if plan.path == "causal":
         return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
@@ -103,6 +119,59 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         attn_BHts = F.dropout(logits.softmax(-1), drop)
         y_BHtD = attn_BHts @ v_BHsD.float() + pos.value(attn_BHts, ctx)
     return y_BHtD.to(v_BHsD.dtype)
+
+
+def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: AttnContext, plan: Plan,
+                    drop: float) -> torch.Tensor:
+    """Attention under an extension that remaps distances or windows keys, chunk by chunk of queries, in fp32:
+    q.k / sqrt(D) with the scheme's rotation at each pair's own positions (the far pairs' rotated again at
+    their remapped positions), its distance bias at the remapped distance, -inf on future and unseen keys."""
+    from lenx.pos.bias import DistanceContext
+
+    ext, (q_raw, k_raw) = plan.extension, raw
+    T, S, D = q_BHTD.shape[2], k_BHSD.shape[2], q_BHTD.shape[-1]
+    parts = []
+    for a in range(0, T, plan.rows):
+        b = min(T, a + plan.rows)
+        window = ext.key_range(a, b) if plan.contiguous else None
+        if window is not None:  # sinks and the chunk's window only: the cost falls with the window
+            keys = torch.cat([torch.arange(window[0]), torch.arange(window[1], min(S, b))]).to(q_BHTD.device)
+        else:
+            keys = torch.arange(min(S, b) if plan.contiguous else S, device=q_BHTD.device)
+        i_t, j_s = ctx.q_pos_T[a:b], ctx.k_pos_S[keys]
+        pairs = ext.pairs(i_t, j_s)
+        with torch.autocast(q_BHTD.device.type, enabled=False):
+            logits = q_BHTD[:, :, a:b].float() @ k_BHSD[:, :, keys].float().transpose(-1, -2) / D ** 0.5
+            far = pairs.far_ts if pairs.far_ts is not None and bool(pairs.far_ts.any()) else None
+            if far is not None and type(pos).rotate is not PositionalScheme.rotate:  # rotary: rotate at q', k'
+                q_far, k_far = rotate_at(pos, q_raw[:, :, a:b], k_raw[:, :, keys], pairs.q_far_t, pairs.k_far_s,
+                                         int(ctx.q_pos_T.max()))
+                logits = torch.where(far, q_far.float() @ k_far.float().transpose(-1, -2) / D ** 0.5, logits)
+            if isinstance(ctx, DistanceContext):  # a distance bias, read at the (remapped) distance
+                d_ts = i_t[:, None] - j_s[None, :]
+                if far is not None:
+                    d_ts = torch.where(far, pairs.q_far_t[:, None] - pairs.k_far_s[None, :], d_ts)
+                logits = logits + ctx.bias_at(d_ts)
+            hidden_ts = j_s[None, :] > i_t[:, None]
+            if pairs.visible_ts is not None:
+                hidden_ts = hidden_ts | ~pairs.visible_ts
+            weights = F.dropout(logits.masked_fill(hidden_ts, float("-inf")).softmax(-1), drop)
+            parts.append((weights @ v_BHSD[:, :, keys].float()).to(v_BHSD.dtype))
+    return torch.cat(parts, dim=2)
+
+
+def rotate_at(pos: PositionalScheme, q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, q_pos_t: torch.Tensor,
+              k_pos_s: torch.Tensor, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k (as projected) rotated by the scheme at the given positions. One context over both position sets
+    and the sequence's last position, so that a scaling that reads the length, and xPos's centring, are those of
+    the sequence scored."""
+    t = len(q_pos_t)
+    where = torch.cat([q_pos_t, k_pos_s, q_pos_t.new_tensor([last])])
+    ctx = pos.context(where, where)
+    pad = q_BHtD.new_zeros(q_BHtD.shape[:2] + (1, q_BHtD.shape[-1]))
+    both = torch.cat([q_BHtD, k_BHsD, pad], dim=2)
+    q_rot, k_rot = pos.rotate(both, both, ctx)
+    return q_rot[:, :, :t], k_rot[:, :, t:-1]
 
 
 def positional_mask(pos: PositionalScheme, ctx: AttnContext, q_start: int | None, dtype: torch.dtype

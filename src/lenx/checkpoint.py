@@ -228,6 +228,8 @@ def with_extension(pos: dict, scaling: str | dict) -> dict:
                               "learned position table (pos=learned)")
         return {**pos, "interpolate": True}
     if not is_rotary(pos):
+        if scaling == "none":  # "as trained": a scheme without RoPE frequencies has nothing to scale
+            return pos
         raise ConfigError(f"scaling {scaling!r} does not apply to pos={pos.get('_target_')}: RoPE scalings apply "
                           "to rotary schemes only (rope, rope_partial, xpos)")
     new = scaling_config(scaling) if isinstance(scaling, str) else stored_scaling(scaling, "scaling")

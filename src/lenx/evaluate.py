@@ -1,13 +1,16 @@
-"""Re-score a checkpoint at many lengths: `python evaluate.py ckpt=<path> [scalings=[none,yarn]]`."""
+"""Re-score a checkpoint at many lengths: `python evaluate.py ckpt=<path> [scalings=[none,yarn]]
+[extensions=[none,self_extend]]`."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
+from lenx import extensions as extensions_lib
 from lenx.checkpoint import (  # noqa: F401  (load_model, read_checkpoint, scaling_config: public here too)
     CONFIG_DIR,
     load_model,
@@ -21,11 +24,12 @@ from lenx.scoring import Run, check_eval, report, score
 from lenx.tasks import build_task
 
 
-def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list[str] | None = None) -> list[dict]:
-    """Score one checkpoint under each scaling (None: as trained) with every probe of eval.probes; validates
-    everything before scoring, including that the tokens to score are those the checkpoint was trained on
-    (scoring_data). Rows already in run_dir for this checkpoint and scaling are kept, not scored again.
-    Returns the new perplexity rows."""
+def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list[str] | None = None,
+                        extensions: list[str | dict] | None = None) -> list[dict]:
+    """Score one checkpoint under each scaling (None: as trained) x each training-free extension (None: none)
+    with every probe of eval.probes; validates everything before scoring, including that the tokens to score are
+    those the checkpoint was trained on (scoring_data). Rows already in run_dir for this checkpoint, scaling and
+    extension are kept, not scored again. Returns the new perplexity rows."""
     run_dir = Path(run_dir)
     state = read_checkpoint(ckpt)  # fails fast on a missing/foreign checkpoint
     _, cfg = rebuild(state, None, ckpt)
@@ -36,10 +40,15 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
         cfg = scoring_data(state, cfg, eval_cfg["split"], bool(eval_cfg.get("new_corpus", False)))
         probes = check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])
     models = [rebuild(state, s, ckpt) for s in (scalings or [None])]  # every scaling validated before scoring
+    exts = [extensions_lib.build(e, cfg["seq_len"]) for e in (extensions or ["none"])]
+    scheme = cfg.get("choices", {}).get("pos", cfg["pos"]["_target_"])
+    for (model, _), (_, ext) in itertools.product(models, exts):  # ... and every extension, on every model
+        extensions_lib.check_applies(ext, model.pos, scheme)
     new: dict[str, list[dict]] = {}
-    for model, mcfg in models:
-        run = Run({**mcfg, "data": cfg["data"], "provenance": cfg["provenance"]}, eval_cfg, run_dir, ckpt=ckpt,
-                  choices=cfg.get("choices", {}))
+    for (model, mcfg), (name, ext) in itertools.product(models, exts):
+        model.extension = None if name == "none" else ext
+        run = Run({**mcfg, "data": cfg["data"], "provenance": cfg["provenance"], "extension": name}, eval_cfg,
+                  run_dir, ckpt=ckpt, choices=cfg.get("choices", {}))
         for table, rows in score(model, run, probes).items():
             new.setdefault(table, []).extend(rows)
     report(run, probes, new)
@@ -50,6 +59,7 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
 def main(cfg: DictConfig) -> None:
     with user_errors():
         eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
-        scalings = OmegaConf.to_container(cfg.scalings) if cfg.scalings is not None else None
-        evaluate_checkpoint(cfg.ckpt, eval_cfg, Path(cfg.run_dir), [scalings] if isinstance(scalings, str)
-                            else scalings)
+        names = {k: OmegaConf.to_container(cfg[k]) if cfg[k] is not None else None
+                 for k in ("scalings", "extensions")}
+        names = {k: [v] if isinstance(v, str) else v for k, v in names.items()}  # scalings=yarn: a list of one
+        evaluate_checkpoint(cfg.ckpt, eval_cfg, Path(cfg.run_dir), names["scalings"], names["extensions"])

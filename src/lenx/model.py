@@ -31,8 +31,12 @@ class Attention(nn.Module):
         """Causal self-attention with the scheme's rotation, bias and score terms, (B, T, C) -> (B, T, C)."""
         B, T, C = x_BTC.shape
         q_BHTD, k_BHTD, v_BHTD = self.qkv(x_BTC).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if plan.q_scale_T is not None:  # log-n scaling of the queries (an extension)
+            q_BHTD = q_BHTD * plan.q_scale_T[:, None].to(q_BHTD.dtype)
+        raw = (q_BHTD, k_BHTD)
         q_BHTD, k_BHTD = pos.rotate(q_BHTD, k_BHTD, ctx)
-        y_BHTD = attention.attend(q_BHTD, k_BHTD, v_BHTD, pos, ctx, plan, self.dropout if self.training else 0.0)
+        y_BHTD = attention.attend(q_BHTD, k_BHTD, v_BHTD, pos, ctx, plan, self.dropout if self.training else 0.0,
+                                  raw)
         return self.proj(y_BHTD.transpose(1, 2).reshape(B, T, C))
 
 
@@ -74,6 +78,7 @@ class Decoder(nn.Module):
         self.pos = pos(d_model=d_model, n_heads=n_heads, head_dim=d_model // n_heads, train_len=train_len,
                        n_layers=n_layers)
         self.drop = nn.Dropout(dropout)
+        self.extension = None  # a training-free extension (lenx.extensions), set to score a trained model under it
         self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
@@ -99,7 +104,8 @@ class Decoder(nn.Module):
             pos_T = torch.arange(T, device=idx_BT.device)
         x_BTC = self.drop(self.pos.embed(self.tok(idx_BT), pos_T))
         ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
-        plan = attention.plan(self.pos, ctx, batch=B, dtype=attention.compute_dtype(x_BTC), contiguous=contiguous)
+        plan = attention.plan(self.pos, ctx, batch=B, dtype=attention.compute_dtype(x_BTC), contiguous=contiguous,
+                              extension=self.extension)
         for layer, block in enumerate(self.blocks):
             ctx_l = ctx.at_layer(layer)
             plan = plan.for_layer(self.pos, ctx_l)  # the whole mask, where one chunk holds it: once, not per layer

@@ -15,18 +15,18 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-COLUMNS = ["pos", "scaling", "positions", "mode", "stride", "context", "train_len", "eval_len", "multiplier", "loss", "ppl", "ppl_ci_low",
+COLUMNS = ["pos", "scaling", "extension", "positions", "mode", "stride", "context", "train_len", "eval_len", "multiplier", "loss", "ppl", "ppl_ci_low",
            "ppl_ci_high", "tokens", "windows", "status", "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash",
            "targets_hash", "split", "git_sha", "dirty", "run_dir", "ckpt"]
-PROBE_COLUMNS = ["pos", "scaling", "positions", "train_len", "multiplier", "distance", "seg_len", "trials", "nll_repeat",
+PROBE_COLUMNS = ["pos", "scaling", "extension", "positions", "train_len", "multiplier", "distance", "seg_len", "trials", "nll_repeat",
                  "nll_control", "copy_gain", "status", "seed", "git_sha", "ckpt"]
-PASSKEY_COLUMNS = ["pos", "scaling", "positions", "train_len", "eval_len", "multiplier", "depth", "trials", "accuracy", "status",
+PASSKEY_COLUMNS = ["pos", "scaling", "extension", "positions", "train_len", "eval_len", "multiplier", "depth", "trials", "accuracy", "status",
                    "seed", "git_sha", "ckpt"]
-POSITION_COLUMNS = ["pos", "scaling", "positions", "mode", "context", "train_len", "eval_len", "position_bin_start", "position_bin_end",
+POSITION_COLUMNS = ["pos", "scaling", "extension", "positions", "mode", "context", "train_len", "eval_len", "position_bin_start", "position_bin_end",
                     "mean_nll", "tokens", "seed", "targets_hash", "git_sha", "ckpt"]
 
 
-PROVENANCE = ["pos", "scaling", "positions", "train_len", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "split",
+PROVENANCE = ["pos", "scaling", "extension", "positions", "train_len", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "split",
               "git_sha", "dirty", "run_dir", "ckpt"]
 
 
@@ -50,6 +50,13 @@ def positions_name(cfg: dict) -> str:
     return str(target).rsplit(".", 1)[-1].lower()
 
 
+def extension_label(r: dict) -> str:
+    """A row's training-free method as tables, figures and aggregates name it: its RoPE scaling, its extension
+    (lenx.extensions), or both (yarn+self_extend); "none" for neither."""
+    scaling, ext = r.get("scaling") or "none", r.get("extension") or "none"
+    return scaling if ext == "none" else ext if scaling == "none" else f"{scaling}+{ext}"
+
+
 def scheme_label(r: dict) -> str:
     """A row's scheme as tables, figures and aggregates name it: `pos`, with the train-time position mode appended
     when it is not contiguous (rope+randomized), so that a sweep over positions keeps its curves apart."""
@@ -62,7 +69,8 @@ def stamp(cfg: dict, *, run_dir: Path, ckpt: str, split: str, choices: dict | No
     prov, choices = cfg.get("provenance", {}), choices or {}
     sha, dirty = git_state()
     return {"pos": choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower(),
-            "scaling": scaling_name(cfg), "positions": positions_name(cfg), "train_len": cfg["seq_len"],
+            "scaling": scaling_name(cfg), "extension": cfg.get("extension") or "none",
+            "positions": positions_name(cfg), "train_len": cfg["seq_len"],
             "seed": cfg.get("seed"),
             "model": choices.get("model", ""), "corpus": prov.get("corpus", ""),
             "corpus_hash": prov.get("corpus_hash", ""), "tokenizer_hash": prov.get("tokenizer_hash", ""),
@@ -154,11 +162,11 @@ def mode_label(r: dict) -> str:
 def format_table(rows: list[dict]) -> str:
     """A plain-text table: one line per (pos, scaling, mode), one column per eval length."""
     lengths = sorted({r["eval_len"] for r in rows})
-    keys = list(dict.fromkeys((scheme_label(r), r["scaling"], mode_label(r)) for r in rows))
+    keys = list(dict.fromkeys((scheme_label(r), extension_label(r), mode_label(r)) for r in rows))
     head = f"{'pos':<14} {'scaling':<12} {'mode':<15}" + "".join(f"{L:>13}" for L in lengths)
     lines = [head, "-" * len(head)]
     for key in keys:
-        by_len = {r["eval_len"]: r for r in rows if (scheme_label(r), r["scaling"], mode_label(r)) == key}
+        by_len = {r["eval_len"]: r for r in rows if (scheme_label(r), extension_label(r), mode_label(r)) == key}
         cells = []
         for L in lengths:
             r = by_len.get(L)
@@ -188,9 +196,9 @@ def _save(plt, fig, path: Path) -> Path:
 def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:
     """ppl against eval length (log2 x axis), one line per (pos, scaling, mode); missing points are gaps."""
     plt, fig, ax = _figure()
-    keys = list(dict.fromkeys((scheme_label(r), r["scaling"], mode_label(r)) for r in rows))
+    keys = list(dict.fromkeys((scheme_label(r), extension_label(r), mode_label(r)) for r in rows))
     for key in keys:
-        pts = sorted((r["eval_len"], r["ppl"]) for r in rows if (scheme_label(r), r["scaling"], mode_label(r)) == key)
+        pts = sorted((r["eval_len"], r["ppl"]) for r in rows if (scheme_label(r), extension_label(r), mode_label(r)) == key)
         xs = [x for x, _ in pts]
         ys = [y if (y is not None and math.isfinite(y)) else math.nan for _, y in pts]
         label = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
@@ -211,10 +219,10 @@ def plot_rows(rows: list[dict], path: Path, title: str = "") -> Path:
 def plot_positions(rows: list[dict], path: Path) -> Path:
     """Mean NLL against position inside the window (log2 x axis, bin starts), one line per curve."""
     plt, fig, ax = _figure()
-    keys = list(dict.fromkeys((scheme_label(r), r["scaling"], mode_label(r), r["eval_len"]) for r in rows))
+    keys = list(dict.fromkeys((scheme_label(r), extension_label(r), mode_label(r), r["eval_len"]) for r in rows))
     for key in keys:
         pts = sorted((max(r["position_bin_start"], 0.5), r["mean_nll"], r.get("nll_ci_low"), r.get("nll_ci_high"))
-                     for r in rows if (scheme_label(r), r["scaling"], mode_label(r), r["eval_len"]) == key)
+                     for r in rows if (scheme_label(r), extension_label(r), mode_label(r), r["eval_len"]) == key)
         name = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
         line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"{name} {key[2][:7]} L={key[3]}")
         if all(p[2] is not None for p in pts):  # the bins' 95% bootstrap bands (rows from before them have none)
@@ -232,9 +240,9 @@ def plot_positions(rows: list[dict], path: Path) -> Path:
 def plot_passkey(rows: list[dict], path: Path) -> Path:
     """Passkey accuracy against length (log2 x axis), one line per (pos, scaling, depth)."""
     plt, fig, ax = _figure()
-    keys = list(dict.fromkeys((scheme_label(r), r["scaling"], r["depth"]) for r in rows))
+    keys = list(dict.fromkeys((scheme_label(r), extension_label(r), r["depth"]) for r in rows))
     for key in keys:
-        pts = sorted((r["eval_len"], r["accuracy"]) for r in rows if (scheme_label(r), r["scaling"], r["depth"]) == key)
+        pts = sorted((r["eval_len"], r["accuracy"]) for r in rows if (scheme_label(r), extension_label(r), r["depth"]) == key)
         name = key[0] if key[1] == "none" else f"{key[0]}+{key[1]}"
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{name} depth {key[2]:g}")
     for L in sorted({r["train_len"] for r in rows}):

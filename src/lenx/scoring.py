@@ -41,6 +41,7 @@ class Run:
         self.multipliers: list[int] = list(eval_cfg["multipliers"])
         self.device = resolve_device(eval_cfg.get("device", "auto"))
         self.scaling = scaling_name(cfg)
+        self.extension = cfg.get("extension") or "none"
 
     def tokens(self, split: str | None = None) -> np.ndarray:
         """The corpus stream of `split` (default: eval.split) as a 1-D array of token ids."""
@@ -55,9 +56,11 @@ class Run:
         return data.entry(self.cfg)["eod_id"]
 
     def done(self, table: str) -> list[dict]:
-        """Rows of `table` already in run_dir for this checkpoint, scaling and split (read before any writing)."""
+        """Rows of `table` already in run_dir for this checkpoint, scaling, extension and split (read before any
+        writing)."""
         return [r for r in read_rows(self.run_dir, table) if r.get("ckpt") == self.ckpt
-                and r.get("scaling") == self.scaling and r.get("split", self.eval["split"]) == self.eval["split"]]
+                and r.get("scaling") == self.scaling and (r.get("extension") or "none") == self.extension
+                and r.get("split", self.eval["split"]) == self.eval["split"]]
 
 
 class Probe(abc.ABC):

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from lenx.errors import ConfigError, OutOfRangeError, check_int
-from lenx.results import scheme_label
+from lenx.results import extension_label, scheme_label
 from lenx.scoring import Probe
 from lenx.tasks.base import Task, build_task, pad
 
-TASK_COLUMNS = ["task", "pos", "scaling", "positions", "train_size", "size", "multiplier", "mean_tokens", "accuracy", "acc_ci_low",
+TASK_COLUMNS = ["task", "pos", "scaling", "extension", "positions", "train_size", "size", "multiplier", "mean_tokens", "accuracy", "acc_ci_low",
                 "acc_ci_high", "token_accuracy", "instances", "decode", "status", "train_len", "seed", "git_sha",
                 "ckpt"]
 
@@ -126,10 +126,10 @@ def plot_tasks(rows: list[dict], path):
     from lenx.results import _figure, _save
 
     plt, fig, ax = _figure()
-    keys = list(dict.fromkeys((r["task"], scheme_label(r), r["scaling"], r.get("decode", "teacher")) for r in rows))
+    keys = list(dict.fromkeys((r["task"], scheme_label(r), extension_label(r), r.get("decode", "teacher")) for r in rows))
     for key in keys:
         pts = sorted((r["multiplier"], r["accuracy"]) for r in rows
-                     if (r["task"], scheme_label(r), r["scaling"], r.get("decode", "teacher")) == key)
+                     if (r["task"], scheme_label(r), extension_label(r), r.get("decode", "teacher")) == key)
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=" ".join([*key[:2]] + [k for k in key[2:] if k not in ("none", "teacher")]))
     ax.set_xscale("log", base=2)
     ax.set(xlabel="size / training size", ylabel="exact-match accuracy", ylim=(-0.05, 1.05),
