@@ -216,8 +216,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
 
     real = LenxModule._loss
 
-    def poisoned(self, batch):
-        loss = real(self, batch)
+    def poisoned(self, batch, pos_T=None):
+        loss = real(self, batch, pos_T)
         return loss * float("nan") if self.training and self.global_step >= 2 else loss
 
     monkeypatch.setattr(LenxModule, "_loss", poisoned)

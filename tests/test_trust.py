@@ -343,7 +343,7 @@ def test_nan_stop_without_a_checkpoint_says_so(tmp_path, tree, cache, monkeypatc
     from lenx.lit import LenxModule, NonFiniteLossError
 
     real = LenxModule._loss
-    monkeypatch.setattr(LenxModule, "_loss", lambda self, b: real(self, b) * float("nan"))
+    monkeypatch.setattr(LenxModule, "_loss", lambda self, b, pos_T=None: real(self, b, pos_T) * float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"no checkpoint was written before it \(ckpt_every=100\)"):
         run(compose(tmp_path, tree, "pos=none"))
 
