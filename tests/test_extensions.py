@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import SCHEMES, make_model
+from conftest import CONFIGS, SCHEMES, make_model
 
 import lenx.attention
 from lenx import extensions
@@ -176,6 +176,13 @@ def test_evaluate_scores_a_checkpoint_under_each_extension_once(tmp_path, tree, 
         evaluate_checkpoint(ckpt, cfg_eval(cfg), tmp_path / "ev", None, ["selfextend"])
     table = (tmp_path / "ev" / "extrapolation.csv").read_text().splitlines()
     assert table[0].startswith("pos,scaling,extension,positions") and len(table) == 7
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "extension").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_extension_config_builds_and_names_its_source(path):
+    assert path.read_text().startswith("# ")
+    label, ext = extensions.build(path.stem, 64)
+    assert label == path.stem == ext.name
 
 
 def test_an_entry_overrides_parameters_by_the_names_its_config_has():

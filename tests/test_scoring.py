@@ -43,7 +43,7 @@ def test_a_probe_from_outside_lenx_writes_its_rows_with_provenance(tmp_path, tre
     rows = [json.loads(x) for x in (tmp_path / "run" / "mine.jsonl").read_text().splitlines()]
     assert [r["eval_len"] for r in rows] == [32, 64] and all(0 < r["entropy"] < 6 for r in rows)
     assert all(set(PROVENANCE) <= set(r) and r["pos"] == "alibi" and len(r["corpus_hash"]) == 64 for r in rows)
-    assert (tmp_path / "run" / "mine.csv").read_text().splitlines()[0].startswith("pos,scaling,positions,train_len,seed")
+    assert (tmp_path / "run" / "mine.csv").read_text().splitlines()[0].startswith("pos,scaling,extension,positions,train_len,seed")
     assert not (tmp_path / "run" / "probe.jsonl").exists()  # eval.probes.probe=null disabled it
     assert (tmp_path / "run" / "extrapolation.jsonl").exists()
     run(cfg)  # a rerun: the probe skips what it already wrote

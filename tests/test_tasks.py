@@ -252,7 +252,7 @@ def test_a_task_run_trains_without_a_corpus_and_writes_tasks_csv(data, tmp_path,
     rows = [json.loads(x) for x in (tmp_path / "run" / "tasks.jsonl").read_text().splitlines()]
     assert [r["multiplier"] for r in rows] == [1, 2] and [r["size"] for r in rows] == [3, 6]
     assert all(r["task"] == data and r["pos"] == "alibi" and 0 <= r["accuracy"] <= 1 for r in rows)
-    assert (tmp_path / "run" / "tasks.csv").read_text().startswith("task,pos,scaling,positions,train_size,size")
+    assert (tmp_path / "run" / "tasks.csv").read_text().startswith("task,pos,scaling,extension,positions,train_size,size")
     assert (tmp_path / "run" / "tasks.png").is_file()
     assert not (tmp_path / "cache").exists()  # no corpus, no tokenizer
     assert not (tmp_path / "run" / "extrapolation.jsonl").exists()  # perplexity needs a corpus: skipped

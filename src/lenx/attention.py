@@ -62,7 +62,10 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     ext = extension if extension is not None and extension.active(ctx.q_pos_T, ctx.k_pos_S) else None
     q_scale_T = None if ext is None else ext.q_scale(ctx.q_pos_T)
     if ext is not None and (ext.remaps or ext.windows):  # remapped pairs, windows: logits built here, in fp32
-        return Plan(path="extended", rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
+        rows = max(1, CHUNK_LOGITS // (batch * pos.n_heads * S))
+        if ext.window_tokens and contiguous:  # chunks no longer than the window: each reads ~2 windows of keys
+            rows = min(rows, max(64, ext.window_tokens))
+        return Plan(path="extended", rows=rows, contiguous=contiguous,
                     dtype=torch.float32, whole=False, per_layer=False, extension=ext, q_scale_T=q_scale_T)
     if pos.adds_values:
         path = "weights"

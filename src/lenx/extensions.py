@@ -68,6 +68,9 @@ class Extension:
         reads keys 0..sinks-1 and first..b-1 only; None: every key up to the chunk's last query."""
         return None
 
+    window_tokens: int | None = None  # a window method's window: attention takes chunks of at most this many
+    # queries, so that each reads about twice its window of keys and the cost falls with the window
+
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in vars(self).items())})"
 
@@ -191,6 +194,10 @@ class LMInfinite(Extension):
     def key_range(self, a, b):
         return self.n_global, max(self.n_global, a - self.W + 1)
 
+    @property
+    def window_tokens(self):
+        return self.W
+
 
 class Streaming(Extension):
     """StreamingLLM (Xiao et al. 2023, arXiv:2309.17453): a cache of `cache` tokens, `sinks` attention sinks plus
@@ -224,6 +231,10 @@ class Streaming(Extension):
 
     def key_range(self, a, b):
         return (self.sinks, max(self.sinks, a - (self.C - self.sinks) + 1)) if a >= self.C else None
+
+    @property
+    def window_tokens(self):
+        return self.C - self.sinks
 
 
 def check_applies(extension: Extension, pos, scheme: str) -> None:
