@@ -162,9 +162,10 @@ def build_entry(d: Mapping, root: Path, index: Path) -> dict:
         tok = train_tokenizer((t for _, t in docs["train"]), d["vocab_size"], d["min_frequency"])
         atomic_write_bytes(tok_path, tok.to_str().encode())
     tok = Tokenizer.from_file(str(tok_path))
-    eod_id = tok.token_to_id(EOD_TOKEN)
+    eod = d.get("eod_token") or EOD_TOKEN  # (a Hugging Face model's own EOS: lenx.hf)
+    eod_id = tok.token_to_id(eod)
     if eod_id is None:
-        raise CorpusError(f"the tokenizer {given or tok_path} has no {EOD_TOKEN} token")
+        raise CorpusError(f"the tokenizer {given or tok_path} has no {eod} token")
     dtype = np.uint16 if tok.get_vocab_size() <= 65535 else np.uint32
     n_tokens, stream_hashes = {}, {}
     for s in SPLITS:

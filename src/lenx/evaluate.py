@@ -19,7 +19,7 @@ from lenx.checkpoint import (  # noqa: F401  (load_model, read_checkpoint, scali
     scaling_config,
     scoring_data,
 )
-from lenx.errors import user_errors
+from lenx.errors import ConfigError, user_errors
 from lenx.scoring import Run, check_eval, report, score
 from lenx.tasks import build_task
 
@@ -55,6 +55,26 @@ def evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: list
     return new.get("extrapolation", [])
 
 
+def evaluate_hf(hf: dict, data_cfg: dict, eval_cfg: dict, run_dir: Path, scalings: list[str] | None = None
+                ) -> list[dict]:
+    """Score a local Hugging Face causal LM (lenx.hf) under each scaling with the probes that read a corpus, on
+    data_cfg's corpus tokenised with the model's own tokenizer. Returns the new perplexity rows."""
+    from lenx import hf as hf_lib
+
+    check_eval(eval_cfg, None, 1)  # values first, before the model or corpus is touched
+    models, choices = hf_lib.scoring_setup(hf, data_cfg, eval_cfg, scalings)
+    ckpt = str(hf_lib.local_dir(hf["path"]).resolve())
+    probes = [p for p in check_eval(eval_cfg, len(data.load_tokens({"data": models[0][1]["data"]}, eval_cfg["split"])),
+                                    models[0][1]["seq_len"]) if not getattr(p, "task_probe", False)]
+    new: dict[str, list[dict]] = {}
+    for model, cfg in models:
+        run = Run(cfg, eval_cfg, run_dir, ckpt=ckpt, choices=choices)
+        for table, rows in score(model, run, probes).items():
+            new.setdefault(table, []).extend(rows)
+    report(run, probes, new)
+    return new.get("extrapolation", [])
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with user_errors():
@@ -62,4 +82,11 @@ def main(cfg: DictConfig) -> None:
         names = {k: OmegaConf.to_container(cfg[k]) if cfg[k] is not None else None
                  for k in ("scalings", "extensions")}
         names = {k: [v] if isinstance(v, str) else v for k, v in names.items()}  # scalings=yarn: a list of one
+        if cfg.hf.path:  # a local Hugging Face model instead of a lenx checkpoint
+            if names["extensions"] not in (None, ["none"]):
+                raise ConfigError("extensions apply to lenx checkpoints (they act inside lenx's attention); a "
+                                  "Hugging Face model takes scalings=[...] only")
+            evaluate_hf(OmegaConf.to_container(cfg.hf, resolve=True), OmegaConf.to_container(cfg.hf.data, resolve=True),
+                        eval_cfg, Path(cfg.run_dir), names["scalings"])
+            return
         evaluate_checkpoint(cfg.ckpt, eval_cfg, Path(cfg.run_dir), names["scalings"], names["extensions"])

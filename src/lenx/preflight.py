@@ -28,8 +28,9 @@ def check_writable(run_dir: Path) -> None:
 
 def check_job(config: DictConfig) -> None:
     """What must hold before Hydra names and creates the job's directory."""
-    if "ckpt" in config.keys() and OmegaConf.is_missing(config, "ckpt"):
-        raise ConfigError("evaluate.py needs a checkpoint: ckpt=<run dir>/checkpoints/last.ckpt")
+    if "ckpt" in config.keys() and OmegaConf.is_missing(config, "ckpt") and not config.get("hf", {}).get("path"):
+        raise ConfigError("evaluate.py needs a checkpoint: ckpt=<run dir>/checkpoints/last.ckpt (or a local "
+                          "Hugging Face model: hf.path=<dir>)")
     if "seed" in config:
         check_int(config.seed, "seed", minimum=0)
     if "data" in config and OmegaConf.is_dict(config.data.get("task")):  # a task's parameters (lenx.tasks)
