@@ -198,3 +198,18 @@ def test_a_trained_run_records_its_mode_and_its_learned_table_reaches_16x(tmp_pa
     assert all(r["status"] == "ok" and math.isfinite(r["ppl"]) for r in rows)  # a contiguous table: out_of_range
     model, mcfg = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert model.pos.max_positions == 16 * mcfg["seq_len"] == mcfg["positions"]["max_len"]
+
+
+def test_task_batches_train_under_a_position_mode(tmp_path):
+    from lenx import tasks
+
+    cfg = OmegaConf.to_container(compose_train(["data=copy", "pos=rope", "positions=pose", "model.d_model=32",
+                                                "model.n_layers=1", "model.n_heads=2"], tmp_path), resolve=True)
+    task = tasks.configure(cfg)
+    positions.configure(cfg)
+    module = LenxModule(cfg)
+    batch = tasks.pad([task.instance(0, "train", i) for i in range(4)])
+    pos_T = module.train_positions(batch, 0)
+    assert len(pos_T) == batch[0].shape[1] - 1 and (pos_T.diff() > 0).all()
+    assert pos_T.max() < cfg["positions"]["target_len"] == 16 * cfg["seq_len"]
+    assert torch.isfinite(module._loss(batch, pos_T))
