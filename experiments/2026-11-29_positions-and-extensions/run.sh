@@ -10,28 +10,28 @@ RUNS=${RUNS:-multirun/positions_extensions}
 OUT=${OUT:-results/positions_extensions}
 JOBS=${JOBS:-2}
 STEPS=${STEPS:-300}
-if [ -e "$RUNS" ]; then
-  echo "run.sh: $RUNS already exists; move it away (or set RUNS=...) so that old rows are not mixed in" >&2
+if [ -e "$RUNS" ] && [ -z "${RESUME:-}" ]; then  # RESUME=1 continues a cut-short study (runs resume, scored rows stay)
+  echo "run.sh: $RUNS already exists; move it away (or set RUNS=..., or RESUME=1 to continue it)" >&2
   exit 1
 fi
 THREADS=$(( $(nproc) / JOBS )); export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( THREADS > 0 ? THREADS : 1 ))}
 # A small LM (d 64, 2 layers, 2 heads) at L = 32 on the stdlib corpus: 300 steps of batch 16 (154k tokens).
 COMMON=(experiment=zoo_short model.d_model=64 model.n_layers=2 model.n_heads=2 seq_len=32 batch_size=16
         trainer.max_steps="$STEPS" trainer.precision=32-true 'eval.multipliers=[1,2,4,8,16]' eval.probes.probe=null)
-start=$(date +%s)
-python train.py -m "${COMMON[@]}" pos=rope,alibi,none,learned,fire positions=contiguous,randomized seed=0,1,2 \
-  hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$RUNS/train" \
-  'hydra.sweep.subdir=${hydra:runtime.choices.pos}_${hydra:runtime.choices.positions}_s${seed}'
-python scripts/aggregate.py "$RUNS/train" --out "$OUT/positions"
 declare -A EXT=([rope]="none,self_extend,rerope,lm_infinite,streaming,logn"
                 [alibi]="none,self_extend,rerope,lm_infinite,streaming,logn"
                 [none]="none,lm_infinite,streaming,logn" [fire]="none,logn")
-for pos in rope alibi none fire; do
-  for seed in 0 1 2; do
-    run="$RUNS/train/${pos}_contiguous_s${seed}"
-    python evaluate.py ckpt="$run/checkpoints/last.ckpt" "extensions=[${EXT[$pos]}]" \
+start=$(date +%s)
+for pos in ${SCHEMES:-rope alibi none fire learned}; do  # scheme by scheme: a cut-short run leaves whole schemes
+  python train.py -m "${COMMON[@]}" pos="$pos" positions=contiguous,randomized seed=0,1,2 \
+    hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$RUNS/train" \
+    'hydra.sweep.subdir=${hydra:runtime.choices.pos}_${hydra:runtime.choices.positions}_s${seed}'
+  [ -n "${EXT[$pos]:-}" ] || continue
+  for seed in 0 1 2; do  # the contiguous checkpoints, under every extension that applies to the scheme
+    python evaluate.py ckpt="$RUNS/train/${pos}_contiguous_s${seed}/checkpoints/last.ckpt" "extensions=[${EXT[$pos]}]" \
       'eval.multipliers=[1,2,4,8,16]' eval.probes.probe=null hydra.run.dir="$RUNS/extensions/${pos}_s${seed}"
   done
 done
+python scripts/aggregate.py "$RUNS/train" --out "$OUT/positions"
 python scripts/aggregate.py "$RUNS/extensions" --out "$OUT/extensions"
 echo "wall time: $(( ($(date +%s) - start) / 60 )) min" | tee "$OUT/wall_time.txt"
