@@ -42,6 +42,26 @@ def test_exported_model_gives_lenx_logits_at_1x_and_16x(tmp_path, tree, monkeypa
     assert state["hyper_parameters"]["cfg"]["provenance"]["corpus_hash"] in card and "training length: 32" in card
 
 
+@pytest.mark.parametrize("scaling, factor", [("pi", 2.0), ("yarn", 4.0), ("llama3", 4.0)])
+def test_a_scaling_trained_in_exports_into_rope_parameters(tmp_path, tree, monkeypatch, scaling, factor):
+    """A RoPE scaling with a fixed factor, trained in, is carried into transformers' rope_parameters: the exported
+    GPT-NeoX computes lenx's logits under it at 1x and 16x."""
+    from lenx.export import export_hf
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    run(compose_train([*SMOKE, f"data.path={tree}", "pos=rope", "model.n_heads=4", f"pos/scaling={scaling}",
+                       f"pos.scaling.factor={factor}"], tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, tmp_path / "hf")).eval()
+    rope = hf.config.rope_parameters
+    assert rope["rope_type"] == {"pi": "linear"}.get(scaling, scaling) and rope["factor"] == factor
+    lenx_model, cfg = load_model(ckpt)
+    ids = torch.randint(0, 300, (1, 16 * cfg["seq_len"]), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for T in (cfg["seq_len"], 16 * cfg["seq_len"]):
+            assert (hf(ids[:, :T]).logits - lenx_model(ids[:, :T])).abs().max().item() < 1e-4, (scaling, T)
+
+
 def test_other_schemes_are_refused_in_one_line(tmp_path, tree, monkeypatch):
     from lenx.export import export_hf
 
