@@ -55,3 +55,23 @@ def test_ckpt_keep_every_keeps_intermediate_checkpoints_that_score(tmp_path, tre
         "batch_tokens": 1024, "device": "cpu", "progress": False,
         "probes": {"extrapolation": {"_target_": "lenx.extrapolation.Perplexity"}}}, tmp_path / "e")
     assert rows[0]["ckpt"].endswith("step2.ckpt") and rows[0]["status"] == "ok"
+
+
+def test_a_task_run_logs_its_accuracy_during_training_as_scored_at_the_end(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    cfg = compose_train(["data=copy", "pos=alibi", "experiment=smoke", "trainer.enable_progress_bar=false",
+                         "data.task.train_size=3", "eval.every_n_steps=2", "eval.during.multipliers=[1,2]",
+                         "eval.during.instances=8", "eval.probes.tasks.multipliers=[1,2]",
+                         "eval.probes.tasks.instances=8"], tmp_path / "run")
+    run(cfg)
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")) if r.get("task/acc_1x")]
+    assert [int(r["step"]) for r in rows] == [1, 3]
+    final = {json.loads(x)["multiplier"]: json.loads(x) for x in (tmp_path / "run" / "tasks.jsonl").read_text()
+             .splitlines()}
+    # the same held-out instances (seed 0) and the same model after step 4: the numbers logged equal the final ones
+    for m in (1, 2):
+        assert float(rows[-1][f"task/acc_{m}x"]) == final[m]["accuracy"]
+        assert float(rows[-1][f"task/token_acc_{m}x"]) == pytest.approx(final[m]["token_accuracy"], rel=1e-12)
+    assert not (tmp_path / "cache").exists()

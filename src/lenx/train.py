@@ -18,7 +18,7 @@ from lenx import data, positions, tasks
 from lenx.checkpoint import CONFIG_DIR, read_checkpoint, resume_point, scoring_data
 from lenx.checks import check_config, check_world
 from lenx.dist import is_main
-from lenx.during import ExtrapolationDuringTraining
+from lenx.during import ExtrapolationDuringTraining, TaskAccuracyDuringTraining
 from lenx.errors import ConfigError, user_errors
 from lenx.hardware import resolve_precision
 from lenx.lit import AtomicCheckpointIO, LenxModule, WindowData
@@ -50,9 +50,6 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
     positions.configure(cfg_dict)  # a position mode's null length: seq_len x the largest eval multiplier
     check_config(cfg_dict)
     check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"])
-    if task is not None and cfg_dict["eval"].get("every_n_steps") is not None:
-        raise ConfigError("eval.every_n_steps scores perplexity on the corpus; a task run has none (task accuracy "
-                          "during training is not implemented yet)")
     init_state = read_checkpoint(cfg.init_from)["state_dict"] if cfg.get("init_from") else None
     resume_from, trained_steps, resumed = resume_point(cfg_dict, run_dir)
 
@@ -96,7 +93,8 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
     if cfg.get("ckpt_keep_every"):  # intermediate checkpoints, kept (python evaluate.py ckpt=... scores any of them)
         extra.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_top_k=-1,
                                      every_n_train_steps=cfg.ckpt_keep_every, auto_insert_metric_name=False))
-    during = None if task else ExtrapolationDuringTraining.from_config(cfg_dict["eval"], streams[1], cfg.seq_len)
+    during = (TaskAccuracyDuringTraining.from_config(cfg_dict["eval"], task) if task else
+              ExtrapolationDuringTraining.from_config(cfg_dict["eval"], streams[1], cfg.seq_len))
     trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
                           logger=make_logger(cfg, cfg_dict["choices"], trained_steps),
                           callbacks=[ckpt_cb, *extra, *([during] if during else [])],
