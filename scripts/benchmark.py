@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import lenx.attention
-from lenx import extensions
 from lenx.checkpoint import scheme_config
-from lenx.errors import ConfigError, OutOfRangeError
+from lenx.errors import OutOfRangeError
 from lenx.hardware import cpu_has_fast_bf16
 from lenx.lit import LenxModule, RandomWindows, build_model
 
@@ -162,33 +161,6 @@ def eval_point(model: torch.nn.Module, vocab: int, length: int, device, repeats:
     return {"tokens_per_s": length / statistics.median(times), "peak_mib": peak, "added_mib": added}
 
 
-EXTENSION_VARIANTS = [("none", "none"), ("logn", "logn"), ("rerope", "rerope"), ("self_extend", "self_extend"),
-                      ("lm_infinite", "lm_infinite"),
-                      ("lm_infinite[window=L/4]", {"name": "lm_infinite", "window": 0.25, "limit": 0.25}),
-                      ("streaming", "streaming"), ("streaming[cache=L/4]", {"name": "streaming", "cache": 0.25})]
-
-
-def extension_costs(schemes: list[str], seq_len: int, mult: int, repeats: int, device) -> dict:
-    """Forward + loss tokens/s and memory at mult x seq_len under each training-free extension (lenx.extensions),
-    the window methods at windows L and L/4: a windowed method reads only its window's keys, so its cost should
-    fall with the window."""
-    out = {}
-    for s in schemes:
-        cfg = config(s, seq_len, 1, 1)
-        model, out[s] = build_model(cfg).to(device).eval(), {}
-        for label, entry in EXTENSION_VARIANTS:
-            ext = extensions.build(entry, seq_len)[1]
-            try:
-                extensions.check_applies(ext, model.pos, s)
-            except ConfigError:
-                continue
-            model.extension = None if label == "none" else ext
-            with torch.no_grad():
-                out[s][label] = eval_point(model, cfg["data"]["vocab_size"], mult * seq_len, device, repeats)
-        model.extension = None
-    return out
-
-
 def matmul_peak(dtype, device, n: int = 1024, reps: int = 10) -> float:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
@@ -235,9 +207,6 @@ def main() -> None:
                     "is the ratio of the second's added memory to the first's")
     ap.add_argument("--compile-schemes", default="none,alibi", help="schemes timed eager vs torch.compile "
                     "('' skips)")
-    ap.add_argument("--extension-schemes", default="rope,alibi", help="schemes scored under every training-free "
-                    "extension at 16x --extension-seq-len ('' skips)")
-    ap.add_argument("--extension-seq-len", type=int, default=256)
     ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                     help="measure bf16 autocast: auto = on GPUs and CPUs with fast bf16 (AMX / avx512_bf16)")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmark.json"))
@@ -335,11 +304,6 @@ def main() -> None:
                                   - none["eval"][str(long_mults[1])]["added_mib"]
                                   if none and v["growth"] is not None else None)
 
-    if args.extension_schemes:
-        report["extensions"] = extension_costs(scheme_list(args.extension_schemes), args.extension_seq_len, 16,
-                                               args.repeats, device)
-        print(f"[{time.perf_counter() - t_start:.0f} s] extensions", flush=True)
-
     tokens = np.random.default_rng(0).integers(0, 8192, 2_000_000).astype(np.uint16)
     ds = RandomWindows(tokens, args.seq_len, 10_000, seed=0)
     t0 = time.perf_counter()
@@ -399,12 +363,6 @@ def print_report(r: dict) -> None:
             over = "" if v["over_none_mib"] is None else f"{v['over_none_mib']:+.0f}"
             print(f"{s:<15}{a['tokens_per_s']:>12.0f}{a['added_mib']:>7.0f}{b['tokens_per_s']:>13.0f}"
                   f"{b['added_mib']:>7.0f}{b['peak_mib']:>10.0f}{v['growth']:>13.2f}{over:>13}")
-    for s, variants in (r.get("extensions") or {}).items():
-        L0, none = r["args"]["extension_seq_len"], variants.get("none")
-        print(f"\n{s} at {16 * L0} tokens (16x {L0}) under each extension: forward tok/s (vs none), added MiB")
-        for label, v in variants.items():
-            rel = f" ({v['tokens_per_s'] / none['tokens_per_s']:.2f}x)" if none and v else ""
-            print(f"  {label:<26} {v['tokens_per_s']:>10.0f}{rel}  {v['added_mib']:>8.1f}" if v else f"  {label}: n/a")
     print(f"\ndata path: {r['data_windows_per_s']:.0f} windows/s = {r['data_tokens_per_s'] / 1e6:.1f} M tokens/s, "
           f"{r['data_over_training']:.0f}x the fp32 training rate")
 
