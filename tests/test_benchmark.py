@@ -39,3 +39,16 @@ def test_benchmark_refuses_an_unknown_scheme(tmp_path):
                         "--out", str(tmp_path / "b.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "unknown scheme(s) ['nonexistent']" in r.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def test_benchmark_extensions_reports_every_method_that_applies(tmp_path):
+    out = tmp_path / "ext.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark_extensions.py", "--schemes", "rope,none,fire",
+                        "--seq-len", "16", "--multiplier", "4", "--repeats", "1", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())["extensions"]
+    assert len(rep["rope"]) == 8 and all(v["tokens_per_s"] > 0 for v in rep["rope"].values())
+    assert "rerope" not in rep["none"] and "lm_infinite" in rep["none"]  # NoPE: windows only
+    assert sorted(rep["fire"]) == ["logn", "none"]  # FIRE: log-n only
+    assert "(1.00x)" in r.stdout
