@@ -44,7 +44,7 @@ def test_benchmark_refuses_an_unknown_scheme(tmp_path):
 def test_benchmark_extensions_reports_every_method_that_applies(tmp_path):
     out = tmp_path / "ext.json"
     r = subprocess.run([sys.executable, "scripts/benchmark_extensions.py", "--schemes", "rope,none,fire",
-                        "--seq-len", "16", "--multiplier", "4", "--repeats", "1", "--out", str(out)],
+                        "--seq-len", "32", "--multiplier", "4", "--repeats", "1", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())["extensions"]
