@@ -95,19 +95,10 @@ def is_rotary(pos: dict) -> bool:
 def stored_scaling(stored, where: str) -> dict:
     """lenx's configs/pos/scaling/ config a stored scaling node names, with its stored values (validated): the
     node names its method by `_target_` (or, written before scalings were classes, by `method`)."""
-    if not isinstance(stored, dict):
-        raise CheckpointError(f"{where} is {type(stored).__name__}, expected a mapping")
-    stored = dict(stored)
-    if "method" in stored:  # a checkpoint from before scalings were classes: `method` names the config
-        name = stored.pop("method")
-        stored.pop("_target_", None)
-        return _merge(scaling_config(name), stored, where)
-    target = stored.get("_target_")
-    names = [n for n in config_names("pos/scaling") if scaling_config(n)["_target_"] == target]
-    if not names:
-        raise CheckpointError(f"{where}._target_={target!r} is not one of lenx's RoPE scalings; refusing to load "
-                              "(a checkpoint never chooses what code runs)")
-    return _merge(scaling_config(names[0]), stored, where)
+    if isinstance(stored, dict) and "method" in stored:  # from before scalings were classes: `method` names it
+        params = {k: v for k, v in stored.items() if k not in ("method", "_target_")}
+        return _merge(scaling_config(stored["method"]), params, where)
+    return safe_group_config("pos/scaling", stored, where)
 
 
 def _merge(base: dict, stored: dict, where: str) -> dict:
@@ -179,17 +170,18 @@ def safe_run_config(cfg: dict) -> dict:
     return out
 
 
-def safe_group_config(group: str, stored) -> dict:
+def safe_group_config(group: str, stored, where: str | None = None) -> dict:
     """lenx's configs/<group>/<name>.yaml whose `_target_` the stored node names, with the stored values
     (validated as _merge does)."""
+    where = where or group
     if not isinstance(stored, dict):
-        raise CheckpointError(f"the checkpoint's {group} config is not a mapping")
+        raise CheckpointError(f"{where} is {type(stored).__name__}, expected a mapping")
     configs = {n: _yaml(CONFIG_DIR / group / f"{n}.yaml") for n in config_names(group)}
     matching = [n for n, c in configs.items() if c.get("_target_") == stored.get("_target_")]
     if not matching:
-        raise CheckpointError(f"{group}._target_={stored.get('_target_')!r} is not one of lenx's {group} configs; "
+        raise CheckpointError(f"{where}._target_={stored.get('_target_')!r} is not one of lenx's {group} configs; "
                               "refusing to load (a checkpoint never chooses what code runs)")
-    return _merge(configs[matching[0]], stored, group)
+    return _merge(configs[matching[0]], stored, where)
 
 
 def load_model(ckpt_path: str | Path, scaling: str | dict | None = None) -> tuple[torch.nn.Module, dict]:
@@ -208,7 +200,7 @@ def rebuild(ckpt: dict, scaling: str | dict | None = None, where: str = "the che
 
     cfg = safe_run_config(ckpt["hyper_parameters"]["cfg"])
     if scaling is not None:
-        cfg = {**cfg, "pos": with_extension(cfg["pos"], scaling)}
+        cfg = {**cfg, "pos": with_scaling(cfg["pos"], scaling)}
     model = build_model(cfg)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     try:
@@ -218,8 +210,8 @@ def rebuild(ckpt: dict, scaling: str | dict | None = None, where: str = "the che
     return model.eval(), cfg
 
 
-def with_extension(pos: dict, scaling: str | dict) -> dict:
-    """The positional config `pos` under a training-free extension: a RoPE scaling by name (configs/pos/scaling/)
+def with_scaling(pos: dict, scaling: str | dict) -> dict:
+    """The positional config `pos` under a post-hoc scaling: a RoPE scaling by name (configs/pos/scaling/)
     or as a dict ({"method": name, **params}, or a scaling node with `_target_`) for a rotary scheme, or
     "interpolate" for a learned table (its `interpolate` option)."""
     if scaling == "interpolate":
