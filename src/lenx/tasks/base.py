@@ -87,8 +87,8 @@ class Task:
             ids = np.asarray([BOS, *ids], dtype=np.int64)
             if half_of(ids) == HALF[split]:
                 return ids, np.asarray([False, *mask])
-        if split == "train":  # a size with too few instances to split (e.g. parity of 1 bit): training may see it
-            return ids, np.asarray([False, *mask])
+        if split != "eval":  # a size with too few instances to split (e.g. parity of 1 bit): training may see it,
+            return ids, np.asarray([False, *mask])  # and so may validation (it draws training's sizes; a loss monitor)
         raise ConfigError(f"data.task: size {size} has too few distinct {self.name} instances to hold some out of "
                           "training; use a larger train_size")
 
