@@ -16,7 +16,8 @@ def test_benchmark_writes_every_section(tmp_path):
     r = subprocess.run([sys.executable, "scripts/benchmark.py", "--schemes", "none,alibi,learned", "--steps", "3",
                         "--warmup", "1", "--repeats", "1", "--overhead-steps", "2", "--overhead-repeats", "1",
                         "--seq-len", "32", "--long-seq-len", "32", "--long-schemes", "none,alibi,learned",
-                        "--compile-schemes", "", "--out", str(out)],
+                        "--compile-schemes", "", "--task-steps", "2", "--task-warmup", "1", "--task-repeats", "1",
+                        "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())
@@ -32,6 +33,25 @@ def test_benchmark_writes_every_section(tmp_path):
     assert rep["long"]["learned"]["growth"] is None and rep["long"]["learned"]["over_none_mib"] is None
     assert rep["data_over_training"] > 1
     assert "lightning" in r.stdout and "long context" in r.stdout and "out of range" in r.stdout
+    assert rep["task"]["task"] == "copy" and "task row: copy" in r.stdout
+
+
+def test_benchmark_task_row_splits_a_task_step_and_compares_the_lm_of_the_same_shape(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--task-only", "--task", "reverse", "--task-shape",
+                        "32,1,2", "--task-batch", "4", "--task-steps", "2", "--task-warmup", "1", "--task-repeats",
+                        "1", "--bf16", "off", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    t = json.loads(out.read_text())["task"]
+    assert t["task"] == "reverse" and t["shape"] == {"d_model": 32, "n_layers": 1, "n_heads": 2}
+    assert t["vocab"] == {"task": 3 + 16, "lm": 8192} and t["seq_len"] == 2 * 16 + 1
+    assert t["flops_per_step"]["task"] < t["flops_per_step"]["lm"]  # same shape, the LM's unembedding is wider
+    assert t["auto_precision"]["task"] == "32-true"  # a tiny task step never gains from bf16 autocast on a CPU
+    f = t["32-true"]
+    assert math.isclose(f["task_over_lm"], f["task_tokens_per_s"]["median"] / f["lm_tokens_per_s"]["median"])
+    assert 0 < f["share_data_generation"] < 1 and 0 < f["share_model"]
+    assert "bf16-mixed" not in t and "task row: reverse" in r.stdout
 
 
 def test_benchmark_refuses_an_unknown_scheme(tmp_path):

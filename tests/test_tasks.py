@@ -295,3 +295,14 @@ def test_bad_task_values_stop_before_hydra_creates_the_run_directory(tmp_path):
         cfg = compose("train", overrides=["data=addition", "data.task.order=backwards"])
     with pytest.raises(ConfigError, match="data.task.order must be reversed or plain"):
         check_job(cfg)
+
+
+def test_validation_draws_sizes_too_small_to_split_and_evaluation_refuses_them():
+    """Parity of 1 bit has two instances: validation (a loss monitor over training's sizes) may draw one from the
+    training half; evaluation, scored as held out, refuses the size rather than score a training instance."""
+    task = T.Parity(train_size=4)
+    assert all(len(task.instance(0, "validation", i, 1)[0]) == 4 for i in range(50))  # BOS bit SEP answer
+    held_out = {tuple(task.instance(0, "eval", i, 2)[0]) for i in range(50)}
+    assert held_out and all(T.half_of(np.asarray(x)) == T.HALF["eval"] for x in held_out)
+    with pytest.raises(ConfigError, match="too few distinct parity instances"):
+        [task.instance(0, "eval", i, 1) for i in range(50)]

@@ -95,7 +95,10 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
                                      every_n_train_steps=cfg.ckpt_keep_every, auto_insert_metric_name=False))
     during = (TaskAccuracyDuringTraining.from_config(cfg_dict["eval"], task) if task else
               ExtrapolationDuringTraining.from_config(cfg_dict["eval"], streams[1], cfg.seq_len))
-    trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"]),
+    # 6 x parameters x tokens: the step's matmul work, which decides whether bf16 autocast pays on a CPU
+    flops_per_step = 6 * sum(p.numel() for p in module.parameters()) * cfg.batch_size * cfg_dict["seq_len"] \
+        * t["accumulate_grad_batches"]
+    trainer = instantiate(cfg.trainer, precision=resolve_precision(t["precision"], t["accelerator"], flops_per_step),
                           logger=make_logger(cfg, cfg_dict["choices"], trained_steps),
                           callbacks=[ckpt_cb, *extra, *([during] if during else [])],
                           plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))

@@ -3,6 +3,7 @@ the training dataset, padding and the answer-only loss."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 
@@ -42,16 +43,22 @@ class Task:
     def symbols(self) -> list[str]:
         raise NotImplementedError
 
-    @property
+    @functools.cached_property
     def vocab(self) -> list[str]:
+        # cached: a task's settings are fixed at construction, and generators look symbols up per token (rebuilding
+        # the list each time was half of a training batch's generation time)
         return [*SPECIALS, *self.symbols()]
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.vocab)}
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
     def id(self, name: str) -> int:
-        return self.vocab.index(name)
+        return self._index[name]
 
     # instances
     def draw(self, size: int, rng: np.random.Generator) -> tuple[list[int], list[bool]]:
@@ -80,8 +87,8 @@ class Task:
             ids = np.asarray([BOS, *ids], dtype=np.int64)
             if half_of(ids) == HALF[split]:
                 return ids, np.asarray([False, *mask])
-        if split == "train":  # a size with too few instances to split (e.g. parity of 1 bit): training may see it
-            return ids, np.asarray([False, *mask])
+        if split != "eval":  # a size with too few instances to split (e.g. parity of 1 bit): training may see it,
+            return ids, np.asarray([False, *mask])  # and so may validation (it draws training's sizes; a loss monitor)
         raise ConfigError(f"data.task: size {size} has too few distinct {self.name} instances to hold some out of "
                           "training; use a larger train_size")
 
