@@ -23,7 +23,6 @@ freed heap to the OS) minus the RSS before the forward.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import time
@@ -33,35 +32,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from benchlib import StepTimer, batches, config, eval_point, matmul_peak, median_spread, scheme_list, sync
+from benchmark_tasks import print_task, task_row
 
 import lenx.attention
-from lenx.checkpoint import scheme_config
-from lenx.errors import OutOfRangeError
-from lenx.hardware import cpu_has_fast_bf16, resolve_precision
+from lenx.hardware import cpu_has_fast_bf16
 from lenx.lit import LenxModule, RandomWindows, build_model
-from lenx.tasks import TaskItems, build_task, masked_loss, pad
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL_SCHEMES = sorted(p.stem for p in (CONFIGS / "pos").glob("*.yaml"))
-
-
-def config(scheme: str, seq_len: int, batch: int, steps: int, compile: bool = False) -> dict:
-    pos = scheme_config(scheme)  # configs/pos/<scheme>.yaml with its default scaling
-    return {"model": OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / "tiny.yaml")), "pos": pos,
-            "data": {"vocab_size": 8192}, "seq_len": seq_len, "batch_size": batch, "compile": compile, "seed": 0,
-            "optim": OmegaConf.to_container(OmegaConf.load(CONFIGS / "optim" / "adamw.yaml")),
-            "trainer": {"max_steps": steps}}
-
-
-def median_spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-
-def batches(cfg: dict, n: int, device) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, cfg["data"]["vocab_size"], (cfg["batch_size"], cfg["seq_len"] + 1), generator=g)
-            .to(device) for _ in range(n)]
 
 
 def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
@@ -87,18 +63,6 @@ def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, 
             "warmup_s": t0 - t_start}
 
 
-class StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1 = warmup, None, None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            sync(pl_module.device)
-            self.t0 = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        sync(pl_module.device)
-        self.t1 = time.perf_counter()
 
 
 def lightning_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> float:
@@ -114,168 +78,24 @@ def lightning_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: b
     return (len(data) - warmup) * data[0][:, 1:].numel() / (timer.t1 - timer.t0)
 
 
-class BatchTokens(L.Callback):
-    """Counts the positions the model reads in the timed steps (padding included, as train/tokens_per_s does)."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.tokens = warmup, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx >= self.warmup:
-            ids_BT = batch[0] if isinstance(batch, (tuple, list)) else batch
-            self.tokens += ids_BT[:, 1:].numel()
 
 
-def lightning_run(cfg: dict, dataset, collate, warmup: int, steps: int, precision: str, device, log_dir) -> dict:
-    """A real LenxModule (its optimizer, schedule, logging, per-step seeding) through a Trainer fed by a DataLoader
-    as WindowData builds it; the CSV logger every 10 steps as train.py's default. Steps/s and tokens/s after
-    `warmup` steps."""
-    from lightning.pytorch.loggers import CSVLogger
-
-    torch.manual_seed(0)
-    timer, count = StepTimer(warmup), BatchTokens(warmup)
-    trainer = L.Trainer(max_steps=warmup + steps, logger=CSVLogger(str(log_dir)), log_every_n_steps=10,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=1.0, callbacks=[timer, count], precision=precision,
-                        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, num_sanity_val_steps=0,
-                        limit_val_batches=0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=False, num_workers=0,
-                                         collate_fn=collate)
-    trainer.fit(LenxModule(cfg), train_dataloaders=loader)
-    dt = timer.t1 - timer.t0
-    return {"step_ms": 1e3 * dt / steps, "tokens_per_s": count.tokens / dt}
 
 
-def bare_task_steps(cfg: dict, batches: list, warmup: int, autocast: bool, device) -> float:
-    """ms per step of the bare loop (model, answer-only loss, backward, clipping, AdamW) on pre-built task batches."""
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for i, (ids_BT, mask_BT) in enumerate(batches):
-        if i == warmup:
-            sync(device)
-            t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = masked_loss(model(ids_BT[:, :-1].to(device)), ids_BT.to(device), mask_BT.to(device))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    sync(device)
-    return 1e3 * (time.perf_counter() - t0) / (len(batches) - warmup)
 
 
-def task_row(args, device, bf16: bool, out_dir: Path) -> dict:
-    """The task model (configs/data/<task>.yaml, --task-shape) against the LM of the same shape, through Lightning,
-    and where a task step's time goes: data generation, the bare model step, the rest (Lightning and logging)."""
-    data = OmegaConf.to_container(OmegaConf.load(CONFIGS / "data" / f"{args.task}.yaml"))
-    task = build_task({"data": data})
-    d, n_layers, n_heads = (int(x) for x in args.task_shape.split(","))
-    lm = config("none", task.seq_len(), args.task_batch, args.task_warmup + args.task_steps)
-    lm["model"].update(d_model=d, n_layers=n_layers, n_heads=n_heads)
-    tk = {**lm, "data": {**data, "vocab_size": task.vocab_size}}
-    n = (args.task_warmup + args.task_steps) * args.task_batch
-    tokens = np.random.default_rng(0).integers(0, lm["data"]["vocab_size"], 200_000).astype(np.uint16)
-    gen = []
-    for r in range(args.task_repeats):  # fresh items each time (the generator is what is timed)
-        t0 = time.perf_counter()
-        items = TaskItems(task, n, seed=0, start=r * n)
-        batches = [pad([items[b * args.task_batch + i] for i in range(args.task_batch)])
-                   for b in range(n // args.task_batch)]
-        gen.append(1e3 * (time.perf_counter() - t0) / len(batches))
-    flops = {k: 6 * sum(p.numel() for p in build_model(c).parameters()) * args.task_batch * task.seq_len()
-             for k, c in (("task", tk), ("lm", lm))}
-    precisions = ["32-true"] + (["bf16-mixed"] if bf16 else [])
-    res = {f"{k}_{p}": [] for k in ("task", "lm", "bare") for p in precisions}
-    for r in range(args.task_repeats):  # interleaved, so drift hits all alike
-        for p in precisions:
-            res[f"task_{p}"].append(lightning_run(tk, TaskItems(task, n, seed=0), pad, args.task_warmup,
-                                                  args.task_steps, p, device, out_dir / "task_logs"))
-            res[f"lm_{p}"].append(lightning_run(lm, RandomWindows(tokens, lm["seq_len"], n, seed=0), None,
-                                                args.task_warmup, args.task_steps, p, device, out_dir / "task_logs"))
-            res[f"bare_{p}"].append(bare_task_steps(tk, batches, args.task_warmup, p == "bf16-mixed", device))
-    row = {"task": args.task, "task_config": data["task"], "shape": {"d_model": d, "n_layers": n_layers,
-           "n_heads": n_heads}, "batch": args.task_batch, "seq_len": task.seq_len(),
-           "vocab": {"task": task.vocab_size, "lm": lm["data"]["vocab_size"]}, "flops_per_step": flops,
-           "auto_precision": {k: resolve_precision("auto", "auto", f) for k, f in flops.items()},
-           "data_generation_ms_per_step": median_spread(gen)}
-    for p in precisions:
-        t, m = res[f"task_{p}"], res[f"lm_{p}"]
-        step = statistics.median(x["step_ms"] for x in t)
-        bare = statistics.median(res[f"bare_{p}"])
-        row[p] = {"task_tokens_per_s": median_spread([x["tokens_per_s"] for x in t]),
-                  "lm_tokens_per_s": median_spread([x["tokens_per_s"] for x in m]),
-                  "task_over_lm": statistics.median(x["tokens_per_s"] for x in t)
-                  / statistics.median(x["tokens_per_s"] for x in m),
-                  "task_step_ms": median_spread([x["step_ms"] for x in t]),
-                  "bare_task_step_ms": median_spread(res[f"bare_{p}"]),
-                  "share_data_generation": statistics.median(gen) / step, "share_model": bare / step,
-                  "share_rest": max(0.0, 1 - (statistics.median(gen) + bare) / step)}
-    return row
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
-def proc_status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: its peak), in MiB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))
-    return int(line.split()[1]) / 1024
 
 
-def reset_peak(device) -> float:
-    """Start a peak-memory measurement; returns the baseline (MiB) that the measurement's peak is compared to."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    try:  # glibc keeps freed heap mapped: hand it back, so that a later peak counts what it allocates itself
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    return proc_status_mib("VmRSS")
 
 
-def peak_mib(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return proc_status_mib("VmHWM")
 
 
-@torch.no_grad()
-def eval_point(model: torch.nn.Module, vocab: int, length: int, device, repeats: int = 1) -> dict | None:
-    """Tokens/s (median of `repeats`) and memory of one forward + per-token loss over `length` tokens."""
-    x = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(1)).to(device)
-    times, added, peak = [], 0.0, 0.0
-    for _ in range(repeats):
-        base = reset_peak(device)
-        sync(device)
-        t0 = time.perf_counter()
-        try:
-            logits = model(x)
-        except OutOfRangeError:  # a learned table past its end
-            return None
-        F.cross_entropy(logits.float()[0], x[0], reduction="none")
-        sync(device)
-        times.append(time.perf_counter() - t0)
-        del logits
-        peak = max(peak, peak_mib(device))
-        added = max(added, peak_mib(device) - base)
-    return {"tokens_per_s": length / statistics.median(times), "peak_mib": peak, "added_mib": added}
 
 
-def matmul_peak(dtype, device, n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
 def flops_per_token(cfg: dict) -> float:
@@ -285,12 +105,6 @@ def flops_per_token(cfg: dict) -> float:
     return 6 * n + 6 * m["n_layers"] * T * m["d_model"]
 
 
-def scheme_list(arg: str) -> list[str]:
-    names = ALL_SCHEMES if arg == "all" else [s for s in arg.split(",") if s]
-    unknown = sorted(set(names) - set(ALL_SCHEMES))
-    if unknown:
-        raise SystemExit(f"benchmark: unknown scheme(s) {unknown}; known: {ALL_SCHEMES}")
-    return names
 
 
 def main() -> None:
@@ -493,22 +307,6 @@ def print_report(r: dict) -> None:
           f"{r['data_over_training']:.0f}x the fp32 training rate")
 
 
-def print_task(t: dict) -> None:
-    print(f"\ntask row: {t['task']} {t['task_config']}, d_model {t['shape']['d_model']}, {t['shape']['n_layers']} "
-          f"layers, batch {t['batch']}, length {t['seq_len']}, vocabulary {t['vocab']['task']} (LM {t['vocab']['lm']});"
-          f" trainer.precision=auto picks {t['auto_precision']['task']} for the task model, "
-          f"{t['auto_precision']['lm']} for the LM")
-    g = t["data_generation_ms_per_step"]
-    print(f"data generation: {g['median']:.2f} ms per batch [{g['min']:.2f}-{g['max']:.2f}]")
-    for p in ("32-true", "bf16-mixed"):
-        if p not in t:
-            continue
-        r = t[p]
-        print(f"{p:>10}: task {r['task_tokens_per_s']['median']:.0f} tok/s, LM same shape "
-              f"{r['lm_tokens_per_s']['median']:.0f} tok/s -> task/LM {r['task_over_lm']:.2f}; task step "
-              f"{r['task_step_ms']['median']:.1f} ms = data {100 * r['share_data_generation']:.0f}% + model "
-              f"(bare loop {r['bare_task_step_ms']['median']:.1f} ms) {100 * r['share_model']:.0f}% + Lightning and "
-              f"logging {100 * r['share_rest']:.0f}%")
 
 
 if __name__ == "__main__":

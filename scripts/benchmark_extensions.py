@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from benchmark import config, eval_point, scheme_list
+from benchlib import config, eval_point, scheme_list
 
 from lenx import extensions
 from lenx.errors import ConfigError

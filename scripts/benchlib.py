@@ -1,0 +1,126 @@
+"""Helpers shared by the benchmark scripts: configs, timing, memory (CUDA max_memory_allocated; on CPU the
+peak RSS from /proc, reset per measurement), one forward's evaluation point, the matmul peak."""
+
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from lenx.checkpoint import scheme_config
+from lenx.errors import OutOfRangeError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+ALL_SCHEMES = sorted(p.stem for p in (CONFIGS / "pos").glob("*.yaml"))
+
+
+def config(scheme: str, seq_len: int, batch: int, steps: int, compile: bool = False) -> dict:
+    pos = scheme_config(scheme)  # configs/pos/<scheme>.yaml with its default scaling
+    return {"model": OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / "tiny.yaml")), "pos": pos,
+            "data": {"vocab_size": 8192}, "seq_len": seq_len, "batch_size": batch, "compile": compile, "seed": 0,
+            "optim": OmegaConf.to_container(OmegaConf.load(CONFIGS / "optim" / "adamw.yaml")),
+            "trainer": {"max_steps": steps}}
+
+
+def median_spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def batches(cfg: dict, n: int, device) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, cfg["data"]["vocab_size"], (cfg["batch_size"], cfg["seq_len"] + 1), generator=g)
+            .to(device) for _ in range(n)]
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.t0, self.t1 = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            sync(pl_module.device)
+            self.t0 = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.t1 = time.perf_counter()
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: its peak), in MiB."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))
+    return int(line.split()[1]) / 1024
+
+
+def reset_peak(device) -> float:
+    """Start a peak-memory measurement; returns the baseline (MiB) that the measurement's peak is compared to."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    try:  # glibc keeps freed heap mapped: hand it back, so that a later peak counts what it allocates itself
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return proc_status_mib("VmRSS")
+
+
+def peak_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return proc_status_mib("VmHWM")
+
+
+@torch.no_grad()
+def eval_point(model: torch.nn.Module, vocab: int, length: int, device, repeats: int = 1) -> dict | None:
+    """Tokens/s (median of `repeats`) and memory of one forward + per-token loss over `length` tokens."""
+    x = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(1)).to(device)
+    times, added, peak = [], 0.0, 0.0
+    for _ in range(repeats):
+        base = reset_peak(device)
+        sync(device)
+        t0 = time.perf_counter()
+        try:
+            logits = model(x)
+        except OutOfRangeError:  # a learned table past its end
+            return None
+        F.cross_entropy(logits.float()[0], x[0], reduction="none")
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        del logits
+        peak = max(peak, peak_mib(device))
+        added = max(added, peak_mib(device) - base)
+    return {"tokens_per_s": length / statistics.median(times), "peak_mib": peak, "added_mib": added}
+
+
+def matmul_peak(dtype, device, n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def scheme_list(arg: str) -> list[str]:
+    names = ALL_SCHEMES if arg == "all" else [s for s in arg.split(",") if s]
+    unknown = sorted(set(names) - set(ALL_SCHEMES))
+    if unknown:
+        raise SystemExit(f"benchmark: unknown scheme(s) {unknown}; known: {ALL_SCHEMES}")
+    return names
