@@ -213,3 +213,26 @@ def test_task_batches_train_under_a_position_mode(tmp_path):
     assert len(pos_T) == batch[0].shape[1] - 1 and (pos_T.diff() > 0).all()
     assert pos_T.max() < cfg["positions"]["target_len"] == 16 * cfg["seq_len"]
     assert torch.isfinite(module._loss(batch, pos_T))
+
+
+@pytest.mark.parametrize("over, before", [
+    (["pos=rope"], {"method": "none", "original_len": None}),
+    (["pos=rope", "pos/scaling=yarn", "pos.scaling.factor=4"], None),
+    (["pos=learned"], {"method": "none", "original_len": None}),
+    (["pos=learned", "pos.interpolate=true"], {"method": "interpolate"}),
+])
+def test_run_ids_survive_the_change_of_config_shape(tmp_path, over, before):
+    """Configs composed today hash to the ids their pre-class form (a scaling named by `method`, a learned table's
+    interpolation as a scaling) had, so a rerun of an older command finds its run directory."""
+    new = OmegaConf.to_container(compose_train(["seq_len=16", *over], tmp_path), resolve=False)
+    old = {k: v for k, v in new.items() if k != "positions"}
+    pos = dict(old["pos"])
+    if "interpolate" in pos:  # learned.yaml had a scaling default (none, or interpolate) instead
+        del pos["interpolate"]
+        pos["scaling"] = before
+    else:
+        scaling = pos["scaling"]
+        pos["scaling"] = before or {"method": "yarn", **{k: v for k, v in scaling.items() if k != "_target_"}}
+    old["pos"] = pos
+    assert run_id(new) == run_id(old)
+    assert run_id(new) != run_id({**old, "pos": {**pos, "scaling": {"method": "pi"}}})  # (the id still sees it)

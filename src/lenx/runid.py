@@ -24,9 +24,26 @@ def run_id(cfg: dict) -> str:
     ident = {k: v for k, v in cfg.items() if k not in NOT_IDENTITY}
     if (ident.get("positions") or {}).get("_target_") == "lenx.positions.Contiguous":
         del ident["positions"]  # the default (and older configs, which have no `positions`): ids stay as they were
+    if isinstance(ident.get("pos"), dict):
+        ident["pos"] = _pos_identity(ident["pos"])
     if isinstance(ident.get("trainer"), dict):
         ident["trainer"] = {k: v for k, v in ident["trainer"].items() if k not in COSMETIC_TRAINER}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _pos_identity(pos: dict) -> dict:
+    """The pos config as ids saw it before RoPE scalings were classes and a learned table's interpolation its own
+    option (a scaling named by `method`), so that a rerun of an older command still finds its run directory."""
+    from lenx.pos.rope_scaling import scaling_label
+
+    pos = dict(pos)
+    scaling = pos.get("scaling")
+    if isinstance(scaling, dict) and "_target_" in scaling:
+        pos["scaling"] = {"method": scaling_label(scaling), **{k: v for k, v in scaling.items() if k != "_target_"}}
+    if pos.get("_target_") == "lenx.pos.absolute.Learned" and "interpolate" in pos:
+        pos["scaling"] = {"method": "interpolate"} if pos.pop("interpolate") else {"method": "none",
+                                                                                   "original_len": None}
+    return pos
 
 
 def _resolve_run_id(*, _root_) -> str:
