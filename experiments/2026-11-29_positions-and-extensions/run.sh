@@ -34,4 +34,5 @@ for pos in ${SCHEMES:-rope alibi none fire learned}; do  # scheme by scheme: a c
 done
 python scripts/aggregate.py "$RUNS/train" --out "$OUT/positions"
 python scripts/aggregate.py "$RUNS/extensions" --out "$OUT/extensions"
+python experiments/2026-11-29_positions-and-extensions/ratios.py "$RUNS" "$OUT/ratios.md"  # within-seed comparisons
 echo "wall time: $(( ($(date +%s) - start) / 60 )) min" | tee "$OUT/wall_time.txt"
