@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The length-generalisation task study of issue 20: 5 tasks x 8 schemes x 3 seeds, each scored at 1x, 2x, 4x, 8x
 # the training size; `bash experiments/2026-11-29_length-generalisation-tasks/run.sh`.
-# Measured wall time: (filled in from results/tasks_cpu/wall_time.txt once run)
-# Per-task settings (training size, steps) come from the calibration runs in README.md: each is the smallest budget
-# at which the best scheme reached >= 90% exact match at 1x. Per-run files go to $RUNS (not committed); the
-# aggregates to $OUT.
+# Run 2026-11-29 at commit 3d0d295 with exactly this command: 103 min wall (6189 s, results/tasks_cpu/wall_time.txt)
+# on 2 CPU cores shared with another session's jobs, JOBS=2 (two 1-thread jobs).
+# Per-task settings (training size, steps) come from the calibration runs in README.md: 3000 steps (the most that
+# 120 runs allow in the time) where the best scheme reached >= 90% exact match at 1x with seed 0; 1500 for the
+# single needle, learned by step ~800. Per-run files go to $RUNS (not committed); the aggregates to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 main() {  # the whole script is read before it runs: editing this file during a study cannot change the study
