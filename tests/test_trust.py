@@ -307,7 +307,8 @@ def test_bad_seed_on_the_command_line_creates_no_directory(tmp_path):
 def test_evaluate_without_ckpt_is_one_line(tmp_path):
     r = cli("evaluate.py", f"hydra.run.dir={tmp_path / 'e'}")
     assert r.returncode == 2 and r.stderr.strip() == ("lenx: error: evaluate.py needs a checkpoint: "
-                                                      "ckpt=<run dir>/checkpoints/last.ckpt")
+                                                      "ckpt=<run dir>/checkpoints/last.ckpt (or a local Hugging "
+                                                      "Face model: hf.path=<dir>)")
 
 
 def test_huge_learned_table_is_refused_without_allocating(tmp_path, tree, cache):
