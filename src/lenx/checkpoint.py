@@ -57,12 +57,17 @@ def config_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+def named_config(group: str, name, what: str, hint: str = "") -> dict:
+    """configs/<group>/<name>.yaml as a dict; `name` must be one of those files' names (never a path)."""
+    known = config_names(group)
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name not in known:
+        raise ConfigError(f"unknown {what} {name!r}; known: {known}{hint}")
+    return _yaml(CONFIG_DIR / group / f"{name}.yaml")
+
+
 def scaling_config(name: str) -> dict:
     """configs/pos/scaling/<name>.yaml as a dict; `name` must be one of those files' names (never a path)."""
-    known = config_names("pos/scaling")
-    if not isinstance(name, str) or not NAME.fullmatch(name) or name not in known:
-        raise ConfigError(f"unknown scaling {name!r}; known: {known} (and 'interpolate' for pos=learned)")
-    return _yaml(CONFIG_DIR / "pos" / "scaling" / f"{name}.yaml")
+    return named_config("pos/scaling", name, "scaling", " (and 'interpolate' for pos=learned)")
 
 
 def scheme_config(name: str) -> dict:

@@ -260,15 +260,12 @@ def build(entry: str | dict, train_len: int) -> tuple[str, Extension]:
     """(label, method) for an `extensions=[...]` entry: a name from configs/extension/ (never a path), or a mapping
     {name: ..., <parameter>: value, ...} overriding that file's parameters (a key it does not have is refused),
     labelled name[key=value,...] in the rows."""
-    from lenx.checkpoint import CONFIG_DIR, NAME, _yaml, config_names
+    from lenx.checkpoint import named_config
     from lenx.errors import instantiate_node
 
     over = dict(entry) if isinstance(entry, dict) else {}
     name = over.pop("name", None) if isinstance(entry, dict) else entry
-    known = config_names("extension")
-    if not isinstance(name, str) or not NAME.fullmatch(name) or name not in known:
-        raise ConfigError(f"unknown extension {name!r}; known: {known} (a mapping entry names it with `name:`)")
-    cfg = _yaml(CONFIG_DIR / "extension" / f"{name}.yaml")
+    cfg = named_config("extension", name, "extension", " (a mapping entry names it with `name:`)")
     unknown = sorted(set(over) - set(cfg) - {"_target_"})
     if unknown or "_target_" in over:
         raise ConfigError(f"extension {name} takes {sorted(set(cfg) - {'_target_'}) or 'no parameters'}; "
