@@ -29,7 +29,10 @@ CHUNK_LOGITS = 1 << 25
 class Plan:
     """How attention runs over one forward's context (the same for every layer, the mask aside)."""
 
-    path: str  # "causal": SDPA is_causal, no mask; "mask": SDPA with a float mask; "weights": explicit softmax
+    # "causal": SDPA is_causal, no mask; "features": SDPA is_causal on q and k with the bias as extra channels
+    # (pos.features); "toeplitz": SDPA with a strided view of a distance bias over reversed keys (pos.toeplitz);
+    # "mask": SDPA with a float mask; "weights": explicit softmax; "extended": a training-free extension
+    path: str
     rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS)
     # Default positions (query i and key j at positions i and j): a chunk reads only the keys up to its last query
     # (the rest are future keys of all its queries), and a distance bias is a Toeplitz matrix.
@@ -69,15 +72,28 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
                     dtype=torch.float32, whole=False, per_layer=False, extension=ext, q_scale_T=q_scale_T)
     if pos.adds_values:
         path = "weights"
-    elif pos.adds_bias or pos.adds_logits:
+    elif pos.adds_logits:
         path = "mask"
+    elif pos.adds_bias:
+        path = "mask"
+        if pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
+                contiguous or increasing(ctx.q_pos_T)):
+            path = "features"  # fp32 on CPU only: the channels' exact sum needs fp32 and in-order accumulation
+        elif pos.has_toeplitz and contiguous:
+            path = "toeplitz"
     else:
         path = "causal"
     exact = pos.adds_logits or pos.adds_values
     return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
-                whole=path != "causal" and pos.n_heads * T * S <= CHUNK_LOGITS,
+                whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
                 per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T)
+
+
+def increasing(pos_T: torch.Tensor) -> bool:
+    """Strictly increasing positions (every train-time mode draws them so): SDPA's causal mask by index is then
+    the causal mask by position."""
+    return len(pos_T) < 2 or bool((pos_T[1:] > pos_T[:-1]).all())
 
 
 def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
@@ -89,7 +105,14 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
         return attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos, ctx, plan, drop)
     if plan.path == "causal":
         return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
+    if plan.path == "features":
+        out = attend_features(q_BHTD, k_BHSD, v_BHSD, pos, ctx, drop)
+        if out is not None:
+            return out
+        plan = dataclasses.replace(plan, path="toeplitz" if plan.contiguous and pos.has_toeplitz else "mask")
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
+    if plan.path == "toeplitz":
+        return attend_toeplitz(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
     parts = []
     for a in range(0, T, plan.rows):
         b = min(T, a + plan.rows)
@@ -122,6 +145,40 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         attn_BHts = F.dropout(logits.softmax(-1), drop)
         y_BHtD = attn_BHts @ v_BHsD.float() + pos.value(attn_BHts, ctx)
     return y_BHtD.to(v_BHsD.dtype)
+
+
+def attend_features(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
+                    ctx: AttnContext, drop: float) -> torch.Tensor | None:
+    """SDPA's fused causal kernel with the scheme's bias as extra channels, first, of q and k (pos.features):
+    [f_q, q / sqrt(D)] . [f_k, k] = bias + q.k / sqrt(D) (scale 1); v padded with zeros to the same width, as
+    the fused kernel needs. None when the scheme declines these positions (the caller then builds a mask)."""
+    feats = pos.features(ctx)
+    if feats is None:
+        return None
+    B, H, T, D = q_BHTD.shape
+    fq_HTc, fk_HSc = feats
+    c = fq_HTc.shape[-1]
+    q2 = torch.cat([fq_HTc.to(q_BHTD.dtype).expand(B, H, T, c), q_BHTD * D ** -0.5], dim=-1)
+    k2 = torch.cat([fk_HSc.to(k_BHSD.dtype).expand(B, H, k_BHSD.shape[2], c), k_BHSD], dim=-1)
+    y = F.scaled_dot_product_attention(q2, k2, F.pad(v_BHSD, (0, c)), is_causal=True, dropout_p=drop, scale=1.0)
+    return y[..., :D]
+
+
+def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
+                    ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
+    """Default positions and a bias of i - j alone: chunks of queries, each against its keys in reverse order
+    with the scheme's strided Toeplitz view as the mask (pos.toeplitz): no (H, t, s) tensor is written."""
+    T, S = q_BHTD.shape[2], k_BHSD.shape[2]
+    k_rev, v_rev = k_BHSD.flip(2), v_BHSD.flip(2)  # key S - 1 - c at c: a chunk's keys 0..s-1 are the last s
+    parts = []
+    for a in range(0, T, plan.rows):
+        b = min(T, a + plan.rows)
+        s = min(S, b)
+        with torch.autocast(q_BHTD.device.type, enabled=False):  # the bias in fp32, then in the compute dtype
+            mask = pos.toeplitz(ctx, a, b - a, s, q_BHTD.dtype)
+        parts.append(F.scaled_dot_product_attention(q_BHTD[:, :, a:b], k_rev[:, :, S - s:], v_rev[:, :, S - s:],
+                                                    attn_mask=mask, dropout_p=drop))
+    return torch.cat(parts, dim=2)
 
 
 def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: AttnContext, plan: Plan,

@@ -130,6 +130,19 @@ class PositionalScheme(nn.Module):
         """
         return None
 
+    def toeplitz(self, ctx: AttnContext, q_start: int, t: int, s: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """`bias` for default positions in a form that costs no (H, t, s) copy, or None (the default): queries
+        q_start..q_start+t-1 against the keys s-1, s-2, ..., 0 (in reverse order, so that a bias of i - j alone is
+        a strided view of one vector, both strides +1), with -inf on future keys, (1, H, t, s), in `dtype`."""
+        return None
+
+    def features(self, ctx: AttnContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A bias that is an inner product: (q_HTc, k_HSc), fp32, with q_i . k_j = bias(i, j) + a constant per
+        query i (which softmax ignores), summed exactly when the channels are added first; or None (the default,
+        or positions where it would not be exact). Attention then appends the channels to q and k and keeps
+        SDPA's fused causal kernel (no mask)."""
+        return None
+
     def score(self, q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, ctx: AttnContext) -> torch.Tensor | None:
         """Extra logit terms for the queries of `ctx`, fp32, broadcastable to (B, H, T, S), or None.
 
@@ -152,6 +165,14 @@ class PositionalScheme(nn.Module):
     def adds_bias(self) -> bool:
         """Whether this scheme implements `bias`: attention then passes SDPA a float mask."""
         return type(self).bias is not PositionalScheme.bias
+
+    @property
+    def has_toeplitz(self) -> bool:
+        return type(self).toeplitz is not PositionalScheme.toeplitz
+
+    @property
+    def has_features(self) -> bool:
+        return type(self).features is not PositionalScheme.features
 
     @property
     def adds_logits(self) -> bool:

@@ -77,6 +77,20 @@ def toeplitz_mask(bias_HR: torch.Tensor, q_start: int, T: int, S: int, dtype: to
     return g_HK.unfold(1, S, 1).flip(1).contiguous()  # window w of the unfold is row T - 1 - w
 
 
+def toeplitz_view(bias_HR: torch.Tensor, q_start: int, t: int, s: int, dtype: torch.dtype) -> torch.Tensor:
+    """The causal distance-bias mask of queries q_start..q_start+t-1 against the keys s-1, s-2, ..., 0 (reversed),
+    (1, H, t, s), as a strided view of one vector of the t + s - 1 distances q_start - s + 1 .. q_start + t - 1
+    (-inf where negative: future keys). Entry (i, c) reads key s - 1 - c at distance q_start + i - s + 1 + c, so
+    both strides are +1 and nothing of size (H, t, s) is ever written: attention hands SDPA the keys and values
+    reversed with it (CPU SDPA reads the overlapping view as it is; at 8192 tokens building toeplitz_mask's
+    copies took 4/5 of the attention time)."""
+    d_K = torch.arange(q_start - s + 1, q_start + t, device=bias_HR.device)
+    g_HK = F.embedding(d_K.clamp(0, bias_HR.shape[1] - 1), bias_HR.T).T.float()
+    g_HK = g_HK.masked_fill(d_K < 0, float("-inf")).to(dtype).contiguous()
+    H, K = g_HK.shape
+    return g_HK.as_strided((1, H, t, s), (H * K, K, 1, 1))
+
+
 class DistanceBias(PositionalScheme):
     """A bias b_h(d) of the distance d = i - j only: subclasses give `distance_bias(d_R) -> (H, R)`, in fp32."""
 
@@ -93,6 +107,22 @@ class DistanceBias(PositionalScheme):
             return toeplitz_mask(ctx.bias_HR, q_start, len(ctx.q_pos_T), len(ctx.k_pos_S), dtype)
         return causal(ctx.bias_HTS, ctx.q_pos_T, ctx.k_pos_S)
 
+    def toeplitz(self, ctx, q_start, t, s, dtype):
+        return toeplitz_view(ctx.bias_HR, q_start, t, s, dtype)
+
+
+# Positions up to which ALiBi's bias is summed exactly as channels of q and k (`ALiBi.features`): slopes split in
+# a part whose products with every position are exact in fp32 and a remainder whose products stay small.
+FEATURE_POSITIONS = 1 << 16
+
+
+def split_slopes(slopes_H: torch.Tensor, last: int) -> torch.Tensor:
+    """The slopes rounded to 24 - bits(last) significant bits: times any position <= `last` they are exact in
+    fp32 (a power-of-two slope, as for 2^k heads, is kept whole)."""
+    bits = 24 - max(1, int(last).bit_length())
+    mant, exp = torch.frexp(slopes_H.detach().float())
+    return torch.ldexp(torch.round(torch.ldexp(mant, torch.full_like(exp, bits))), exp - bits)
+
 
 class ALiBi(DistanceBias):
     """Linear bias -m_h * (i - j) on the logit of query i and key j <= i; no embeddings (arXiv:2108.12409)."""
@@ -106,6 +136,24 @@ class ALiBi(DistanceBias):
 
     def distance_bias(self, d_R):
         return -self.slopes()[:, None] * d_R[None, :]
+
+    def features(self, ctx):
+        """-m (i - j) as q_i . k_j + const_i: q_i = (1, -hi i, 1, -lo i), k_j = (hi j, 1, lo j, 1) with m = hi + lo
+        (`split_slopes`). Added first, hi j - hi i is exact, lo's products are below 2^(2 bits(last) - 24) m, so the
+        logits equal the mask path's to fp32 rounding of the small terms (tested at 8192 tokens). The lo channels
+        are dropped when every slope is whole (2^k heads) and no gradient needs them."""
+        last = int(torch.maximum(ctx.q_pos_T.max(), ctx.k_pos_S.max()))
+        if last >= FEATURE_POSITIONS:
+            return None
+        m_H = self.slopes().float()
+        hi_H = split_slopes(m_H, last)
+        lo_H = m_H - hi_H
+        i_T, j_S = ctx.q_pos_T.float(), ctx.k_pos_S.float()
+        q, k = [], []
+        for part_H in (hi_H, lo_H) if lo_H.requires_grad or bool(lo_H.any()) else (hi_H,):
+            q += [torch.ones(len(m_H), len(i_T), device=i_T.device), -part_H[:, None] * i_T]
+            k += [part_H[:, None] * j_S, torch.ones(len(m_H), len(j_S), device=j_S.device)]
+        return torch.stack(q, -1), torch.stack(k, -1)
 
 
 class LearnedALiBi(ALiBi):

@@ -1,0 +1,133 @@
+"""Attention's fast paths for bias schemes against the reference mask path (issue 25): the same logits and
+gradients, whole and chunked, for every scheme that takes them.
+
+- "features" (ALiBi): the linear bias as exact extra channels of q and k, SDPA's fused causal kernel, no mask;
+- "toeplitz" (every bias of i - j alone): a strided view of one vector of distances over reversed keys.
+The reference is the path these replaced: a float (H, t, s) mask per chunk (`path="mask"`), forced here by
+hiding the schemes' fast hooks.
+"""
+
+import pytest
+import torch
+from conftest import make_model
+
+from lenx import attention
+from lenx.pos.base import PositionalScheme
+from lenx.pos.bias import ALiBi, alibi_slopes, split_slopes
+
+DISTANCE = ["alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich"]
+
+
+@pytest.fixture
+def reference_path(monkeypatch):
+    """Call it to make every scheme take the mask path from then on (the test's end restores the hooks)."""
+    def hide():
+        monkeypatch.setattr(PositionalScheme, "has_features", property(lambda self: False))
+        monkeypatch.setattr(PositionalScheme, "has_toeplitz", property(lambda self: False))
+    return hide
+
+
+def logits_and_grads(model, x, train: bool):
+    model.zero_grad()
+    model.train(train)
+    out = model(x)
+    out.float().logsumexp(-1).mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def paths_taken(model, x):
+    seen = []
+    real = attention.attend
+
+    def spy(q, k, v, pos, ctx, plan, drop, raw=None):
+        seen.append(plan.path)
+        return real(q, k, v, pos, ctx, plan, drop, raw)
+
+    attention.attend = spy
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        attention.attend = real
+    return set(seen)
+
+
+@pytest.mark.parametrize("scheme", DISTANCE)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fast_paths_equal_the_mask_path(scheme, chunked, reference_path, monkeypatch):
+    n_heads = 3 if scheme == "alibi" else 4  # 3 heads: ALiBi's slopes are not powers of two (the lo channels)
+    model = make_model(scheme, train_len=32, n_heads=n_heads, d_model=48 if n_heads == 3 else 32)
+    x = torch.randint(0, 50, (2, 160), generator=torch.Generator().manual_seed(0))
+    if chunked:  # a few query rows per chunk: many chunks, each with its own key range
+        monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * n_heads * 160 * 24)
+    expected = {"alibi": "features", "alibi_learned": "features"}.get(scheme, "toeplitz")
+    assert paths_taken(model, x) == {expected}
+    fast = [logits_and_grads(model, x, train) for train in (False, True)]
+    reference_path()
+    assert paths_taken(model, x) == {"mask"}
+    ref = [logits_and_grads(model, x, train) for train in (False, True)]
+    for (out, grads), (out_ref, grads_ref) in zip(fast, ref):
+        torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+        assert grads.keys() == grads_ref.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_alibi_features_at_8192_tokens_equal_the_float64_bias():
+    """The channels' sum is exact where the mask path's fp32 bias is: at 8192 positions, attention outputs
+    within fp32 rounding of a float64 softmax, for power-of-two and other head counts."""
+    for n_heads in (4, 3):
+        pos = ALiBi(d_model=8 * n_heads, n_heads=n_heads, head_dim=8, train_len=64)
+        T = 8192
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, n_heads, T, 8, generator=g) for _ in range(3))
+        ctx = pos.context(torch.arange(T), torch.arange(T))
+        y = attention.attend_features(q, k, v, pos, ctx, 0.0)
+        rows = slice(T - 64, T)  # the last queries: the largest positions, every key visible
+        i, j = torch.arange(T)[rows, None], torch.arange(T)[None, :]
+        logits = q[:, :, rows].double() @ k.double().transpose(-1, -2) / 8 ** 0.5
+        logits = logits - alibi_slopes(n_heads).double()[:, None, None] * (i - j)
+        ref = logits.masked_fill(j > i, float("-inf")).softmax(-1) @ v.double()
+        assert (y[:, :, rows].double() - ref).abs().max() < 2e-6
+
+
+def test_split_slopes_make_exact_products():
+    slopes = torch.tensor([0.5, 0.3, 2 ** -0.375, 1e-3])
+    hi = split_slopes(slopes, 8191)
+    assert hi[0] == 0.5  # a power of two stays whole
+    p = torch.arange(8192, dtype=torch.float64)
+    assert torch.equal((hi.double()[:, None] * p).float().double(), hi.double()[:, None] * p)  # exact in fp32
+    assert ((slopes - hi).abs() <= slopes * 2.0 ** -10).all()
+
+
+def test_toeplitz_view_writes_no_tensor_of_the_mask_size():
+    model = make_model("t5", train_len=32, n_heads=4)
+    ctx = model.pos.context(torch.arange(1024), torch.arange(1024))
+    view = model.pos.toeplitz(ctx, 512, 256, 768, torch.float32)
+    assert view.shape == (1, 4, 256, 768)
+    assert view.untyped_storage().nbytes() == 4 * 4 * (256 + 768 - 1)  # one vector of distances per head
+    i, c = 100, 700  # query 612, key 767 - 700 = 67: distance 545
+    assert view[0, :, i, c].tolist() == ctx.bias_HR[:, 545].tolist()
+    assert torch.isinf(view[0, 0, 0, :255]).all() and not torch.isinf(view[0, 0, 0, 255:]).any()
+
+
+def test_features_decline_far_positions_and_fall_back(monkeypatch):
+    pos = ALiBi(d_model=16, n_heads=2, head_dim=8, train_len=16)
+    far = torch.arange(70000, 70040)
+    assert pos.features(pos.context(far, far)) is None
+    model = make_model("alibi", train_len=16)
+    x = torch.randint(0, 50, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(x, far)  # explicit positions past FEATURE_POSITIONS: the mask path, same logits
+        monkeypatch.setattr(PositionalScheme, "has_features", property(lambda self: False))
+        torch.testing.assert_close(out, model(x, far), rtol=1e-5, atol=1e-5)
+
+
+def test_features_need_increasing_positions_for_the_causal_kernel():
+    pos = ALiBi(d_model=16, n_heads=2, head_dim=8, train_len=16)
+    up, shuffled = torch.tensor([0, 3, 4, 9]), torch.tensor([0, 4, 3, 9])
+    assert attention.plan(pos, pos.context(up, up), batch=1, dtype=torch.float32, contiguous=False).path \
+        == "features"
+    assert attention.plan(pos, pos.context(shuffled, shuffled), batch=1, dtype=torch.float32,
+                          contiguous=False).path == "mask"
+    assert attention.plan(pos, pos.context(up, up), batch=1, dtype=torch.bfloat16, contiguous=False).path == "mask"
