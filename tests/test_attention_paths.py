@@ -3,8 +3,8 @@ gradients, whole and chunked, for every scheme that takes them.
 
 - "features" (ALiBi): the linear bias as exact extra channels of q and k, SDPA's fused causal kernel, no mask;
 - "toeplitz" (every bias of i - j alone): a strided view of one vector of distances over reversed keys.
-The reference is the path these replaced: a float (H, t, s) mask per chunk (`path="mask"`), forced here by
-hiding the schemes' fast hooks.
+The reference is the path these replaced: a float (H, t, s) mask per chunk (`path="mask"`), which
+`lenx.pos.base.reference_paths()` forces.
 """
 
 import pytest
@@ -12,19 +12,10 @@ import torch
 from conftest import make_model
 
 from lenx import attention
-from lenx.pos.base import PositionalScheme
+from lenx.pos.base import reference_paths
 from lenx.pos.bias import ALiBi, alibi_slopes, split_slopes
 
 DISTANCE = ["alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich"]
-
-
-@pytest.fixture
-def reference_path(monkeypatch):
-    """Call it to make every scheme take the mask path from then on (the test's end restores the hooks)."""
-    def hide():
-        monkeypatch.setattr(PositionalScheme, "has_features", property(lambda self: False))
-        monkeypatch.setattr(PositionalScheme, "has_toeplitz", property(lambda self: False))
-    return hide
 
 
 def logits_and_grads(model, x, train: bool):
@@ -54,7 +45,7 @@ def paths_taken(model, x):
 
 @pytest.mark.parametrize("scheme", DISTANCE)
 @pytest.mark.parametrize("chunked", [False, True])
-def test_fast_paths_equal_the_mask_path(scheme, chunked, reference_path, monkeypatch):
+def test_fast_paths_equal_the_mask_path(scheme, chunked, monkeypatch):
     n_heads = 3 if scheme == "alibi" else 4  # 3 heads: ALiBi's slopes are not powers of two (the lo channels)
     model = make_model(scheme, train_len=32, n_heads=n_heads, d_model=48 if n_heads == 3 else 32)
     x = torch.randint(0, 50, (2, 160), generator=torch.Generator().manual_seed(0))
@@ -63,9 +54,9 @@ def test_fast_paths_equal_the_mask_path(scheme, chunked, reference_path, monkeyp
     expected = {"alibi": "features", "alibi_learned": "features"}.get(scheme, "toeplitz")
     assert paths_taken(model, x) == {expected}
     fast = [logits_and_grads(model, x, train) for train in (False, True)]
-    reference_path()
-    assert paths_taken(model, x) == {"mask"}
-    ref = [logits_and_grads(model, x, train) for train in (False, True)]
+    with reference_paths():
+        assert paths_taken(model, x) == {"mask"}
+        ref = [logits_and_grads(model, x, train) for train in (False, True)]
     for (out, grads), (out_ref, grads_ref) in zip(fast, ref):
         torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
         assert grads.keys() == grads_ref.keys()
@@ -111,7 +102,7 @@ def test_toeplitz_view_writes_no_tensor_of_the_mask_size():
     assert torch.isinf(view[0, 0, 0, :255]).all() and not torch.isinf(view[0, 0, 0, 255:]).any()
 
 
-def test_features_decline_far_positions_and_fall_back(monkeypatch):
+def test_features_decline_far_positions_and_fall_back():
     pos = ALiBi(d_model=16, n_heads=2, head_dim=8, train_len=16)
     far = torch.arange(70000, 70040)
     assert pos.features(pos.context(far, far)) is None
@@ -119,8 +110,8 @@ def test_features_decline_far_positions_and_fall_back(monkeypatch):
     x = torch.randint(0, 50, (1, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = model(x, far)  # explicit positions past FEATURE_POSITIONS: the mask path, same logits
-        monkeypatch.setattr(PositionalScheme, "has_features", property(lambda self: False))
-        torch.testing.assert_close(out, model(x, far), rtol=1e-5, atol=1e-5)
+        with reference_paths():
+            torch.testing.assert_close(out, model(x, far), rtol=1e-5, atol=1e-5)
 
 
 def test_features_need_increasing_positions_for_the_causal_kernel():
@@ -131,3 +122,25 @@ def test_features_need_increasing_positions_for_the_causal_kernel():
     assert attention.plan(pos, pos.context(shuffled, shuffled), batch=1, dtype=torch.float32,
                           contiguous=False).path == "mask"
     assert attention.plan(pos, pos.context(up, up), batch=1, dtype=torch.bfloat16, contiguous=False).path == "mask"
+
+
+def test_fire_linear_pieces_equal_its_mlp():
+    """Without a gradient, FIRE's bias comes from the MLP's linear pieces: the same values as the MLP, for every
+    layer's table, at positions past the threshold (the interpolation regime) and before it; with one hidden unit
+    that never switches (w1 = 0) too."""
+    model = make_model("fire", train_len=32, n_heads=4, n_layers=2)
+    pos = model.pos
+    with torch.no_grad():
+        pos.w1_NW[1, 3] = 0.0
+    q, k = torch.arange(300, 700), torch.arange(700)
+    for n in range(pos.tables):
+        with torch.enable_grad():
+            ref = pos.fire_bias(q, k, n)
+        with torch.no_grad():
+            fast = pos.fire_bias(q, k, n)
+        torch.testing.assert_close(fast, ref.detach(), rtol=1e-5, atol=1e-6)
+    x = torch.randint(0, 50, (1, 200), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = model(x)
+        with reference_paths():
+            torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)

@@ -25,13 +25,34 @@ Shape letters: B batch, T queries, S keys, H heads, D head dim, C model width, R
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lenx.errors import ConfigError
+
+
+_REFERENCE = [False]
+
+
+@contextlib.contextmanager
+def reference_paths() -> Iterator[None]:
+    """Within it, attention takes the reference paths for bias schemes (a float mask per chunk, FIRE's MLP), not
+    the fast ones (`toeplitz`, `features`, FIRE's linear pieces): benchmarks time both in one run, tests compare
+    their outputs."""
+    _REFERENCE[0] = True
+    try:
+        yield
+    finally:
+        _REFERENCE[0] = False
+
+
+def fast_paths() -> bool:
+    return not _REFERENCE[0]
 
 
 @dataclass(frozen=True)
@@ -168,11 +189,11 @@ class PositionalScheme(nn.Module):
 
     @property
     def has_toeplitz(self) -> bool:
-        return type(self).toeplitz is not PositionalScheme.toeplitz
+        return type(self).toeplitz is not PositionalScheme.toeplitz and fast_paths()
 
     @property
     def has_features(self) -> bool:
-        return type(self).features is not PositionalScheme.features
+        return type(self).features is not PositionalScheme.features and fast_paths()
 
     @property
     def adds_logits(self) -> bool:

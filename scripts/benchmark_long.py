@@ -1,0 +1,117 @@
+"""Long-context evaluation speed and memory of every scheme, fast paths against the reference paths, in one run:
+`python scripts/benchmark_long.py [--schemes all] [--lengths 2048,8192] [--out outputs/benchmark_long.json]`.
+
+Each scheme's model (model=tiny, trained length --train-len, random weights: speed does not depend on them) scores
+one sequence of each length twice, interleaved: with attention's fast paths for bias schemes (ALiBi's bias as
+channels of q and k, strided Toeplitz views, FIRE's linear pieces) and inside `lenx.pos.base.reference_paths()`
+(a float mask per chunk, FIRE's MLP: the paths before issue 25). Per point: tokens/s (median of --repeats),
+the peak memory (CPU: peak RSS of the process; CUDA: max_memory_allocated) and the memory the forward adds, each
+relative to RoPE's in the same run, and the largest |logit difference| between the two paths. With
+--train-steps N: training tokens/s at the training length too (benchmark.py's bare loop: forward, backward, AdamW
+on --train-batch windows of --train-seq-len tokens), fast and reference, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from benchlib import batches, config, eval_point, scheme_list
+from benchmark import bare_loop
+
+from lenx.lit import build_model
+from lenx.pos.base import reference_paths
+
+
+def measure(model, vocab: int, length: int, device, repeats: int) -> dict | None:
+    fast = eval_point(model, vocab, length, device, repeats)
+    with reference_paths():
+        ref = eval_point(model, vocab, length, device, repeats)
+    if fast is None or ref is None:
+        return None
+    x = torch.randint(0, vocab, (1, min(length, 2048)), generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        out = model(x)
+        with reference_paths():
+            diff = (out - model(x)).abs().max().item()
+    return {"fast": fast, "reference": ref, "max_abs_logit_diff": diff}
+
+
+def train_point(scheme: str, args, device) -> dict:
+    cfg = config(scheme, args.train_seq_len, args.train_batch, args.train_steps)
+    data = batches(cfg, args.train_steps, device)
+    fast = bare_loop(cfg, data, 2, False, device)["tokens_per_s"]
+    with reference_paths():
+        ref = bare_loop(cfg, data, 2, False, device)["tokens_per_s"]
+    return {"fast": fast, "reference": ref}
+
+
+def table(report: dict) -> str:
+    lengths = report["args"]["lengths"]
+    rope = report["schemes"].get("rope", {})
+    head = ["scheme"] + [f"{n} {w}" for n in lengths for w in ("tok/s before", "after", "x RoPE before", "after",
+                                                               "peak MiB after", "x RoPE")]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for s, points in report["schemes"].items():
+        cells = [s]
+        for n in lengths:
+            p, r = points.get(str(n)), rope.get(str(n))
+            if p is None or r is None:
+                cells += ["out of range"] + [""] * 5
+                continue
+            rope_tps, rope_peak = r["fast"]["tokens_per_s"], r["fast"]["peak_mib"]
+            cells += [f"{p['reference']['tokens_per_s']:.0f}", f"{p['fast']['tokens_per_s']:.0f}",
+                      f"{p['reference']['tokens_per_s'] / rope_tps:.2f}", f"{p['fast']['tokens_per_s'] / rope_tps:.2f}",
+                      f"{p['fast']['peak_mib']:.0f}", f"{p['fast']['peak_mib'] / rope_peak:.2f}"]
+        if "train" in points:
+            t = points["train"]
+            cells.append(f"{t['reference']:.0f} -> {t['fast']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if any("train" in p for p in report["schemes"].values()):
+        lines[0] = lines[0][:-1] + f"| training tok/s at {report['args']['train_seq_len']}, before -> after |"
+        lines[1] += "---|"
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--schemes", default="all", help="'all' or a comma list of configs/pos names (rope is added)")
+    ap.add_argument("--lengths", default="2048,8192")
+    ap.add_argument("--train-len", type=int, default=512, help="the models' training length (learned: its table)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--train-steps", type=int, default=0, help="also time training (steps per run, 2 warm-up)")
+    ap.add_argument("--train-seq-len", type=int, default=128)
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=Path("outputs/benchmark_long.json"))
+    args = ap.parse_args(argv)
+    schemes = scheme_list(args.schemes)
+    schemes = ["rope"] + [s for s in schemes if s != "rope"]
+    lengths = [int(n) for n in args.lengths.split(",")]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report = {"args": {**vars(args), "lengths": lengths, "out": str(args.out)}, "device": str(device),
+              "threads": torch.get_num_threads(), "schemes": {}}
+    t0 = time.perf_counter()
+    for s in schemes:
+        cfg = config(s, args.train_len, 1, 1)
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device).eval()
+        with torch.no_grad():  # warm-up: both paths, the shortest length
+            model(torch.zeros(1, min(lengths), dtype=torch.long, device=device))
+            with reference_paths():
+                model(torch.zeros(1, min(lengths), dtype=torch.long, device=device))
+        report["schemes"][s] = {str(n): measure(model, cfg["data"]["vocab_size"], n, device, args.repeats)
+                                for n in lengths}
+        if args.train_steps:
+            report["schemes"][s]["train"] = train_point(s, args, device)
+        print(f"[{time.perf_counter() - t0:.0f} s] {s}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(table(report))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
