@@ -225,13 +225,15 @@ def provenance(rows: list[dict]) -> dict:
 
 
 def summarise_tasks(rows: list[dict]) -> list[dict]:
-    """Mean and 95% CI over seeds of task accuracy per (task, pos, scaling, decode, train_size, multiplier); a run
-    counts once per cell (the latest of its rows), rows without a result (too_large, out_of_range) are counted
+    """Mean and 95% CI over seeds of task accuracy per (task, pos, scaling, decode, train_size, multiplier), decode
+    naming evaluation positions other than 0..T-1 (teacher@randomized); a run counts once per cell (the latest of its rows), rows without a result (too_large, out_of_range) are counted
     but not averaged."""
     cells: dict[tuple, dict] = defaultdict(dict)
     for r in rows:
-        key = (r["task"], scheme_label(r), extension_label(r), r.get("decode", "teacher"), r["train_size"],
-               r["multiplier"])
+        decode = r.get("decode", "teacher")  # scored under the train-time position mode: teacher@randomized
+        if r.get("eval_positions", "contiguous") != "contiguous":
+            decode = f"{decode}@{r['eval_positions']}"
+        key = (r["task"], scheme_label(r), extension_label(r), decode, r["train_size"], r["multiplier"])
         cells[key][run_key(r) or id(r)] = r
     out = []
     for (task, pos, scaling, decode, train_size, m), by_run in sorted(cells.items(), key=lambda kv: str(kv[0])):

@@ -306,3 +306,39 @@ def test_validation_draws_sizes_too_small_to_split_and_evaluation_refuses_them()
     assert held_out and all(T.half_of(np.asarray(x)) == T.HALF["eval"] for x in held_out)
     with pytest.raises(ConfigError, match="too few distinct parity instances"):
         [task.instance(0, "eval", i, 1) for i in range(50)]
+
+
+def test_scoring_under_the_train_time_position_mode():
+    """eval positions=train: the model reads the run's position mode's draws (Ruoss et al.'s code samples random
+    positions at test time too): strictly increasing, within max_len, one draw per batch reproducible from
+    (seed, multiplier, batch); rows say so; instances longer than the mode's range are out of range."""
+    from lenx.positions import Randomized
+
+    task = T.Copy(train_size=3, alphabet=4)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, idx_BT, pos_T=None):
+            seen.append(pos_T)
+            return Scripted("copy", task)(idx_BT)
+
+    mode = Randomized(max_len=40)
+    rows = list(T.task_accuracy(Recorder(), task, multipliers=[1, 2, 16], instances=6, batch=3, decode="teacher",
+                                device="cpu", positions=mode))
+    assert [r["eval_positions"] for r in rows] == ["randomized"] * 3
+    assert rows[0]["accuracy"] == rows[1]["accuracy"] == 1.0  # the scripted model ignores positions
+    assert rows[2]["status"] == "out_of_range" and "positions" in rows[2]["error"]  # 16 x 3 symbols: > 40 tokens
+    drawn = [p for p in seen if p is not None]
+    assert len(drawn) == 4  # 2 batches at 1x, 2 at 2x
+    for p in drawn:
+        assert (p[1:] > p[:-1]).all() and 0 <= int(p.min()) and int(p.max()) < 40
+    assert not torch.equal(drawn[2][: len(drawn[0])], drawn[0][: len(drawn[2])])
+    seen.clear()
+    again = list(T.task_accuracy(Recorder(), task, multipliers=[1], instances=6, batch=3, decode="teacher",
+                                 device="cpu", positions=mode))
+    assert again[0]["eval_positions"] == "randomized" and all(torch.equal(a, b) for a, b in zip(seen, drawn[:2]))
+    contiguous = next(T.task_accuracy(Recorder(), task, multipliers=[1], instances=3, batch=3, decode="teacher",
+                                      device="cpu"))
+    assert contiguous["eval_positions"] == "contiguous" and seen[-1] is None
+    with pytest.raises(ConfigError, match="contiguous or train"):
+        T.TaskAccuracy(multipliers=[1], positions="random")
