@@ -2,7 +2,9 @@
 # Issue 21's addition to the task study: the same training and scoring as run.sh, with train-time randomised
 # positions (positions=randomized: Ruoss et al. 2023, arXiv:2305.16843), for the schemes that read positions among
 # rope, alibi, learned, fire (NoPE reads none: randomized trains the very model contiguous does, tested bitwise in
-# tests/test_positions.py) on copy, reverse and single-needle retrieval, 3 seeds.
+# tests/test_positions.py) on copy and single-needle retrieval, 3 seeds. Each model is scored twice: on
+# positions 0..T-1 (lenx's default) and under its own train-time mode (eval.probes.tasks.positions=train: a fresh
+# sorted random draw per batch, as the authors' code does at test time), rows `teacher` and `teacher@randomized`.
 # `bash experiments/2026-11-29_length-generalisation-tasks/run_randomized.sh`; per-run files in $RUNS (not
 # committed), the aggregates in $OUT (results/tasks_cpu/randomized/summary.{md,csv,png}).
 set -euo pipefail
@@ -11,7 +13,7 @@ main() {  # the whole script is read before it runs: editing this file during a 
 RUNS=${RUNS:-multirun/tasks_cpu_randomized}
 OUT=${OUT:-results/tasks_cpu/randomized}
 JOBS=${JOBS:-2}
-TASKS=${TASKS:-copy reverse niah_multikey}
+TASKS=${TASKS:-copy niah_multikey}
 SCHEMES=${SCHEMES:-rope,alibi,learned,fire}
 read -ra TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 CORES=$(nproc)
@@ -35,6 +37,12 @@ for task in $TASKS; do
   python train.py -m data="$task" pos="$SCHEMES" positions=randomized seed=0,1,2 "${settings[@]}" "${MODEL[@]}" \
     hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$RUNS/$task" \
     'hydra.sweep.subdir=${hydra:runtime.choices.pos}_${hydra:runtime.choices.positions}_s${seed}' "${TRAIN_EXTRA[@]}"
+  for run in "$RUNS/$task"/*_s[0-9]*/; do  # the same checkpoints, scored under their train-time positions
+    name=$(basename "$run")
+    python evaluate.py ckpt="$run/checkpoints/last.ckpt" eval.probes.tasks.positions=train \
+      'eval.probes.tasks.multipliers=[1,2,4,8]' eval.probes.tasks.instances=200 \
+      hydra.run.dir="$RUNS/${task}_train_positions/$name"
+  done
   echo "$task done after $(( ($(date +%s) - start) / 60 )) min"
 done
 echo "wall time: $(( ($(date +%s) - start) / 60 )) min ($(( $(date +%s) - start )) s) on $CORES CPU cores, JOBS=$JOBS" \

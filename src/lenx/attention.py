@@ -1,10 +1,12 @@
 """How attention runs for one forward pass: the plan, decided once, and the chunked attention it drives.
 
 The positional scheme owns the positional context (`pos.context`: positions, cos/sin, tables; `pos.bias`: the logit
-terms of positions alone). Attention owns the plan (`plan`): the path (SDPA's causal kernel with no mask; SDPA with
-a float mask; an explicit softmax when value terms read the weights), the queries per chunk, the keys each chunk
-reads, the mask's dtype, and the mask itself when one chunk holds it (built once per forward, or once per layer
-for a bias with a table per layer).
+terms of positions alone). Attention owns the plan (`plan`): the path (SDPA's causal kernel with no mask; the same
+kernel with ALiBi's bias as exact extra channels of q and k; SDPA with a strided Toeplitz view of a distance bias
+over reversed keys; SDPA with a float mask; an explicit softmax when value terms read the weights), the queries per
+chunk, the keys each chunk reads, the mask's dtype, and the mask itself when one chunk holds it (built once per
+forward, or once per layer for a bias with a table per layer). `lenx.pos.base.reference_paths()` turns the two
+fast bias paths (and FIRE's linear pieces) off: the float-mask path they replaced, for tests and benchmarks.
 Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
 """
 
