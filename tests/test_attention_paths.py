@@ -144,3 +144,43 @@ def test_fire_linear_pieces_equal_its_mlp():
         out = model(x)
         with reference_paths():
             torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_flex_attention_equals_the_sdpa_paths(device):
+    """attention=flex (FlexAttention, compiled; ~30 s of compilation per shape on a CPU): the same logits as the
+    SDPA paths, and on CUDA the same gradients (FlexAttention has no backward on CPU: training there keeps SDPA),
+    for a fixed and a learned distance bias, at default and at gapped positions."""
+    grads = device == "cuda"
+    for scheme in ("alibi", "t5"):
+        model = make_model(scheme, train_len=32, n_heads=4).to(device)
+        x = torch.randint(0, 50, (2, 64), generator=torch.Generator().manual_seed(3)).to(device)
+        for pos_T in (None, torch.arange(64, device=device) * 3 + 5):
+            runs = []
+            for impl in ("sdpa", "flex"):
+                model.attention = impl
+                model.zero_grad()
+                with torch.set_grad_enabled(grads):
+                    if impl == "flex":
+                        assert paths_taken(model, x) == {"flex"}
+                    out = model(x, pos_T)
+                    if grads:
+                        out.float().logsumexp(-1).mean().backward()
+                runs.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}))
+            (a, ga), (b, gb) = runs
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+            assert ga.keys() == gb.keys() and bool(ga) == grads
+            for n in ga:
+                torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-4, msg=n)
+
+
+def test_attention_setting_is_checked():
+    from lenx.errors import ConfigError
+    from lenx.scoring import check_attention
+
+    assert check_attention("flex", "attention") == "flex"
+    with pytest.raises(ConfigError, match="sdpa or flex"):
+        check_attention("fast", "eval.attention")

@@ -13,6 +13,7 @@ Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ class Plan:
 
     # "causal": SDPA is_causal, no mask; "features": SDPA is_causal on q and k with the bias as extra channels
     # (pos.features); "toeplitz": SDPA with a strided view of a distance bias over reversed keys (pos.toeplitz);
+    # "flex": FlexAttention with the distance bias as score_mod (attention=flex);
     # "mask": SDPA with a float mask; "weights": explicit softmax; "extended": a training-free extension
     path: str
     rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS)
@@ -60,9 +62,10 @@ class Plan:
 
 
 def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dtype, contiguous: bool,
-         extension: Extension | None = None) -> Plan:
+         extension: Extension | None = None, flex: bool = False) -> Plan:
     """The plan for attention over ctx's queries and keys with this scheme, batch size and compute dtype (and a
-    training-free extension, where it changes anything at these positions)."""
+    training-free extension, where it changes anything at these positions). flex: use FlexAttention for a bias
+    of the distance (`attention=flex`)."""
     T, S = len(ctx.q_pos_T), len(ctx.k_pos_S)
     ext = extension if extension is not None and extension.active(ctx.q_pos_T, ctx.k_pos_S) else None
     q_scale_T = None if ext is None else ext.q_scale(ctx.q_pos_T)
@@ -78,7 +81,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         path = "mask"
     elif pos.adds_bias:
         path = "mask"
-        if pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
+        if flex and pos.has_toeplitz:
+            path = "flex"
+        elif pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
                 contiguous or increasing(ctx.q_pos_T)):
             path = "features"  # fp32 on CPU only: the channels' exact sum needs fp32 and in-order accumulation
         elif pos.has_toeplitz and contiguous:
@@ -107,6 +112,11 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
         return attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos, ctx, plan, drop)
     if plan.path == "causal":
         return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
+    if plan.path == "flex":
+        # FlexAttention has no dropout, and no backward on CPU: the SDPA paths there
+        if not drop and not (q_BHTD.requires_grad and q_BHTD.device.type == "cpu"):
+            return attend_flex(q_BHTD, k_BHSD, v_BHSD, ctx)
+        plan = dataclasses.replace(plan, path="toeplitz" if plan.contiguous else "mask")
     if plan.path == "features":
         out = attend_features(q_BHTD, k_BHSD, v_BHSD, pos, ctx, drop)
         if out is not None:
@@ -164,6 +174,33 @@ def attend_features(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
     k2 = torch.cat([fk_HSc.to(k_BHSD.dtype).expand(B, H, k_BHSD.shape[2], c), k_BHSD], dim=-1)
     y = F.scaled_dot_product_attention(q2, k2, F.pad(v_BHSD, (0, c)), is_causal=True, dropout_p=drop, scale=1.0)
     return y[..., :D]
+
+
+@functools.cache
+def compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attend_flex(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+    """FlexAttention (torch.nn.attention.flex_attention, compiled) with the distance bias as its score_mod and
+    causality by position as its block mask: fused, with no mask tensor, on CUDA as on CPU. Each new length
+    compiles once (seconds on a GPU, ~30 s on a CPU)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    T, S = q_BHTD.shape[2], k_BHSD.shape[2]
+    bias_HR, q_pos_T, k_pos_S = ctx.bias_HR, ctx.q_pos_T, ctx.k_pos_S
+    last = bias_HR.shape[1] - 1
+
+    def score_mod(score, b, h, i, j):
+        return score + bias_HR[h, (q_pos_T[i] - k_pos_S[j]).clamp(0, last)]
+
+    def causal(b, h, i, j):
+        return k_pos_S[j] <= q_pos_T[i]
+
+    block = create_block_mask(causal, None, None, T, S, device=q_BHTD.device)
+    return compiled_flex()(q_BHTD, k_BHSD, v_BHSD, score_mod=score_mod, block_mask=block)
 
 
 def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,

@@ -19,16 +19,19 @@ from lenx.errors import ConfigError, LenxError, instantiate_node
 from lenx.model import Decoder
 from lenx.probes import Passkey, PasskeyWindows
 from lenx.results import atomic_write_bytes
+from lenx.scoring import check_attention
 from lenx.tasks import Task, TaskItems, build_task, masked_loss, pad
 
 
 def build_model(cfg: dict) -> Decoder:
     """The Decoder described by a resolved run config (plain dict): model group + pos group + vocab + seq_len."""
     m, task = cfg["model"], build_task(cfg)  # a task run's vocabulary is the task's own (data.task)
-    return Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
+    model = Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
                    pos=instantiate_node(positions.table_size(cfg), "pos"),
                    d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
                    dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
+    model.attention = check_attention(cfg.get("attention", "sdpa"), "attention")
+    return model
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:

@@ -79,6 +79,7 @@ class Decoder(nn.Module):
                        n_layers=n_layers)
         self.drop = nn.Dropout(dropout)
         self.extension = None  # a training-free extension (lenx.extensions), set to score a trained model under it
+        self.attention = "sdpa"  # or "flex": FlexAttention for distance biases (config `attention`)
         self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
@@ -105,7 +106,7 @@ class Decoder(nn.Module):
         x_BTC = self.drop(self.pos.embed(self.tok(idx_BT), pos_T))
         ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
         plan = attention.plan(self.pos, ctx, batch=B, dtype=attention.compute_dtype(x_BTC), contiguous=contiguous,
-                              extension=self.extension)
+                              extension=self.extension, flex=self.attention == "flex")
         for layer, block in enumerate(self.blocks):
             ctx_l = ctx.at_layer(layer)
             plan = plan.for_layer(self.pos, ctx_l)  # the whole mask, where one chunk holds it: once, not per layer

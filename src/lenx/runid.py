@@ -14,8 +14,10 @@ import json
 
 from omegaconf import OmegaConf
 
-# `compile` changes how the same function is computed, not what is trained: a run may resume with it toggled.
-NOT_IDENTITY = ("hydra", "run_dir", "resume", "logger", "eval", "callbacks", "compile", "ckpt_keep_every")
+# `compile` and `attention` change how the same function is computed, not what is trained: a run may resume with
+# them toggled.
+NOT_IDENTITY = ("hydra", "run_dir", "resume", "logger", "eval", "callbacks", "compile", "attention",
+                "ckpt_keep_every")
 COSMETIC_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 
 

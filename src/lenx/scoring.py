@@ -108,6 +108,13 @@ def build_probes(eval_cfg: dict) -> list[Probe]:
     return probes
 
 
+def check_attention(value, key: str) -> str:
+    """`attention`: sdpa (lenx.attention's plan) or flex (FlexAttention for biases of the distance)."""
+    if value not in ("sdpa", "flex"):
+        raise ConfigError(f"{key} must be sdpa or flex, got {value!r}")
+    return value
+
+
 def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Probe]:
     """Refuse, before any training or scoring, eval settings that cannot work (on a split of n_tokens, when
     given), and say when eval.tokens is more than the split holds; returns the probes."""
@@ -124,6 +131,7 @@ def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Pro
     if context not in ("stream", "document"):
         raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
     eval_autocast(str(eval_cfg.get("precision", "32")), torch.device("cpu"))  # validates the value
+    check_attention(eval_cfg.get("attention", "sdpa"), "eval.attention")
     check_int(eval_cfg["tokens"], "eval.tokens")
     check_int(eval_cfg["batch_tokens"], "eval.batch_tokens")
     if not isinstance(eval_cfg.get("new_corpus", False), bool):
@@ -163,6 +171,8 @@ def score(model: torch.nn.Module, run: Run, probes: list[Probe]) -> dict[str, li
     new: dict[str, list[dict]] = {}
     marks = stamp(run.cfg, run_dir=run.run_dir, ckpt=run.ckpt, split=run.eval["split"], choices=run.choices)
     model = model.to(run.device)
+    if hasattr(model, "attention"):  # a lenx Decoder: eval.attention (sdpa, or flex for distance biases)
+        model.attention = run.eval.get("attention", "sdpa")
     for probe in probes:
         pending: list[tuple[str, dict]] = []
         for row in probe.run(model, run):
