@@ -29,6 +29,12 @@ from lenx.results import extension_label, positions_name, scaling_name, scheme_l
 METRIC = re.compile(r"^(extrap/ppl|task/acc)_(\d+)x$")
 
 
+def metric_order(metric: str) -> tuple:
+    """The ratio first, then each metric family by its multiplier (1x, 2x, ..., 16x, not 16x before 2x)."""
+    m = METRIC.match(metric)
+    return (0, metric, 0) if m is None else (1, m.group(1), int(m.group(2)))
+
+
 def run_label(cfg: dict) -> str:
     choices = cfg.get("choices") or {}
     row = {"pos": choices.get("pos", "?"), "positions": positions_name(cfg), "scaling": scaling_name(cfg)}
@@ -80,7 +86,7 @@ def tokens_text(n: int) -> str:
 
 def markdown(summary: list[dict], columns: int = 8) -> str:
     text = []
-    for metric in sorted({r["metric"] for r in summary}):
+    for metric in sorted({r["metric"] for r in summary}, key=metric_order):
         rows = [r for r in summary if r["metric"] == metric]
         steps = sorted({r["step"] for r in rows})
         picks = range(min(columns, len(steps)))
@@ -101,7 +107,7 @@ def markdown(summary: list[dict], columns: int = 8) -> str:
 
 def figure(summary: list[dict], path: Path) -> None:
     plt = _plt()
-    metrics = sorted({r["metric"] for r in summary}, key=lambda m: (not m.startswith("ratio"), m))
+    metrics = sorted({r["metric"] for r in summary}, key=metric_order)
     cols = min(3, len(metrics))
     rows_n = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 3.6 * rows_n), squeeze=False)
