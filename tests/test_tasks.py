@@ -21,6 +21,7 @@ TASKS = {
     "mqar": T.MQAR(train_size=4, keys=40, values=8),
     "variable_tracking": T.VariableTracking(train_size=3, variables=40, chains=3, filler=1),
     "niah_multikey": T.NiahMultikey(train_size=8, needles=3, keys=10, value_len=2),
+    "passkey_task": T.Passkey(train_size=12, digits=4, filler_symbols=3),
 }
 
 
@@ -55,6 +56,11 @@ def solve(kind, names):
     if kind == "niah_multikey":
         needles = {prompt[i + 1]: prompt[i + 2:i + 4] for i, t in enumerate(prompt) if t == "N"}
         return needles[names[sep + 1]]
+    if kind == "passkey_task":  # the digits after KEY; the filler around it cycles f0 f1 f2 f0 ...
+        at = prompt.index("KEY")
+        filler = prompt[:at] + prompt[at + 5:]
+        assert filler == [f"f{i % 3}" for i in range(len(filler))]
+        return prompt[at + 1:at + 5]
     raise KeyError(kind)
 
 
@@ -67,7 +73,7 @@ def size_of(kind, names):
         return len(prompt) // 2
     if kind == "variable_tracking":
         return len(statements(prompt)) // 3 - 1  # 3 chains of size + 1 statements
-    if kind == "niah_multikey":
+    if kind in ("niah_multikey", "passkey_task"):
         return sum(t.startswith("f") for t in prompt)
     return len(prompt)
 
@@ -121,7 +127,8 @@ def test_evaluation_instances_never_appear_in_training(kind):
             "mqar": T.MQAR(train_size=2, keys=3, values=2),
             "variable_tracking": T.VariableTracking(train_size=1, variables=4, values=2, chains=2, filler=0),
             "niah_multikey": T.NiahMultikey(train_size=2, needles=1, keys=2, values=2, value_len=1,
-                                            filler_symbols=2)}[kind]
+                                            filler_symbols=2),
+            "passkey_task": T.Passkey(train_size=2, digits=1, filler_symbols=2)}[kind]
     train = {task.instance(s, "train", i)[0].tobytes() for s in range(3) for i in range(600)}
     held = {task.instance(s, split, i, task.train_size)[0].tobytes() for s in range(3) for i in range(200)
             for split in ("eval", "validation")}

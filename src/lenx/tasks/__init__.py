@@ -35,9 +35,10 @@ from lenx.tasks.base import (
     query,
 )
 from lenx.tasks.probe import TASK_COLUMNS, TaskAccuracy, plot_tasks, predict, task_accuracy, wilson
-from lenx.tasks.retrieval import MQAR, NiahMultikey, VariableTracking
+from lenx.tasks.retrieval import MQAR, NiahMultikey, Passkey, VariableTracking
 
 __all__ = [
+    "Passkey",
     "BOS",
     "HALF",
     "MQAR",

@@ -127,3 +127,31 @@ class NiahMultikey(Task):
 
     def max_len(self, size):
         return 1 + size + self.needles * (2 + self.value_len) + 2 + self.value_len
+
+
+class Passkey(Task):
+    """Passkey retrieval (Mohtashami & Jaggi 2023, arXiv:2305.16300) over symbols: `size` tokens of a fixed filler
+    pattern (the paper repeats one sentence: `filler_symbols` symbols in order, cycled) with `KEY d1 .. dk` (a
+    random `digits`-digit key) inserted at a uniformly random depth; after `SEP`, the key. The corpus-filler
+    variant that fine-tunes a language model on its own tokenizer stays `data=passkey` (lenx.probes)."""
+
+    name = "passkey_task"
+    sizes = "filler tokens"
+
+    def __init__(self, *, train_size: int, min_size: int = 1, digits: int = 5, filler_symbols: int = 8) -> None:
+        super().__init__(train_size=train_size, min_size=min_size)
+        self.digits = check_int(digits, "data.task.digits")
+        self.filler_symbols = check_int(filler_symbols, "data.task.filler_symbols")
+
+    def symbols(self):
+        return ["KEY", *"0123456789"] + [f"f{k}" for k in range(self.filler_symbols)]
+
+    def draw(self, size, rng):
+        d0, f0 = self.id("0"), self.id("f0")
+        key = (rng.integers(0, 10, self.digits) + d0).tolist()
+        fill = (np.arange(size) % self.filler_symbols + f0).tolist()
+        at = int(rng.integers(0, size + 1))  # depth: 0 (the start) .. size (just before the question)
+        return self.qa(fill[:at] + [self.id("KEY"), *key] + fill[at:], key)
+
+    def max_len(self, size):
+        return 1 + size + 1 + self.digits + 1 + self.digits
