@@ -52,7 +52,7 @@ def test_fast_paths_equal_the_mask_path(scheme, chunked, monkeypatch):
     if chunked:  # a few query rows per chunk: many chunks, each with its own key range
         monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * n_heads * 160 * 24)
     expected = {"alibi": "features", "alibi_learned": "features"}.get(scheme, "toeplitz")
-    assert paths_taken(model, x) == {expected}
+    assert paths_taken(model, x) == {expected}  # scoring (no gradient); a learned bias trains on the mask path
     fast = [logits_and_grads(model, x, train) for train in (False, True)]
     with reference_paths():
         assert paths_taken(model, x) == {"mask"}

@@ -86,8 +86,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         elif pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
                 contiguous or increasing(ctx.q_pos_T)):
             path = "features"  # fp32 on CPU only: the channels' exact sum needs fp32 and in-order accumulation
-        elif pos.has_toeplitz and contiguous:
-            path = "toeplitz"
+        elif pos.has_toeplitz and contiguous and not learns(ctx):
+            path = "toeplitz"  # a learned bias keeps the mask path: its gradient through the strided view's
+            # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)
     else:
         path = "causal"
     exact = pos.adds_logits or pos.adds_values
@@ -95,6 +96,11 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
                 per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T)
+
+
+def learns(ctx: AttnContext) -> bool:
+    """Whether a gradient flows into the positional context (a learned bias while training)."""
+    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(ctx).values())
 
 
 def increasing(pos_T: torch.Tensor) -> bool:
