@@ -200,6 +200,45 @@ def test_a_trained_run_records_its_mode_and_its_learned_table_reaches_16x(tmp_pa
     assert model.pos.max_positions == 16 * mcfg["seq_len"] == mcfg["positions"]["max_len"]
 
 
+def test_a_randomized_run_scores_under_its_own_positions_on_request(tmp_path, tree, monkeypatch):
+    """eval.positions=train: perplexity windows read the run's randomized draws (as the authors' code does at test
+    time), rows say so and stay apart from the contiguous ones; the draws are strictly increasing, within max_len,
+    one per batch and the same on every call."""
+    from test_end_to_end import compose_run
+
+    from lenx.evaluate import load_model
+    from lenx.extrapolation import evaluate_lengths
+    from lenx.results import mode_label
+    from lenx.train import run
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    rows = run(compose_run(tmp_path, tree, "pos=rope", "positions=randomized", "eval.multipliers=[1,4]",
+                           "eval.positions=train"))
+    assert [r["eval_positions"] for r in rows] == ["randomized"] * 2
+    assert {mode_label(r) for r in rows} == {"nonoverlapping@randomized"}
+    model, mcfg = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    seen = []
+    real = model.forward
+    model.forward = lambda x, pos=None: (seen.append(pos), real(x, pos))[1]
+    tokens = np.arange(5000) % 200
+    kw = dict(train_len=mcfg["seq_len"], multipliers=[1, 4], tokens_to_score=512, batch_tokens=128,
+              device=torch.device("cpu"))
+    first = evaluate_lengths(model, tokens, positions=positions.build(mcfg), **kw)[0]
+    drawn = list(seen)
+    assert len(drawn) > 2 and all(p is not None for p in drawn)
+    for p in drawn:
+        assert (p.diff() > 0).all() and 0 <= int(p.min()) and int(p.max()) < mcfg["positions"]["max_len"]
+    assert not torch.equal(drawn[0], drawn[1])
+    seen.clear()
+    again = evaluate_lengths(model, tokens, positions=positions.build(mcfg), **kw)[0]
+    assert all(torch.equal(a, b) for a, b in zip(seen, drawn)) and [r["ppl"] for r in again] == [
+        r["ppl"] for r in first]
+    seen.clear()
+    plain = evaluate_lengths(model, tokens, **kw)[0]
+    assert all(p is None for p in seen) and [r["eval_positions"] for r in plain] == ["contiguous"] * 2
+    assert plain[0]["ppl"] != first[0]["ppl"]
+
+
 def test_task_batches_train_under_a_position_mode(tmp_path):
     from lenx import tasks
 

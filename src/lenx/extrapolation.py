@@ -32,9 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lenx import positions as positions_lib
 from lenx.dist import all_reduce_sum, rank_world
 from lenx.errors import ConfigError, OutOfRangeError
 from lenx.hardware import eval_autocast
+from lenx.positions import Positions
 from lenx.results import COLUMNS, POSITION_COLUMNS, format_table, plot_positions, plot_rows, read_rows
 from lenx.scoring import TABLE, Probe, eval_strides
 
@@ -127,7 +129,8 @@ MIN_UNITS = 20  # fewer resampled units than this: the row carries a ci_warning
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, segments: list[Segment], *,
                   stride: int, batch_tokens: int, device: torch.device, progress: bool = False,
-                  precision: str = "32", block: int | None = None, bins: list[tuple[int, int]] | None = None
+                  precision: str = "32", block: int | None = None, bins: list[tuple[int, int]] | None = None,
+                  positions: Positions | None = None
                   ) -> tuple[float, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(sum of target NLLs in fp64, targets scored, NLL sum and count per window position, NLL sum and count
     per resampling unit: with one segment (stream context) per window, or per block of `block` consecutive
@@ -136,7 +139,9 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, seg
 
     A batch holds windows of one length only, so a window shorter than eval_len (a document's last one, or a short
     document) runs at its own length, unpadded: a scheme that reads the input length (RoPE scalings with factor
-    null, dynamic NTK, LongRoPE's short/long switch) then sees the document's real length, not the padded one."""
+    null, dynamic NTK, LongRoPE's short/long switch) then sees the document's real length, not the padded one.
+    `positions`: a train-time position mode (lenx.positions) whose draws the windows read instead of 0..L-1, one
+    draw per batch, a function of (eval_len, the batch's index) alone, so every model and rank reads the same."""
     wins = [(a + s, n, o, g) for g, (a, m) in enumerate(segments) for s, n, o in windows(m, eval_len, stride)]
     by_len: dict[int, list[int]] = {}
     for w, (_, n, _, _) in enumerate(wins):
@@ -156,22 +161,28 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, seg
     rank, world = rank_world()  # under DDP each rank scores every world-th batch; the sums are all-reduced
     all_batches = [ids[i:i + per_batch] for n in sorted(by_len, reverse=True) for ids in [by_len[n]]
                    for i in range(0, len(ids), per_batch)]
-    batches = all_batches[rank::world]
+    batches = list(enumerate(all_batches))[rank::world]  # (global batch index: the position draw's seed, ids)
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"eval_len {eval_len} stride {stride}", leave=False, unit="batch")
     error: OutOfRangeError | None = None
     try:
-        for ids in batches:
+        for batch_no, ids in batches:
             start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*(wins[w] for w in ids)))
             L = int(len_B[0])  # every window of the batch has this length
+            pos_L = None
+            if positions is not None:
+                if L > positions.span(0):
+                    raise OutOfRangeError(f"a window of {L} tokens needs more than the {positions.span(0)} "
+                                          f"positions of positions={positions.name}")
+                pos_L = positions.for_step(L, 0, eval_len, batch_no).to(device)
             offs_L = offsets_L[:L]
             valid_BL = offs_L[None, :] < len_B[:, None]
             idx_BL = start_B[:, None] + offs_L[None, :]
             x_BL, y_BL = stream[idx_BL].to(device), stream[torch.where(valid_BL, idx_BL + 1, 0)].to(device)
             with eval_autocast(precision, device):
-                logits_BLV = model(x_BL)
+                logits_BLV = model(x_BL) if pos_L is None else model(x_BL, pos_L)
             nll_BL = F.cross_entropy(logits_BLV.float().flatten(0, 1), y_BL.flatten(),  # fp32 loss
                                      reduction="none").view_as(y_BL)
             scored_BL = valid_BL & (offs_L[None, :] >= off_B[:, None])
@@ -271,13 +282,16 @@ def evaluate_lengths(model: torch.nn.Module, tokens: np.ndarray, *, on_result=No
 def length_results(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int, multipliers: list[int],
                    tokens_to_score: int, batch_tokens: int, device: torch.device,
                    stride: int | float | None = None, context: str = "stream", eod_id: int | None = None,
-                   progress: bool = False, done: set | None = None, precision: str = "32"
-                   ) -> Iterator[tuple[dict, list[dict]]]:
+                   progress: bool = False, done: set | None = None, precision: str = "32",
+                   positions: Positions | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yields (row, its per-position rows) for each multiplier, as each length is scored. Rows: eval_len,
     multiplier, mode, stride, context, loss, ppl, tokens, windows (resampling units: windows, or documents with
     context=document), targets_hash.
 
-    done: (stride, context, eval_len, targets_hash) keys already scored, skipped (a rerun completes the rest)."""
+    done: (stride, context, eval_len, targets_hash, eval_positions) keys already scored, skipped (a rerun
+    completes the rest). positions: score under this train-time position mode (score_windows) instead of 0..L-1."""
+    mode = positions if positions is not None and positions.name != "contiguous" else None
+    at = mode.name if mode is not None else "contiguous"
     segments = eval_segments(tokens, context=context, train_len=train_len, multipliers=multipliers,
                              tokens_to_score=tokens_to_score, eod_id=eod_id)
     n_targets = sum(n for _, n in segments)
@@ -287,16 +301,16 @@ def length_results(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int
     positions: list[dict] = []
     for m in multipliers:
         eval_len, s = m * train_len, strides[m]
-        if done and (s, context, eval_len, fingerprint) in done:
+        if done and (s, context, eval_len, fingerprint, at) in done:
             continue
         row = {"eval_len": eval_len, "multiplier": m, "mode": "nonoverlapping" if s == eval_len else "sliding",
-               "stride": s, "context": context, "targets_hash": fingerprint}
+               "stride": s, "context": context, "targets_hash": fingerprint, "eval_positions": at}
         n_pos = len(positions)
         bins = position_bins(eval_len)
         try:
             total, count, pos_sum, pos_cnt, unit_sum, unit_cnt = score_windows(
                 model, tokens, eval_len, segments, stride=s, batch_tokens=batch_tokens, device=device,
-                progress=progress, precision=precision, block=train_len, bins=bins)
+                progress=progress, precision=precision, block=train_len, bins=bins, positions=mode)
         except OutOfRangeError as e:  # a learned table past its end: a recorded result, not a crash
             row.update(tokens=0, loss=math.nan, ppl=math.nan, ppl_ci_low=math.nan, ppl_ci_high=math.nan, windows=0,
                        status="out_of_range", error=str(e), ci_warning="")
@@ -317,6 +331,7 @@ def length_results(model: torch.nn.Module, tokens: np.ndarray, *, train_len: int
                     has = unit_cnt[:, k] > 0  # units with targets in this bin
                     nll_lo, nll_hi = bootstrap_loss(unit_sum[has, k], unit_cnt[has, k], run=run)
                     positions.append({"eval_len": eval_len, "mode": row["mode"], "context": context,
+                                      "eval_positions": at,
                                       "position_bin_start": a,
                                       "position_bin_end": b, "mean_nll": float(pos_sum[a:b].sum() / n),
                                       "tokens": n, "nll_ci_low": nll_lo, "nll_ci_high": nll_hi,
@@ -333,8 +348,9 @@ class Perplexity(Probe):
 
     def run(self, model, run) -> Iterator[dict]:
         e = run.eval
-        done = {(r["stride"], r.get("context", "stream"), r["eval_len"], r.get("targets_hash"))
-                for r in run.done(self.name)}
+        done = {(r["stride"], r.get("context", "stream"), r["eval_len"], r.get("targets_hash"),
+                 r.get("eval_positions") or "contiguous") for r in run.done(self.name)}
+        mode = positions_lib.build(run.cfg) if e.get("positions", "contiguous") == "train" else None
         context = e.get("context", "stream")
         tokens = run.tokens()
         for stride in eval_strides(e):
@@ -342,7 +358,7 @@ class Perplexity(Probe):
                     model, tokens, train_len=run.train_len, multipliers=run.multipliers, tokens_to_score=e["tokens"],
                     batch_tokens=e["batch_tokens"], device=run.device, stride=stride, context=context,
                     eod_id=run.eod_id if context == "document" else None, progress=bool(e.get("progress", False)),
-                    done=done, precision=str(e.get("precision", "32"))):
+                    done=done, precision=str(e.get("precision", "32")), positions=mode):
                 for p in positions:
                     yield {**p, "targets_hash": row["targets_hash"], TABLE: "position_loss"}
                 yield row

@@ -15,14 +15,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-COLUMNS = ["pos", "scaling", "extension", "positions", "mode", "stride", "context", "train_len", "eval_len", "multiplier", "loss", "ppl", "ppl_ci_low",
+COLUMNS = ["pos", "scaling", "extension", "positions", "mode", "eval_positions", "stride", "context", "train_len", "eval_len", "multiplier", "loss", "ppl", "ppl_ci_low",
            "ppl_ci_high", "tokens", "windows", "status", "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash",
            "targets_hash", "split", "git_sha", "dirty", "run_dir", "ckpt"]
 PROBE_COLUMNS = ["pos", "scaling", "extension", "positions", "train_len", "multiplier", "distance", "seg_len", "trials", "nll_repeat",
                  "nll_control", "copy_gain", "status", "seed", "git_sha", "ckpt"]
 PASSKEY_COLUMNS = ["pos", "scaling", "extension", "positions", "train_len", "eval_len", "multiplier", "depth", "trials", "accuracy", "status",
                    "seed", "git_sha", "ckpt"]
-POSITION_COLUMNS = ["pos", "scaling", "extension", "positions", "mode", "context", "train_len", "eval_len", "position_bin_start", "position_bin_end",
+POSITION_COLUMNS = ["pos", "scaling", "extension", "positions", "mode", "eval_positions", "context", "train_len", "eval_len", "position_bin_start", "position_bin_end",
                     "mean_nll", "tokens", "seed", "targets_hash", "git_sha", "ckpt"]
 
 
@@ -155,8 +155,11 @@ def append_rows(run_dir: Path, rows: list[dict], name: str = "extrapolation",
 
 
 def mode_label(r: dict) -> str:
-    """The row's mode, with the context when it is not the stream: nonoverlapping, sliding/document, ..."""
-    return r["mode"] if r.get("context", "stream") == "stream" else f"{r['mode']}/{r['context']}"
+    """The row's mode, with the context when it is not the stream and the evaluation positions when they are not
+    0..T-1: nonoverlapping, sliding/document, nonoverlapping@randomized, ..."""
+    label = r["mode"] if r.get("context", "stream") == "stream" else f"{r['mode']}/{r['context']}"
+    at = r.get("eval_positions") or "contiguous"
+    return label if at == "contiguous" else f"{label}@{at}"
 
 
 def format_table(rows: list[dict]) -> str:

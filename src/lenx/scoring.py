@@ -132,6 +132,8 @@ def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Pro
         raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
     eval_autocast(str(eval_cfg.get("precision", "32")), torch.device("cpu"))  # validates the value
     check_attention(eval_cfg.get("attention", "sdpa"), "eval.attention")
+    if eval_cfg.get("positions", "contiguous") not in ("contiguous", "train"):
+        raise ConfigError(f"eval.positions must be contiguous or train, got {eval_cfg.get('positions')!r}")
     check_int(eval_cfg["tokens"], "eval.tokens")
     check_int(eval_cfg["batch_tokens"], "eval.batch_tokens")
     if not isinstance(eval_cfg.get("new_corpus", False), bool):
