@@ -14,7 +14,9 @@ from conftest import SCHEMES, make_model
 
 import lenx.attention
 import lenx.pos.bias
+import lenx.pos.fire
 from lenx.model import Decoder
+from lenx.pos.base import reference_paths
 from lenx.pos.bias import t5_relative_bucket
 
 # Schemes whose logits depend on i - j (and content) only, and the others; every scheme must be in one list.
@@ -114,8 +116,16 @@ def test_t5_buckets_hand_derived(rel, bidirectional, want):
 
 # --- chunked attention == unchunked ---
 
+@pytest.fixture
+def mask_paths():
+    """The float-mask paths these tests check (lenx.pos.base.reference_paths): the fast bias paths (ALiBi's
+    channels, Toeplitz views) are checked against them in test_attention_paths.py."""
+    with reference_paths():
+        yield
+
+
 @pytest.mark.parametrize("scheme", CHUNKED)
-def test_chunked_attention_equals_unchunked(scheme, monkeypatch):
+def test_chunked_attention_equals_unchunked(scheme, monkeypatch, mask_paths):
     model = make(scheme, train_len=16, n_layers=2).train()
     gen = torch.Generator().manual_seed(4)
     for p in model.pos.parameters():
@@ -137,7 +147,7 @@ def test_chunked_attention_equals_unchunked(scheme, monkeypatch):
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     monkeypatch.setattr(lenx.attention, "CHUNK_LOGITS", 2 * 2 * 5 * 37)  # B x H x 5 rows x S: 8 chunks, last of 2
-    monkeypatch.setattr(lenx.pos.bias, "MLP_VALUES", 3 * 37 * 32)  # FIRE's MLP: 3 query rows at a time
+    monkeypatch.setattr(lenx.pos.fire, "MLP_VALUES", 3 * 37 * 32)  # FIRE's MLP: 3 query rows at a time
     chunked, chunked_grads = run()
     if scheme != "shaw_kv":  # (Shaw's values run unfused: no SDPA call to count)
         assert sorted({s[2] for s in calls}) == [2, 5]
@@ -147,7 +157,7 @@ def test_chunked_attention_equals_unchunked(scheme, monkeypatch):
         torch.testing.assert_close(chunked_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_fast_path_and_chunks(monkeypatch):
+def test_fast_path_and_chunks(monkeypatch, mask_paths):
     """No bias or score: SDPA with is_causal and no mask. Otherwise calls of at most CHUNK_LOGITS logits, each
     over the keys its queries can see."""
     calls = []
@@ -197,7 +207,7 @@ def test_default_positions_toeplitz_mask_equals_gathered(scheme, monkeypatch):
             torch.testing.assert_close(toeplitz_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_mask_built_once_per_forward(monkeypatch):
+def test_mask_built_once_per_forward(monkeypatch, mask_paths):
     """A mask that fits one chunk is built once per forward for all layers (in the compute dtype for a pure
     bias); a longer input builds it per chunk in every layer instead, with the same logits."""
     built = []

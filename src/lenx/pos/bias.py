@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenx.errors import ConfigError
-from lenx.pos.base import AttnContext, PositionalScheme, causal, fast_paths, layer_tables, max_distance
+from lenx.pos.base import AttnContext, PositionalScheme, causal, max_distance
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -346,84 +346,6 @@ class Sandwich(DistanceBias):
         return f"dim={self.dim}"
 
 
-MLP_VALUES = 1 << 24  # FIRE's hidden activations per evaluation (64 MiB in fp32)
+from lenx.pos.fire import FIRE  # noqa: E402  (configs name it lenx.pos.bias.FIRE: checkpoints keep that target)
 
-
-class FIRE(PositionalScheme):
-    """FIRE (Li et al. 2023, arXiv:2310.04418): bias_h(i, j) = f_h(psi(i - j) / psi(max(L, i))), psi(x) =
-    log(c x + 1), f a 1 -> width -> H ReLU MLP, c and the threshold L = |L_mult| * init_L learned. Normalising by
-    the query position maps every distance into [0, 1], so longer inputs interpolate instead of extrapolating; it
-    also makes the bias depend on i, not i - j alone (`bias` evaluates the MLP for the query rows asked).
-    As the paper's code (its appendix listing, `FIRE(num_heads, mlp_width=32, init_c=0.1, init_L=512.)`):
-    init_L = 512 tokens whatever the training length, L_mult starts at 1; queries past L are in the
-    progressive-interpolation regime (at the paper's training length 2048, three quarters of them). One FIRE per
-    layer ("layerwise", the paper's default; one shared by all layers is its ablation): `shared: true`."""
-
-    def __init__(self, *, mlp_width: int = 32, init_c: float = 0.1, init_L: float = 512.0, eps: float = 1e-6,
-                 shared: bool = False, **dims) -> None:
-        super().__init__(**dims)
-        if not float(init_L) > 0:
-            raise ConfigError(f"FIRE init_L must be positive, got {init_L!r}")
-        self.mlp_width, self.eps, self.tables = mlp_width, eps, layer_tables(shared, self.n_layers)
-        self.init_L = float(init_L)
-        N = self.tables
-        self.c_N = nn.Parameter(torch.full((N,), float(init_c)))
-        self.L_mult_N = nn.Parameter(torch.ones(N))
-        # PyTorch's default Linear init (U(+-1/sqrt(fan_in))), as the paper's nn.Linear layers; raw parameters
-        # so that the Decoder's normal(0.02) init of Linear modules does not flatten the MLP.
-        bound2 = mlp_width ** -0.5
-        self.w1_NW = nn.Parameter(torch.empty(N, mlp_width).uniform_(-1, 1))
-        self.b1_NW = nn.Parameter(torch.empty(N, mlp_width).uniform_(-1, 1))
-        self.w2_NWH = nn.Parameter(torch.empty(N, mlp_width, self.n_heads).uniform_(-bound2, bound2))
-        self.b2_NH = nn.Parameter(torch.empty(N, self.n_heads).uniform_(-bound2, bound2))
-
-    def bias(self, ctx, q_start, dtype):
-        # The MLP's hidden layer is mlp_width times the bias (the pieces' gathers twice the heads): evaluate it a
-        # few query rows at a time.
-        q_pos_T, k_pos_S, n = ctx.q_pos_T, ctx.k_pos_S, self.layer(ctx)
-        per_pair = 2 * self.n_heads if self.pieces() else self.mlp_width
-        rows = max(1, MLP_VALUES // (len(k_pos_S) * per_pair))
-        parts = [self.fire_bias(q_pos_T[a:a + rows], k_pos_S, n) for a in range(0, len(q_pos_T), rows)]
-        return causal(torch.cat(parts, dim=1), q_pos_T, k_pos_S)
-
-    def fire_bias(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int = 0) -> torch.Tensor:
-        """The FIRE bias of layer table n for these query and key positions, fp32, (H, T, S): the MLP where a
-        gradient is needed, else its linear pieces (`mlp_pieces`, the same function)."""
-        i_T, j_S, c = q_pos_T.float(), k_pos_S.float(), self.c_N[n]
-        threshold = torch.abs(self.L_mult_N[n] * self.init_L)
-        norm_T = torch.log(torch.abs(c * torch.maximum(i_T, threshold)) + 1) + self.eps
-        rel_TS = torch.log(torch.abs(c * (i_T[:, None] - j_S[None, :]).clamp(min=0)) + 1)
-        x_TS = rel_TS / norm_T[:, None]
-        if self.pieces():
-            edges_E, slope_KH, offset_KH = self.mlp_pieces(n)
-            piece_TS = torch.bucketize(x_TS, edges_E)
-            # (T, S, 2H) -> heads first, as SDPA reads
-            both = F.embedding(piece_TS, torch.cat([slope_KH, offset_KH], dim=1)).permute(2, 0, 1)
-            return torch.addcmul(both[self.n_heads:], both[:self.n_heads], x_TS)
-        x_X = x_TS.flatten()  # X = T * S
-        hidden_XW = torch.relu(x_X[:, None] * self.w1_NW[n] + self.b1_NW[n])
-        bias_HX = torch.addmm(self.b2_NH[n][:, None], self.w2_NWH[n].T, hidden_XW.T)  # heads first, as SDPA reads
-        return bias_HX.view(self.n_heads, len(i_T), len(j_S))
-
-    @staticmethod
-    def pieces() -> bool:
-        """Whether the bias comes from the MLP's linear pieces: where no gradient is needed (the pieces' gather
-        would backpropagate through a scatter), outside `reference_paths`."""
-        return not torch.is_grad_enabled() and fast_paths()
-
-    def mlp_pieces(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The MLP f(x) = b2 + sum_w w2_w relu(w1_w x + b1_w) of a scalar x is linear between the E sorted points
-        where a hidden unit switches (x = -b1_w / w1_w): on piece k (x in (edge k-1, edge k]) it is
-        slope_k x + offset_k, (E + 1, H) each. The bias for T x S pairs then costs one bucketize and one gather
-        instead of a (T S, width) hidden layer (5x faster at 8192 tokens; equal to fp32 rounding, tested)."""
-        w1, b1, w2, b2 = self.w1_NW[n], self.b1_NW[n], self.w2_NWH[n], self.b2_NH[n]
-        edges_E = (-b1[w1 != 0] / w1[w1 != 0]).sort().values
-        if len(edges_E):  # a point inside each piece decides which units are on there
-            inside_K = torch.cat([edges_E[:1] - 1, (edges_E[:-1] + edges_E[1:]) / 2, edges_E[-1:] + 1])
-        else:
-            inside_K = edges_E.new_zeros(1)
-        on_KW = ((inside_K[:, None] * w1 + b1) > 0).float()
-        return edges_E.contiguous(), (on_KW * w1) @ w2, b2 + (on_KW * b1) @ w2
-
-    def extra_repr(self) -> str:
-        return f"mlp_width={self.mlp_width}, init_L={self.init_L}, tables={self.tables}"
+__all__ = ["FIRE"]
