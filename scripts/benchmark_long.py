@@ -26,8 +26,20 @@ from lenx.lit import build_model
 from lenx.pos.base import reference_paths
 
 
+def has_fast_path(pos) -> bool:
+    """Whether reference_paths() changes anything for this scheme (else "before" is "after", measured once)."""
+    from lenx.pos.base import PositionalScheme
+    from lenx.pos.fire import FIRE
+
+    return (type(pos).toeplitz is not PositionalScheme.toeplitz or type(pos).features is not PositionalScheme.features
+            or isinstance(pos, FIRE))
+
+
 def measure(model, vocab: int, length: int, device, repeats: int) -> dict | None:
     fast = eval_point(model, vocab, length, device, repeats)
+    if not has_fast_path(model.pos):
+        return None if fast is None else {"fast": fast, "reference": fast, "max_abs_logit_diff": 0.0,
+                                          "same_path": True}
     with reference_paths():
         ref = eval_point(model, vocab, length, device, repeats)
     if fast is None or ref is None:
