@@ -171,12 +171,7 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, eval_len: int, seg
         for batch_no, ids in batches:
             start_B, len_B, off_B, grp_B = (torch.tensor(c) for c in zip(*(wins[w] for w in ids)))
             L = int(len_B[0])  # every window of the batch has this length
-            pos_L = None
-            if positions is not None:
-                if L > positions.span(0):
-                    raise OutOfRangeError(f"a window of {L} tokens needs more than the {positions.span(0)} "
-                                          f"positions of positions={positions.name}")
-                pos_L = positions.for_step(L, 0, eval_len, batch_no).to(device)
+            pos_L = None if positions is None else positions.for_eval(L, 0, eval_len, batch_no).to(device)
             offs_L = offsets_L[:L]
             valid_BL = offs_L[None, :] < len_B[:, None]
             idx_BL = start_B[:, None] + offs_L[None, :]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lenx.errors import ConfigError, check_int
+from lenx.errors import ConfigError, OutOfRangeError, check_int
 
 
 class Positions:
@@ -45,6 +45,11 @@ class Positions:
         """The positions of the forward at (seed, optimizer step, micro-batch), reproducible from those alone."""
         drawn = self.draw(T, np.random.default_rng((seed, step, micro, 0x9E3779B9)))
         return None if drawn is None else torch.from_numpy(np.asarray(drawn, dtype=np.int64))
+
+    def for_eval(self, T: int, seed: int, step: int, micro: int = 0) -> torch.Tensor | None:
+        """for_step for scoring under the mode (eval.positions=train); T past the mode's range is an
+        OutOfRangeError, which scoring records as a result."""
+        return self.for_step(T, seed, step, micro)
 
     def resolve(self, train_len: int, eval_multipliers: list[int]) -> Positions:
         """This mode with null lengths set from the run (seq_len x the largest eval multiplier), checked."""
@@ -79,6 +84,11 @@ class _Ranged(Positions):
 
     def span(self, train_len):
         return self.max_len if self.max_len is not None else train_len
+
+    def for_eval(self, T, seed, step, micro=0):
+        if T > self.max_len:
+            raise OutOfRangeError(f"{T} tokens need more than the {self.max_len} positions of positions={self.name}")
+        return self.for_step(T, seed, step, micro)
 
 
 class Randomized(_Ranged):

@@ -78,12 +78,7 @@ def task_accuracy(model: torch.nn.Module, task: Task, *, multipliers: list[int],
         try:
             for b in range(0, instances, batch):
                 ids_BT, mask_BT = pad(items[b:b + batch])
-                pos_T = None
-                if mode is not None:
-                    if ids_BT.shape[1] - 1 > mode.span(0):
-                        raise OutOfRangeError(f"{ids_BT.shape[1] - 1} tokens need more than the {mode.span(0)} "
-                                              f"positions of positions={mode.name}")
-                    pos_T = mode.for_step(ids_BT.shape[1] - 1, seed, m, b).to(device)
+                pos_T = None if mode is None else mode.for_eval(ids_BT.shape[1] - 1, seed, m, b).to(device)
                 pred_BT = predict(model, ids_BT.to(device), mask_BT.to(device), decode, pos_T).cpu()
                 ok_BT = (pred_BT == ids_BT) | ~mask_BT
                 hits += int(ok_BT.all(1).sum())
