@@ -81,12 +81,15 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         path = "mask"
     elif pos.adds_bias:
         path = "mask"
+        # Under torch.compile the float-mask path: inductor (torch 2.13, 2 CPU threads) miscompiled the channels
+        # path's training step (a garbage view shape, then a crash; test_compiled_training_matches_eager)
+        eager = not torch.compiler.is_compiling()
         if flex and pos.has_toeplitz:
             path = "flex"
-        elif pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
+        elif eager and pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
                 contiguous or increasing(ctx.q_pos_T)):
             path = "features"  # fp32 on CPU only: the channels' exact sum needs fp32 and in-order accumulation
-        elif pos.has_toeplitz and contiguous and not learns(ctx):
+        elif eager and pos.has_toeplitz and contiguous and not learns(ctx):
             path = "toeplitz"  # a learned bias keeps the mask path: its gradient through the strided view's
             # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)
     else:
