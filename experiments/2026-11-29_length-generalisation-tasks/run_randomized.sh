@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Issue 21's addition to the task study: the same tasks, training and scoring as run.sh (settings.sh), with
-# train-time randomised positions (positions=randomized: Ruoss et al. 2023, arXiv:2305.16843; POSITIONS=pose for
-# PoSE, arXiv:2309.10400), for rope, alibi, learned, fire (NoPE reads no positions: randomized trains the very model
-# contiguous does, tested bitwise in tests/test_positions.py, so its rows are run.sh's), 3 seeds. Each model is
-# scored twice: on positions 0..T-1 (lenx's default) and under its own train-time mode
-# (eval.probes.tasks.positions=train: a fresh sorted random draw per batch, as the authors' code does at test time),
-# rows `teacher` and `teacher@randomized`.
+# train-time randomised positions (POSITIONS=randomized, the default: Ruoss et al. 2023, arXiv:2305.16843) or PoSE
+# (POSITIONS=pose: Zhu et al. 2023, arXiv:2309.10400), for rope, alibi, learned, fire, 3 seeds. NoPE reads no
+# positions: randomized trains the very model contiguous does (tested bitwise in tests/test_positions.py), so its
+# rows are run.sh's. Randomized models are scored twice: on positions 0..T-1 (lenx's default) and under their own
+# train-time mode (eval.probes.tasks.positions=train: a fresh sorted random draw per batch, as the authors' code
+# does at test time), rows `teacher` and `teacher@randomized`; PoSE's on 0..T-1 only, as its paper scores them.
 # `bash experiments/2026-11-29_length-generalisation-tasks/run_randomized.sh`; per-run files in $RUNS (not
-# committed), the aggregates in $OUT (results/tasks_cpu/randomized/summary.{md,csv,png}).
+# committed), the aggregates in $OUT (results/tasks_cpu/$POSITIONS/summary.{md,csv,png}, wall_time.txt).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 main() {  # the whole script is read before it runs: editing this file during a study cannot change the study
-RUNS=${RUNS:-multirun/tasks_cpu_randomized}
-OUT=${OUT:-results/tasks_cpu/randomized}
+POSITIONS=${POSITIONS:-randomized}
+RUNS=${RUNS:-multirun/tasks_cpu_$POSITIONS}
+OUT=${OUT:-results/tasks_cpu/$POSITIONS}
 JOBS=${JOBS:-2}
 TASKS=${TASKS:-copy reverse niah_multikey sort parity}
-POSITIONS=${POSITIONS:-randomized}
 SCHEMES=${SCHEMES:-rope,alibi,learned,fire}
 read -ra TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 CORES=$(nproc)
@@ -34,6 +34,7 @@ for task in $TASKS; do
     'hydra.sweep.subdir=${hydra:runtime.choices.pos}_${hydra:runtime.choices.positions}_s${seed}' "${TRAIN_EXTRA[@]}"
   pids=()
   for run in "$RUNS/$task"/*_s[0-9]*/; do  # the same checkpoints, scored under their train-time positions, JOBS at once
+    [ "$POSITIONS" = randomized ] || break
     scored="$RUNS/${task}_train_positions/$(basename "$run")"
     [ -e "$scored/tasks.jsonl" ] && continue  # RESUME: scored already
     python evaluate.py ckpt="$run/checkpoints/last.ckpt" eval.probes.tasks.positions=train \
