@@ -2,9 +2,9 @@
 `python scripts/benchmark_long.py [--schemes all] [--lengths 2048,8192] [--out outputs/benchmark_long.json]`.
 
 Each scheme's model (model=tiny, trained length --train-len, random weights: speed does not depend on them) scores
-one sequence of each length twice, interleaved: with attention's fast paths for bias schemes (ALiBi's bias as
-channels of q and k, strided Toeplitz views, FIRE's linear pieces) and inside `lenx.pos.base.reference_paths()`
-(a float mask per chunk, FIRE's MLP: the paths before issue 25). Per point: tokens/s (median of --repeats),
+one sequence of each length twice, interleaved: with attention's fast paths for bias and content schemes (ALiBi's
+bias as channels of q and k, strided Toeplitz views, content terms placed by distance, FIRE's linear pieces) and
+inside `lenx.pos.base.reference_paths()` (a float mask per chunk, FIRE's MLP: the paths before issue 25). Per point: tokens/s (median of --repeats),
 the peak memory (CPU: peak RSS of the process; CUDA: max_memory_allocated) and the memory the forward adds, each
 relative to RoPE's in the same run, and the largest |logit difference| between the two paths. With
 --train-steps N: training tokens/s at the training length too (benchmark.py's bare loop: forward, backward, AdamW
@@ -34,7 +34,7 @@ def has_fast_path(pos) -> bool:
     from lenx.pos.fire import FIRE
 
     return (type(pos).toeplitz is not PositionalScheme.toeplitz or type(pos).features is not PositionalScheme.features
-            or isinstance(pos, FIRE))
+            or type(pos).chunk_mask is not PositionalScheme.chunk_mask or isinstance(pos, FIRE))
 
 
 def measure(model, vocab: int, length: int, device, repeats: int) -> dict | None:

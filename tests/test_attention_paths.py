@@ -2,7 +2,9 @@
 gradients, whole and chunked, for every scheme that takes them.
 
 - "features" (ALiBi): the linear bias as exact extra channels of q and k, SDPA's fused causal kernel, no mask;
-- "toeplitz" (every bias of i - j alone): a strided view of one vector of distances over reversed keys.
+- "toeplitz" (every bias of i - j alone): a strided view of one vector of distances over reversed keys;
+- "relative" (Shaw, Transformer-XL, DeBERTa while scoring): each query's content terms placed by distance with one
+  write (`pos.chunk_mask`, `lenx.pos.relative.by_distance`) instead of a gather per pair.
 The reference is the path these replaced: a float (H, t, s) mask per chunk (`path="mask"`), which
 `lenx.pos.base.reference_paths()` forces.
 """
@@ -14,6 +16,7 @@ from conftest import make_model
 from lenx import attention
 from lenx.pos.base import reference_paths
 from lenx.pos.bias import ALiBi, alibi_slopes, split_slopes
+from lenx.pos.relative import by_distance
 
 DISTANCE = ["alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich"]
 
@@ -62,6 +65,60 @@ def test_fast_paths_equal_the_mask_path(scheme, chunked, monkeypatch):
         assert grads.keys() == grads_ref.keys()
         for name in grads:
             torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("scheme", ["shaw", "transformer_xl", "deberta"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_relative_chunk_masks_equal_the_mask_path(scheme, chunked, monkeypatch):
+    # max_distance 8 < 160 tokens: the clipped (far) pairs and the near band both occur; chunked, every chunk
+    # has its own key range (and DeBERTa's first ones queries whose near band reaches before key 0)
+    over = {"max_distance": 8} if scheme != "transformer_xl" else {}
+    model = make_model(scheme, train_len=32, n_heads=4, d_model=32, **over)
+    with torch.no_grad():  # tables of unit scale (the inits are ~0.02): every positional term moves the logits
+        for p in model.pos.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+    x = torch.randint(0, 50, (2, 160), generator=torch.Generator().manual_seed(0))
+    if chunked:
+        monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 160 * 24)
+    assert paths_taken(model, x) == {"relative"}
+    with torch.no_grad():
+        fast = model(x)
+    with reference_paths():
+        assert paths_taken(model, x) == {"mask"}
+        with torch.no_grad():
+            ref = model(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    model.train()
+    assert paths_taken_with_grad(model, x) == {"mask"}  # training: the gradient flows through `score`
+
+
+def paths_taken_with_grad(model, x):
+    seen = []
+    real = attention.plan
+
+    def spy(*args, **kw):
+        chosen = real(*args, **kw)
+        seen.append(chosen.path)
+        return chosen
+
+    attention.plan = spy
+    try:
+        model(x).sum().backward()
+    finally:
+        attention.plan = real
+    return set(seen)
+
+
+@pytest.mark.parametrize("t, s, R", [(5, 12, 4), (12, 12, 3), (4, 9, 9), (3, 7, 20), (1, 6, 1)])
+def test_by_distance_places_each_term_at_its_distance(t, s, R):
+    desc = torch.randn(2, 3, t, R, generator=torch.Generator().manual_seed(t * s + R))
+    got = by_distance(desc, s)
+    assert got.shape == (2, 3, t, s)
+    for r in range(t):
+        for j in range(s):
+            d = (s - t + r) - j
+            want = desc[:, :, r, R - 1 - min(d, R - 1)] if d >= 0 else torch.full((2, 3), float("-inf"))
+            assert torch.equal(got[:, :, r, j], want), (r, j)
 
 
 def test_alibi_features_at_8192_tokens_equal_the_float64_bias():

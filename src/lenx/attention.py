@@ -34,7 +34,8 @@ class Plan:
 
     # "causal": SDPA is_causal, no mask; "features": SDPA is_causal on q and k with the bias as extra channels
     # (pos.features); "toeplitz": SDPA with a strided view of a distance bias over reversed keys (pos.toeplitz);
-    # "flex": FlexAttention with the distance bias as score_mod (attention=flex);
+    # "flex": FlexAttention with the distance bias as score_mod (attention=flex); "relative": SDPA with the
+    # content terms of the distance placed by pos.chunk_mask (scoring at default positions);
     # "mask": SDPA with a float mask; "weights": explicit softmax; "extended": a training-free extension
     path: str
     rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS)
@@ -75,15 +76,17 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
             rows = min(rows, max(64, ext.window_tokens))
         return Plan(path="extended", rows=rows, contiguous=contiguous,
                     dtype=torch.float32, whole=False, per_layer=False, extension=ext, q_scale_T=q_scale_T)
+    # Under torch.compile the float-mask path: inductor (torch 2.13, 2 CPU threads) miscompiled the channels
+    # path's training step (a garbage view shape, then a crash; test_compiled_training_matches_eager)
+    eager = not torch.compiler.is_compiling()
     if pos.adds_values:
         path = "weights"
     elif pos.adds_logits:
         path = "mask"
+        if eager and pos.has_chunk_mask and contiguous and not torch.is_grad_enabled():
+            path = "relative"  # scoring: the content terms placed by distance with one write (pos.chunk_mask)
     elif pos.adds_bias:
         path = "mask"
-        # Under torch.compile the float-mask path: inductor (torch 2.13, 2 CPU threads) miscompiled the channels
-        # path's training step (a garbage view shape, then a crash; test_compiled_training_matches_eager)
-        eager = not torch.compiler.is_compiling()
         if flex and pos.has_toeplitz:
             path = "flex"
         elif eager and pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
@@ -134,6 +137,8 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
     if plan.path == "toeplitz":
         return attend_toeplitz(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
+    if plan.path == "relative":
+        return attend_relative(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
     parts = []
     for a in range(0, T, plan.rows):
         b = min(T, a + plan.rows)
@@ -226,6 +231,27 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
             mask = pos.toeplitz(ctx, a, b - a, s, q_BHTD.dtype)
         parts.append(F.scaled_dot_product_attention(q_BHTD[:, :, a:b], k_rev[:, :, S - s:], v_rev[:, :, S - s:],
                                                     attn_mask=mask, dropout_p=drop))
+    return torch.cat(parts, dim=2)
+
+
+def attend_relative(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
+                    ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
+    """Default positions, no gradient, content terms of the distance: chunks of queries, each with the mask
+    pos.chunk_mask builds (no per-pair index or gather); a chunk it leaves is scored on the mask path."""
+    T, S = q_BHTD.shape[2], k_BHSD.shape[2]
+    general = dataclasses.replace(plan, path="mask")
+    parts = []
+    for a in range(0, T, plan.rows):
+        b = min(T, a + plan.rows)
+        s = min(S, b)
+        q_BHtD, k_BHsD, v_BHsD, chunk = q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], ctx.rows(a, b).keys(s)
+        with torch.autocast(q_BHTD.device.type, enabled=False):  # the terms in fp32, as `score`'s
+            fast = pos.chunk_mask(q_BHtD.float(), k_BHsD.float(), chunk) if s == b else None
+        if fast is None:
+            parts.append(attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, general, None, a, drop))
+        else:
+            q2, mask = (x.to(q_BHtD.dtype) for x in fast)
+            parts.append(F.scaled_dot_product_attention(q2, k_BHsD, v_BHsD, attn_mask=mask, dropout_p=drop))
     return torch.cat(parts, dim=2)
 
 

@@ -41,9 +41,9 @@ _REFERENCE = [False]
 
 @contextlib.contextmanager
 def reference_paths() -> Iterator[None]:
-    """Within it, attention takes the reference paths for bias schemes (a float mask per chunk, FIRE's MLP), not
-    the fast ones (`toeplitz`, `features`, FIRE's linear pieces): benchmarks time both in one run, tests compare
-    their outputs."""
+    """Within it, attention takes the reference paths for bias and content schemes (a float mask per chunk,
+    FIRE's MLP), not the fast ones (`toeplitz`, `features`, `chunk_mask`, FIRE's linear pieces): benchmarks time
+    both in one run, tests compare their outputs."""
     _REFERENCE[0] = True
     try:
         yield
@@ -164,6 +164,15 @@ class PositionalScheme(nn.Module):
         SDPA's fused causal kernel (no mask)."""
         return None
 
+    def chunk_mask(self, q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, ctx: AttnContext
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`score`'s terms for one chunk of queries at default positions (queries s - t..s - 1, keys 0..s - 1), no
+        gradient, fp32: (q', mask) with SDPA(q', k, v, mask) equal to the general path to fp32 rounding, the
+        mask built with about one write of (B, H, t, s) where `score` gathers per pair (-inf on future keys; q'
+        may carry a term of the key alone, (q + u) . k = q . k + u . k); or None (the default; or a chunk left to
+        `score`). Tested against the general path in tests/test_attention_paths.py."""
+        return None
+
     def score(self, q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, ctx: AttnContext) -> torch.Tensor | None:
         """Extra logit terms for the queries of `ctx`, fp32, broadcastable to (B, H, T, S), or None.
 
@@ -190,6 +199,10 @@ class PositionalScheme(nn.Module):
     @property
     def has_toeplitz(self) -> bool:
         return type(self).toeplitz is not PositionalScheme.toeplitz and fast_paths()
+
+    @property
+    def has_chunk_mask(self) -> bool:
+        return type(self).chunk_mask is not PositionalScheme.chunk_mask and fast_paths()
 
     @property
     def has_features(self) -> bool:

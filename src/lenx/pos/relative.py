@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lenx.errors import check_int
@@ -40,6 +41,36 @@ def gather_last(x_BHTR: torch.Tensor, idx_TS: torch.Tensor) -> torch.Tensor:
     return x_BHTR.gather(-1, idx_TS.expand(*x_BHTR.shape[:-1], -1))
 
 
+def distance_buffer(desc_BHtR: torch.Tensor, s: int) -> torch.Tensor:
+    """The (B, H, t, s + t - 1) buffer `distance_view` reads: column c < s holds each query's term at distance
+    s - 1 - c from desc, its terms in descending distance (the last entry distance 0; distances past R - 1 read
+    desc[..., 0], the clipped end). One write of the buffer."""
+    *lead, t, R = desc_BHtR.shape
+    buf = desc_BHtR.new_empty(*lead, t, s + t - 1)
+    if R >= s:
+        buf[..., :s] = desc_BHtR[..., R - s:]
+    else:
+        buf[..., :s - R] = desc_BHtR[..., :1]
+        buf[..., s - R:s] = desc_BHtR
+    return buf
+
+
+def distance_view(buf_BHtW: torch.Tensor, s: int) -> torch.Tensor:
+    """The (B, H, t, s) mask of queries s - t..s - 1 against keys 0..s - 1 from a buffer whose column c < s holds
+    each query's term at distance s - 1 - c (the same distance in every row; columns from s on are set to -inf
+    here: future keys): entry (r, j) reads column t - 1 - r + j, a strided view with row stride s + t - 2 and no
+    copy (the relative shift of Dai et al. 2019, arXiv:1901.02860, app. B, where `score` gathers each pair through
+    a (t, s) index)."""
+    *lead, t, W = buf_BHtW.shape
+    buf_BHtW[..., s:] = float("-inf")
+    return buf_BHtW.as_strided((*lead, t, s), (*buf_BHtW.stride()[:-2], W - 1, 1), buf_BHtW.storage_offset() + t - 1)
+
+
+def by_distance(desc_BHtR: torch.Tensor, s: int) -> torch.Tensor:
+    """entry (r, j) = desc[..., r, R - 1 - min(d, R - 1)] at distance d = s - t + r - j, -inf where d < 0."""
+    return distance_view(distance_buffer(desc_BHtR, s), s)
+
+
 def check_distance(k: int) -> None:
     check_int(k, "max_distance")
 
@@ -63,6 +94,11 @@ class Shaw(PositionalScheme):
         idx_TS = clipped_index(ctx.q_pos_T, ctx.k_pos_S, self.max_distance)
         key_RD = self.key_NRD[self.layer(ctx)].float()
         return gather_last(q_BHTD @ key_RD.T, idx_TS) / math.sqrt(self.head_dim)
+
+    def chunk_mask(self, q_BHtD, k_BHsD, ctx):
+        # distance d reads row k - min(d, k): rows k, k-1, ..., 0 in descending distance are rows 0..k
+        key_RD = self.key_NRD[self.layer(ctx)].float()[:self.max_distance + 1]
+        return q_BHtD, by_distance(q_BHtD @ key_RD.T / math.sqrt(self.head_dim), k_BHsD.shape[2])
 
     def extra_repr(self) -> str:
         return f"max_distance={self.max_distance}, tables={self.tables}"
@@ -115,6 +151,17 @@ class TransformerXL(PositionalScheme):
         content_BH1S = (k_BHSD @ self.u_HD.float()[:, :, None]).transpose(-1, -2)  # u . k_j
         return (content_BH1S + position_BHTS) / math.sqrt(self.head_dim)
 
+    def chunk_mask(self, q_BHtD, k_BHsD, ctx):
+        # u . k_j is a term of the key alone: SDPA's (q + u) . k / sqrt(D) adds it. The position term is computed
+        # straight into distance_view's buffer: distances s - 1..0, then t - 1 rows of zeros (set to -inf there).
+        t, s = q_BHtD.shape[2], k_BHsD.shape[2]
+        rel_HRD = ctx.rel_k_NHRD[self.layer(ctx)]
+        if rel_HRD.shape[1] < s:
+            return None
+        rel_HWD = F.pad(rel_HRD[:, :s].flip(1), (0, 0, 0, t - 1))
+        buf_BHtW = (q_BHtD + self.v_HD.float()[:, None, :]) / math.sqrt(self.head_dim) @ rel_HWD.transpose(-1, -2)
+        return q_BHtD + self.u_HD.float()[:, None, :], distance_view(buf_BHtW, s)
+
     def extra_repr(self) -> str:
         return f"tables={self.tables}"
 
@@ -160,6 +207,26 @@ class DeBERTa(PositionalScheme):
         p2c_BHRS = ctx.rel_q_NHRD[layer] @ k_BHSD.transpose(-1, -2)  # Q^r_r . k_j for every row r
         p2c_BHTS = p2c_BHRS.gather(-2, idx_TS.expand(*p2c_BHRS.shape[:2], -1, -1))  # Q^r_(i-j) . k_j
         return c2p_BHTS / math.sqrt(self.head_dim) + p2c_BHTS / math.sqrt(3 * self.head_dim)
+
+    def chunk_mask(self, q_BHtD, k_BHsD, ctx):
+        k, layer, D = self.max_distance, self.layer(ctx), self.head_dim
+        t, s = q_BHtD.shape[2], k_BHsD.shape[2]
+        if s < k:
+            return None
+        rel_k_HRD, rel_q_HRD = ctx.rel_k_NHRD[layer][:, k:], ctx.rel_q_NHRD[layer][:, k:]  # distances 0..k-1
+        # c2p: distance d reads row min(d, k - 1): descending, rows k-1..0, in distance_buffer's columns s-k..s-1
+        c2p_BHtR = q_BHtD @ rel_k_HRD.flip(1).transpose(-1, -2)
+        buf = distance_buffer(c2p_BHtR / math.sqrt(D), s)
+        # p2c of far pairs (d >= k - 1), Q^r_far . k_j, is a term of the key alone: SDPA's (q + Q^r_far / sqrt(3))
+        # . k / sqrt(D) adds it to every pair (q arrives divided by sqrt(3), `rotate`). Near pairs (d < k - 1)
+        # replace it with their own: key j = s - t + r - d sits at column s - 1 - d of row r (keys below 0 lie
+        # outside the view: their clamped entries are never read)
+        p2c_BHRs = rel_q_HRD @ k_BHsD.transpose(-1, -2)  # row m: distance m (row k - 1: k - 1 and beyond)
+        d_e = torch.arange(k - 1, device=q_BHtD.device)
+        j_te = (s - t + torch.arange(t, device=q_BHtD.device)[:, None] - d_e).clamp(min=0)
+        near = p2c_BHRs.flatten(-2)[:, :, d_e * s + j_te] - p2c_BHRs[:, :, k - 1][:, :, j_te]
+        buf[..., s - 1 - d_e] = c2p_BHtR[..., k - 1 - d_e] / math.sqrt(D) + near / math.sqrt(3 * D)
+        return q_BHtD + rel_q_HRD[:, k - 1][:, None, :] / math.sqrt(3), distance_view(buf, s)
 
     def extra_repr(self) -> str:
         return f"max_distance={self.max_distance}, tables={self.tables}"
