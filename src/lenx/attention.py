@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lenx.extensions import Extension
-from lenx.pos.base import AttnContext, PositionalScheme, causal
+from lenx.pos.base import AttnContext, PositionalScheme, Workspace, causal
 
 # Logits per attention chunk (batch x heads x queries x keys) when a scheme adds logit terms: 2^25 bounds each
 # of a chunk's fp32 (B, H, t, S) tensors to 128 MiB at any length (a dense fp32 bias at 8192 tokens is 1 GiB
@@ -239,14 +239,15 @@ def attend_relative(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
     """Default positions, no gradient, content terms of the distance: chunks of queries, each with the mask
     pos.chunk_mask builds (no per-pair index or gather); a chunk it leaves is scored on the mask path."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
-    general = dataclasses.replace(plan, path="mask")
+    t = min(T, plan.rows)
+    general, work = dataclasses.replace(plan, path="mask"), Workspace(q_BHTD.shape[0] * pos.n_heads * t * (S + t - 1))
     parts = []
     for a in range(0, T, plan.rows):
         b = min(T, a + plan.rows)
         s = min(S, b)
         q_BHtD, k_BHsD, v_BHsD, chunk = q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], ctx.rows(a, b).keys(s)
         with torch.autocast(q_BHTD.device.type, enabled=False):  # the terms in fp32, as `score`'s
-            fast = pos.chunk_mask(q_BHtD.float(), k_BHsD.float(), chunk) if s == b else None
+            fast = pos.chunk_mask(q_BHtD.float(), k_BHsD.float(), chunk, work) if s == b else None
         if fast is None:
             parts.append(attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, general, None, a, drop))
         else:

@@ -19,7 +19,7 @@ from torch import nn
 
 from lenx.errors import check_int
 from lenx.pos.absolute import sinusoidal_table
-from lenx.pos.base import AttnContext, PositionalScheme, distance_index, layer_tables
+from lenx.pos.base import AttnContext, PositionalScheme, Workspace, distance_index, layer_tables
 from lenx.pos.bias import distances
 
 
@@ -41,12 +41,13 @@ def gather_last(x_BHTR: torch.Tensor, idx_TS: torch.Tensor) -> torch.Tensor:
     return x_BHTR.gather(-1, idx_TS.expand(*x_BHTR.shape[:-1], -1))
 
 
-def distance_buffer(desc_BHtR: torch.Tensor, s: int) -> torch.Tensor:
+def distance_buffer(desc_BHtR: torch.Tensor, s: int, work: Workspace | None = None) -> torch.Tensor:
     """The (B, H, t, s + t - 1) buffer `distance_view` reads: column c < s holds each query's term at distance
     s - 1 - c from desc, its terms in descending distance (the last entry distance 0; distances past R - 1 read
-    desc[..., 0], the clipped end). One write of the buffer."""
+    desc[..., 0], the clipped end). One write of the buffer (in `work` when given)."""
     *lead, t, R = desc_BHtR.shape
-    buf = desc_BHtR.new_empty(*lead, t, s + t - 1)
+    shape = (*lead, t, s + t - 1)
+    buf = desc_BHtR.new_empty(shape) if work is None else work.take(shape, desc_BHtR)
     if R >= s:
         buf[..., :s] = desc_BHtR[..., R - s:]
     else:
@@ -95,10 +96,11 @@ class Shaw(PositionalScheme):
         key_RD = self.key_NRD[self.layer(ctx)].float()
         return gather_last(q_BHTD @ key_RD.T, idx_TS) / math.sqrt(self.head_dim)
 
-    def chunk_mask(self, q_BHtD, k_BHsD, ctx):
+    def chunk_mask(self, q_BHtD, k_BHsD, ctx, work):
         # distance d reads row k - min(d, k): rows k, k-1, ..., 0 in descending distance are rows 0..k
         key_RD = self.key_NRD[self.layer(ctx)].float()[:self.max_distance + 1]
-        return q_BHtD, by_distance(q_BHtD @ key_RD.T / math.sqrt(self.head_dim), k_BHsD.shape[2])
+        s = k_BHsD.shape[2]
+        return q_BHtD, distance_view(distance_buffer(q_BHtD @ key_RD.T / math.sqrt(self.head_dim), s, work), s)
 
     def extra_repr(self) -> str:
         return f"max_distance={self.max_distance}, tables={self.tables}"
@@ -151,7 +153,7 @@ class TransformerXL(PositionalScheme):
         content_BH1S = (k_BHSD @ self.u_HD.float()[:, :, None]).transpose(-1, -2)  # u . k_j
         return (content_BH1S + position_BHTS) / math.sqrt(self.head_dim)
 
-    def chunk_mask(self, q_BHtD, k_BHsD, ctx):
+    def chunk_mask(self, q_BHtD, k_BHsD, ctx, work):
         # u . k_j is a term of the key alone: SDPA's (q + u) . k / sqrt(D) adds it. The position term is computed
         # straight into distance_view's buffer: distances s - 1..0, then t - 1 rows of zeros (set to -inf there).
         t, s = q_BHtD.shape[2], k_BHsD.shape[2]
@@ -159,7 +161,9 @@ class TransformerXL(PositionalScheme):
         if rel_HRD.shape[1] < s:
             return None
         rel_HWD = F.pad(rel_HRD[:, :s].flip(1), (0, 0, 0, t - 1))
-        buf_BHtW = (q_BHtD + self.v_HD.float()[:, None, :]) / math.sqrt(self.head_dim) @ rel_HWD.transpose(-1, -2)
+        q_v_BHtD = (q_BHtD + self.v_HD.float()[:, None, :]) / math.sqrt(self.head_dim)
+        buf_BHtW = work.take((*q_BHtD.shape[:3], rel_HWD.shape[1]), q_BHtD)
+        torch.matmul(q_v_BHtD, rel_HWD.transpose(-1, -2), out=buf_BHtW)
         return q_BHtD + self.u_HD.float()[:, None, :], distance_view(buf_BHtW, s)
 
     def extra_repr(self) -> str:
@@ -208,7 +212,7 @@ class DeBERTa(PositionalScheme):
         p2c_BHTS = p2c_BHRS.gather(-2, idx_TS.expand(*p2c_BHRS.shape[:2], -1, -1))  # Q^r_(i-j) . k_j
         return c2p_BHTS / math.sqrt(self.head_dim) + p2c_BHTS / math.sqrt(3 * self.head_dim)
 
-    def chunk_mask(self, q_BHtD, k_BHsD, ctx):
+    def chunk_mask(self, q_BHtD, k_BHsD, ctx, work):
         k, layer, D = self.max_distance, self.layer(ctx), self.head_dim
         t, s = q_BHtD.shape[2], k_BHsD.shape[2]
         if s < k:
@@ -216,7 +220,7 @@ class DeBERTa(PositionalScheme):
         rel_k_HRD, rel_q_HRD = ctx.rel_k_NHRD[layer][:, k:], ctx.rel_q_NHRD[layer][:, k:]  # distances 0..k-1
         # c2p: distance d reads row min(d, k - 1): descending, rows k-1..0, in distance_buffer's columns s-k..s-1
         c2p_BHtR = q_BHtD @ rel_k_HRD.flip(1).transpose(-1, -2)
-        buf = distance_buffer(c2p_BHtR / math.sqrt(D), s)
+        buf = distance_buffer(c2p_BHtR / math.sqrt(D), s, work)
         # p2c of far pairs (d >= k - 1), Q^r_far . k_j, is a term of the key alone: SDPA's (q + Q^r_far / sqrt(3))
         # . k / sqrt(D) adds it to every pair (q arrives divided by sqrt(3), `rotate`). Near pairs (d < k - 1)
         # replace it with their own: key j = s - t + r - d sits at column s - 1 - d of row r (keys below 0 lie
