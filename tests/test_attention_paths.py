@@ -3,8 +3,9 @@ gradients, whole and chunked, for every scheme that takes them.
 
 - "features" (ALiBi): the linear bias as exact extra channels of q and k, SDPA's fused causal kernel, no mask;
 - "toeplitz" (every bias of i - j alone): a strided view of one vector of distances over reversed keys;
-- "relative" (Shaw, Transformer-XL, DeBERTa while scoring): each query's content terms placed by distance with one
-  write (`pos.chunk_mask`, `lenx.pos.relative.by_distance`) instead of a gather per pair.
+- "chunk_mask" (Shaw, Transformer-XL, DeBERTa, FIRE while scoring): each chunk's mask built in one reused workspace;
+  the content schemes' terms placed by distance with one write (`lenx.pos.relative.by_distance`) instead of a
+  gather per pair, FIRE's bias in place.
 The reference is the path these replaced: a float (H, t, s) mask per chunk (`path="mask"`), which
 `lenx.pos.base.reference_paths()` forces.
 """
@@ -67,12 +68,12 @@ def test_fast_paths_equal_the_mask_path(scheme, chunked, monkeypatch):
             torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("scheme", ["shaw", "transformer_xl", "deberta"])
+@pytest.mark.parametrize("scheme", ["shaw", "transformer_xl", "deberta", "fire"])
 @pytest.mark.parametrize("chunked", [False, True])
-def test_relative_chunk_masks_equal_the_mask_path(scheme, chunked, monkeypatch):
+def test_chunk_masks_equal_the_mask_path(scheme, chunked, monkeypatch):
     # max_distance 8 < 160 tokens: the clipped (far) pairs and the near band both occur; chunked, every chunk
     # has its own key range (and DeBERTa's first ones queries whose near band reaches before key 0)
-    over = {"max_distance": 8} if scheme != "transformer_xl" else {}
+    over = {"max_distance": 8} if scheme in ("shaw", "deberta") else {}
     model = make_model(scheme, train_len=32, n_heads=4, d_model=32, **over)
     with torch.no_grad():  # tables of unit scale (the inits are ~0.02): every positional term moves the logits
         for p in model.pos.parameters():
@@ -80,7 +81,7 @@ def test_relative_chunk_masks_equal_the_mask_path(scheme, chunked, monkeypatch):
     x = torch.randint(0, 50, (2, 160), generator=torch.Generator().manual_seed(0))
     if chunked:
         monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 160 * 24)
-    assert paths_taken(model, x) == {"relative"}
+    assert paths_taken(model, x) == {"chunk_mask"}
     with torch.no_grad():
         fast = model(x)
     with reference_paths():

@@ -34,8 +34,8 @@ class Plan:
 
     # "causal": SDPA is_causal, no mask; "features": SDPA is_causal on q and k with the bias as extra channels
     # (pos.features); "toeplitz": SDPA with a strided view of a distance bias over reversed keys (pos.toeplitz);
-    # "flex": FlexAttention with the distance bias as score_mod (attention=flex); "relative": SDPA with the
-    # content terms of the distance placed by pos.chunk_mask (scoring at default positions);
+    # "flex": FlexAttention with the distance bias as score_mod (attention=flex); "chunk_mask": SDPA with each
+    # chunk's mask from pos.chunk_mask in a reused workspace (scoring at default positions);
     # "mask": SDPA with a float mask; "weights": explicit softmax; "extended": a training-free extension
     path: str
     rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS)
@@ -84,7 +84,7 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     elif pos.adds_logits:
         path = "mask"
         if eager and pos.has_chunk_mask and contiguous and not torch.is_grad_enabled():
-            path = "relative"  # scoring: the content terms placed by distance with one write (pos.chunk_mask)
+            path = "chunk_mask"  # scoring: the content terms placed by distance with one write
     elif pos.adds_bias:
         path = "mask"
         if flex and pos.has_toeplitz:
@@ -92,6 +92,8 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         elif eager and pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
                 contiguous or increasing(ctx.q_pos_T)):
             path = "features"  # fp32 on CPU only: the channels' exact sum needs fp32 and in-order accumulation
+        elif eager and pos.has_chunk_mask and contiguous and not torch.is_grad_enabled():
+            path = "chunk_mask"  # scoring FIRE: its bias of i and j built in place, chunk by chunk
         elif eager and pos.has_toeplitz and contiguous and not learns(ctx):
             path = "toeplitz"  # a learned bias keeps the mask path: its gradient through the strided view's
             # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)
@@ -137,8 +139,8 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
     if plan.path == "toeplitz":
         return attend_toeplitz(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
-    if plan.path == "relative":
-        return attend_relative(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
+    if plan.path == "chunk_mask":
+        return attend_chunk_masks(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
     parts = []
     for a in range(0, T, plan.rows):
         b = min(T, a + plan.rows)
@@ -234,26 +236,26 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
     return torch.cat(parts, dim=2)
 
 
-def attend_relative(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
-                    ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
-    """Default positions, no gradient, content terms of the distance: chunks of queries, each with the mask
-    pos.chunk_mask builds (no per-pair index or gather); a chunk it leaves is scored on the mask path."""
+def attend_chunk_masks(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
+                       ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
+    """Default positions, no gradient: chunks of queries, each with the mask pos.chunk_mask builds in one
+    workspace (no per-pair index or gather, no fresh buffers), the largest chunk first; a chunk it leaves is
+    scored on the mask path."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
-    t = min(T, plan.rows)
-    general, work = dataclasses.replace(plan, path="mask"), Workspace(q_BHTD.shape[0] * pos.n_heads * t * (S + t - 1))
-    parts = []
-    for a in range(0, T, plan.rows):
+    general, work = dataclasses.replace(plan, path="mask"), Workspace()
+    parts = {}
+    for a in reversed(range(0, T, plan.rows)):
         b = min(T, a + plan.rows)
         s = min(S, b)
         q_BHtD, k_BHsD, v_BHsD, chunk = q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], ctx.rows(a, b).keys(s)
-        with torch.autocast(q_BHTD.device.type, enabled=False):  # the terms in fp32, as `score`'s
+        with torch.autocast(q_BHTD.device.type, enabled=False):  # the terms in fp32, as `score`'s and `bias`'s
             fast = pos.chunk_mask(q_BHtD.float(), k_BHsD.float(), chunk, work) if s == b else None
         if fast is None:
-            parts.append(attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, general, None, a, drop))
+            parts[a] = attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, general, None, a, drop)
         else:
             q2, mask = (x.to(q_BHtD.dtype) for x in fast)
-            parts.append(F.scaled_dot_product_attention(q2, k_BHsD, v_BHsD, attn_mask=mask, dropout_p=drop))
-    return torch.cat(parts, dim=2)
+            parts[a] = F.scaled_dot_product_attention(q2, k_BHsD, v_BHsD, attn_mask=mask, dropout_p=drop)
+    return torch.cat([parts[a] for a in sorted(parts)], dim=2)
 
 
 def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: AttnContext, plan: Plan,

@@ -57,21 +57,22 @@ def fast_paths() -> bool:
 
 
 class Workspace:
-    """One flat buffer that every chunk of a layer's attention reuses for its mask (`chunk_mask`): a fresh
-    (B, H, t, s + t - 1) tensor per chunk paid its page faults each time (on CPU at 8192 tokens, 85 of the 110 ms
-    of writing one, measured). A chunk's mask is read by SDPA before the next chunk takes the buffer."""
+    """Flat buffers that every chunk of a layer's attention reuses for its mask (`chunk_mask`), one per slot: a
+    fresh (B, H, t, s + t - 1) tensor per chunk paid its page faults each time (on CPU at 8192 tokens, 85 of the
+    110 ms of writing one, measured). Attention takes the largest chunk first, so the first take of each slot
+    is its largest; a chunk's mask is read by SDPA before the next chunk takes the buffers."""
 
-    def __init__(self, reserve: int = 0) -> None:
-        self.flat: torch.Tensor | None = None
-        self.reserve = reserve  # elements to allocate at the first take: the largest chunk's (chunks grow)
+    def __init__(self) -> None:
+        self.flat: dict[int, torch.Tensor] = {}
 
-    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised contiguous tensor of this shape with like's dtype and device."""
-        n = math.prod(shape)
-        if self.flat is None or self.flat.numel() < n or self.flat.dtype != like.dtype or \
-                self.flat.device != like.device:
-            self.flat = like.new_empty(max(n, self.reserve))
-        return self.flat[:n].view(shape)
+    def take(self, shape: tuple[int, ...], like: torch.Tensor, slot: int = 0,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+        """An uninitialised contiguous tensor of this shape on like's device, in dtype (default like's)."""
+        n, dtype = math.prod(shape), dtype or like.dtype
+        flat = self.flat.get(slot)
+        if flat is None or flat.numel() < n or flat.dtype != dtype or flat.device != like.device:
+            flat = self.flat[slot] = torch.empty(n, dtype=dtype, device=like.device)
+        return flat[:n].view(shape)
 
 
 @dataclass(frozen=True)
