@@ -79,12 +79,14 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     # Under torch.compile the float-mask path: inductor (torch 2.13, 2 CPU threads) miscompiled the channels
     # path's training step (a garbage view shape, then a crash; test_compiled_training_matches_eager)
     eager = not torch.compiler.is_compiling()
+    # Scoring at default positions: the scheme's own per-chunk mask (pos.chunk_mask), built in a reused workspace
+    chunk_masks = eager and pos.has_chunk_mask and contiguous and not torch.is_grad_enabled()
     if pos.adds_values:
         path = "weights"
     elif pos.adds_logits:
         path = "mask"
-        if eager and pos.has_chunk_mask and contiguous and not torch.is_grad_enabled():
-            path = "chunk_mask"  # scoring: the content terms placed by distance with one write
+        if chunk_masks:
+            path = "chunk_mask"  # the content terms placed by distance with one write
     elif pos.adds_bias:
         path = "mask"
         if flex and pos.has_toeplitz:
@@ -92,8 +94,8 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         elif eager and pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
                 contiguous or increasing(ctx.q_pos_T)):
             path = "features"  # fp32 on CPU only: the channels' exact sum needs fp32 and in-order accumulation
-        elif eager and pos.has_chunk_mask and contiguous and not torch.is_grad_enabled():
-            path = "chunk_mask"  # scoring FIRE: its bias of i and j built in place, chunk by chunk
+        elif chunk_masks:
+            path = "chunk_mask"  # FIRE: its bias of i and j built in place, chunk by chunk
         elif eager and pos.has_toeplitz and contiguous and not learns(ctx):
             path = "toeplitz"  # a learned bias keeps the mask path: its gradient through the strided view's
             # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)

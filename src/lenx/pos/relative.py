@@ -67,9 +67,9 @@ def distance_view(buf_BHtW: torch.Tensor, s: int) -> torch.Tensor:
     return buf_BHtW.as_strided((*lead, t, s), (*buf_BHtW.stride()[:-2], W - 1, 1), buf_BHtW.storage_offset() + t - 1)
 
 
-def by_distance(desc_BHtR: torch.Tensor, s: int) -> torch.Tensor:
+def by_distance(desc_BHtR: torch.Tensor, s: int, work: Workspace | None = None) -> torch.Tensor:
     """entry (r, j) = desc[..., r, R - 1 - min(d, R - 1)] at distance d = s - t + r - j, -inf where d < 0."""
-    return distance_view(distance_buffer(desc_BHtR, s), s)
+    return distance_view(distance_buffer(desc_BHtR, s, work), s)
 
 
 def check_distance(k: int) -> None:
@@ -99,8 +99,7 @@ class Shaw(PositionalScheme):
     def chunk_mask(self, q_BHtD, k_BHsD, ctx, work):
         # distance d reads row k - min(d, k): rows k, k-1, ..., 0 in descending distance are rows 0..k
         key_RD = self.key_NRD[self.layer(ctx)].float()[:self.max_distance + 1]
-        s = k_BHsD.shape[2]
-        return q_BHtD, distance_view(distance_buffer(q_BHtD @ key_RD.T / math.sqrt(self.head_dim), s, work), s)
+        return q_BHtD, by_distance(q_BHtD @ key_RD.T / math.sqrt(self.head_dim), k_BHsD.shape[2], work)
 
     def extra_repr(self) -> str:
         return f"max_distance={self.max_distance}, tables={self.tables}"
