@@ -55,8 +55,7 @@ class FIRE(PositionalScheme):
         """The FIRE bias of layer table n for these query and key positions, fp32, (H, T, S): the MLP where a
         gradient is needed, else its linear pieces (`mlp_pieces`, the same function)."""
         i_T, j_S, c = q_pos_T.float(), k_pos_S.float(), self.c_N[n]
-        threshold = torch.abs(self.L_mult_N[n] * self.init_L)
-        norm_T = torch.log(torch.abs(c * torch.maximum(i_T, threshold)) + 1) + self.eps
+        norm_T = self.query_norm(i_T, n)
         rel_TS = torch.log(torch.abs(c * (i_T[:, None] - j_S[None, :]).clamp(min=0)) + 1)
         x_TS = rel_TS / norm_T[:, None]
         if self.pieces():
@@ -78,8 +77,7 @@ class FIRE(PositionalScheme):
             return None
         t, s, H, n = q_BHtD.shape[2], k_BHsD.shape[2], self.n_heads, self.layer(ctx)
         i_t, j_s, c = ctx.q_pos_T.float(), ctx.k_pos_S.float(), self.c_N[n]
-        threshold = torch.abs(self.L_mult_N[n] * self.init_L)
-        norm_t = torch.log(torch.abs(c * torch.maximum(i_t, threshold)) + 1) + self.eps
+        norm_t = self.query_norm(i_t, n)
         x_ts = torch.sub(i_t[:, None], j_s[None, :], out=work.take((t, s), q_BHtD, slot=1))
         x_ts.clamp_(min=0).mul_(c).abs_().add_(1).log_().div_(norm_t[:, None])
         edges_E, slope_KH, offset_KH = self.mlp_pieces(n)
@@ -97,6 +95,11 @@ class FIRE(PositionalScheme):
         future_tt = torch.ones(t, t, dtype=torch.bool, device=x_ts.device).triu_(1)  # keys past each query
         mask_1Hts[0, :, :, s - t:].masked_fill_(future_tt, float("-inf"))
         return q_BHtD, mask_1Hts
+
+    def query_norm(self, i_T: torch.Tensor, n: int) -> torch.Tensor:
+        """psi(max(L, i)) + eps for fp32 query positions i, layer table n: the normaliser of every distance."""
+        threshold = torch.abs(self.L_mult_N[n] * self.init_L)
+        return torch.log(torch.abs(self.c_N[n] * torch.maximum(i_T, threshold)) + 1) + self.eps
 
     @staticmethod
     def pieces() -> bool:
