@@ -1,4 +1,5 @@
-"""Per-seed comparisons for the positions x extensions study: `python ratios.py <runs dir> <out.md>`.
+"""Per-seed comparisons for the positions x extensions study: `python ratios.py <runs dir> <out.md>`
+(`--positions-only`: a runs dir without re-scored extensions, as run_pose_offset.sh writes).
 
 Seeds differ more than the methods do at this scale (one seed's 1x ppl is 20% above the others'), so the study
 compares within a seed: for every (scheme, method) its 16x / 1x ppl ratio, and its ppl at each length relative to
@@ -51,17 +52,18 @@ def table(rows: list[dict], key, reference) -> list[str]:
     return out
 
 
-def main(runs: Path, out: Path) -> None:
+def main(runs: Path, out: Path, positions_only: bool = False) -> None:
     train = read_tree(runs / "train")
     positions = table(train, lambda r: (r["pos"], r.get("positions", "contiguous")),
                       lambda scheme, method: (scheme, "contiguous"))
-    ext = read_tree(runs / "extensions")
-    extensions = table(ext, lambda r: (scheme_label(r), extension_label(r)), lambda scheme, method: (scheme, "none"))
-    out.write_text("## Position modes (ppl relative to the same seed's contiguous run)\n\n" + "\n".join(positions)
-                   + "\n\n## Extensions (ppl relative to the same checkpoint without one)\n\n"
-                   + "\n".join(extensions) + "\n")
-    print(out.read_text())
+    text = "## Position modes (ppl relative to the same seed's contiguous run)\n\n" + "\n".join(positions) + "\n"
+    if not positions_only:  # run.sh's study also re-scored checkpoints under the extensions
+        ext = read_tree(runs / "extensions")
+        extensions = table(ext, lambda r: (scheme_label(r), extension_label(r)), lambda scheme, method: (scheme, "none"))
+        text += "\n## Extensions (ppl relative to the same checkpoint without one)\n\n" + "\n".join(extensions) + "\n"
+    out.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), positions_only="--positions-only" in sys.argv[3:])

@@ -15,9 +15,7 @@ if [ -e "$RUNS" ] && [ -z "${RESUME:-}" ]; then  # RESUME=1 continues a cut-shor
   exit 1
 fi
 THREADS=$(( $(nproc) / JOBS )); export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( THREADS > 0 ? THREADS : 1 ))}
-# A small LM (d 64, 2 layers, 2 heads) at L = 32 on the stdlib corpus: 300 steps of batch 16 (154k tokens).
-COMMON=(experiment=zoo_short model.d_model=64 model.n_layers=2 model.n_heads=2 seq_len=32 batch_size=16
-        trainer.max_steps="$STEPS" trainer.precision=32-true 'eval.multipliers=[1,2,4,8,16]' eval.probes.probe=null)
+source experiments/2026-11-29_positions-and-extensions/settings.sh  # COMMON: the model and run
 declare -A EXT=([rope]="none,self_extend,rerope,lm_infinite,streaming,logn"
                 [alibi]="none,self_extend,rerope,lm_infinite,streaming,logn"
                 [none]="none,lm_infinite,streaming,logn" [fire]="none,logn")
