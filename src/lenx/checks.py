@@ -52,10 +52,14 @@ def check_positions(cfg: dict, scheme) -> None:
     if table is not None and span > table:
         raise ConfigError(f"positions={mode.name} gives positions up to {span - 1}, past the learned table's "
                           f"{table} rows (pos.max_positions={table}); leave it null to size the table to {span}")
+    name = (cfg.get("choices") or {}).get("pos", type(scheme).__name__)
     if not scheme.reads_positions:
         log.warning("positions=%s has no effect on pos=%s: the scheme reads no positions, so this run trains the "
-                    "same model as positions=contiguous", mode.name,
-                    (cfg.get("choices") or {}).get("pos", type(scheme).__name__))
+                    "same model as positions=contiguous", mode.name, name)
+    elif type(mode) is positions.Offset and scheme.shift_invariant:
+        log.warning("positions=offset has no effect on pos=%s beyond rounding: the scheme sees position differences "
+                    "only, and a shifted window keeps them, so this run trains the model positions=contiguous "
+                    "trains (offsets matter to absolute schemes: learned, sinusoidal, FIRE, FoPE)", name)
 
 
 def check_scaling_applies(cfg: dict) -> None:

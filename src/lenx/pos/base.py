@@ -212,6 +212,13 @@ class PositionalScheme(nn.Module):
         return type(self) is not PositionalScheme
 
     @property
+    def shift_invariant(self) -> bool:
+        """Whether the logits depend on positions only through their differences i - j (exactly, up to rounding):
+        then a constant shift of every position (positions=offset) trains the same model. True for NoPE and the
+        schemes that read no positions; relative schemes set it (tests/test_positions.py checks every scheme)."""
+        return not self.reads_positions
+
+    @property
     def adds_bias(self) -> bool:
         """Whether this scheme implements `bias`: attention then passes SDPA a float mask."""
         return type(self).bias is not PositionalScheme.bias

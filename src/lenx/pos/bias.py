@@ -94,6 +94,8 @@ def toeplitz_view(bias_HR: torch.Tensor, q_start: int, t: int, s: int, dtype: to
 class DistanceBias(PositionalScheme):
     """A bias b_h(d) of the distance d = i - j only: subclasses give `distance_bias(d_R) -> (H, R)`, in fp32."""
 
+    shift_invariant = True  # b_h(i - j)
+
     def distance_bias(self, d_R: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

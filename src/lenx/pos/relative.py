@@ -84,6 +84,8 @@ class Shaw(PositionalScheme):
     beyond k share the outermost vector, so any length evaluates; a causal decoder only reads the k+1 vectors of
     j <= i."""
 
+    shift_invariant = True  # terms of i - j (and content)
+
     def __init__(self, *, max_distance: int = 16, shared: bool = False, **dims) -> None:
         super().__init__(**dims)
         check_distance(max_distance)
@@ -129,6 +131,8 @@ class TransformerXL(PositionalScheme):
     authors' code (kimiyoung/transformer-xl, `RelPartialLearnableMultiHeadAttn.r_net`, `untie_r` off): a W_R per
     layer, u and v shared by all layers; `shared: true` ties W_R across layers too. R_d interleaves sin and cos
     where the code concatenates them: a fixed permutation of W_R's input columns, the same model."""
+
+    shift_invariant = True  # terms of i - j (and content)
 
     def __init__(self, *, base: float = 10000.0, shared: bool = False, **dims) -> None:
         super().__init__(**dims)
@@ -181,6 +185,8 @@ class DeBERTa(PositionalScheme):
     P is shared by all layers (the encoder's `rel_embeddings`), W_kr, W_qr, b_qr are per layer (each attention
     layer's projections); `shared: true` ties them across layers. Clipped distances (DeBERTa v1), not the log
     buckets of v2."""
+
+    shift_invariant = True  # terms of i - j (and content)
 
     def __init__(self, *, max_distance: int = 64, shared: bool = False, **dims) -> None:
         super().__init__(**dims)

@@ -38,6 +38,8 @@ class Rotary(PositionalScheme):
     factor null, the scaling is recomputed for each sequence length (s = T / original length).
     """
 
+    shift_invariant = True  # q_i.k_j turns by angles of i - j
+
     def __init__(self, *, base: float = 10000.0, scaling: RopeScaling | None = None, rotary_fraction: float = 1.0,
                  **dims) -> None:
         super().__init__(**dims)
