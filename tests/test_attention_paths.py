@@ -204,6 +204,45 @@ def test_fire_linear_pieces_equal_its_mlp():
             torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("t, s", [(1, 1), (7, 7), (5, 40), (64, 300)])
+@pytest.mark.parametrize("init_L", [512.0, 4.0])
+def test_fire_chunk_mask_is_its_bias_bitwise(t, s, init_L):
+    """FIRE's chunk mask (pieces numbered by searches and a cumulative sum, x from a strided buffer) holds the
+    same values as its bias on the pieces path plus the causal mask, bit for bit: before the threshold L (one
+    normaliser for every query) and past it (init_L 4: a normaliser per query), with unit-scale weights so that
+    most pieces fall inside x in [0, 1], and a hidden unit that never switches."""
+    from lenx.pos.base import AttnContext, Workspace, causal
+
+    pos = make_model("fire", train_len=32, n_heads=4, init_L=init_L).pos
+    with torch.no_grad():
+        for seed, p in enumerate(pos.parameters()):
+            p.normal_(generator=torch.Generator().manual_seed(seed))
+        pos.c_N.abs_()
+        pos.w1_NW[0, 5] = 0.0
+        q_pos, k_pos = torch.arange(s - t, s), torch.arange(s)
+        for n in range(pos.tables):
+            ctx = AttnContext(q_pos_T=q_pos, k_pos_S=k_pos, layer=n)
+            _, mask = pos.chunk_mask(torch.zeros(1, 4, t, 8), torch.zeros(1, 4, s, 8), ctx, Workspace())
+            ref = causal(pos.fire_bias(q_pos, k_pos, n), q_pos, k_pos)
+            assert torch.equal(mask[0], ref), (mask[0] - ref).abs().nan_to_num().max()
+    edges = pos.mlp_pieces(0)[0]
+    assert ((edges > 0) & (edges < 1)).sum() >= 3  # several pieces inside [0, 1]: the numbering is exercised
+
+
+def test_fire_piece_starts_are_counted_on_the_divided_values():
+    """The first distance of each piece is where psi(d) / norm passes the edge, as bucketize compares: from the
+    search's guess and from guesses a few distances off either way (the walk that corrects rounding)."""
+    from lenx.pos.fire import distances_at_most
+
+    psi = torch.log(0.1 * torch.arange(500.0) + 1)
+    norm = torch.log(0.1 * torch.tensor([400.0, 499.0, 3000.0]) + 1)
+    edges = torch.cat([torch.tensor([-1.0, 0.0, 1.0, 2.0]), psi[[3, 77, 499]] / norm[1]])  # ties with values too
+    brute = (psi[None, :, None] / norm[:, None, None] <= edges).sum(1)
+    assert torch.equal(distances_at_most(psi, norm, edges), brute)
+    for off in (-3, 2, 5):
+        assert torch.equal(distances_at_most(psi, norm, edges, (brute + off).clamp(0, 500)), brute)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a GPU"))])
