@@ -68,12 +68,12 @@ def test_fast_paths_equal_the_mask_path(scheme, chunked, monkeypatch):
             torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("scheme", ["shaw", "transformer_xl", "deberta", "fire"])
+@pytest.mark.parametrize("scheme", ["shaw", "transformer_xl", "deberta", "fire", "cope"])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_chunk_masks_equal_the_mask_path(scheme, chunked, monkeypatch):
     # max_distance 8 < 160 tokens: the clipped (far) pairs and the near band both occur; chunked, every chunk
     # has its own key range (and DeBERTa's first ones queries whose near band reaches before key 0)
-    over = {"max_distance": 8} if scheme in ("shaw", "deberta") else {}
+    over = {"max_distance": 8} if scheme in ("shaw", "deberta") else {"npos_max": 8} if scheme == "cope" else {}
     model = make_model(scheme, train_len=32, n_heads=4, d_model=32, **over)
     with torch.no_grad():  # tables of unit scale (the inits are ~0.02): every positional term moves the logits
         for p in model.pos.parameters():
@@ -227,6 +227,29 @@ def test_fire_chunk_mask_is_its_bias_bitwise(t, s, init_L):
             assert torch.equal(mask[0], ref), (mask[0] - ref).abs().nan_to_num().max()
     edges = pos.mlp_pieces(0)[0]
     assert ((edges > 0) & (edges < 1)).sum() >= 3  # several pieces inside [0, 1]: the numbering is exercised
+
+
+@pytest.mark.parametrize("t, s", [(1, 1), (9, 9), (20, 100), (64, 300)])
+@pytest.mark.parametrize("gate_scale", [1.0, 8.0])
+def test_cope_chunk_mask_is_its_score_with_the_clamp_found(t, s, gate_scale):
+    """CoPE's chunk mask (exact terms near each query, the clamped constant beyond) equals `score` + the causal
+    mask: with gates near 1/2 (the clamp at npos_max - 1 = 7 reached ~14 keys back) and with gates spread to
+    0 and 1 (q scaled by 8: rows whose count stays below the clamp for longer, so blocks grow)."""
+    from lenx.pos.base import AttnContext, Workspace
+
+    pos = make_model("cope", train_len=32, n_heads=4, npos_max=8).pos
+    g = torch.Generator().manual_seed(s)
+    q, k = gate_scale * torch.randn(2, 4, t, 8, generator=g), torch.randn(2, 4, s, 8, generator=g)
+    q_pos, k_pos = torch.arange(s - t, s), torch.arange(s)
+    with torch.no_grad():
+        pos.pos_emb_NDP.normal_(generator=g)
+        ctx = AttnContext(q_pos_T=q_pos, k_pos_S=k_pos)
+        q2, mask = pos.chunk_mask(q, k, ctx, Workspace())
+        ref = pos.score(q, k, ctx).masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
+    assert q2 is q
+    torch.testing.assert_close(mask, ref, rtol=0, atol=1e-6)
+    if s >= 100:  # most of each long row is the clamped constant, which the blocks never computed
+        assert (mask[..., :s - t - 32] == mask[..., :1]).float().mean() > 0.5
 
 
 def test_fire_piece_starts_are_counted_on_the_divided_values():

@@ -33,15 +33,49 @@ class CoPE(PositionalScheme):
 
     def score(self, q_BHTD, k_BHSD, ctx):
         future_TS = ctx.k_pos_S[None, :] > ctx.q_pos_T[:, None]
+        logits_BHTP = q_BHTD @ self.pos_emb_NDP[self.layer(ctx)].float()  # q_i . e[p] at every integer position p
+        return self.terms(q_BHTD, k_BHSD, future_TS, logits_BHTP)[0]
+
+    def terms(self, q_BHTD, k_BHSD, future_TS, logits_BHTP):
+        """(q_i . e[p_ij], p_ij clamped), each (B, H, T, S), from the gates of these keys (future ones masked)."""
         gates_BHTS = torch.sigmoid(q_BHTD @ k_BHSD.transpose(-1, -2) / math.sqrt(self.head_dim))
         gates_BHTS = gates_BHTS.masked_fill(future_TS, 0.0)
         pos_BHTS = gates_BHTS.flip(-1).cumsum(-1).flip(-1).clamp(max=self.npos_max - 1)  # sum over keys j..i
         floor_BHTS = pos_BHTS.floor()
-        logits_BHTP = q_BHTD @ self.pos_emb_NDP[self.layer(ctx)].float()  # q_i . e[p] at every integer position p
         at_floor = logits_BHTP.gather(-1, floor_BHTS.long())
         at_ceil = logits_BHTP.gather(-1, pos_BHTS.ceil().long())
         w_BHTS = pos_BHTS - floor_BHTS
-        return at_ceil * w_BHTS + at_floor * (1 - w_BHTS)
+        return at_ceil * w_BHTS + at_floor * (1 - w_BHTS), pos_BHTS
+
+    def chunk_mask(self, q_BHtD, k_BHsD, ctx, work):
+        """`score` + the causal mask for one chunk at default positions while scoring (queries s - t..s - 1, keys
+        0..s - 1), computed only where it varies. p_ij grows as key j moves back from query i (gates >= 0), so
+        once it reaches npos_max - 1 at some key, every earlier key is clamped there too and its term is the
+        row's constant q_i . e[npos_max - 1], exactly as `score` computes it there (weight 0 on the ceiling).
+        Per block of query rows: the exact terms over the keys from `back` before its first query up to its
+        last (back = 2 npos_max, doubled until every row has reached the clamp at the block's first key, or the
+        block starts at key 0), the constant before them, -inf after. Where gates stay small the block grows
+        to the whole chunk: the same work as `score`, never a different value."""
+        B, H, t, _ = q_BHtD.shape
+        s, P, q0 = k_BHsD.shape[2], self.npos_max, k_BHsD.shape[2] - t
+        logits_BHtP = q_BHtD @ self.pos_emb_NDP[self.layer(ctx)].float()
+        mask_BHts = work.take((B, H, t, s), q_BHtD)
+        rows = 2 * P
+        for a in range(0, t, rows):
+            b = min(t, a + rows)
+            back = 2 * P
+            while True:
+                lo, hi = max(0, q0 + a - back), q0 + b
+                future = torch.arange(lo, hi, device=q_BHtD.device)[None, :] > torch.arange(
+                    q0 + a, q0 + b, device=q_BHtD.device)[:, None]
+                terms, pos_BHrk = self.terms(q_BHtD[:, :, a:b], k_BHsD[:, :, lo:hi], future, logits_BHtP[:, :, a:b])
+                if lo == 0 or bool((pos_BHrk[..., 0] >= P - 1).all()):
+                    break
+                back *= 2
+            mask_BHts[:, :, a:b, lo:hi] = terms.masked_fill_(future, float("-inf"))
+            mask_BHts[:, :, a:b, :lo] = logits_BHtP[:, :, a:b, P - 1:]
+            mask_BHts[:, :, a:b, hi:] = float("-inf")
+        return q_BHtD, mask_BHts
 
     def extra_repr(self) -> str:
         return f"npos_max={self.npos_max}, tables={self.tables}"
