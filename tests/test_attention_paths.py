@@ -68,12 +68,12 @@ def test_fast_paths_equal_the_mask_path(scheme, chunked, monkeypatch):
             torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("scheme", ["shaw", "transformer_xl", "deberta", "fire", "cope"])
+@pytest.mark.parametrize("scheme", ["shaw", "shaw_kv", "transformer_xl", "deberta", "fire", "cope"])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_chunk_masks_equal_the_mask_path(scheme, chunked, monkeypatch):
     # max_distance 8 < 160 tokens: the clipped (far) pairs and the near band both occur; chunked, every chunk
     # has its own key range (and DeBERTa's first ones queries whose near band reaches before key 0)
-    over = {"max_distance": 8} if scheme in ("shaw", "deberta") else {"npos_max": 8} if scheme == "cope" else {}
+    over = {"max_distance": 8} if scheme in ("shaw", "shaw_kv", "deberta") else {"npos_max": 8} if scheme == "cope" else {}
     model = make_model(scheme, train_len=32, n_heads=4, d_model=32, **over)
     with torch.no_grad():  # tables of unit scale (the inits are ~0.02): every positional term moves the logits
         for p in model.pos.parameters():
@@ -82,15 +82,22 @@ def test_chunk_masks_equal_the_mask_path(scheme, chunked, monkeypatch):
     if chunked:
         monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 160 * 24)
     assert paths_taken(model, x) == {"chunk_mask"}
+    general_rows = []  # every chunk is the scheme's own: none falls back to the general path
+    monkeypatch.setattr(attention, "attend_rows", lambda *a, **k: general_rows.append(1))
     with torch.no_grad():
         fast = model(x)
+    assert not general_rows
+    monkeypatch.undo()
+    if chunked:
+        monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 160 * 24)
+    general = "weights" if scheme == "shaw_kv" else "mask"  # (Shaw-KV's value term reads the weights)
     with reference_paths():
-        assert paths_taken(model, x) == {"mask"}
+        assert paths_taken(model, x) == {general}
         with torch.no_grad():
             ref = model(x)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     model.train()
-    assert paths_taken_with_grad(model, x) == {"mask"}  # training: the gradient flows through `score`
+    assert paths_taken_with_grad(model, x) == {general}  # training: the gradient flows through `score`
 
 
 def paths_taken_with_grad(model, x):

@@ -35,7 +35,8 @@ class Plan:
     # "causal": SDPA is_causal, no mask; "features": SDPA is_causal on q and k with the bias as extra channels
     # (pos.features); "toeplitz": SDPA with a strided view of a distance bias over reversed keys (pos.toeplitz);
     # "flex": FlexAttention with the distance bias as score_mod (attention=flex); "chunk_mask": SDPA with each
-    # chunk's mask from pos.chunk_mask in a reused workspace (scoring at default positions);
+    # chunk's mask from pos.chunk_mask in a reused workspace (scoring at default positions; Shaw-KV's value term
+    # from SDPA's row normalisers, pos.chunk_values);
     # "mask": SDPA with a float mask; "weights": explicit softmax; "extended": a training-free extension
     path: str
     rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS)
@@ -83,6 +84,8 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     chunk_masks = eager and pos.has_chunk_mask and contiguous and not torch.is_grad_enabled()
     if pos.adds_values:
         path = "weights"
+        if chunk_masks and pos.has_chunk_values:
+            path = "chunk_mask"  # Shaw-KV: the fused kernel with its row normalisers, the value term from a band
     elif pos.adds_logits:
         path = "mask"
         if chunk_masks:
@@ -244,7 +247,7 @@ def attend_chunk_masks(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch
     workspace (no per-pair index or gather, no fresh buffers), the largest chunk first; a chunk it leaves is
     scored on the mask path."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
-    general, work = dataclasses.replace(plan, path="mask"), Workspace()
+    general, work = dataclasses.replace(plan, path="weights" if pos.adds_values else "mask"), Workspace()
     parts = {}
     for a in reversed(range(0, T, plan.rows)):
         b = min(T, a + plan.rows)
@@ -252,12 +255,24 @@ def attend_chunk_masks(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch
         q_BHtD, k_BHsD, v_BHsD, chunk = q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], ctx.rows(a, b).keys(s)
         with torch.autocast(q_BHTD.device.type, enabled=False):  # the terms in fp32, as `score`'s and `bias`'s
             fast = pos.chunk_mask(q_BHtD.float(), k_BHsD.float(), chunk, work) if s == b else None
-        if fast is None:
-            parts[a] = attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, general, None, a, drop)
-        else:
+        if fast is not None and pos.adds_values:  # fp32 throughout, as the weights path
+            fast = attend_with_values(fast, k_BHsD.float(), v_BHsD.float(), pos, chunk, drop)
+        elif fast is not None:
             q2, mask = (x.to(q_BHtD.dtype) for x in fast)
-            parts[a] = F.scaled_dot_product_attention(q2, k_BHsD, v_BHsD, attn_mask=mask, dropout_p=drop)
-    return torch.cat([parts[a] for a in sorted(parts)], dim=2)
+            fast = F.scaled_dot_product_attention(q2, k_BHsD, v_BHsD, attn_mask=mask, dropout_p=drop)
+        parts[a] = attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, general, None, a, drop) if fast is None else fast
+    return torch.cat([parts[a].to(v_BHSD.dtype) for a in sorted(parts)], dim=2)
+
+
+def attend_with_values(fast, k_BHsD, v_BHsD, pos: PositionalScheme, ctx: AttnContext, drop: float):
+    """SDPA with the chunk's mask plus the scheme's value term from the row normalisers (`chunk_values`), fp32;
+    None where the fused kernel does not return them (only CPU's flash kernel does, without dropout)."""
+    q_BHtD, mask = fast
+    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)  # (torch >= 2.3)
+    if drop or q_BHtD.device.type != "cpu" or flash is None:
+        return None
+    out_BHtD, lse_BHt = flash(q_BHtD, k_BHsD, v_BHsD, attn_mask=mask)  # SDPA's output and row logsumexp
+    return out_BHtD + pos.chunk_values(q_BHtD, k_BHsD, lse_BHt, ctx)
 
 
 def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: AttnContext, plan: Plan,

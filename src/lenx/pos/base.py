@@ -205,6 +205,12 @@ class PositionalScheme(nn.Module):
         """Extra attention output sum_j attn_ij e_ij (B, H, T, D) from the attention weights, or None."""
         return None
 
+    def chunk_values(self, q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, lse_BHt: torch.Tensor, ctx: AttnContext
+                     ) -> torch.Tensor | None:
+        """`value`'s term (B, H, t, D) for one `chunk_mask` chunk, from the logsumexp of each query's logits
+        (SDPA's row normalisers), for a value term that reads only a band of the weights; or None (the default)."""
+        return None
+
     @property
     def reads_positions(self) -> bool:
         """Whether the scheme reads token positions at all (NoPE does not; CoPE and CPE set it false too): when it
@@ -239,6 +245,10 @@ class PositionalScheme(nn.Module):
     def adds_logits(self) -> bool:
         """Whether this scheme implements `score`: attention then adds its terms per chunk of queries, in fp32."""
         return type(self).score is not PositionalScheme.score
+
+    @property
+    def has_chunk_values(self) -> bool:
+        return type(self).chunk_values is not PositionalScheme.chunk_values and self.has_chunk_mask
 
     @property
     def adds_values(self) -> bool:

@@ -110,12 +110,28 @@ class Shaw(PositionalScheme):
 class ShawKV(Shaw):
     """Shaw et al. 2018 (arXiv:1803.02155) with value representations too:
     z_i = sum_j a_ij (v_j + a^V_{clip(j - i, -k, k)}), one a^V table per layer like a^K.
-    The paper found the value term adds little over keys alone; it needs the attention weights themselves, so
-    attention runs unfused for this scheme."""
+    The paper found the value term adds little over keys alone. It needs the attention weights themselves, so
+    attention runs unfused for this scheme, except while scoring at default positions (`chunk_values`: the
+    weights of the k-wide band from the fused kernel's row normalisers)."""
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.value_NRD = nn.Parameter(torch.randn_like(self.key_NRD) * self.head_dim ** -0.5)
+
+    def chunk_values(self, q_BHtD, k_BHsD, lse_BHt, ctx):
+        """sum_j a_ij a^V_{clip} from the band alone: every key at distance >= k shares a^V_0 (the clipped end),
+        and the weights sum to 1, so the term is a^V_0 + sum_{d < k} a_{i,i-d} (a^V_{k-d} - a^V_0), with
+        a_{i,i-d} = exp(l_{i,i-d} - lse_i) from the k logits of the band (queries s - t..s - 1, keys 0..s - 1)."""
+        t, s, K, n = q_BHtD.shape[2], k_BHsD.shape[2], self.max_distance, self.layer(ctx)
+        d_K = torch.arange(K, device=q_BHtD.device)
+        j_tK = torch.arange(s - t, s, device=q_BHtD.device)[:, None] - d_K  # the key at distance d (< 0: none)
+        band_BHtKD = k_BHsD[:, :, j_tK.clamp(min=0)]
+        key_KD = self.key_NRD[n].float()[K - d_K]  # a^K at distance d < k: row k - d
+        logits_BHtK = (torch.einsum("bhtd,bhtkd->bhtk", q_BHtD, band_BHtKD) + q_BHtD @ key_KD.T) / math.sqrt(
+            self.head_dim)
+        attn_BHtK = torch.exp(logits_BHtK - lse_BHt[..., None]).masked_fill(j_tK < 0, 0.0)
+        value_RD = self.value_NRD[n].float()
+        return attn_BHtK @ (value_RD[K - d_K] - value_RD[0]) + value_RD[0]
 
     def value(self, attn_BHTS, ctx):
         idx_TS = clipped_index(ctx.q_pos_T, ctx.k_pos_S, self.max_distance)
