@@ -53,17 +53,16 @@ class CoPE(PositionalScheme):
         once it reaches npos_max - 1 at some key, every earlier key is clamped there too and its term is the
         row's constant q_i . e[npos_max - 1], exactly as `score` computes it there (weight 0 on the ceiling).
         Per block of query rows: the exact terms over the keys from `back` before its first query up to its
-        last (back = 2 npos_max, doubled until every row has reached the clamp at the block's first key, or the
-        block starts at key 0), the constant before them, -inf after. Where gates stay small the block grows
+        last (back starts at 2 npos_max and is doubled until every row has reached the clamp at the block's first
+        key, or the block starts at key 0; the next block starts from it), the constant before them, -inf after. Where gates stay small the block grows
         to the whole chunk: the same work as `score`, never a different value."""
         B, H, t, _ = q_BHtD.shape
         s, P, q0 = k_BHsD.shape[2], self.npos_max, k_BHsD.shape[2] - t
         logits_BHtP = q_BHtD @ self.pos_emb_NDP[self.layer(ctx)].float()
         mask_BHts = work.take((B, H, t, s), q_BHtD)
-        rows = 2 * P
+        rows, back = 2 * P, 2 * P
         for a in range(0, t, rows):
-            b = min(t, a + rows)
-            back = 2 * P
+            b = min(t, a + rows)  # (back: the previous block's, as neighbouring rows need about the same reach)
             while True:
                 lo, hi = max(0, q0 + a - back), q0 + b
                 future = torch.arange(lo, hi, device=q_BHtD.device)[None, :] > torch.arange(
