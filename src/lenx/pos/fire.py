@@ -104,7 +104,8 @@ class FIRE(PositionalScheme):
         psi_W = dist_W.clamp_(min=0).mul_(self.c_N[n]).abs_().add_(1).log_()  # fire_bias's operations, in order
         norm_t = self.query_norm(ctx.q_pos_T.float(), n)
         y_tW = torch.div(psi_W[None, :], norm_t[:, None], out=work.take((t, W), q_BHtD, slot=1))
-        x_ts = y_tW.as_strided((t, s), (W - 1, 1), t - 1)  # (r, j): column t - 1 - r + j, distance s - t + r - j
+        # x at (r, j): column t - 1 - r + j of row r, distance s - t + r - j
+        x_ts = y_tW.as_strided((t, s), (W - 1, 1), y_tW.storage_offset() + t - 1)
         edges_E, slope_KH, offset_KH = self.mlp_pieces(n)
         E = len(edges_E)
         psi_D = psi_W[:s].flip(0)  # by distance 0..s - 1, non-decreasing
