@@ -67,19 +67,20 @@ def table(report: dict) -> str:
     lengths = report["args"]["lengths"]
     rope = report["schemes"].get("rope", {})
     head = ["scheme"] + [f"{n} {w}" for n in lengths for w in ("tok/s before", "after", "x RoPE before", "after",
-                                                               "peak MiB after", "x RoPE")]
+                                                               "peak MiB before", "after", "x RoPE")]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for s, points in report["schemes"].items():
         cells = [s]
         for n in lengths:
             p, r = points.get(str(n)), rope.get(str(n))
             if p is None or r is None:
-                cells += ["out of range"] + [""] * 5
+                cells += ["out of range"] + [""] * 6
                 continue
             rope_tps, rope_peak = r["fast"]["tokens_per_s"], r["fast"]["peak_mib"]
             cells += [f"{p['reference']['tokens_per_s']:.0f}", f"{p['fast']['tokens_per_s']:.0f}",
                       f"{p['reference']['tokens_per_s'] / rope_tps:.2f}", f"{p['fast']['tokens_per_s'] / rope_tps:.2f}",
-                      f"{p['fast']['peak_mib']:.0f}", f"{p['fast']['peak_mib'] / rope_peak:.2f}"]
+                      f"{p['reference']['peak_mib']:.0f}", f"{p['fast']['peak_mib']:.0f}",
+                      f"{p['fast']['peak_mib'] / rope_peak:.2f}"]
         if "train" in points:
             t = points["train"]
             cells.append(f"{t['reference']:.0f} -> {t['fast']:.0f}")

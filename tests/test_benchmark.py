@@ -72,3 +72,23 @@ def test_benchmark_extensions_reports_every_method_that_applies(tmp_path):
     assert "rerope" not in rep["none"] and "lm_infinite" in rep["none"]  # NoPE: windows only
     assert sorted(rep["fire"]) == ["logn", "none"]  # FIRE: log-n only
     assert "(1.00x)" in r.stdout
+
+
+def test_benchmark_long_reports_both_paths_per_scheme(tmp_path):
+    """scripts/benchmark_long.py: before (reference_paths) and after for a scheme with a fast path, one number for
+    a scheme without one, `out of range` past a learned table; the table's ratios are the JSON's."""
+    out = tmp_path / "long.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark_long.py", "--schemes", "cope,cpe,learned", "--lengths",
+                        "64,96", "--train-len", "64", "--repeats", "1", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())["schemes"]
+    cope, rope = rep["cope"]["96"], rep["rope"]["96"]
+    assert cope["fast"]["tokens_per_s"] > 0 and cope["reference"]["tokens_per_s"] > 0
+    assert cope["max_abs_logit_diff"] < 1e-4  # the chunk mask against the mask path, same model
+    assert rep["cpe"]["96"].get("same_path") and rep["learned"]["96"] is None
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| cope |")).split(" | ")
+    ratio = cope["fast"]["tokens_per_s"] / rope["fast"]["tokens_per_s"]
+    assert row[-4] == f"{ratio:.2f}" and row[-3] == f"{cope['reference']['peak_mib']:.0f}"
+    learned = next(line for line in r.stdout.splitlines() if line.startswith("| learned |"))
+    assert learned.count("out of range") == 1  # at 96 tokens, past its 64 rows; scored at 64
