@@ -19,7 +19,8 @@ if [ -e "$RUNS" ] && [ -z "${RESUME:-}" ]; then  # RESUME=1 continues a cut-shor
   echo "run_pose_offset.sh: $RUNS already exists; move it away (or set RUNS=..., or RESUME=1 to continue it)" >&2
   exit 1
 fi
-THREADS=$(( $(nproc) / JOBS )); export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( THREADS > 0 ? THREADS : 1 ))}
+CORES=$(nproc)  # (before OMP_NUM_THREADS is set: GNU nproc reads it)
+THREADS=$(( CORES / JOBS )); export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( THREADS > 0 ? THREADS : 1 ))}
 source experiments/2026-11-29_positions-and-extensions/settings.sh
 start=$(date +%s)
 sweep=(hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$RUNS/train"
@@ -27,7 +28,7 @@ sweep=(hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$RUN
 python train.py -m "${COMMON[@]}" pos=rope,alibi,learned,fire positions=contiguous,pose seed=0,1,2 "${sweep[@]}"
 python train.py -m "${COMMON[@]}" pos=learned,fire positions=offset seed=0,1,2 "${sweep[@]}"
 mkdir -p "$OUT"
-echo "wall time: $(( ($(date +%s) - start) / 60 )) min ($(( $(date +%s) - start )) s) on $(nproc) CPU cores, JOBS=$JOBS" \
+echo "wall time: $(( ($(date +%s) - start) / 60 )) min ($(( $(date +%s) - start )) s) on $CORES CPU cores, JOBS=$JOBS" \
   | tee "$OUT/wall_time.txt"
 python scripts/aggregate.py "$RUNS/train" --out "$OUT"
 python experiments/2026-11-29_positions-and-extensions/ratios.py "$RUNS" "$OUT/ratios.md" --positions-only
