@@ -15,6 +15,7 @@ from torch import nn
 
 from lenx import attention
 from lenx.errors import ConfigError, check_int
+from lenx.hardware import denormals_flushed
 from lenx.pos.base import AttnContext, PositionalScheme
 
 
@@ -107,10 +108,12 @@ class Decoder(nn.Module):
         ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
         plan = attention.plan(self.pos, ctx, batch=B, dtype=attention.compute_dtype(x_BTC), contiguous=contiguous,
                               extension=self.extension, flex=self.attention == "flex")
-        for layer, block in enumerate(self.blocks):
-            ctx_l = ctx.at_layer(layer)
-            plan = plan.for_layer(self.pos, ctx_l)  # the whole mask, where one chunk holds it: once, not per layer
-            x_BTC = block(x_BTC, self.pos, ctx_l, plan)
+        # scoring on CPU: far keys' softmax terms underflow into slow denormals (lenx.hardware.denormals_flushed)
+        with denormals_flushed(idx_BT.device.type == "cpu" and not torch.is_grad_enabled()):
+            for layer, block in enumerate(self.blocks):
+                ctx_l = ctx.at_layer(layer)
+                plan = plan.for_layer(self.pos, ctx_l)  # the whole mask, where one chunk holds it: once per forward
+                x_BTC = block(x_BTC, self.pos, ctx_l, plan)
         return self.head(self.ln_f(x_BTC))
 
     def num_params(self, non_embedding: bool = True) -> int:
