@@ -6,7 +6,8 @@ one sequence of each length twice, interleaved: with attention's fast paths for 
 bias as channels of q and k, strided Toeplitz views, content terms placed by distance, FIRE's linear pieces) and
 inside `lenx.pos.base.reference_paths()` (a float mask per chunk, FIRE's MLP: the paths before issue 25). Per point: tokens/s (median of --repeats),
 the peak memory (CPU: peak RSS of the process; CUDA: max_memory_allocated) and the memory the forward adds, each
-relative to RoPE's in the same run, and the largest |logit difference| between the two paths. With
+relative to RoPE's (tokens/s: RoPE measured again just before each scheme at each length, `rope_beside`, since the
+machine drifts over a run), and the largest |logit difference| between the two paths. With
 --train-steps N: training tokens/s at the training length too (benchmark.py's bare loop: forward, backward, AdamW
 on --train-batch windows of --train-seq-len tokens), fast and reference, interleaved.
 """
@@ -76,7 +77,8 @@ def table(report: dict) -> str:
             if p is None or r is None:
                 cells += ["out of range"] + [""] * 6
                 continue
-            rope_tps, rope_peak = r["fast"]["tokens_per_s"], r["fast"]["peak_mib"]
+            rope_tps = p.get("rope_beside", r["fast"])["tokens_per_s"]  # RoPE measured just before, where it was
+            rope_peak = r["fast"]["peak_mib"]
             cells += [f"{p['reference']['tokens_per_s']:.0f}", f"{p['fast']['tokens_per_s']:.0f}",
                       f"{p['reference']['tokens_per_s'] / rope_tps:.2f}", f"{p['fast']['tokens_per_s'] / rope_tps:.2f}",
                       f"{p['reference']['peak_mib']:.0f}", f"{p['fast']['peak_mib']:.0f}",
@@ -109,16 +111,25 @@ def main(argv: list[str] | None = None) -> None:
     report = {"args": {**vars(args), "lengths": lengths, "out": str(args.out)}, "device": str(device),
               "threads": torch.get_num_threads(), "schemes": {}}
     t0 = time.perf_counter()
+    rope = None
     for s in schemes:
         cfg = config(s, args.train_len, 1, 1)
         torch.manual_seed(0)
         model = build_model(cfg).to(device).eval()
+        if rope is None:  # (schemes start with rope)
+            rope = model
         with torch.no_grad(), contextlib.suppress(OutOfRangeError):  # warm-up: both paths, the shortest length
             model(torch.zeros(1, min(lengths), dtype=torch.long, device=device))
             with reference_paths():
                 model(torch.zeros(1, min(lengths), dtype=torch.long, device=device))
-        report["schemes"][s] = {str(n): measure(model, cfg["data"]["vocab_size"], n, device, args.repeats)
-                                for n in lengths}
+        report["schemes"][s] = points = {}
+        for n in lengths:
+            # RoPE again right before each scheme: this machine drifts by 10-30 % over a run, so each ratio is
+            # taken against the RoPE figure measured beside it
+            beside = eval_point(rope, cfg["data"]["vocab_size"], n, device, args.repeats) if model is not rope else None
+            points[str(n)] = measure(model, cfg["data"]["vocab_size"], n, device, args.repeats)
+            if points[str(n)] is not None and beside is not None:
+                points[str(n)]["rope_beside"] = beside
         if args.train_steps:
             report["schemes"][s]["train"] = train_point(s, args, device)
         print(f"[{time.perf_counter() - t0:.0f} s] {s}", flush=True)
