@@ -54,8 +54,9 @@ class CoPE(PositionalScheme):
         row's constant q_i . e[npos_max - 1], exactly as `score` computes it there (weight 0 on the ceiling).
         Per block of query rows: the exact terms over the keys from `back` before its first query up to its
         last (back starts at 2 npos_max and is doubled until every row has reached the clamp at the block's first
-        key, or the block starts at key 0; the next block starts from it), the constant before them, -inf after. Where gates stay small the block grows
-        to the whole chunk: the same work as `score`, never a different value."""
+        key, or the block starts at key 0; the next block starts from it), the constant before them, -inf after.
+        Where gates stay small the block grows to the whole chunk: the same work as `score`, never a different
+        value."""
         B, H, t, _ = q_BHtD.shape
         s, P, q0 = k_BHsD.shape[2], self.npos_max, k_BHsD.shape[2] - t
         logits_BHtP = q_BHtD @ self.pos_emb_NDP[self.layer(ctx)].float()

@@ -107,7 +107,6 @@ class FIRE(PositionalScheme):
         # x at (r, j): column t - 1 - r + j of row r, distance s - t + r - j
         x_ts = y_tW.as_strided((t, s), (W - 1, 1), y_tW.storage_offset() + t - 1)
         edges_E, slope_KH, offset_KH = self.mlp_pieces(n)
-        E = len(edges_E)
         psi_D = psi_W[:s].flip(0)  # by distance 0..s - 1, non-decreasing
         m_tE = distances_at_most(psi_D, norm_t, edges_E)
         # key j of query i = s - t + r is in piece #{k : j <= i - m_ik}; count the k with i - m_ik < j instead
@@ -120,7 +119,6 @@ class FIRE(PositionalScheme):
         never = torch.tensor([[0.0, float("-inf")]], device=dev).expand(H, 2).T  # (2, H): slope 0, offset -inf
         slope_RH = torch.cat([slope_KH.flip(0), never[:1]]).T.contiguous()  # row r: piece E - r
         offset_RH = torch.cat([offset_KH.flip(0), never[1:]]).T.contiguous()
-        assert slope_RH.shape[1] == E + 2
         mask_1Hts, slope_ts = work.take((1, H, t, s), q_BHtD, slot=0), work.take((t, s), q_BHtD, slot=3)
         for h in range(H):
             torch.index_select(offset_RH[h], 0, rank, out=mask_1Hts[0, h].view(-1))
