@@ -59,7 +59,7 @@ def check_positions(cfg: dict, scheme) -> None:
     elif type(mode) is positions.Offset and scheme.shift_invariant:
         log.warning("positions=offset has no effect on pos=%s beyond rounding: the scheme sees position differences "
                     "only, and a shifted window keeps them, so this run trains the model positions=contiguous "
-                    "trains (offsets matter to absolute schemes: learned, sinusoidal, FIRE, FoPE)", name)
+                    "trains (offsets matter to absolute schemes: learned, sinusoidal, FoPE, and FIRE past its threshold L)", name)
 
 
 def check_scaling_applies(cfg: dict) -> None:
