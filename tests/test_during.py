@@ -26,6 +26,30 @@ def test_scores_during_training_land_in_metrics_csv_and_match_the_final_scoring(
     assert all(float(r["extrap/loss_2x"]) > 0 for r in rows)
 
 
+def test_wandb_run_keeps_the_csv_curve_and_logs_the_same_points(tmp_path, tree, monkeypatch):
+    """logger=wandb writes logs/metrics.csv as the CSV logger does (it wrote none before issue 32), and the
+    offline W&B run holds the same extrap/ppl_<m>x points."""
+    import json
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_train([*SMOKE, f"data.path={tree}", "pos=rope", "logger=wandb", "eval.every_n_steps=2",
+                         "eval.during.multipliers=[1,2]", "eval.during.tokens=256", "eval.multipliers=[1]",
+                         "eval.tokens=256"], tmp_path / "run")
+    run(cfg)
+    rows = [r for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")) if r.get("extrap/ppl_2x")]
+    assert [int(r["step"]) for r in rows] == [1, 3]
+    assert any(r.get("train/loss") for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")))
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    from test_end_to_end import wandb_file
+
+    data = wandb_file(offline, b"position_nll")
+    assert b"extrap/ppl_2x" in data and b"extrap/ppl_1x" in data
+    for r in rows:  # each point's value, as W&B's history serialises it (JSON of the float)
+        assert json.dumps(float(r["extrap/ppl_2x"])).encode()[:8] in data
+
+
 @pytest.mark.parametrize("override, match", [("eval.every_n_steps=0", "eval.every_n_steps must be a positive"),
                                              ("eval.during.tokens=-1", "eval.during.tokens must be a positive"),
                                              ("eval.during.multipliers=[0]", "multipliers must be positive")])

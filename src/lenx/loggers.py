@@ -1,4 +1,5 @@
-"""Where training curves go: CSV (resumable), W&B (offline unless credentials exist; never costs a run)."""
+"""Where training curves go: CSV (resumable, always), W&B beside it (offline unless credentials exist; never costs a
+run). `logger=wandb` keeps logs/metrics.csv too, so a W&B run has its local curve and scripts/curves.py reads it."""
 
 from __future__ import annotations
 
@@ -75,11 +76,13 @@ def wandb_offline(requested) -> bool:
 
 
 def make_logger(cfg: DictConfig, choices: dict | None = None, resume_step: int = 0):
-    """The configured logger; the CSV one keeps the curve before `resume_step` (a resumed run's checkpoint)."""
+    """The configured logger(s); the CSV one keeps the curve before `resume_step` (a resumed run's checkpoint).
+    `logger=wandb` gives [CSV, W&B]: the CSV curve is always written (<run_dir>/logs/metrics.csv), W&B beside it."""
     if not cfg.get("logger"):
         return False
     lcfg = cfg.logger
     if lcfg._target_.endswith("WandbLogger"):
+        csv_logger = ResumableCSVLogger(cfg.run_dir, name="", version="logs", resume_step=resume_step)
         choices = choices or {}
         tags = list(lcfg.get("tags") or []) + [f"{k}={choices[k]}" for k in ("pos", "pos/scaling", "model", "data")
                                                 if choices.get(k)] + [f"seq_len={cfg.seq_len}", f"seed={cfg.seed}"]
@@ -89,10 +92,10 @@ def make_logger(cfg: DictConfig, choices: dict | None = None, resume_step: int =
         try:
             logger = instantiate(lcfg, offline=wandb_offline(lcfg.get("offline", "auto")), tags=tags, group=group)
             logger.experiment  # start the run now (it is lazy): a missing package or a failing init shows here
-            return logger
-        except Exception as e:  # W&B trouble must never cost a run: fall back to CSV
-            log.warning("W&B logger unavailable (%s); logging to CSV instead", e)
-            return ResumableCSVLogger(cfg.run_dir, name="", version="logs", resume_step=resume_step)
+            return [csv_logger, logger]
+        except Exception as e:  # W&B trouble must never cost a run: the CSV curve goes on alone
+            log.warning("W&B logger unavailable (%s); logging to CSV only", e)
+            return [csv_logger]
     if lcfg._target_ == "lenx.loggers.ResumableCSVLogger":
         return instantiate(lcfg, resume_step=resume_step)
     return instantiate(lcfg)
