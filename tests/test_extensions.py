@@ -85,6 +85,23 @@ def test_self_extend_equals_the_two_mask_reference():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("scheme", ["rope", "alibi"])
+def test_self_extend_runs_one_group_per_input_whatever_the_chunking(scheme, monkeypatch):
+    """LongLM (datamllab/LongLM) runs one group size G per input. `group: null` takes it from the input's last
+    position: the logits equal a fixed `group=G` run (LongLM's form) and do not change with attention's chunk of
+    queries (before issue 32 each chunk chose its own G: 2-4 different G in one sequence at 8x-16x)."""
+    model = make_model(scheme, train_len=L)
+    idx = ids(16 * L)
+    G = next(g for g in range(1, 64) if (16 * L - 1) // g + L // 4 - (L // 4) // g <= L - 1)  # by hand
+    assert G == SelfExtend().resolve(L).group_size(16 * L)
+    want = under(model, SelfExtend(group=G), idx)  # one G for the whole input, as LongLM
+    whole = under(model, SelfExtend(), idx)
+    monkeypatch.setattr(lenx.attention, "CHUNK_LOGITS", 2 * model.pos.n_heads * 16 * L * 8)  # chunks of 8 queries
+    chunked = under(model, SelfExtend(), idx)
+    assert torch.equal(whole, want)
+    torch.testing.assert_close(chunked, want, rtol=1e-5, atol=1e-5)  # the same logits up to the chunks' rounding
+
+
 def test_rerope_on_alibi_reads_far_distances_at_the_window():
     model = make_model("alibi", train_len=L, n_layers=1, n_heads=2)
     x = torch.randn(1, 3 * L, 32, generator=torch.Generator().manual_seed(1))

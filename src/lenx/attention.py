@@ -69,7 +69,8 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     training-free extension, where it changes anything at these positions). flex: use FlexAttention for a bias
     of the distance (`attention=flex`)."""
     T, S = len(ctx.q_pos_T), len(ctx.k_pos_S)
-    ext = extension if extension is not None and extension.active(ctx.q_pos_T, ctx.k_pos_S) else None
+    ext = None if extension is None else extension.for_input(ctx.q_pos_T, ctx.k_pos_S)  # e.g. Self-Extend's G
+    ext = ext if ext is not None and ext.active(ctx.q_pos_T, ctx.k_pos_S) else None
     q_scale_T = None if ext is None else ext.q_scale(ctx.q_pos_T)
     if ext is not None and (ext.remaps or ext.windows):  # remapped pairs, windows: logits built here, in fp32
         rows = max(1, CHUNK_LOGITS // (batch * pos.n_heads * S))

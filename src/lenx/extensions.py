@@ -53,6 +53,11 @@ class Extension:
     def check(self) -> None:
         pass
 
+    def for_input(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> Extension:
+        """This method as it runs on one input (a forward over these positions): whatever it derives from the
+        input's length is fixed here, once, so that every chunk of queries sees the same method."""
+        return self
+
     def active(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> bool:
         """Whether the method changes anything for these positions (else attention runs as without it)."""
         return False
@@ -89,8 +94,10 @@ def logn_scale(q_pos_T: torch.Tensor, train_len: int) -> torch.Tensor:
 
 
 class LogN(Extension):
-    """Log-n attention scaling (Chiang & Cholak 2022, arXiv:2202.12172; Qwen's `use_logn_attn`): the query at
-    position p > L is scaled by log(p + 1) / log L, so attention entropy stays near what training saw."""
+    """Log-n attention scaling as Qwen's released code runs it (`use_logn_attn`, its `logn_list`; Su's entropy-
+    invariance scaling, kexue.fm/archives/8823): the query at position p > L is scaled by log(p + 1) / log L,
+    at least 1, so attention entropy stays near what training saw. Chiang & Cholak 2022 (arXiv:2202.12172) scale
+    logits by log n of the sequence length, from the start of training: a different formula, not this one."""
 
     name = "logn"
 
@@ -132,8 +139,11 @@ class ReRoPE(Extension):
 class SelfExtend(Extension):
     """Self-Extend (Jin et al. 2024, arXiv:2401.01325; released code datamllab/LongLM): pairs closer than the
     neighbour window W keep their positions; farther pairs use grouped positions, the query at i // G + W - W // G
-    and the key at j // G, merged into one softmax. `group: null` picks the smallest G that keeps every grouped
-    distance below L at the scored length (the paper's rule (L - W) G + W >= length), 1 (the identity) within L."""
+    and the key at j // G, merged into one softmax. LongLM runs one group size G per input. `group: null` (lenx's
+    choice where the paper leaves G to the user) sets it once per input from the input's last position p: the
+    smallest G that keeps every grouped distance below L, p // G + W - W // G <= L - 1 (the README's rule; the
+    paper's (L - W) G + W >= length is its real-valued approximation); G = 1, the identity, within L. Every chunk of queries of that input uses
+    the same G (`for_input`), so the logits do not depend on how attention chunks its queries."""
 
     name = "self_extend"
     remaps = True
@@ -150,6 +160,7 @@ class SelfExtend(Extension):
                               f"{self.train_len}: grouped positions start past the window")
 
     def group_size(self, length: int) -> int:
+        """G for an input of `length` positions (0..length - 1): `group`, or the rule of the class docstring."""
         if self.group is not None:
             return self.group
         G = 1
@@ -157,12 +168,17 @@ class SelfExtend(Extension):
             G += 1
         return G
 
+    def for_input(self, q_pos_T, k_pos_S):
+        out = type(self).__new__(type(self))
+        out.__dict__.update(vars(self), G=self.group_size(int(q_pos_T.max()) + 1))
+        return out
+
     def active(self, q_pos_T, k_pos_S):
-        length = int(q_pos_T.max()) + 1
-        return self.group_size(length) > 1 and length - 1 - int(k_pos_S.min()) >= self.W
+        G = getattr(self, "G", None) or self.group_size(int(q_pos_T.max()) + 1)
+        return G > 1 and int(q_pos_T.max()) - int(k_pos_S.min()) >= self.W
 
     def pairs(self, i_t, j_s):
-        G = self.group_size(int(i_t.max()) + 1)  # (per chunk: the scored length is the last query's)
+        G = self.G  # fixed per input by for_input (attention's plan), never per chunk of queries
         return Pairs(far_ts=(i_t[:, None] - j_s[None, :]) >= self.W, q_far_t=i_t // G + self.W - self.W // G,
                      k_far_s=j_s // G)
 
