@@ -96,6 +96,40 @@ def test_t5_buckets_match_the_original_function(bidirectional, num_buckets, max_
     assert got.dtype == torch.long and got.tolist() == want
 
 
+def test_t5_buckets_training_cannot_reach_are_named_and_warned(tmp_path, caplog):
+    """At L = 64 with T5's max_distance 128, mesh_tensorflow's buckets (the reference above) for distances 0..63
+    leave buckets 27-31 untrained, and 23 / 55 / 87 % of causal pairs at 2x / 4x / 16x read them (issue 32);
+    training says so, and says nothing with max_distance <= seq_len."""
+    import logging
+
+    from conftest import compose_train
+
+    from lenx.checks import check_config
+    from lenx.pos.bias import T5Bias
+
+    ref = [reference_t5_bucket(-d, False, 32, 128) for d in range(2048)]
+    untrained = sorted(set(range(32)) - set(ref[:64]))
+    t5 = T5Bias(d_model=32, n_heads=2, head_dim=16, train_len=64)
+    assert t5.untrained_buckets(64) == untrained == [27, 28, 29, 30, 31]
+    first = ref.index(27)
+    assert t5.first_distance_in(27) == first
+    for T, share in ((128, 0.23), (256, 0.55), (1024, 0.87)):
+        pairs = sum(T - d for d in range(T))
+        assert sum(T - d for d in range(first, T)) / pairs == pytest.approx(share, abs=0.005)
+    assert T5Bias(d_model=32, n_heads=2, head_dim=16, train_len=64, max_distance=64).untrained_buckets(64) == []
+    from omegaconf import OmegaConf
+
+    for extra, warned in ((), True), (("pos.max_distance=64",), False):
+        cfg = OmegaConf.to_container(compose_train(["pos=t5", "seq_len=64", *extra], tmp_path), resolve=True)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lenx.checks"):
+            check_config(cfg)
+        said = [r.getMessage() for r in caplog.records if "never trained" in r.getMessage()]
+        assert bool(said) == warned
+        if warned:
+            assert "buckets 27-31" in said[0] and f"from {first} on" in said[0] and "max_distance=64" in said[0]
+
+
 @pytest.mark.parametrize("rel, bidirectional, want", [
     # causal, 32 buckets, max_distance 128: distances 0..15 exact, then 16 + floor(16 log(n/16) / log 8)
     (0, False, 0), (-5, False, 5), (-15, False, 15), (-16, False, 16),

@@ -41,6 +41,25 @@ def check_config(cfg: dict) -> None:
     check_scaling_applies(cfg)
     model = check_model_memory(cfg)  # shapes, heads vs width, rotary dims, scaling parameters, the model's size
     check_positions(cfg, model.pos)
+    check_trained_range(cfg, model.pos)
+
+
+def check_trained_range(cfg: dict, scheme) -> None:
+    """A scheme with learned terms that training at this length cannot reach is said, with the fix: T5's buckets
+    past seq_len (max_distance > seq_len) stay at their initial values, yet every longer distance reads them."""
+    from lenx.pos.bias import T5Bias
+
+    if not isinstance(scheme, T5Bias):
+        return
+    span = positions.build(cfg).span(cfg["seq_len"])  # a position mode may reach farther than seq_len
+    untrained = scheme.untrained_buckets(span)
+    if untrained:
+        first = scheme.first_distance_in(untrained[0])
+        log.warning("pos=t5: buckets %d-%d of %d are never trained at seq_len=%d (max_distance=%d > the %d distances "
+                    "training sees), yet every distance from %d on reads them at evaluation; the papers trained T5 at "
+                    "L >= 512, where every bucket is trained: set pos.max_distance=%d (<= seq_len) for that regime",
+                    untrained[0], untrained[-1], scheme.num_buckets, cfg["seq_len"], scheme.max_distance, span,
+                    first, span)
 
 
 def check_positions(cfg: dict, scheme) -> None:

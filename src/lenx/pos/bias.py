@@ -214,6 +214,20 @@ class T5Bias(DistanceBias):
                                       max_distance=self.max_distance)
         return self.table_NH[bucket_R].T.contiguous()
 
+    def untrained_buckets(self, span: int) -> list[int]:
+        """The buckets no distance 0..span - 1 falls in: rows training on windows of `span` positions never
+        updates, which every longer distance reads at evaluation (max_distance > span: T5's default 128 at a
+        CPU study's L = 64 leaves buckets 27-31 untrained; the papers trained at L >= 512, every bucket used)."""
+        seen = t5_relative_bucket(-torch.arange(span), bidirectional=False, num_buckets=self.num_buckets,
+                                  max_distance=self.max_distance)
+        return sorted(set(range(self.num_buckets)) - set(seen.tolist()))
+
+    def first_distance_in(self, bucket: int) -> int:
+        """The smallest distance that falls in `bucket` (or past it)."""
+        d = torch.arange(max(self.max_distance, self.num_buckets) + 1)
+        b = t5_relative_bucket(-d, bidirectional=False, num_buckets=self.num_buckets, max_distance=self.max_distance)
+        return int(d[b >= bucket][0])
+
     def extra_repr(self) -> str:
         return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}"
 
