@@ -32,10 +32,15 @@ def test_every_config_file_composes_and_instantiates(rel, tmp_path):
     overrides = override_for(rel).split()
     if rel.parts[0] == "experiment":
         overrides = [f"experiment={rel.stem}"]
+    if rel.parts[0] == "experiment_pos":  # a preset's settings for one scheme: applied with both chosen
+        overrides = [f"experiment={rel.parts[1]}", f"pos={rel.stem}"]
     if rel.parts[0] == "data" and rel.stem == "local":
         overrides.append(f"data.path={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if rel.parts[0] == "experiment_pos":
+        for key, value in OmegaConf.to_container(OmegaConf.load(CONFIGS / rel)).items():
+            assert resolved["pos"][key] == value, f"{rel} did not reach pos.{key}"
     check_config(resolved)
     model = build_model(resolved)
     assert model.num_params() > 0
@@ -92,3 +97,15 @@ def test_slurm_launcher_follows_the_trainer_devices():
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes, launcher.partition) == (4, 4, 2, "gpu")
+
+
+def test_a_presets_scheme_settings_apply_to_that_scheme_only_and_yield_to_the_command_line(tmp_path):
+    """configs/experiment_pos/<experiment>/<pos>.yaml (T5's max_distance = seq_len in the CPU studies' presets):
+    applied with that preset and scheme, not elsewhere, and a command-line value still wins."""
+    def pos(*overrides):
+        return OmegaConf.to_container(compose_train(list(overrides), tmp_path).pos)
+
+    assert pos("experiment=alibi_table2_cpu", "pos=t5")["max_distance"] == 64
+    assert pos("pos=t5")["max_distance"] == 128  # T5's default (the authors') without the preset
+    assert pos("experiment=alibi_table2_cpu", "pos=t5", "pos.max_distance=32")["max_distance"] == 32
+    assert "max_distance" not in pos("experiment=alibi_table2_cpu", "pos=alibi")
