@@ -18,7 +18,9 @@ TASKS = {
     "parity": T.Parity(train_size=6),
     "addition": T.Addition(train_size=4),
     "addition_plain": T.Addition(train_size=4, order="plain"),
-    "mqar": T.MQAR(train_size=4, keys=40, values=8),
+    "mqar": T.MQAR(train_size=4),  # Zoology's defaults: vocab 8192, 16 tokens per pair, power_a 0.01, noise
+    "mqar_empty": T.MQAR(train_size=3, vocab=64, tokens_per_pair=6, random_non_queries=False),
+    "kv_recall": T.KVRecall(train_size=4, keys=40, values=8),
     "variable_tracking": T.VariableTracking(train_size=3, variables=40, chains=3, filler=1),
     "niah_multikey": T.NiahMultikey(train_size=8, needles=3, keys=10, value_len=2),
     "passkey_task": T.Passkey(train_size=12, digits=4, filler_symbols=3),
@@ -33,7 +35,7 @@ def statements(ctx):
 
 
 def solve(kind, names):
-    """The answer tokens (names) of an instance given its tokens up to the answer; MQAR: {key: value}."""
+    """The answer tokens (names) of an instance given its tokens up to the answer; kv_recall: {key: value}."""
     sep = names.index("<sep>")
     prompt = names[1:sep]
     if kind in ("copy", "reverse", "sort"):
@@ -46,7 +48,7 @@ def solve(kind, names):
         if kind == "addition":  # reversed digit order, answer too
             return list(str(int(a[::-1]) + int(b[::-1]))[::-1])
         return list(str(int(a) + int(b)))
-    if kind == "mqar":
+    if kind == "kv_recall":
         return dict(zip(prompt[0::2], prompt[1::2]))
     if kind == "variable_tracking":
         value, root = names[sep + 1], {}
@@ -65,11 +67,13 @@ def solve(kind, names):
 
 
 def size_of(kind, names):
-    """The size of an instance, read from its tokens."""
+    """The size of an instance, read from its tokens (mqar: its length, tokens_per_pair x pairs)."""
+    if kind.startswith("mqar"):
+        return (len(names) - 1) // TASKS[kind].tokens_per_pair
     prompt = names[1:names.index("<sep>")]
     if kind.startswith("addition"):
         return prompt.index("+")
-    if kind == "mqar":
+    if kind == "kv_recall":
         return len(prompt) // 2
     if kind == "variable_tracking":
         return len(statements(prompt)) // 3 - 1  # 3 chains of size + 1 statements
@@ -91,7 +95,17 @@ def test_answers_match_an_independent_solver(kind):
             names = names_of(task, ids)
             assert ids[0] == T.BOS and len(ids) <= task.max_len(size or task.train_size)
             got = [n for n, m in zip(names, mask) if m]
-            if kind == "mqar":
+            if kind.startswith("mqar"):  # every key asked once, after the pairs; its value is the next token
+                n = size_of(kind, names)
+                pairs = dict(zip(names[1:2 * n + 1:2], names[2:2 * n + 1:2]))
+                asked = [names[j - 1] for j in np.flatnonzero(mask)]
+                assert len(pairs) == n and sorted(asked) == sorted(pairs) and min(np.flatnonzero(mask)) > 2 * n
+                assert got == [pairs[k] for k in asked] and len(ids) == 1 + TASKS[kind].tokens_per_pair * n
+                if kind == "mqar_empty":  # every slot after the pairs that is not a query or an answer is empty
+                    answers = set(np.flatnonzero(mask))
+                    slots = set(range(2 * n + 1, len(ids))) - answers - {j - 1 for j in answers}
+                    assert {names[j] for j in slots} <= {"_"}
+            elif kind == "kv_recall":
                 table = solve(kind, names)
                 sep = names.index("<sep>")
                 assert got == [table[k] for k in names[sep + 1::2]] and sorted(names[sep + 1::2]) == sorted(table)
@@ -124,7 +138,9 @@ def test_evaluation_instances_never_appear_in_training(kind):
     task = {"copy": T.Copy(train_size=3, alphabet=3), "reverse": T.Reverse(train_size=3, alphabet=3),
             "sort": T.Sort(train_size=3, alphabet=3), "parity": T.Parity(train_size=5),
             "addition": T.Addition(train_size=2), "addition_plain": T.Addition(train_size=2, order="plain"),
-            "mqar": T.MQAR(train_size=2, keys=3, values=2),
+            "kv_recall": T.KVRecall(train_size=2, keys=3, values=2),
+            "mqar": T.MQAR(train_size=2, vocab=8, tokens_per_pair=4),  # no noise slot: 144 instances of 2 pairs
+            "mqar_empty": T.MQAR(train_size=2, vocab=8, tokens_per_pair=6, random_non_queries=False),
             "variable_tracking": T.VariableTracking(train_size=1, variables=4, values=2, chains=2, filler=0),
             "niah_multikey": T.NiahMultikey(train_size=2, needles=1, keys=2, values=2, value_len=1,
                                             filler_symbols=2),
@@ -139,19 +155,27 @@ def test_evaluation_instances_never_appear_in_training(kind):
 class Scripted(torch.nn.Module):
     """Reads its input and emits one-hot logits: at every position, the solver's next answer token (and <pad>
     elsewhere). With `limit`, instances larger than limit get a wrong answer (a model that only learned the
-    training sizes)."""
+    training sizes; mqar: queries about a pair beyond the limit-th, read from where the key first stands)."""
 
     def __init__(self, kind, task, limit=None):
         super().__init__()
         self.kind, self.task, self.limit = kind, task, limit
 
     def next_token(self, prefix):
-        if "<sep>" not in prefix:
+        if "<sep>" not in prefix and not self.kind.startswith("mqar"):
             return "<pad>"
+        if self.kind.startswith("mqar"):  # a key already seen in the pairs: the value after its first occurrence
+            key = prefix[-1]
+            first = prefix.index(key)
+            if len(prefix) - 1 == first or not key.startswith("k") or not prefix[first + 1].startswith("v"):
+                return "<pad>"
+            if self.limit is not None and (first - 1) // 2 >= self.limit:
+                return "<bos>"
+            return prefix[first + 1]
         sep = prefix.index("<sep>")
         after = prefix[sep + 1:]
-        if self.kind == "mqar":
-            table = solve("mqar", prefix[:sep + 1])
+        if self.kind == "kv_recall":
+            table = solve("kv_recall", prefix[:sep + 1])
             ans = table.get(after[-1]) if len(after) % 2 == 1 else None
         else:
             query = 1 if self.kind in ("variable_tracking", "niah_multikey") else 0  # a query token after SEP
@@ -183,9 +207,10 @@ def test_a_perfect_model_scores_one_and_a_length_limited_one_zero_beyond_trainin
     assert all(r["accuracy"] == 1.0 and r["token_accuracy"] == 1.0 and r["status"] == "ok" for r in perfect.values())
     assert perfect[2]["size"] == 2 * task.train_size and perfect[2]["mean_tokens"] > perfect[1]["mean_tokens"]
     limited = score(Scripted(kind, task, limit=task.train_size))
-    assert limited[1]["accuracy"] == 1.0 and limited[2]["accuracy"] == 0.0 and limited[2]["token_accuracy"] == 0.0
+    beyond = 0.5 if kind.startswith("mqar") else 0.0  # mqar: the queries about the first half of the pairs are right
+    assert limited[1]["accuracy"] == 1.0 and limited[2]["accuracy"] == 0.0 and limited[2]["token_accuracy"] == beyond
     assert limited[2]["acc_ci_low"] == 0.0 and 0.3 < limited[2]["acc_ci_high"] < 0.5  # Wilson, 0 of 6
-    if kind in ("copy", "mqar"):  # greedy decoding: the same exact match (a right answer is its own greedy path)
+    if kind in ("copy", "kv_recall", "mqar"):  # greedy: the same exact match (a right answer is its own greedy path)
         assert score(Scripted(kind, task, limit=task.train_size), "greedy")[2]["accuracy"] == 0.0
         assert score(Scripted(kind, task), "greedy")[2]["accuracy"] == 1.0
 
@@ -219,10 +244,13 @@ def test_loss_is_on_answer_tokens_only():
 
 
 def test_too_large_sizes_are_reported_not_crashed():
-    task = T.MQAR(train_size=4, keys=10)
-    rows = list(T.task_accuracy(Scripted("mqar", task), task, multipliers=[2, 4], instances=2, batch=2,
+    task = T.KVRecall(train_size=4, keys=10)
+    rows = list(T.task_accuracy(Scripted("kv_recall", task), task, multipliers=[2, 4], instances=2, batch=2,
                                 decode="teacher", device="cpu"))
     assert [r["status"] for r in rows] == ["ok", "too_large"]
+    task = T.MQAR(train_size=4, vocab=20)  # 9 keys
+    assert [r["status"] for r in T.task_accuracy(Scripted("mqar", task), task, multipliers=[2, 4], instances=2,
+                                                 batch=2, decode="teacher", device="cpu")] == ["ok", "too_large"]
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -319,7 +347,7 @@ def test_scoring_under_the_train_time_position_mode():
     """eval positions=train: the model reads the run's position mode's draws (Ruoss et al.'s code samples random
     positions at test time too): strictly increasing, within max_len, one draw per batch reproducible from
     (seed, multiplier, batch); rows say so; instances longer than the mode's range are out of range."""
-    from lenx.positions import Randomized
+    from lenx.positions import RandomizedShared
 
     task = T.Copy(train_size=3, alphabet=4)
     seen = []
@@ -329,10 +357,10 @@ def test_scoring_under_the_train_time_position_mode():
             seen.append(pos_T)
             return Scripted("copy", task)(idx_BT)
 
-    mode = Randomized(max_len=40)
+    mode = RandomizedShared(max_len=40)  # one vector per batch (randomized: LayerDraws)
     rows = list(T.task_accuracy(Recorder(), task, multipliers=[1, 2, 16], instances=6, batch=3, decode="teacher",
                                 device="cpu", positions=mode))
-    assert [r["eval_positions"] for r in rows] == ["randomized"] * 3
+    assert [r["eval_positions"] for r in rows] == ["randomized_shared"] * 3
     assert rows[0]["accuracy"] == rows[1]["accuracy"] == 1.0  # the scripted model ignores positions
     assert rows[2]["status"] == "out_of_range" and "positions" in rows[2]["error"]  # 16 x 3 symbols: > 40 tokens
     drawn = [p for p in seen if p is not None]
@@ -343,7 +371,7 @@ def test_scoring_under_the_train_time_position_mode():
     seen.clear()
     again = list(T.task_accuracy(Recorder(), task, multipliers=[1], instances=6, batch=3, decode="teacher",
                                  device="cpu", positions=mode))
-    assert again[0]["eval_positions"] == "randomized" and all(torch.equal(a, b) for a, b in zip(seen, drawn[:2]))
+    assert again[0]["eval_positions"] == "randomized_shared" and all(torch.equal(a, b) for a, b in zip(seen, drawn[:2]))
     contiguous = next(T.task_accuracy(Recorder(), task, multipliers=[1], instances=3, batch=3, decode="teacher",
                                       device="cpu"))
     assert contiguous["eval_positions"] == "contiguous" and seen[-1] is None

@@ -2,7 +2,8 @@
 
 Each task is one class (`data.task._target_`, configs/data/<task>.yaml) with its own vocabulary (PAD, BOS, SEP,
 then the task's symbols: never the corpus BPE) and a size parameter (symbols, digits, pairs, hops, filler). An
-instance is `[BOS] prompt [SEP] answer` (MQAR interleaves queries and answers) with a mask marking the answer
+instance is `[BOS] prompt [SEP] answer` (kv_recall interleaves queries and answers; mqar, Zoology's generator, has
+no SEP: its queries and answers stand among noise tokens after the pairs) with a mask marking the answer
 tokens: training puts its loss on those only, and scoring asks for every one of them (exact match) and reports
 the fraction right (per-token accuracy).
 
@@ -35,12 +36,13 @@ from lenx.tasks.base import (
     query,
 )
 from lenx.tasks.probe import TASK_COLUMNS, TaskAccuracy, plot_tasks, predict, task_accuracy, wilson
-from lenx.tasks.retrieval import MQAR, NiahMultikey, Passkey, VariableTracking
+from lenx.tasks.retrieval import MQAR, KVRecall, NiahMultikey, Passkey, VariableTracking
 
 __all__ = [
     "Passkey",
     "BOS",
     "HALF",
+    "KVRecall",
     "MQAR",
     "PAD",
     "SEP",

@@ -66,7 +66,13 @@ class Parity(Task):
 
 class Addition(Task):
     """a + b for two random `size`-digit numbers. `order: reversed` writes every number least significant digit
-    first (Zhou et al. 2024, arXiv:2402.09371; McLeish et al. 2024, arXiv:2405.17399), `plain` as usual."""
+    first (Zhou et al. 2024, arXiv:2402.09371; McLeish et al. 2024, arXiv:2405.17399), `plain` as usual.
+
+    Operands are uniform over the numbers of exactly `size` digits, as McLeish et al.'s released generator draws
+    them (mcleish7/arithmetic, create_data_split.py, `bucket_method_gen`: random.randint(10**(n-1), 10**n - 1),
+    without --keep_0_for_len_1 as their addition command runs it): the leading digit uniform in 1-9 (a 1-digit
+    operand too), every other digit uniform in 0-9, each drawn on its own, so any size is exact (an earlier
+    generator took the number from 62 random bits: from 20 digits on, its leading digits were fixed)."""
 
     name = "addition"
     sizes = "digits"
@@ -84,10 +90,13 @@ class Addition(Task):
         s = str(n)[::-1] if self.order == "reversed" else str(n)
         return [self.id(c) for c in s]
 
+    def operand(self, size: int, rng) -> int:
+        """A uniform `size`-digit number: its leading digit in 1-9, the others in 0-9 (a Python int, any size)."""
+        digits = [int(rng.integers(1, 10)), *rng.integers(0, 10, size - 1).tolist()]
+        return int("".join(map(str, digits)))
+
     def draw(self, size, rng):
-        lo = 0 if size == 1 else 10 ** (size - 1)
-        # Python ints: numpy's int64 would overflow past 18 digits (16x a training size of 2)
-        a, b = (lo + int(rng.integers(0, 2**62)) % (10**size - lo) for _ in range(2))
+        a, b = self.operand(size, rng), self.operand(size, rng)
         return self.qa([*self.digits(a), self.id("+"), *self.digits(b)], self.digits(a + b))
 
     def max_len(self, size):
