@@ -97,7 +97,60 @@ def test_task_accuracy_mean_ci_over_seeds(tmp_path):
     alibi2 = next(r for r in rows if r["pos"] == "alibi" and r["multiplier"] == "2")
     assert float(alibi2["accuracy_mean"]) == pytest.approx(0.4) and alibi2["runs"] == "2"
     assert float(alibi2["accuracy_ci95"]) == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+    assert float(alibi2["accuracy_max"]) == 0.5 and float(alibi2["token_accuracy_max"]) == 0.5
     md = (tmp_path / "tasks_summary.md").read_text()
-    assert "| alibi | none | teacher | 0.90 ± 1.27 (2) | 0.40 ± 1.27 (2) |" in md
-    assert "| learned | none | teacher | 0.90 (1) | out of range |" in md  # one run: no interval over seeds
+    assert "### copy: exact match" in md and "### copy: per-token accuracy" in md
+    assert "| alibi | none | teacher | – | 0.90 ± 1.27, max 1.00 (2) | 0.40 ± 1.27, max 0.50 (2) |" in md
+    assert "| learned | none | teacher | – | 0.90 (1) | out of range |" in md  # one run: no interval over seeds
     assert (tmp_path / "tasks_summary.png").stat().st_size > 1000
+
+
+def test_task_tables_against_a_hand_computation(tmp_path):
+    """Exact match and per-token accuracy, each with mean, 95% t half-width and max over seeds, at 1x and over a
+    size set (Kazemnejad et al.'s (N, 2N] with N = 2: sizes 3, 4), whose per-run value is the run's mean over the
+    set; a run missing a size of the set counts in that size's cell but not in the set's mean."""
+    per_run = {  # seed: {size: (exact match, per-token accuracy)}
+        0: {2: (1.0, 1.0), 3: (1.0, 1.0), 4: (0.5, 0.75)},
+        1: {2: (0.5, 0.9), 3: (0.5, 0.5), 4: (0.0, 0.25)},
+        2: {2: (1.0, 1.0), 3: (1.0, 1.0), 4: (1.0, 1.0)},
+        3: {2: (1.0, 1.0), 3: (0.0, 0.0)},  # interrupted before size 4
+    }
+    for seed, by_size in per_run.items():
+        path = tmp_path / f"rope_s{seed}"
+        path.mkdir()
+        rows = [{"task": "copy", "pos": "rope", "scaling": "none", "decode": "greedy", "protocol": "kazemnejad",
+                 "train_size": 2, "size": n, "multiplier": n / 2 if n > 2 else 1, "size_set": "3..4" if n > 2 else "",
+                 "mean_tokens": 2.0 * n + 3, "accuracy": a, "token_accuracy": t, "status": "ok", "seed": seed,
+                 "run_dir": str(path), "ckpt": str(path / "checkpoints" / "last.ckpt")}
+                for n, (a, t) in by_size.items()]
+        (path / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    aggregate.main([str(tmp_path)])
+    summary = list(csv.DictReader((tmp_path / "tasks_summary.csv").read_text().splitlines()))
+    cell = {r["multiplier"]: r for r in summary}
+
+    def by_hand(xs):  # mean, t(n-1) s / sqrt(n), max
+        n = len(xs)
+        mean = sum(xs) / n
+        s = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+        return mean, {3: 4.303, 4: 3.182}[n] * s / math.sqrt(n), max(xs)
+
+    # 1x: four runs
+    for col, metric in [(0, "accuracy"), (1, "token_accuracy")]:
+        got = tuple(float(cell["1"][f"{metric}{k}"]) for k in ("_mean", "_ci95", "_max"))
+        assert got == pytest.approx(by_hand([per_run[s][2][col] for s in range(4)]))
+    # the set 3..4: runs 0-2 averaged over sizes 3 and 4 first; run 3 has no size 4
+    set_acc = [(1.0 + 0.5) / 2, (0.5 + 0.0) / 2, (1.0 + 1.0) / 2]
+    set_tok = [(1.0 + 0.75) / 2, (0.5 + 0.25) / 2, (1.0 + 1.0) / 2]
+    s = cell["3..4"]
+    assert (s["size"], s["size_set"], s["runs"], s["ok_runs"]) == ("3..4", "3..4", "4", "3")
+    assert tuple(float(s[f"accuracy{k}"]) for k in ("_mean", "_ci95", "_max")) == pytest.approx(by_hand(set_acc))
+    assert tuple(float(s[f"token_accuracy{k}"]) for k in ("_mean", "_ci95", "_max")) == pytest.approx(by_hand(set_tok))
+    assert by_hand(set_acc) == pytest.approx((2 / 3, 0.94875, 1.0), abs=1e-4)  # the numbers themselves
+    size3 = next(r for r in summary if r["size_set"] == "3..4" and r["size"] == "3")  # per size: all four runs
+    assert size3["ok_runs"] == "4" and float(size3["accuracy_mean"]) == pytest.approx(2.5 / 4)
+    md = (tmp_path / "tasks_summary.md").read_text()
+    lead = "| rope | none | greedy | kazemnejad (N=2; paper: exact match) |"
+    assert "| pos | scaling | decode | protocol | 1x | sizes 3..4 (mean) |" in md
+    assert f"{lead} 0.88 ± 0.40, max 1.00 (4) | 0.67 ± 0.95, max 1.00 (3) |" in md  # exact match
+    assert f"{lead} 0.97 ± 0.08, max 1.00 (4) | 0.75 ± 0.82, max 1.00 (3) |" in md  # per token
+    assert "| 3 |" not in md  # a set's single sizes: CSV only

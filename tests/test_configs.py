@@ -22,6 +22,11 @@ def override_for(rel: Path) -> str:
     group = "/".join(rel.parts[:-1])
     if group == "pos/scaling":  # RoPE scalings apply to the rotary schemes
         return f"pos=rope pos/scaling={rel.stem}"
+    if group == "protocol":  # a task protocol needs a task it has numbers for
+        return f"protocol={rel.stem} data=copy"
+    if group == "protocol/task":  # <protocol>_<data>.yaml, picked by the protocol and the data choice
+        protocol, data = rel.stem.split("_", 1)
+        return f"protocol={protocol} data={data}"
     return f"+{group}={rel.stem}" if group == "experiment" else f"{group}={rel.stem}"
 
 

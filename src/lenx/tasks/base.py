@@ -17,6 +17,7 @@ PAD, BOS, SEP = 0, 1, 2
 SPECIALS = ("<pad>", "<bos>", "<sep>")
 SPLITS = {"train": 0, "validation": 1, "eval": 2}  # the seed stream of each split
 HALF = {"train": 0, "validation": 1, "eval": 1}  # which half of the instance space a split draws from
+EOS = "<eos>"  # data.task.eos: true appends it after the task's symbols (the other ids, and old runs, unchanged)
 
 
 
@@ -27,10 +28,15 @@ def half_of(ids: np.ndarray) -> int:
 
 
 class Task:
-    """Base class: a task draws instances of a given size; subclasses define `symbols` and `draw`."""
+    """Base class: a task draws instances of a given size; subclasses define `symbols` and `draw`. `eos` (set by
+    build_task from data.task.eos, default false): every instance ends with an end token that the model is
+    trained to emit and scored on, so a generated answer must stop where the true one ends (Kazemnejad et al.
+    2023, arXiv:2305.19466: McGill-NLP/length-generalization appends the tokenizer's EOS to every target,
+    src/data/s2s_dl_factory.py, and counts a prediction right only if the generation up to EOS equals it)."""
 
     name = ""
     sizes = "symbols"  # what the size counts (for messages)
+    eos = False
 
     def __init__(self, *, train_size: int, min_size: int = 1) -> None:
         check_int(train_size, "data.task.train_size")
@@ -47,7 +53,7 @@ class Task:
     def vocab(self) -> list[str]:
         # cached: a task's settings are fixed at construction, and generators look symbols up per token (rebuilding
         # the list each time was half of a training batch's generation time)
-        return [*SPECIALS, *self.symbols()]
+        return [*SPECIALS, *self.symbols(), *([EOS] if self.eos else [])]
 
     @functools.cached_property
     def _index(self) -> dict[str, int]:
@@ -59,6 +65,10 @@ class Task:
 
     def id(self, name: str) -> int:
         return self._index[name]
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.id(EOS) if self.eos else None
 
     # instances
     def draw(self, size: int, rng: np.random.Generator) -> tuple[list[int], list[bool]]:
@@ -84,6 +94,8 @@ class Task:
             size = int(rng.integers(self.min_size, self.train_size + 1))
         for _ in range(64):
             ids, mask = self.draw(size, rng)
+            if self.eos:  # the answer ends here: the end token is an answer token (trained on and scored)
+                ids, mask = [*ids, self.eos_id], [*mask, True]
             ids = np.asarray([BOS, *ids], dtype=np.int64)
             if half_of(ids) == HALF[split]:
                 return ids, np.asarray([False, *mask])
@@ -93,8 +105,9 @@ class Task:
                           "training; use a larger train_size")
 
     def seq_len(self) -> int:
-        """The training length: the longest training instance minus one (the model reads all tokens but the last)."""
-        return self.max_len(self.train_size) - 1
+        """The training length: the longest training instance minus one (the model reads all tokens but the last);
+        max_len counts no end token."""
+        return self.max_len(self.train_size) + int(self.eos) - 1
 
 
 def query(context: list[int], q: int, answer: list[int]) -> tuple[list[int], list[bool]]:
@@ -121,10 +134,15 @@ def build_task(cfg: Mapping) -> Task | None:
     bad = [k for k, v in params.items() if str(k).startswith("_") or not isinstance(v, (int, float, str, bool))]
     if bad:
         raise ConfigError(f"data.task: {bad} must be plain values (no nested nodes, no hydra keys)")
+    eos = params.pop("eos", False)  # every task takes it: set here rather than in each subclass's __init__
+    if not isinstance(eos, bool):
+        raise ConfigError(f"data.task.eos must be true or false, got {eos!r}")
     try:
-        return cls(**params)
+        task = cls(**params)
     except TypeError as e:  # an unknown or missing parameter
         raise ConfigError(f"data.task: {e}") from None
+    task.eos = eos  # before anything reads the (cached) vocabulary
+    return task
 
 
 def configure(cfg: dict) -> Task | None:
