@@ -24,7 +24,15 @@ T, STEPS = 16, 3000
 
 
 def draws(mode, seed=0, n=STEPS, T=T):
-    return [mode.for_step(T, seed, step).numpy() for step in range(n)]
+    """One draw per step (a shared draw: the distribution of each example's row, or of each layer's positions)."""
+    return [mode.shared(T, seed, step).numpy() for step in range(n)]
+
+
+def materialise(drawn, layers=3):
+    """A mode's training positions as one tensor: a LayerDraws as its input draw and its layers' draws."""
+    if isinstance(drawn, positions.LayerDraws):
+        return torch.stack([drawn.embed_T] + [f(l) for l in range(layers) for f in (drawn.positions, drawn.distances)])
+    return drawn
 
 
 def check_positions(ps, span):
@@ -81,13 +89,177 @@ def test_pose_more_chunks_and_offset():
     assert len(starts) == 40 - T + 1 and within_sampling_noise(starts, np.full(len(starts), 1 / len(starts)), STEPS)
 
 
-@pytest.mark.parametrize("mode", [positions.Randomized(max_len=64), positions.PoSE(target_len=64),
-                                  positions.Offset(max_len=64)], ids=lambda m: m.name)
+MODES = [positions.Randomized(max_len=64), positions.RandomizedShared(max_len=64), positions.PoSE(target_len=64),
+         positions.PoSEBatch(target_len=64), positions.Offset(max_len=64), positions.OffsetBatch(max_len=64)]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 def test_draws_are_a_function_of_seed_step_and_micro_batch(mode):
-    a, b = mode.for_step(T, 3, 17), mode.for_step(T, 3, 17)
+    a, b = (materialise(mode.for_step(T, 3, 17, batch=4)) for _ in range(2))
     assert torch.equal(a, b)
-    others = [mode.for_step(T, 4, 17), mode.for_step(T, 3, 18), mode.for_step(T, 3, 17, micro=1)]
-    assert all(not torch.equal(a, o) for o in others)
+    others = [mode.for_step(T, 4, 17, batch=4), mode.for_step(T, 3, 18, batch=4), mode.for_step(T, 3, 17, 1, batch=4)]
+    assert all(not torch.equal(a, materialise(o)) for o in others)
+
+
+def old_draw(mode, T, seed, step, micro=0):
+    """lenx's draw before per-layer and per-example draws (commit 984059a), re-implemented: one vector per forward."""
+    rng = np.random.default_rng((seed, step, micro, 0x9E3779B9))
+    if isinstance(mode, positions.Randomized):
+        return np.sort(rng.choice(mode.max_len, size=T, replace=False))
+    if isinstance(mode, positions.Offset):
+        return int(rng.integers(0, mode.max_len - T + 1)) + np.arange(T)
+    cut, skip = int(rng.integers(1, (T + 1) // 2 + 1)), int(rng.integers(0, mode.max_len - T + 1))
+    return np.arange(T) + np.where(np.arange(T) >= cut, skip, 0)
+
+
+@pytest.mark.parametrize("mode", [positions.RandomizedShared(max_len=64), positions.PoSEBatch(target_len=64),
+                                  positions.OffsetBatch(max_len=64)], ids=lambda m: m.name)
+def test_the_shared_variants_draw_what_lenx_drew_before(mode):
+    """randomized_shared, pose_batch, offset_batch: one vector per forward, bitwise lenx's earlier draws, and the
+    model runs it as before (one context for every layer); offset_batch scores at 0."""
+    for step in range(20):
+        got = mode.for_step(T, 5, step, micro=step % 2, batch=4)
+        assert got.shape == (T,) and np.array_equal(got.numpy(), old_draw(mode, T, 5, step, step % 2))
+    assert mode.eval_start(T) == 0 or not isinstance(mode, positions.Offset)
+
+
+def test_pose_and_offset_draw_per_example():
+    """The authors draw per example (PoSE's loop over examples; SHAPE's randint(..., size=(bsz,))): (B, T) rows,
+    row r from (seed, step, micro, first + r), each a draw of the mode's distribution."""
+    for mode in (positions.PoSE(target_len=64), positions.Offset(max_len=64)):
+        rows = mode.for_step(T, 1, 2, micro=0, batch=8)
+        assert rows.shape == (8, T) and len({tuple(r.tolist()) for r in rows}) > 1
+        check_positions(rows.numpy(), 64)
+        assert torch.equal(mode.for_step(T, 1, 2, batch=4, first=4), rows[4:])  # DDP: rank 1's rows 4..7
+        rng = np.random.default_rng((1, 2, 0, positions.TAG, positions.ROW, 3))
+        assert np.array_equal(rows[3].numpy(), mode.draw(T, rng))
+        assert mode.for_eval(T, 0, 64, 3).shape == (T,)  # scoring under the mode: one draw per batch
+    pose = [r.numpy() for s in range(300) for r in positions.PoSE(target_len=64).for_step(T, 0, s, batch=4)]
+    check_positions(pose, 64)
+    skips = np.bincount([int(p[-1]) - (T - 1) for p in pose], minlength=64 - T + 1)
+    assert within_sampling_noise(skips, np.full(len(skips), 1 / len(skips)), len(pose))
+
+
+@pytest.mark.parametrize("scheme", ["rope", "rope_partial", "learned", "sinusoidal", "none", "alibi", "xpos", "fire",
+                                    "shaw", "t5", "cope"])
+def test_per_example_rows_equal_each_example_on_its_own(scheme):
+    """Positions (B, T): the batched path (RoPE's cos/sin per example, absolute tables) and the grouped one (every
+    other scheme) give each example the logits it gets alone at its row, and equal rows collapse to one vector."""
+    model = make_model(scheme, train_len=16, **({"max_positions": 64} if scheme == "learned" else {}))
+    idx = torch.randint(0, 50, (6, T), generator=torch.Generator().manual_seed(2))
+    rows = positions.PoSE(target_len=64).for_step(T, 0, 1, batch=6)
+    rows[4] = rows[1]  # a group of two equal rows
+    with torch.no_grad():
+        got = model(idx, rows)
+        alone = torch.cat([model(idx[b:b + 1], rows[b]) for b in range(6)])
+        torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+        same = rows[:1].expand(6, T)
+        assert torch.equal(model(idx, same), model(idx, rows[0]))
+    model.train()
+    model(idx, rows).float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def layer_contexts(model, idx, pos):
+    """The context each block receives (layer order), recorded from the blocks' calls."""
+    seen = []
+    for block in model.blocks:
+        real = block.forward
+        block.forward = lambda x, p, ctx, plan, real=real: (seen.append(ctx), real(x, p, ctx, plan))[1]
+    with torch.no_grad():
+        out = model(idx, pos)
+    for block in model.blocks:
+        del block.forward
+    return seen, out
+
+
+def test_randomized_draws_again_in_every_attention_layer():
+    """RoPE's rotation (Ruoss et al.'s NOISY_ROTARY: a fresh rng key per attention layer) reads layer l's own sorted
+    draw from [0, max_len), a function of (seed, step, micro, layer); the input's draw is the shared one."""
+    model = make_model("rope", train_len=16, n_layers=3)
+    idx = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(3))
+    mode = positions.Randomized(max_len=64)
+    drawn = mode.for_step(T, 7, 11, micro=1)
+    ctxs, out = layer_contexts(model, idx, drawn)
+    for layer, ctx in enumerate(ctxs):
+        rng = np.random.default_rng((7, 11, 1, positions.TAG, positions.LAYER, layer, 0))
+        expect = np.sort(rng.choice(64, size=T, replace=False))  # the authors' choice(arange(L), T, replace=False)
+        assert ctx.layer == layer and np.array_equal(ctx.q_pos_T.numpy(), expect)
+        torch.testing.assert_close(ctx.cos_TD, model.pos.context(torch.from_numpy(expect), None).cos_TD)
+    assert len({tuple(c.q_pos_T.tolist()) for c in ctxs}) == 3  # a new draw per layer
+    assert np.array_equal(drawn.embed_T.numpy(), old_draw(mode, T, 7, 11, 1))
+    again = layer_contexts(model, idx, mode.for_step(T, 7, 11, micro=1))[1]
+    assert torch.equal(out, again)
+    with torch.no_grad():  # the shared variant: one draw for every layer, as before
+        shared = positions.RandomizedShared(max_len=64).for_step(T, 7, 11, micro=1)
+        ctxs = layer_contexts(model, idx, shared)[0]
+        assert all(torch.equal(c.q_pos_T, shared) for c in ctxs)
+
+
+def authors_noisy_alibi(slopes_H, distances, T):
+    """Ruoss et al.'s `compute_noisy_alibi_encodings_biases` (randomize_both_sides=False) re-implemented in numpy
+    from the sorted drawn distances d_1 < ... < d_{T-1}: the vector [dummy, left + 0.5, 0, right] tiled over the
+    queries and moved by `relative_shift`'s reshape trick (`_rel_shift_inner`), times the slopes. (H, T, T)."""
+    symmetric = -np.sort(distances)
+    right, left = symmetric[:T - 1], np.flip(symmetric)[:T - 1] + 0.5
+    vec = np.concatenate([[0.0], left, [0.0], right])  # 2T entries
+    logits = np.tile(vec, (T, 1))  # (T, 2T)
+    x = logits.reshape(2 * T, T)[1:].reshape(T, 2 * T - 1)[:, :T]  # _rel_shift_inner
+    return x[None] * slopes_H[:, None, None]
+
+
+def test_randomized_alibi_draws_sorted_distances_placed_toeplitz():
+    """ALiBi under randomized positions: per layer, T - 1 sorted distinct distances from [1, max_len) (their
+    `sample_positions` = choice(arange(1, L), replace=False)), the pair at offset m reading d_m. The bias equals the
+    authors' construction on past keys and the diagonal, less their constant 0.5 m_h on strictly past keys
+    (a non-causal encoder's left/right symmetry break, which lenx's causal ALiBi leaves out)."""
+    from lenx.attention import positional_mask
+
+    model = make_model("alibi", train_len=16, n_layers=2)
+    idx = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(4))
+    mode = positions.Randomized(max_len=64)
+    drawn = mode.for_step(T, 2, 9)
+    ctxs, out = layer_contexts(model, idx, drawn)
+    slopes = model.pos.slopes_H.numpy().astype(np.float64)
+    for layer, ctx in enumerate(ctxs):
+        rng = np.random.default_rng((2, 9, 0, positions.TAG, positions.LAYER, layer, 1))
+        d = np.sort(rng.choice(np.arange(1, 64), size=T - 1, replace=False))
+        ref = authors_noisy_alibi(slopes, d, T)
+        past = np.tril(np.ones((T, T)), -1).astype(bool)
+        ref = np.where(past, ref - 0.5 * slopes[:, None, None], ref)
+        mask = positional_mask(model.pos, ctx, 0, torch.float32).numpy()
+        lower = np.tril(np.ones((T, T))).astype(bool)
+        np.testing.assert_allclose(mask[:, lower], ref[:, lower], rtol=1e-6, atol=1e-6)
+        assert np.isneginf(mask[:, ~lower]).all()
+    assert not np.array_equal(*(c.drawn_R.numpy() for c in ctxs))  # each layer its own distances
+    from lenx.pos.base import reference_paths
+
+    with reference_paths():  # the fast paths (features, Toeplitz view) read the drawn distances as the mask does
+        ref_out = layer_contexts(model, idx, drawn)[1]
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+
+
+def test_offset_scores_at_shapes_k(tmp_path):
+    """SHAPE evaluates at a fixed offset K (`self.pe[step + max_noise_size:]`): the Decoder's default positions
+    start at K = max_len - seq_len + 1 for positions=offset (validation and scoring), at 0 for offset_batch and
+    eval_offset: 0; a shift-invariant scheme ignores it (bitwise its contiguous path)."""
+    _, cfg = module_for(tmp_path, "sinusoidal", "positions=offset", "positions.max_len=64")
+    model = build_model(cfg).eval()
+    assert model.position_offset == 64 - 16 + 1 == positions.eval_offset(cfg)
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(idx), model(idx, torch.arange(16) + 49))
+        assert not torch.equal(model(idx), model(idx, torch.arange(16)))
+    for over in (["positions=offset_batch"], ["positions=offset", "positions.eval_offset=0"]):
+        assert build_model(module_for(tmp_path, "sinusoidal", *over, "positions.max_len=64")[1]).position_offset == 0
+    _, cfg = module_for(tmp_path, "alibi", "positions=offset", "positions.max_len=64")
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        shifted = model(idx)
+        model.position_offset = 0
+        assert torch.equal(shifted, model(idx))
+    _, cfg = module_for(tmp_path, "learned", "positions=offset", "positions.max_len=64")
+    assert build_model(cfg).pos.max_positions == 64 + 49  # every evaluation window up to max_len at K
 
 
 def test_null_lengths_resolve_to_the_longest_evaluation_and_bad_ones_are_refused():
@@ -135,7 +307,8 @@ def test_every_scheme_trains_under_randomized_positions_and_scores_at_16x(scheme
     for step in range(3):
         batch = torch.randint(0, 50, (2, 17), generator=g)
         pos_T = module.positions.for_step(16, 0, step)
-        assert pos_T.max() < 256 and (pos_T.diff() > 0).all()
+        for p in (pos_T.embed_T, pos_T.positions(0), pos_T.positions(1), pos_T.distances(1)):
+            assert p.max() < 256 and (p.diff() > 0).all()
         loss = module._loss(batch, pos_T)
         assert torch.isfinite(loss)
         opt.zero_grad()
@@ -243,11 +416,13 @@ def test_a_randomized_run_scores_under_its_own_positions_on_request(tmp_path, tr
     first = evaluate_lengths(model, tokens, positions=positions.build(mcfg), **kw)[0]
     drawn = list(seen)
     assert len(drawn) > 2 and all(p is not None for p in drawn)
+    drawn = [materialise(d, layers=mcfg["model"]["n_layers"]) for d in drawn]  # the input's and every layer's
     for p in drawn:
         assert (p.diff() > 0).all() and 0 <= int(p.min()) and int(p.max()) < mcfg["positions"]["max_len"]
     assert not torch.equal(drawn[0], drawn[1])
     seen.clear()
     again = evaluate_lengths(model, tokens, positions=positions.build(mcfg), **kw)[0]
+    seen = [materialise(d, layers=mcfg["model"]["n_layers"]) for d in seen]
     assert all(torch.equal(a, b) for a, b in zip(seen, drawn)) and [r["ppl"] for r in again] == [
         r["ppl"] for r in first]
     seen.clear()
@@ -265,10 +440,10 @@ def test_task_batches_train_under_a_position_mode(tmp_path):
     positions.configure(cfg)
     module = LenxModule(cfg)
     batch = tasks.pad([task.instance(0, "train", i) for i in range(4)])
-    pos_T = module.train_positions(batch, 0)
-    assert len(pos_T) == batch[0].shape[1] - 1 and (pos_T.diff() > 0).all()
-    assert pos_T.max() < cfg["positions"]["target_len"] == 16 * cfg["seq_len"]
-    assert torch.isfinite(module._loss(batch, pos_T))
+    pos_BT = module.train_positions(batch, 0)  # a row per example
+    assert pos_BT.shape == (4, batch[0].shape[1] - 1) and (pos_BT.diff() > 0).all()
+    assert pos_BT.max() < cfg["positions"]["target_len"] == 16 * cfg["seq_len"]
+    assert torch.isfinite(module._loss(batch, pos_BT))
 
 
 @pytest.mark.parametrize("over, before", [
@@ -292,3 +467,16 @@ def test_run_ids_survive_the_change_of_config_shape(tmp_path, over, before):
     old["pos"] = pos
     assert run_id(new) == run_id(old)
     assert run_id(new) != run_id({**old, "pos": {**pos, "scaling": {"method": "pi"}}})  # (the id still sees it)
+
+
+@pytest.mark.parametrize("scheme", ["rope", "alibi", "learned"])
+def test_a_prefix_of_layer_draws_is_the_causal_prefix(scheme):
+    """Greedy decoding feeds growing prefixes with draws[:n]: every layer's positions and distances are cut to
+    their first n, so the prefix's logits are the full sequence's first n (causality under per-layer draws)."""
+    model = make_model(scheme, train_len=16, **({"max_positions": 64} if scheme == "learned" else {}))
+    idx = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(5))
+    drawn = positions.Randomized(max_len=64).for_eval(T, 0, 2, 1)
+    with torch.no_grad():
+        full, head = model(idx, drawn), model(idx[:, :9], drawn[:9])
+    torch.testing.assert_close(head, full[:, :9], rtol=1e-5, atol=1e-5)
+    assert torch.equal(drawn[:9][:4].positions(1), drawn.positions(1)[:4])

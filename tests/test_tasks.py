@@ -371,7 +371,8 @@ def test_scoring_under_the_train_time_position_mode():
     seen.clear()
     again = list(T.task_accuracy(Recorder(), task, multipliers=[1], instances=6, batch=3, decode="teacher",
                                  device="cpu", positions=mode))
-    assert again[0]["eval_positions"] == "randomized_shared" and all(torch.equal(a, b) for a, b in zip(seen, drawn[:2]))
+    assert again[0]["eval_positions"] == "randomized_shared"
+    assert all(torch.equal(a, b) for a, b in zip(seen, drawn[:2]))
     contiguous = next(T.task_accuracy(Recorder(), task, multipliers=[1], instances=3, batch=3, decode="teacher",
                                       device="cpu"))
     assert contiguous["eval_positions"] == "contiguous" and seen[-1] is None

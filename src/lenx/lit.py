@@ -31,6 +31,7 @@ def build_model(cfg: dict) -> Decoder:
                    d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
                    dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
     model.attention = check_attention(cfg.get("attention", "sdpa"), "attention")
+    model.position_offset = positions.eval_offset(cfg)  # SHAPE's evaluation offset (positions=offset), else 0
     return model
 
 
@@ -67,7 +68,8 @@ class LenxModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = cfg
         self.model = build_model(cfg)
-        self.positions = positions.build(cfg)  # train-time position augmentation (validation: contiguous)
+        # train-time position augmentation (validation: default positions, from SHAPE's offset for positions=offset)
+        self.positions = positions.build(cfg)
         self.tokenizer_json: str | None = None  # set by train.run from the data cache
         self._last_step_time: float | None = None
 
@@ -93,11 +95,14 @@ class LenxModule(L.LightningModule):
         logits_BTV = self.model(batch_BT[:, :-1], pos_T)
         return F.cross_entropy(logits_BTV.float().flatten(0, 1), batch_BT[:, 1:].flatten())
 
-    def train_positions(self, batch_BT, batch_idx: int) -> torch.Tensor | None:
-        """This forward's positions: None (0..T-1) unless a position mode draws them from (seed, step, micro)."""
+    def train_positions(self, batch_BT, batch_idx: int) -> torch.Tensor | positions.LayerDraws | None:
+        """This forward's positions: None (0..T-1) unless a position mode draws them from (seed, step, micro) (and
+        each example's row: this process's examples are rows global_rank x B.. of the step's draw)."""
         ids_BT = batch_BT[0] if isinstance(batch_BT, (tuple, list)) else batch_BT
         micro = batch_idx % self.cfg["trainer"].get("accumulate_grad_batches", 1)
-        pos_T = self.positions.for_step(ids_BT.shape[1] - 1, self.cfg["seed"], self.global_step, micro)
+        B = ids_BT.shape[0]
+        pos_T = self.positions.for_step(ids_BT.shape[1] - 1, self.cfg["seed"], self.global_step, micro, batch=B,
+                                        first=self.global_rank * B)
         return None if pos_T is None else pos_T.to(ids_BT.device)
 
     def training_step(self, batch_BT, batch_idx):

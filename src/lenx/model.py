@@ -1,7 +1,9 @@
 """A small pre-LN decoder-only transformer with a pluggable positional scheme: Attention, MLP, Block, Decoder.
 
 How attention runs (fused causal kernel, masked chunks of queries, the mask's dtype) is lenx.attention's plan; what
-the positions contribute is the scheme's (lenx.pos).
+the positions contribute is the scheme's (lenx.pos). Positions (lenx.positions): the default 0..T-1, one vector
+shared by the batch, one row per example (a scheme's batched context where it has one, else each group of equal
+rows on the shared path), or a draw per attention layer (randomized positions, Ruoss et al. 2023, arXiv:2305.16843).
 Shapes: B batch, T sequence (queries), S keys, H heads, D head dim, C model width, V vocabulary.
 The model never limits the input length: only a learned position table may refuse a position (OutOfRangeError).
 """
@@ -17,6 +19,7 @@ from lenx import attention
 from lenx.errors import ConfigError, check_int
 from lenx.hardware import denormals_flushed
 from lenx.pos.base import AttnContext, PositionalScheme
+from lenx.positions import LayerDraws
 
 
 class Attention(nn.Module):
@@ -81,6 +84,9 @@ class Decoder(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.extension = None  # a training-free extension (lenx.extensions), set to score a trained model under it
         self.attention = "sdpa"  # or "flex": FlexAttention for distance biases (config `attention`)
+        # Where default positions start: SHAPE's evaluation offset K for positions=offset (lenx.positions), set by
+        # lit.build_model from the run's config; 0 otherwise. Schemes that are shift invariant ignore it.
+        self.position_offset = 0
         self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
@@ -98,23 +104,67 @@ class Decoder(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, idx_BT: torch.Tensor, pos_T: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for token ids (B, T); positions default to 0..T-1."""
+    def forward(self, idx_BT: torch.Tensor, pos_T: torch.Tensor | LayerDraws | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for token ids (B, T). Positions: None (0..T-1, or from `position_offset` for a scheme
+        that feels a shift), (T,) shared by the batch, (B, T) one row per example (`forward_rows`), or LayerDraws
+        (lenx.positions: randomized positions drawn again for each attention layer)."""
+        if isinstance(pos_T, torch.Tensor) and pos_T.dim() == 2:
+            return self.forward_rows(idx_BT, pos_T)
         B, T = idx_BT.shape
+        draws = pos_T if isinstance(pos_T, LayerDraws) else None
+        if draws is not None:
+            pos_T = draws.embed_T  # sin/cos and learned tables draw once, at the input (Ruoss et al. 2023)
         contiguous = pos_T is None
-        if contiguous:
+        if contiguous and self.position_offset and not self.pos.shift_invariant:  # SHAPE's evaluation offset
+            pos_T, contiguous = torch.arange(T, device=idx_BT.device) + self.position_offset, False
+        elif contiguous:
             pos_T = torch.arange(T, device=idx_BT.device)
         x_BTC = self.drop(self.pos.embed(self.tok(idx_BT), pos_T))
-        ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
-        plan = attention.plan(self.pos, ctx, batch=B, dtype=attention.compute_dtype(x_BTC), contiguous=contiguous,
-                              extension=self.extension, flex=self.attention == "flex")
+        dtype = attention.compute_dtype(x_BTC)
+        if draws is None:
+            ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
+            plan = attention.plan(self.pos, ctx, batch=B, dtype=dtype, contiguous=contiguous,
+                                  extension=self.extension, flex=self.attention == "flex")
+        else:  # each layer's own draw: its positions, or its distances placed Toeplitz
+            layers = range(len(self.blocks))
+            drawn = self.pos.layer_draw_contexts(torch.stack([draws.positions(n) for n in layers]),
+                                                 torch.stack([draws.distances(n) for n in layers]))
         # scoring on CPU: far keys' softmax terms underflow into slow denormals (lenx.hardware.denormals_flushed)
         with denormals_flushed(idx_BT.device.type == "cpu" and not torch.is_grad_enabled()):
             for layer, block in enumerate(self.blocks):
+                if draws is not None:
+                    ctx, at_default = drawn[layer]
+                    plan = attention.plan(self.pos, ctx, batch=B, dtype=dtype, contiguous=at_default,
+                                          extension=self.extension, flex=self.attention == "flex")
                 ctx_l = ctx.at_layer(layer)
                 plan = plan.for_layer(self.pos, ctx_l)  # the whole mask, where one chunk holds it: once per forward
                 x_BTC = block(x_BTC, self.pos, ctx_l, plan)
         return self.head(self.ln_f(x_BTC))
+
+    def forward_rows(self, idx_BT: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) with one row of positions per example (PoSE's and SHAPE's per-example draws): each
+        group of examples whose rows are equal runs the shared-positions path, so every scheme and attention path
+        holds as it is; the logits are put back in the batch's order."""
+        rows_GT, group_B = torch.unique(pos_BT, dim=0, return_inverse=True)
+        if len(rows_GT) == 1:
+            return self.forward(idx_BT, rows_GT[0])
+        # A scheme with a batched form (RoPE's cos/sin per example, or no positions in attention: NoPE, absolute
+        # tables) runs the batch at once: fused causal attention only (no logit terms), no extension
+        plain = not (self.pos.adds_bias or self.pos.adds_logits or self.pos.adds_values) and self.extension is None
+        ctx = self.pos.rows_context(pos_BT) if plain else None
+        if ctx is not None:
+            x_BTC = self.drop(self.pos.embed_rows(self.tok(idx_BT), pos_BT))
+            plan = attention.plan(self.pos, ctx, batch=len(idx_BT), dtype=attention.compute_dtype(x_BTC),
+                                  contiguous=False, flex=self.attention == "flex")
+            if plan.path == "causal":
+                with denormals_flushed(idx_BT.device.type == "cpu" and not torch.is_grad_enabled()):
+                    for layer, block in enumerate(self.blocks):
+                        x_BTC = block(x_BTC, self.pos, ctx.at_layer(layer), plan)
+                return self.head(self.ln_f(x_BTC))
+        order_B = torch.argsort(group_B, stable=True)
+        sizes = torch.bincount(group_B, minlength=len(rows_GT)).tolist()
+        parts = [self.forward(ids_bT, row_T) for ids_bT, row_T in zip(idx_BT[order_B].split(sizes), rows_GT)]
+        return torch.cat(parts)[torch.argsort(order_B)]
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

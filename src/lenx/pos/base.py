@@ -15,7 +15,9 @@ One module serves every layer. Where the reference gives each attention layer it
 FIRE, Shaw, Transformer-XL's W_R, DeBERTa's projections, FoPE), the module holds them stacked, N = n_layers copies
 (`tables`; config `shared: true` for one), `context` still runs once per forward for all of them, and the Decoder
 hands each block the context with its `layer` index, which `rotate` / `score` / `value` read.
-Positions are absolute integer indices; relative schemes derive distances from them.
+Positions are absolute integer indices; relative schemes derive distances from them. Under randomized positions
+drawn per layer (lenx.positions.Randomized) the Decoder builds each layer's context from that layer's draw
+(`layer_draw_contexts`) instead of once per forward.
 
 Attention (lenx.attention) runs over chunks of queries whenever a scheme adds logit terms, so that no (T, S) tensor
 ever spans a long sequence (a dense fp32 heads x 8192 x 8192 bias is 1 GiB per 4 heads): `ctx.rows(a, b)` is the
@@ -157,6 +159,29 @@ class PositionalScheme(nn.Module):
     def context(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> AttnContext:
         """The positional state of a forward pass over these query and key positions; it carries the positions."""
         return AttnContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S)
+
+    def layer_draw_contexts(self, pos_NT: torch.Tensor, dist_NR: torch.Tensor) -> list[tuple[AttnContext, bool]]:
+        """Each attention layer's context under randomized positions drawn per layer (Ruoss et al. 2023,
+        arXiv:2305.16843; lenx.positions.Randomized), and whether it is at the Decoder's default positions, one
+        per layer (N = n_layers). The default: the context of layer n's drawn positions pos_NT[n] (T,), as the
+        authors' NOISY_ROTARY draws per layer. dist_NR: each layer's drawn distances (0, then T - 1 sorted), which
+        a bias of the distance alone reads instead (`DistanceBias`). All layers at once, before any runs."""
+        return [(self.context(p_T, p_T), False) for p_T in pos_NT]
+
+    def rows_context(self, pos_BT: torch.Tensor) -> AttnContext | None:
+        """One context for a batch whose examples have their own positions (B, T) (PoSE's and SHAPE's per-example
+        draws), where the scheme has such a form (RoPE: cos/sin of shape (B, 1, T, D)); None (the Decoder then
+        runs each group of equal rows on the shared path). The default: a scheme whose attention reads no
+        positions (no context, rotation or logit terms of its own: NoPE, the absolute schemes) takes any row's."""
+        hooks = ("context", "rotate", "bias", "score", "value")
+        plain = all(getattr(type(self), h) is getattr(PositionalScheme, h) for h in hooks)
+        return self.context(pos_BT[0], pos_BT[0]) if plain else None
+
+    def embed_rows(self, x_BTC: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
+        """`embed` with a row of positions per example (B, T); the default: example by example."""
+        if type(self).embed is PositionalScheme.embed:
+            return x_BTC
+        return torch.cat([self.embed(x_BTC[b:b + 1], pos_BT[b]) for b in range(len(pos_BT))])
 
     def rotate(self, q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, ctx: AttnContext):
         return q_BHTD, k_BHSD

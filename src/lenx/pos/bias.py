@@ -2,8 +2,9 @@
 
 Most are a function of the distance d = i - j alone (ALiBi, T5, KERPLE, Sandwich): `context` evaluates it once
 per forward for every distance that occurs, as a small (H, R) table that `bias` spreads over the (query, key) pairs
-(a Toeplitz matrix for default positions). FIRE's bias also depends on the query position: its `bias` evaluates
-the MLP for the pairs asked.
+(a Toeplitz matrix for default positions; under randomized positions drawn per layer, the table of the layer's
+drawn distances, placed Toeplitz: `DistanceBias.layer_draw_contexts`). FIRE's bias also depends on the query
+position: its `bias` evaluates the MLP for the pairs asked.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def distances(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> torch.Tensor:
 class DistanceContext(AttnContext):
     # The logit bias of every distance d = i - j >= 0 that occurs, fp32, (H, R) with R > every distance.
     bias_HR: torch.Tensor | None = None
+    # Randomized distances (`DistanceBias.layer_draw_contexts`): offset m = i - j stands for distance drawn_R[m], and
+    # bias_HR[:, m] is the bias there; None: bias_HR[:, d] is the bias of distance d itself.
+    drawn_R: torch.Tensor | None = None
 
     @property
     def bias_HTS(self) -> torch.Tensor:
@@ -104,6 +108,20 @@ class DistanceBias(PositionalScheme):
             bias_HR = self.distance_bias(distances(q_pos_T, k_pos_S))
         return DistanceContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, bias_HR=bias_HR)
 
+    def layer_draw_contexts(self, pos_NT, dist_NR):
+        """Randomized distances, as the authors' `compute_noisy_alibi_encodings_biases` (Ruoss et al. 2023,
+        arXiv:2305.16843; google-deepmind/randomized_positional_encodings, models/positional_encodings.py): in layer
+        n the pair at offset m = i - j gets the bias of the m-th sorted drawn distance dist_NR[n, m] (a Toeplitz
+        matrix, their `relative_shift`), queries and keys at default positions, so the Toeplitz paths run. Their
+        code does this for ALiBi; T5, KERPLE and Sandwich, biases of the distance alone too, follow the same rule.
+        One `distance_bias` call for every layer (KERPLE clamps its parameters in place once per forward)."""
+        N, R = dist_NR.shape
+        at_R = torch.arange(R, device=dist_NR.device)
+        with torch.autocast(dist_NR.device.type, enabled=False):
+            bias_HNR = self.distance_bias(dist_NR.flatten().float()).view(-1, N, R)
+        return [(DistanceContext(q_pos_T=at_R, k_pos_S=at_R, bias_HR=bias_HNR[:, n], drawn_R=dist_NR[n]), True)
+                for n in range(N)]
+
     def bias(self, ctx, q_start, dtype):
         if q_start is not None:  # default positions: one vector of distances, no per-pair gather
             return toeplitz_mask(ctx.bias_HR, q_start, len(ctx.q_pos_T), len(ctx.k_pos_S), dtype)
@@ -145,7 +163,7 @@ class ALiBi(DistanceBias):
         logits equal the mask path's to fp32 rounding of the small terms (tested at 8192 tokens). The lo channels
         are dropped when every slope is whole (2^k heads) and no gradient needs them."""
         last = int(torch.maximum(ctx.q_pos_T.max(), ctx.k_pos_S.max()))
-        if last >= FEATURE_POSITIONS:
+        if last >= FEATURE_POSITIONS or ctx.drawn_R is not None:  # (drawn distances: not linear in i - j)
             return None
         m_H = self.slopes().float()
         hi_H = split_slopes(m_H, last)

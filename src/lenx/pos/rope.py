@@ -78,5 +78,22 @@ class RoPE(Rotary):
         return AttnContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, cos_TD=torch.cat((cos_TF, cos_TF), -1),
                            sin_TD=torch.cat((sin_TF, sin_TF), -1))
 
+    def rows_context(self, pos_BT):
+        """Per-example positions in one context: cos/sin (B, 1, T, D), which `rotate` broadcasts over the heads.
+        None where the rows' lengths give different frequencies (a scaling with factor null reads the length)."""
+        if type(self).context is not RoPE.context:
+            return None
+        lasts = (pos_BT.max(1).values + 1).unique().tolist()
+        inv_freq, attn_factor = self.frequencies(int(lasts[-1]))
+        for n in lasts[:-1]:
+            other, factor = self.frequencies(int(n))
+            if factor != attn_factor or not torch.equal(other, inv_freq):
+                return None
+        B, T = pos_BT.shape
+        cos_NF, sin_NF = rope_cache(pos_BT.flatten(), inv_freq.to(pos_BT.device), attn_factor)
+        cos_B1TD, sin_B1TD = (torch.cat((x, x), -1).view(B, 1, T, -1) for x in (cos_NF, sin_NF))
+        # q_pos_T / k_pos_S: the first row, for the plan's T and S (RoPE adds no logit terms that read them)
+        return AttnContext(q_pos_T=pos_BT[0], k_pos_S=pos_BT[0], cos_TD=cos_B1TD, sin_TD=sin_B1TD)
+
     def rotate(self, q_BHTD, k_BHSD, ctx):
         return apply_rotary(q_BHTD, ctx.cos_TD, ctx.sin_TD), apply_rotary(k_BHSD, ctx.cos_TD, ctx.sin_TD)
