@@ -352,6 +352,38 @@ def test_offsets_on_a_shift_invariant_scheme_are_said_to_do_nothing(scheme, tmp_
     assert ("positions=offset has no effect" in caplog.text) == (scheme == "alibi"), caplog.text
 
 
+def test_offset_batch_on_a_shift_invariant_scheme_and_shapes_offset_on_a_learned_table_are_said(tmp_path, caplog):
+    _, cfg = module_for(tmp_path, "alibi", "positions=offset_batch")
+    with caplog.at_level(logging.WARNING):
+        check_config(cfg)
+    assert "positions=offset_batch has no effect" in caplog.text
+    caplog.clear()
+    _, cfg = module_for(tmp_path, "learned", "positions=offset", "positions.max_len=64")
+    with caplog.at_level(logging.WARNING):
+        check_config(cfg)
+    assert "scores a learned table from position 49" in caplog.text and "rows from 64 on" in caplog.text
+    caplog.clear()
+    _, cfg = module_for(tmp_path, "learned", "positions=offset", "positions.max_len=64", "positions.eval_offset=0")
+    with caplog.at_level(logging.WARNING):
+        check_config(cfg)
+    assert "learned table" not in caplog.text
+
+
+def test_an_offset_checkpoint_from_before_shapes_offset_still_scores_at_zero(tmp_path):
+    """Before issue 32 `positions=offset` scored at 0 and sized a learned table to max_len: a stored Offset config
+    without eval_offset is rebuilt so (same table, same logits), not at SHAPE's K."""
+    from lenx.checkpoint import safe_run_config
+
+    _, cfg = module_for(tmp_path, "learned", "positions=offset", "positions.max_len=64", "positions.eval_offset=0")
+    old = {**cfg, "positions": {k: v for k, v in cfg["positions"].items() if k != "eval_offset"}}
+    rebuilt = safe_run_config(old)
+    assert rebuilt["positions"]["eval_offset"] == 0
+    model = build_model(rebuilt)
+    assert model.position_offset == 0 and model.pos.max_positions == 64
+    new = safe_run_config({**cfg, "positions": {**cfg["positions"], "eval_offset": None}})
+    assert build_model(new).position_offset == 49  # a run of today's default keeps SHAPE's K
+
+
 def test_learned_table_is_sized_to_the_mode_or_refused(tmp_path):
     _, cfg = module_for(tmp_path, "learned", "positions=randomized", "positions.max_len=100")
     assert build_model(cfg).pos.max_positions == 100

@@ -171,7 +171,11 @@ def safe_run_config(cfg: dict) -> dict:
     _check_plain(cfg.get("seq_len"), "seq_len")
     out = {**cfg, "pos": safe_pos_config(cfg["pos"], (cfg.get("choices") or {}).get("pos"))}
     if cfg.get("positions") is not None:  # the train-time position mode (sizes a learned table): lenx's own only
-        out["positions"] = safe_group_config("positions", cfg["positions"])
+        stored = cfg["positions"]
+        if isinstance(stored, dict) and stored.get("_target_") == "lenx.positions.Offset" \
+                and "eval_offset" not in stored:  # before issue 32 offset runs scored at 0 (their table sized so)
+            stored = {**stored, "eval_offset": 0}
+        out["positions"] = safe_group_config("positions", stored)
     return out
 
 

@@ -51,7 +51,8 @@ def check_trained_range(cfg: dict, scheme) -> None:
 
     if not isinstance(scheme, T5Bias):
         return
-    span = positions.build(cfg).span(cfg["seq_len"])  # a position mode may reach farther than seq_len
+    mode = positions.build(cfg)  # pose and randomized train distances up to their span; offsets keep seq_len's
+    span = cfg["seq_len"] if isinstance(mode, (positions.Contiguous, positions.Offset)) else mode.span(cfg["seq_len"])
     untrained = scheme.untrained_buckets(span)
     if untrained:
         first = scheme.first_distance_in(untrained[0])
@@ -75,10 +76,17 @@ def check_positions(cfg: dict, scheme) -> None:
     if not scheme.reads_positions:
         log.warning("positions=%s has no effect on pos=%s: the scheme reads no positions, so this run trains the "
                     "same model as positions=contiguous", mode.name, name)
-    elif type(mode) is positions.Offset and scheme.shift_invariant:
-        log.warning("positions=offset has no effect on pos=%s beyond rounding: the scheme sees position differences "
+    elif isinstance(mode, positions.Offset) and scheme.shift_invariant:
+        log.warning("positions=%s has no effect on pos=%s beyond rounding: the scheme sees position differences "
                     "only, and a shifted window keeps them, so this run trains the model positions=contiguous "
-                    "trains (offsets matter to absolute schemes: learned, sinusoidal, FoPE, and FIRE past its threshold L)", name)
+                    "trains (offsets matter to absolute schemes: learned, sinusoidal, FoPE, and FIRE past its "
+                    "threshold L)", mode.name, name)
+    elif isinstance(mode, positions.Offset) and table is not None and mode.eval_start(cfg["seq_len"]) > 0:
+        start = mode.eval_start(cfg["seq_len"])
+        log.warning("positions=%s scores a learned table from position %d (SHAPE's evaluation offset K, for its "
+                    "sinusoidal encoding): the table's rows from %d on are never trained, and every evaluation "
+                    "window longer than %d tokens reads them; positions.eval_offset=0 scores at 0.. instead",
+                    mode.name, start, mode.max_len, mode.max_len - start)
 
 
 def check_scaling_applies(cfg: dict) -> None:
