@@ -55,12 +55,13 @@ def bare_task_steps(cfg: dict, batches: list, warmup: int, autocast: bool, devic
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for i, (ids_BT, mask_BT) in enumerate(batches):
+    for i, batch in enumerate(batches):  # (ids, answer mask[, labels]), as pad builds it
         if i == warmup:
             sync(device)
             t0 = time.perf_counter()
+        batch = [x.to(device) for x in batch]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = masked_loss(model(ids_BT[:, :-1].to(device)), ids_BT.to(device), mask_BT.to(device))
+            loss = masked_loss(model(batch[0][:, :-1]), *batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

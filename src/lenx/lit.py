@@ -89,9 +89,8 @@ class LenxModule(L.LightningModule):
         return self.model(idx_BT)
 
     def _loss(self, batch_BT, pos_T: torch.Tensor | None = None) -> torch.Tensor:
-        if isinstance(batch_BT, (tuple, list)):  # a task batch (ids, answer mask): loss on answer tokens only
-            ids_BT, mask_BT = batch_BT
-            return masked_loss(self.model(ids_BT[:, :-1], pos_T), ids_BT, mask_BT)
+        if isinstance(batch_BT, (tuple, list)):  # a task batch (ids, answer mask[, labels]): loss on answers only
+            return masked_loss(self.model(batch_BT[0][:, :-1], pos_T), *batch_BT)
         logits_BTV = self.model(batch_BT[:, :-1], pos_T)
         return F.cross_entropy(logits_BTV.float().flatten(0, 1), batch_BT[:, 1:].flatten())
 

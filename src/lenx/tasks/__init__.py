@@ -3,9 +3,10 @@
 Each task is one class (`data.task._target_`, configs/data/<task>.yaml) with its own vocabulary (PAD, BOS, SEP,
 then the task's symbols: never the corpus BPE) and a size parameter (symbols, digits, pairs, hops, filler). An
 instance is `[BOS] prompt [SEP] answer` (kv_recall interleaves queries and answers; mqar, Zoology's generator, has
-no SEP: its queries and answers stand among noise tokens after the pairs) with a mask marking the answer
-tokens: training puts its loss on those only, and scoring asks for every one of them (exact match) and reports
-the fraction right (per-token accuracy).
+no SEP: its queries stand among noise tokens after the pairs) with a mask marking the answer tokens: training puts
+its loss on those only, and scoring asks for every one of them (exact match) and reports the fraction right
+(per-token accuracy). Where the answers are labels only (mqar, as Zoology: the input holds noise there), an
+instance carries a third array, its labels (the target of each position), and nothing is fed back in decoding.
 
 Sizes: training draws each instance's size uniformly from [min_size, train_size] (as Kazemnejad et al. 2023,
 arXiv:2305.19466, and Zhou et al. 2024, arXiv:2402.09371, sample lengths up to the training maximum); scoring uses

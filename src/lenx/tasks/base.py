@@ -1,5 +1,5 @@
-"""The task interface: a Task draws instances (token ids + answer mask) of a size; build_task reads data.task;
-the training dataset, padding and the answer-only loss."""
+"""The task interface: a Task draws instances (token ids + answer mask, and the targets where answers are labels
+only) of a size; build_task reads data.task; the training dataset, padding and the answer-only loss."""
 
 from __future__ import annotations
 
@@ -71,8 +71,13 @@ class Task:
         return self.id(EOS) if self.eos else None
 
     # instances
-    def draw(self, size: int, rng: np.random.Generator) -> tuple[list[int], list[bool]]:
-        """The tokens after BOS and their answer mask."""
+    def draw(self, size: int, rng: np.random.Generator) -> (tuple[list[int], list[bool]]
+                                                            | tuple[list[int], list[bool], list[int]]):
+        """The tokens after BOS and their answer mask: an answer is the token that stands at its position. A task
+        whose answers are labels only returns a third list, the labels (the target of each position: the tokens,
+        but at the answers): there the input holds something else (MQAR: Zoology's noise, arXiv:2312.04927), the
+        loss and the score take the label, and the input stream is given whole, whatever the model predicts (no
+        answer is fed back, so greedy decoding is teacher decoding)."""
         raise NotImplementedError
 
     def max_len(self, size: int) -> int:
@@ -86,21 +91,24 @@ class Task:
     def qa(self, prompt: list[int], answer: list[int]) -> tuple[list[int], list[bool]]:
         return [*prompt, SEP, *answer], [False] * (len(prompt) + 1) + [True] * len(answer)
 
-    def instance(self, seed: int, split: str, i: int, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(token ids, answer mask) of instance i of `split` (a pure function of the arguments). Training draws its
-        size uniformly in [min_size, train_size]; evaluation passes the size."""
+    def instance(self, seed: int, split: str, i: int, size: int | None = None) -> tuple[np.ndarray, ...]:
+        """(token ids, answer mask) of instance i of `split` (a pure function of the arguments), and its labels
+        (T,) where the task's answers are labels only (`draw`). Training draws its size uniformly in
+        [min_size, train_size]; evaluation passes the size. The held-out split hashes the ids alone: labels are
+        answers read from the input (MQAR: a value of the pairs), so no scored input stream is ever trained on."""
         rng = np.random.default_rng((seed, SPLITS[split], i, size or 0))
         if size is None:
             size = int(rng.integers(self.min_size, self.train_size + 1))
         for _ in range(64):
-            ids, mask = self.draw(size, rng)
+            ids, mask, *labels = self.draw(size, rng)  # labels: [] for a task whose answers stand in the sequence
             if self.eos:  # the answer ends here: the end token is an answer token (trained on and scored)
-                ids, mask = [*ids, self.eos_id], [*mask, True]
+                ids, mask, labels = [*ids, self.eos_id], [*mask, True], [[*y, self.eos_id] for y in labels]
             ids = np.asarray([BOS, *ids], dtype=np.int64)
+            out = (ids, np.asarray([False, *mask]), *(np.asarray([BOS, *y], dtype=np.int64) for y in labels))
             if half_of(ids) == HALF[split]:
-                return ids, np.asarray([False, *mask])
+                return out
         if split != "eval":  # a size with too few instances to split (e.g. parity of 1 bit): training may see it,
-            return ids, np.asarray([False, *mask])  # and so may validation (it draws training's sizes; a loss monitor)
+            return out  # and so may validation (it draws training's sizes; a loss monitor)
         raise ConfigError(f"data.task: size {size} has too few distinct {self.name} instances to hold some out of "
                           "training; use a larger train_size")
 
@@ -164,15 +172,20 @@ def provenance(cfg: dict) -> dict:
             "tokenizer_hash": "", "n_tokens": 0}
 
 
-def pad(items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad instances to the longest: (ids (B, T), answer mask (B, T)). Padding is never attended to by
-    earlier tokens (causal) and never a target."""
-    T = max(len(ids) for ids, _ in items)
-    ids_BT = torch.full((len(items), T), PAD, dtype=torch.long)
-    mask_BT = torch.zeros((len(items), T), dtype=torch.bool)
-    for b, (ids, mask) in enumerate(items):
-        ids_BT[b, :len(ids)], mask_BT[b, :len(mask)] = torch.from_numpy(ids), torch.from_numpy(mask)
-    return ids_BT, mask_BT
+def pad(items: list[tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
+    """Right-pad instances to the longest: (ids (B, T), answer mask (B, T)), and labels (B, T) where the items
+    carry labels (`Task.draw`). Padding is never attended to by earlier tokens (causal) and never a target."""
+    n = {len(item) for item in items}
+    if len(n) != 1:
+        raise ValueError(f"pad: items of one batch must all carry labels or none (lengths {sorted(n)})")
+    T = max(len(item[0]) for item in items)
+    out = [torch.full((len(items), T), PAD, dtype=torch.long), torch.zeros((len(items), T), dtype=torch.bool)]
+    if n == {3}:
+        out.append(torch.full((len(items), T), PAD, dtype=torch.long))
+    for b, item in enumerate(items):
+        for x_BT, a in zip(out, item):
+            x_BT[b, :len(a)] = torch.from_numpy(a)
+    return tuple(out)
 
 
 class TaskItems(torch.utils.data.Dataset):
@@ -188,9 +201,12 @@ class TaskItems(torch.utils.data.Dataset):
         return self.task.instance(self.seed, self.split, i + self.start)
 
 
-def masked_loss(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens only; logits_BTV predicts ids_BT[:, 1:]."""
-    nll_BT = F.cross_entropy(logits_BTV.float().transpose(1, 2), ids_BT[:, 1:], reduction="none")
+def masked_loss(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, mask_BT: torch.Tensor,
+                labels_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens only; logits_BTV (B, T-1, V) predicts ids_BT[:, 1:], or labels_BT[:, 1:]
+    where the batch carries labels (answers that are labels only, `Task.draw`)."""
+    target_BT = ids_BT if labels_BT is None else labels_BT
+    nll_BT = F.cross_entropy(logits_BTV.float().transpose(1, 2), target_BT[:, 1:], reduction="none")
     m = mask_BT[:, 1:].float()
     return (nll_BT * m).sum() / m.sum().clamp(min=1)
 

@@ -79,18 +79,22 @@ def sizes_of_label(label: str) -> list[int]:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, ids_BT: torch.Tensor, mask_BT: torch.Tensor, decode: str,
-            pos_T: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's token at every answer position (B, T; elsewhere the input). `teacher`: argmax given the true
-    prefix, one forward. `greedy`: answer tokens generated left to right, each fed back (non-answer tokens, e.g.
-    MQAR's queries, are given). Whole-answer exact match is the same under both (all tokens right given the true
-    prefix is what greedy decoding produces); per-token accuracy differs after a first error. pos_T: the positions
-    of the T - 1 input tokens (None: 0..T-2)."""
+            pos_T: torch.Tensor | None = None, labels_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's token at every answer position (B, T; elsewhere the target: the input, or labels_BT where the
+    batch carries labels). `teacher`: argmax given the true prefix, one forward. `greedy`: answer tokens generated
+    left to right, each fed back (non-answer tokens, e.g. kv_recall's queries, are given). Whole-answer exact match
+    is the same under both (all tokens right given the true prefix is what greedy decoding produces); per-token
+    accuracy differs after a first error. Answers that are labels only (labels_BT given, e.g. MQAR) are never in
+    the input (Zoology's input holds noise there whatever the model says, arXiv:2312.04927), so nothing is fed
+    back and greedy decoding is teacher decoding: one forward. pos_T: the positions of the T - 1 input tokens
+    (None: 0..T-2)."""
     def run(x_BT: torch.Tensor) -> torch.Tensor:
         return model(x_BT) if pos_T is None else model(x_BT, pos_T[:x_BT.shape[1]])
 
-    if decode == "teacher":
-        pred_BT = ids_BT.clone()
-        pred_BT[:, 1:] = torch.where(mask_BT[:, 1:], run(ids_BT[:, :-1]).argmax(-1), ids_BT[:, 1:])
+    if decode == "teacher" or labels_BT is not None:
+        target_BT = ids_BT if labels_BT is None else labels_BT
+        pred_BT = target_BT.clone()
+        pred_BT[:, 1:] = torch.where(mask_BT[:, 1:], run(ids_BT[:, :-1]).argmax(-1), target_BT[:, 1:])
         return pred_BT
     x_BT = ids_BT.clone()
     for t in torch.nonzero(mask_BT.any(0)).flatten().tolist():
@@ -140,19 +144,21 @@ def task_accuracy(model: torch.nn.Module, task: Task, *, multipliers: list[int],
         hits, right, total = 0, 0, 0
         try:
             for b in range(0, instances, batch):
-                ids_BT, mask_BT = pad(items[b:b + batch])
+                ids_BT, mask_BT, *labels = pad(items[b:b + batch])  # labels: [labels_BT] for label-only answers
+                target_BT = labels[0] if labels else ids_BT
                 pos_T = None if mode is None else mode.for_eval(ids_BT.shape[1] - 1, seed, m, b).to(device)
-                pred_BT = predict(model, ids_BT.to(device), mask_BT.to(device), decode, pos_T).cpu()
-                ok_BT = (pred_BT == ids_BT) | ~mask_BT
+                pred_BT = predict(model, ids_BT.to(device), mask_BT.to(device), decode, pos_T,
+                                  *(y.to(device) for y in labels)).cpu()
+                ok_BT = (pred_BT == target_BT) | ~mask_BT
                 hits += int(ok_BT.all(1).sum())
                 right, total = right + int((ok_BT & mask_BT).sum()), total + int(mask_BT.sum())
         except OutOfRangeError as e:  # a learned position table (or the position mode) shorter than these
-            yield {**row, "mean_tokens": float(np.mean([len(i) for i, _ in items])), "accuracy": math.nan,
+            yield {**row, "mean_tokens": float(np.mean([len(i) for i, *_ in items])), "accuracy": math.nan,
                    "acc_ci_low": math.nan, "acc_ci_high": math.nan, "token_accuracy": math.nan,
                    "status": "out_of_range", "error": str(e)}
             continue
         lo, hi = wilson(hits, instances)
-        yield {**row, "mean_tokens": float(np.mean([len(i) for i, _ in items])), "accuracy": hits / instances,
+        yield {**row, "mean_tokens": float(np.mean([len(i) for i, *_ in items])), "accuracy": hits / instances,
                "acc_ci_low": lo, "acc_ci_high": hi, "token_accuracy": right / max(total, 1), "status": "ok"}
 
 

@@ -24,21 +24,23 @@ class MQAR(Task):
         power_a k^(power_a - 1) (power_a 0.01: most queries soon after the pairs, a long tail), assigned to the
         keys in draw order;
       - every other slot is noise, uniform over all `vocab` tokens (Zoology's random_non_queries, default true;
-        false leaves its empty token 0).
-    The answer to a query is the next token, its value; the mask marks those `size` tokens only (Zoology's labels
-    are -100 elsewhere), so loss and score are on them alone and `token_accuracy` at one size is Zoology's
-    per-query accuracy (teacher decode).
+        false leaves its empty token 0), the slot after each query included.
+    The answers are labels only, as Zoology's (`Task.draw`): the instance's ids are Zoology's `inputs` token for
+    token (noise, or `_`, in the slot after each query: the value is never put there), and its labels carry the
+    query's value in that slot. lenx scores the output at position t against labels[t + 1], so the output at the
+    query predicts the value, as Zoology's labels[t] (-100 elsewhere: the mask marks the `size` answers only).
+    Loss and score are on them alone, `token_accuracy` at one size is Zoology's per-query accuracy, and greedy
+    decoding equals teacher decoding (nothing is fed back).
 
     Keys, values and gaps are Zoology's own draws: one legacy numpy RandomState per instance (seeded from lenx's
     instance generator) makes the calls `multiquery_ar` makes for num_examples=1, in its order (tested against a
-    re-implementation of it). Departures, forced by lenx's task interface: (1) the value stands in the sequence
-    after its query (lenx scores tokens of the sequence) where Zoology's input holds noise and the value is a
-    label only, so later positions read it under teacher forcing (it answers no other query: keys and values are
-    distinct); (2) BOS comes first; (3) the noise comes from the same RandomState (Zoology: torch's unseeded
-    global generator); (4) Zoology asserts vocab > L, a guard lenx drops so that scoring may go past it (the
-    generator is well defined there; only more pairs than the vocab/2 - 1 keys is `too_large`); (5) sizes follow
-    lenx: training draws the number of pairs uniformly in [min_size, train_size], scoring uses multiplier x
-    train_size pairs in multiplier x the tokens, where Zoology trains on fixed (L, pairs) configs. Cost: the
+    re-implementation of it). Departures: (1) BOS comes first; (2) the noise comes from the same RandomState
+    (Zoology: torch's unseeded global generator); (3) Zoology asserts vocab > L, a guard lenx drops so that
+    scoring may go past it (the generator is well defined there; only more pairs than the vocab/2 - 1 keys is
+    `too_large`); (4) sizes follow lenx: training draws the number of pairs uniformly in [min_size, train_size],
+    scoring uses multiplier x train_size pairs in multiplier x the tokens, where Zoology trains on fixed
+    (L, pairs) configs. (Before, the value stood in the sequence after its query, a token later positions read
+    under teacher forcing; issue 32 made it a label only.) Cost: the
     8192-token vocabulary puts an 8195-way output layer on a tiny model: a training step of d_model 64, 2 layers,
     batch 32 of 8 pairs took 1.86 s against 0.11 s with vocab 64 (one shared CPU thread, measured); a smaller
     `vocab` is a variant (the layout is unchanged; noise tokens repeat a pair's key more often, unlabelled as in
@@ -78,8 +80,9 @@ class MQAR(Task):
         p = self.power_a * np.arange(1, space + 1) ** (self.power_a - 1)
         return p / p.sum()
 
-    def sample(self, size: int, rs: np.random.RandomState) -> tuple[list[int], list[bool]]:
-        """One instance from a legacy RandomState: Zoology's token ids (0 .. vocab - 1, not shifted) and the mask."""
+    def sample(self, size: int, rs: np.random.RandomState) -> tuple[list[int], list[bool], list[int]]:
+        """One instance from a legacy RandomState, in Zoology's token ids (0 .. vocab - 1, not shifted): its inputs
+        (L,), the answer mask and the labels (the inputs, but each query's value in the slot after it)."""
         V, n, L = self.vocab_tokens, size, self.tokens_per_pair * size
         ctx = 2 * n
         keys = rs.choice(np.arange(1, V // 2), replace=False, size=n)
@@ -91,17 +94,17 @@ class MQAR(Task):
         z[ctx + 2 * gaps] = keys
         mask = np.zeros(L, dtype=bool)
         mask[ctx + 2 * gaps + 1] = True
-        if self.random_non_queries:  # Zoology draws noise over the whole input and keeps it in the empty slots
-            noise = rs.randint(V, size=L)
-            empty = (z == 0) & ~mask
-            z[empty] = noise[empty]
-        z[ctx + 2 * gaps + 1] = vals  # lenx: the answer in the sequence (Zoology: a label only), see the docstring
-        return z.tolist(), mask.tolist()
+        if self.random_non_queries:  # Zoology draws noise over the whole input and keeps it where the input is 0:
+            noise = rs.randint(V, size=L)  # the empty slots and the slot after each query (keys, values are > 0)
+            z[z == 0] = noise[z == 0]
+        labels = z.copy()
+        labels[ctx + 2 * gaps + 1] = vals  # a label only: the input there stays noise (or 0), as Zoology's
+        return z.tolist(), mask.tolist(), labels.tolist()
 
     def draw(self, size, rng):
         self._legacy.seed(int(rng.integers(2**32)))  # as np.random.seed(seed) in Zoology
-        ids, mask = self.sample(size, self._legacy)
-        return [t + len(SPECIALS) for t in ids], mask
+        ids, mask, labels = self.sample(size, self._legacy)
+        return [t + len(SPECIALS) for t in ids], mask, [t + len(SPECIALS) for t in labels]
 
     def max_len(self, size):
         return 1 + self.tokens_per_pair * size
