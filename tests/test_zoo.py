@@ -128,6 +128,12 @@ def test_t5_buckets_training_cannot_reach_are_named_and_warned(tmp_path, caplog)
         assert bool(said) == warned
         if warned:
             assert "buckets 27-31" in said[0] and f"from {first} on" in said[0] and "max_distance=64" in said[0]
+    # a task's short L (13: fewer distances than T5's 16 exact buckets): the fix names a bucket count too, and
+    # under it every bucket of the reference function is trained
+    from lenx.checks import t5_fit
+
+    assert t5_fit(T5Bias(d_model=32, n_heads=2, head_dim=16, train_len=13), 13) == "pos.num_buckets=12 pos.max_distance=13"
+    assert set(range(12)) == {reference_t5_bucket(-d, False, 12, 13) for d in range(13)}
 
 
 @pytest.mark.parametrize("rel, bidirectional, want", [
