@@ -73,3 +73,72 @@ def t5_fit(scheme, span: int) -> str:
             return f"pos.max_distance={span} (<= seq_len)" if n == scheme.num_buckets else \
                 f"pos.num_buckets={n} pos.max_distance={span}"
     return f"pos.max_distance={span} with fewer buckets"
+
+
+def check_positions(cfg: dict, scheme) -> None:
+    """A position mode (configs/positions/) the scheme cannot take is refused; one it cannot feel is said."""
+    mode = positions.build(cfg)
+    if type(mode) is positions.Contiguous:
+        return
+    span, table = mode.span(cfg["seq_len"]), getattr(scheme, "max_positions", None)
+    if table is not None and span > table:
+        raise ConfigError(f"positions={mode.name} gives positions up to {span - 1}, past the learned table's "
+                          f"{table} rows (pos.max_positions={table}); leave it null to size the table to {span}")
+    name = (cfg.get("choices") or {}).get("pos", type(scheme).__name__)
+    if not scheme.reads_positions:
+        log.warning("positions=%s has no effect on pos=%s: the scheme reads no positions, so this run trains the "
+                    "same model as positions=contiguous", mode.name, name)
+    elif isinstance(mode, positions.Offset) and scheme.shift_invariant:
+        log.warning("positions=%s has no effect on pos=%s beyond rounding: the scheme sees position differences "
+                    "only, and a shifted window keeps them, so this run trains the model positions=contiguous "
+                    "trains (offsets matter to absolute schemes: learned, sinusoidal, FoPE, and FIRE past its "
+                    "threshold L)", mode.name, name)
+    elif isinstance(mode, positions.Offset) and table is not None and mode.eval_start(cfg["seq_len"]) > 0:
+        start = mode.eval_start(cfg["seq_len"])
+        log.warning("positions=%s scores a learned table from position %d (SHAPE's evaluation offset K, for its "
+                    "sinusoidal encoding): the table's rows from %d on are never trained, and every evaluation "
+                    "window longer than %d tokens reads them; positions.eval_offset=0 scores at 0.. instead",
+                    mode.name, start, mode.max_len, mode.max_len - start)
+
+
+def check_scaling_applies(cfg: dict) -> None:
+    """`+pos/scaling=...` on a scheme that is not rotary (lenx.pos.rope.Rotary): say which schemes take one."""
+    pos = cfg["pos"]
+    if "scaling" not in pos or is_rotary(pos):
+        return
+    takes = sorted(n for n, c in scheme_configs().items() if is_rotary(c))
+    raise ConfigError(f"pos/scaling does not apply to pos={(cfg.get('choices') or {}).get('pos', pos['_target_'])}"
+                      f": only {takes} take a RoPE scaling (a learned table has `pos.interpolate=true` instead)")
+
+
+def check_model_memory(cfg: dict):
+    """Build the model on the meta device (no memory) and refuse one whose weights, gradients and AdamW state
+    (16 bytes a parameter in fp32) exceed this machine's memory, e.g. pos=learned with seq_len=10^9."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    except (NotImplementedError, RuntimeError):  # a scheme whose construction reads tensor values: real build
+        model = build_model(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 16 * n > ram:
+        raise ConfigError(f"the model has {n:,} parameters ({16 * n / 2**30:.1f} GiB with gradients and AdamW "
+                          f"state), more than this machine's {ram / 2**30:.1f} GiB of memory (check seq_len / "
+                          "model sizes: a learned position table holds seq_len rows)")
+    return model
+
+
+def check_world(cfg: dict, trainer) -> None:
+    """Rules for more than one process, checked before training: `batch_size` is the global batch (split evenly
+    over the processes, so the optimisation is the same whatever the device count), and a Hydra multirun cannot
+    use the launcher that re-runs the command for each rank (it would re-run the whole sweep)."""
+    world = trainer.world_size
+    if cfg["batch_size"] % world:
+        raise ConfigError(f"batch_size={cfg['batch_size']} is the global batch and must divide evenly over "
+                          f"{world} processes (devices x nodes)")
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (world > 1 and type(launcher).__name__ == "_SubprocessScriptLauncher" and HydraConfig.initialized()
+            and HydraConfig.get().mode == RunMode.MULTIRUN):
+        raise ConfigError("a -m sweep cannot use trainer.strategy=ddp on several local devices: Lightning would "
+                          "re-run the whole sweep in each process. Use trainer.strategy=ddp_spawn, or "
+                          "hydra/launcher=submitit_slurm (one SLURM task per device)")
