@@ -12,7 +12,8 @@ RUNS=${RUNS:-multirun/positions_extensions_self_extend}
 OUT=${OUT:-results/positions_extensions/self_extend_rescored}
 JOBS=${JOBS:-2}
 STEPS=${STEPS:-300}
-THREADS=$(( $(nproc) / JOBS )); export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( THREADS > 0 ? THREADS : 1 ))}
+CORES=$(nproc)  # (before OMP_NUM_THREADS is set: GNU nproc reads it)
+THREADS=$(( CORES / JOBS )); export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( THREADS > 0 ? THREADS : 1 ))}
 source experiments/2026-11-29_positions-and-extensions/settings.sh  # COMMON: the model and run
 start=$(date +%s)
 for pos in rope alibi; do
@@ -26,7 +27,7 @@ for pos in rope alibi; do
 done
 python scripts/aggregate.py "$RUNS/extensions" --out "$OUT"
 python experiments/2026-11-29_positions-and-extensions/ratios.py "$RUNS" "$OUT/ratios.md"
-echo "wall time: $(( ($(date +%s) - start) / 60 )) min ($(( $(date +%s) - start )) s) on $(nproc) CPU cores, JOBS=$JOBS" \
+echo "wall time: $(( ($(date +%s) - start) / 60 )) min ($(( $(date +%s) - start )) s) on $CORES CPU cores, JOBS=$JOBS" \
   | tee "$OUT/wall_time.txt"
 }
 main "$@"
