@@ -22,11 +22,16 @@ if [ -e "$RUNS" ]; then
 fi
 source experiments/2026-11-29_length-generalisation-tasks/settings.sh  # SETTINGS (per task), MODEL
 start=$(date +%s)
+others=$(tr ',' '\n' <<< "$SCHEMES" | grep -vx t5 | paste -sd, -)  # t5 runs apart, with its buckets fitted to L
 for task in $TASKS; do
   read -ra settings <<< "${SETTINGS[$task]}"
-  python train.py -m data="$task" pos="$SCHEMES" seed=0,1,2 "${settings[@]}" "${MODEL[@]}" \
-    hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS" hydra.sweep.dir="$RUNS/$task" \
-    'hydra.sweep.subdir=${hydra:runtime.choices.pos}_s${seed}' "${TRAIN_EXTRA[@]}"
+  sweep=(seed=0,1,2 "${settings[@]}" "${MODEL[@]}" hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS"
+         hydra.sweep.dir="$RUNS/$task" 'hydra.sweep.subdir=${hydra:runtime.choices.pos}_s${seed}' "${TRAIN_EXTRA[@]}")
+  [ -z "$others" ] || python train.py -m data="$task" pos="$others" "${sweep[@]}"
+  if tr ',' '\n' <<< "$SCHEMES" | grep -qx t5; then
+    read -ra fit <<< "${T5_FIT[$task]}"
+    python train.py -m data="$task" pos=t5 "${fit[@]}" "${sweep[@]}"
+  fi
   echo "$task done after $(( ($(date +%s) - start) / 60 )) min" | tee -a "$RUNS/task_times.txt"
 done
 python scripts/aggregate.py "$RUNS" --out "$OUT"
