@@ -22,7 +22,7 @@ if [ -e "$RUNS" ]; then
 fi
 source experiments/2026-11-29_length-generalisation-tasks/settings.sh  # SETTINGS (per task), MODEL
 start=$(date +%s)
-others=$(tr ',' '\n' <<< "$SCHEMES" | grep -vx t5 | paste -sd, -)  # t5 runs apart, with its buckets fitted to L
+others=$(tr ',' '\n' <<< "$SCHEMES" | { grep -vx t5 || true; } | paste -sd, -)  # t5 runs apart, buckets fitted to L
 for task in $TASKS; do
   read -ra settings <<< "${SETTINGS[$task]}"
   sweep=(seed=0,1,2 "${settings[@]}" "${MODEL[@]}" hydra/launcher=joblib hydra.launcher.n_jobs="$JOBS"
