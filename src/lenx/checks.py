@@ -15,6 +15,7 @@ from lenx import positions
 from lenx.checkpoint import is_rotary, scheme_configs
 from lenx.errors import ConfigError, check_int
 from lenx.lit import build_model
+from lenx.pos.bias import T5Bias
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ def check_config(cfg: dict) -> None:
 def check_trained_range(cfg: dict, scheme) -> None:
     """A scheme with learned terms that training at this length cannot reach is said, with the fix: T5's buckets
     past seq_len (max_distance > seq_len) stay at their initial values, yet every longer distance reads them."""
-    from lenx.pos.bias import T5Bias
-
     if not isinstance(scheme, T5Bias):
         return
     mode = positions.build(cfg)  # pose and randomized train distances up to their span; offsets keep seq_len's
@@ -65,9 +64,7 @@ def check_trained_range(cfg: dict, scheme) -> None:
 def t5_fit(scheme, span: int) -> str:
     """The overrides that train every T5 bucket at `span` distances: max_distance = span, and where T5's bucket
     count still leaves some untrained (fewer distances than buckets), the largest even num_buckets that leaves none."""
-    from lenx.pos.bias import T5Bias
-
-    dims = dict(d_model=scheme.d_model, n_heads=scheme.n_heads, head_dim=scheme.head_dim, train_len=span)
+    dims = {"d_model": scheme.d_model, "n_heads": scheme.n_heads, "head_dim": scheme.head_dim, "train_len": span}
     for n in range(scheme.num_buckets, 3, -2):
         if n // 2 < span and not T5Bias(num_buckets=n, max_distance=span, **dims).untrained_buckets(span):
             return f"pos.max_distance={span} (<= seq_len)" if n == scheme.num_buckets else \
