@@ -1,4 +1,4 @@
-"""Aggregate the extrapolation rows of a sweep: `python scripts/aggregate.py <sweep or results dir> [--out DIR]`.
+"""Aggregate the extrapolation rows of a sweep: `python scripts/aggregate.py <sweep dir> [--out DIR] [--ckpt NAME]`.
 
 Collects every extrapolation.jsonl under the directory and writes one table, (scheme, scaling, mode, training
 length) x eval length, with the mean over seeds and a 95% confidence interval (Student t), as Markdown and CSV,
@@ -11,27 +11,131 @@ Task runs (data=copy, ...; tasks.jsonl) give tasks_summary.{md,csv,png}: per tas
 protocol and multiplier (or size set, e.g. 21..40, averaged per run first), exact match and per-token accuracy,
 each with its mean over seeds, 95% Student t interval (one value per run: each run's own row carries a Wilson
 interval over instances) and maximum over seeds, and the runs counted.
+
+Rows scored from different checkpoints of training (last.ckpt, step200.ckpt: different models) are never merged:
+such a tree is refused unless `--ckpt NAME` picks one. A damaged input (a cut .jsonl line, a row missing what the
+tables need) or an --out that cannot be written is one `lenx: error:` line naming the file (exit status 2); every
+output file is replaced atomically, so files written before a failure stay whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from lenx.results import extension_label, mode_label, read_tree, scheme_label
+from lenx.errors import LenxError, user_errors
+from lenx.results import atomic_write_bytes, atomic_write_text, extension_label, mode_label, scheme_label
 from lenx.tasks.probe import PROTOCOLS, sizes_of_label
 
 # two-sided 95% Student t quantiles for n - 1 degrees of freedom (n seeds); large n -> 1.96
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
+NUMBER, TEXT = (int, float), str
+# What the summaries read from each table's rows without a default (other keys are read with .get): a row without
+# one, or with a value of another type, is refused with its file and line instead of failing deep inside.
+NEEDS = {
+    "extrapolation": {"pos": TEXT, "mode": TEXT, "train_len": NUMBER, "eval_len": NUMBER, "ppl": NUMBER,
+                      "status": TEXT},
+    "position_loss": {"pos": TEXT, "mode": TEXT, "train_len": NUMBER, "eval_len": NUMBER,
+                      "position_bin_start": NUMBER, "position_bin_end": NUMBER, "mean_nll": NUMBER},
+    "tasks": {"task": TEXT, "pos": TEXT, "train_size": NUMBER, "size": NUMBER, "multiplier": NUMBER,
+              "accuracy": NUMBER, "token_accuracy": NUMBER, "status": TEXT},
+}
+FIX_LINE = "repair or delete that line (or move the file out of the tree), then rerun"
+
+
+def read_text(path: Path, fix: str) -> str:
+    """A file's text; one that cannot be read or is not UTF-8 is a LenxError naming it and saying `fix`."""
+    try:
+        return Path(path).read_text()
+    except UnicodeDecodeError as e:
+        raise LenxError(f"{path}: not UTF-8 text (byte {e.start}), the file is damaged; {fix}") from None
+    except OSError as e:
+        raise LenxError(f"{path}: cannot read it ({e.strerror or e}); {fix}") from None
+
+
+def read_jsonl(path: Path, needs: dict[str, type | tuple]) -> list[dict]:
+    """The rows of one .jsonl file, each a JSON object holding the keys of `needs` with values of their types (NaN
+    is a number); a cut or damaged line is one LenxError naming the file and line."""
+    rows = []
+    for n, line in enumerate(read_text(path, "repair it or move it out of the tree, then rerun").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            why = f"{e.msg}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+            raise LenxError(f"{path} line {n}: not valid JSON ({why}), a cut or damaged line; {FIX_LINE}") from None
+        if not isinstance(row, dict):
+            raise LenxError(f"{path} line {n}: a JSON {type(row).__name__}, not a result row (an object); {FIX_LINE}")
+        missing = [k for k in needs if k not in row]
+        if missing:
+            raise LenxError(f"{path} line {n}: the row has no {', '.join(missing)} (which lenx writes in every "
+                            f"{table_of(path)} row); {FIX_LINE}")
+        for key, kind in needs.items():
+            if isinstance(row[key], bool) or not isinstance(row[key], kind):
+                raise LenxError(f"{path} line {n}: {key} is {row[key]!r}, not "
+                                f"{'a number' if kind is NUMBER else 'text'}; {FIX_LINE}")
+        rows.append(row)
+    return rows
+
+
+def check_root(root: Path, what: str) -> Path:
+    """`root` as given, or a LenxError when there is nothing there."""
+    if not Path(root).exists():
+        raise LenxError(f"{root} does not exist: name {what}")
+    return Path(root)
+
+
+def table_of(path: Path) -> str:
+    """Which table a .jsonl file holds: its stem where that names one, else extrapolation (a file of rescored rows)."""
+    return path.stem if path.stem in NEEDS else "extrapolation"
+
+
+def read_results(root: Path, name: str = "extrapolation", needs: dict | None = None) -> list[dict]:
+    """Every row of the <name>.jsonl files under `root` (or of `root` itself, a .jsonl file of that table), in path
+    order, each checked against `needs` (default: NEEDS[name]): the reader of aggregate.py, curves.py, compare.py."""
+    root = check_root(root, "a sweep or run directory, or a .jsonl file of results")
+    if root.is_file():
+        files = [root] if table_of(root) == name else []
+    else:
+        files = sorted(p for p in root.rglob(f"{name}.jsonl") if p.is_file())
+    needs = NEEDS.get(name, {}) if needs is None else needs
+    return [r for f in files for r in read_jsonl(f, needs)]
+
+
 def collect(root: Path, name: str = "extrapolation") -> list[dict]:
-    return read_tree(root, name)
+    return read_results(root, name)
+
+
+LENX_CKPT = re.compile(r"(last|step\d+)\.ckpt")  # the checkpoints train.py writes: last, and ckpt_keep_every's
+
+
+def checkpoint_name(r: dict) -> str:
+    """The file name of the checkpoint a row was scored from (last.ckpt, step200.ckpt); "" where it does not say."""
+    return Path(str(r.get("ckpt") or "")).name
+
+
+def one_checkpoint(rows: list[dict], want: str | None, root: Path, table: str) -> list[dict]:
+    """The rows of one point of training. With `want` (--ckpt), those scored from a checkpoint file of that name
+    (or stem); without, rows from several of train.py's checkpoints (last.ckpt and step200.ckpt of a run: two
+    training steps, two models) are refused, never merged as re-scorings of one model or averaged as seeds."""
+    if want:
+        return [r for r in rows if checkpoint_name(r) in (want, f"{want}.ckpt")]
+    names = sorted({n for n in map(checkpoint_name, rows) if LENX_CKPT.fullmatch(n)})
+    if len(names) > 1:
+        raise LenxError(f"{root}: the {table} rows were scored from {len(names)} different checkpoints "
+                        f"({', '.join(names)}): different training steps are different models, never averaged; "
+                        f"pass --ckpt {names[0]} (or another of them) to summarise one of them")
+    return rows
 
 
 def curve(r: dict) -> tuple:
@@ -42,12 +146,13 @@ def curve(r: dict) -> tuple:
 
 def run_key(r: dict) -> tuple | None:
     """Which trained model a row measures: its run directory's name (from the checkpoint path, so a copied run
-    directory or a re-scoring in another output directory is the same run) and its seed; None for rows that do
-    not say (older position rows), which are never merged."""
+    directory or a re-scoring in another output directory is the same run), its seed and its checkpoint file (a
+    run's last.ckpt and step200.ckpt are two models); None for rows that do not say (older position rows), which
+    are never merged."""
     ckpt, run_dir = r.get("ckpt"), r.get("run_dir")
     if not ckpt and not run_dir:
         return None
-    return (Path(ckpt).parent.parent if ckpt else Path(str(run_dir))).name, r.get("seed")
+    return (Path(ckpt).parent.parent if ckpt else Path(str(run_dir))).name, r.get("seed"), checkpoint_name(r)
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:
@@ -163,6 +268,15 @@ def _plt():
     return plt
 
 
+def save_png(plt, fig, path: Path, dpi: int) -> None:
+    """The figure as a PNG at `path`, replaced atomically (a full disk leaves the previous file whole)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def figure(summary: list[dict], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -185,9 +299,7 @@ def figure(summary: list[dict], path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_png(plt, fig, path, 130)
 
 
 def position_figure(positions: list[dict], path: Path) -> None:
@@ -212,9 +324,7 @@ def position_figure(positions: list[dict], path: Path) -> None:
                title=f"loss per position, {mode} (dotted: training length)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_png(plt, fig, path, 130)
 
 
 def provenance(rows: list[dict]) -> dict:
@@ -249,7 +359,7 @@ def set_rows(by_run: dict[tuple, dict]) -> list[dict]:
         want = sizes_of_label(cell[6])
         ok = [r for r in rs if r["status"] == "ok" and math.isfinite(r["accuracy"])]
         row = {**rs[0], "size": cell[6], "multiplier": cell[6], "size_set": cell[6],
-               "mean_tokens": statistics.fmean(r["mean_tokens"] for r in rs)}
+               "mean_tokens": statistics.fmean(r.get("mean_tokens", math.nan) for r in rs)}
         if sorted(r["size"] for r in ok) == want:
             row.update(accuracy=statistics.fmean(r["accuracy"] for r in ok),
                        token_accuracy=statistics.fmean(r["token_accuracy"] for r in ok), status="ok")
@@ -374,31 +484,55 @@ def tasks_figure(summary: list[dict], path: Path) -> None:
         ax.set(title=task, xlabel="size / training size", ylabel="exact match", ylim=(-0.05, 1.05))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(plt, fig, path, 120)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    """rows as CSV at `path`, replaced atomically."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def out_dir(path: Path) -> Path:
+    """--out as a directory to write into: created, or one that exists (its other files stay); a file there, or
+    under a file, is a LenxError."""
+    what = "name a directory to write the summary files into (it may exist already)"
+    if path.exists() and not path.is_dir():
+        raise LenxError(f"--out {path} is a file, not a directory: {what}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise LenxError(f"--out {path}: part of that path is a file, not a directory: {what}") from None
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path, help="a sweep directory (multirun/...) or any folder of run directories")
     p.add_argument("--out", type=Path, default=None, help="where to write (default: the root itself)")
+    p.add_argument("--ckpt", default=None, metavar="NAME",
+                   help="only rows scored from checkpoint files of this name (last.ckpt, step200.ckpt); a tree "
+                        "holding rows of several of a run's checkpoints is refused without it")
     args = p.parse_args(argv)
-    rows, task_rows = collect(args.root), collect(args.root, "tasks")
+    with user_errors():
+        aggregate(args.root, args.out, args.ckpt)
+
+
+def aggregate(root: Path, out: Path | None, ckpt: str | None) -> None:
+    root = check_root(root, "a sweep directory (multirun/...), a run directory or an extrapolation.jsonl")
+    tables = {name: one_checkpoint(collect(root, name), ckpt, root, name) for name in NEEDS}
+    rows, task_rows = tables["extrapolation"], tables["tasks"]
     if not rows and not task_rows:
-        raise SystemExit(f"aggregate: no extrapolation.jsonl or tasks.jsonl under {args.root}")
-    out = args.out or args.root
-    out.mkdir(parents=True, exist_ok=True)
+        picked = f" scored from a checkpoint named {ckpt}" if ckpt else ""
+        raise LenxError(f"no extrapolation.jsonl or tasks.jsonl rows{picked} under {root}: name a sweep directory "
+                        "(multirun/...) or a run directory that train.py or evaluate.py wrote")
+    out = out_dir(out or (root if root.is_dir() else root.parent))
     if task_rows:
         tasks = summarise_tasks(task_rows)
-        (out / "tasks_summary.md").write_text(tasks_markdown(tasks))
+        atomic_write_text(out / "tasks_summary.md", tasks_markdown(tasks))
         write_csv(out / "tasks_summary.csv", tasks)
         tasks_figure(tasks, out / "tasks_summary.png")
         print(tasks_markdown(tasks))
@@ -408,16 +542,16 @@ def main(argv: list[str] | None = None) -> None:
     for note in separate(rows)[1]:
         print(f"aggregate: note: {note}")
     summary = summarise(rows)
-    (out / "summary.md").write_text(markdown(summary))
+    atomic_write_text(out / "summary.md", markdown(summary))
     write_csv(out / "summary.csv", summary)
     figure(summary, out / "summary.png")
-    positions = summarise_positions(collect(args.root, "position_loss"))
+    positions = summarise_positions(tables["position_loss"])
     if positions:
         write_csv(out / "positions.csv", positions)
         position_figure(positions, out / "positions.png")
-    (out / "provenance.json").write_text(json.dumps(provenance(rows), indent=1) + "\n")
+    atomic_write_text(out / "provenance.json", json.dumps(provenance(rows), indent=1) + "\n")
     print(markdown(summary))
-    print(f"{len(rows)} rows from {len({r['run_dir'] for r in rows})} runs -> {out}/summary.{{md,csv,png}}"
+    print(f"{len(rows)} rows from {len({r.get('run_dir') for r in rows})} runs -> {out}/summary.{{md,csv,png}}"
           + (", positions.{csv,png}" if positions else "") + ", provenance.json")
 
 

@@ -9,6 +9,8 @@ Where both rows carry their per-unit NLL sums (`units_nll`, `units_tokens`: the 
 the change gets a 95% paired bootstrap interval: the same resampled units for both runs, so the text's own
 difficulty cancels and only the difference between the models is left (two rows' own intervals overlap far more
 than their difference is uncertain). Cells whose row warns of too few resampling units are marked `!`.
+A damaged input (a cut .jsonl line, a row without mode / eval_len / ppl), a RUN that does not exist or holds no
+rows, or an --out that cannot be written is one `lenx: error:` line (exit status 2).
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from aggregate import NUMBER, TEXT, read_results
 
+from lenx.errors import LenxError, user_errors
 from lenx.extrapolation import block_run, bootstrap_indices
-from lenx.results import extension_label, mode_label, read_tree, scheme_label
+from lenx.results import atomic_write_text, extension_label, mode_label, scheme_label
+
+NEEDS = {"pos": TEXT, "mode": TEXT, "eval_len": NUMBER, "ppl": NUMBER}  # what the table reads without a default
 
 
 def paired_change(row: dict, base: dict, n_boot: int = 1000, seed: int = 0) -> tuple[float, float] | None:
@@ -42,10 +48,26 @@ def paired_change(row: dict, base: dict, n_boot: int = 1000, seed: int = 0) -> t
 
 
 def load(path: Path) -> list[dict]:
-    rows = read_tree(path)
+    rows = read_results(path, "extrapolation", NEEDS)
     if not rows:
-        raise SystemExit(f"compare: no extrapolation rows under {path}")
+        raise LenxError(f"compare: no extrapolation rows under {path}: name a run directory (train.py or "
+                        "evaluate.py output) or a folder holding extrapolation.jsonl files")
     return rows
+
+
+def write_out(path: Path, text: str) -> None:
+    """The table at --out: a regular file is replaced atomically; a device or pipe (/dev/stdout) is written to;
+    a directory is a LenxError."""
+    if path.is_dir():
+        raise LenxError(f"--out {path} is a directory: name a file to write the table to (e.g. {path}/compare.txt)")
+    if path.exists() and not path.is_file():
+        try:
+            with open(path, "w") as f:
+                f.write(text)
+        except OSError as e:  # a full device's write() error names no file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    else:
+        atomic_write_text(path, text)
 
 
 def run_label(rows: list[dict], fallback: str) -> str:
@@ -115,6 +137,14 @@ def main(argv: list[str] | None = None) -> str:
                    help="print the table even when the runs scored different tokens (the problems are listed)")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     args = p.parse_args(argv)
+    with user_errors():
+        return compare(args)
+
+
+def compare(args: argparse.Namespace) -> str:
+    if not -len(args.runs) <= args.baseline < len(args.runs):
+        raise LenxError(f"--baseline {args.baseline}: there are {len(args.runs)} runs; pass an index from 0 to "
+                        f"{len(args.runs) - 1}")
     runs: dict[str, list[dict]] = {}
     for path in args.runs:
         rows = load(path)
@@ -127,13 +157,14 @@ def main(argv: list[str] | None = None) -> str:
                          + "\n  ".join(problems) + "\n(re-score them with the same eval settings and corpus, or "
                          "pass --allow-different-tokens)")
     if not shared:
-        raise SystemExit("compare: the runs share no (mode, stride, context, split, eval_len) row")
+        raise LenxError("compare: the runs share no (mode, stride, context, split, eval_len) row: score them with "
+                        "the same eval settings")
     text = render(shared, names, names[args.baseline])
     if problems:
         text = "WARNING: " + "\n WARNING: ".join(problems) + "\n" + text
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_out(args.out, text + "\n")
     return text
 
 

@@ -53,9 +53,10 @@ def test_positions_are_averaged_over_seeds_per_bin(tmp_path):
     assert (tmp_path / "positions.png").stat().st_size > 1000
 
 
-def test_empty_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no extrapolation.jsonl"):
+def test_empty_directory_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         aggregate.main([str(tmp_path)])
+    assert e.value.code == 2 and "lenx: error: no extrapolation.jsonl" in capsys.readouterr().err
 
 
 def test_a_copied_run_counts_once_and_different_tokens_are_never_averaged(tmp_path, capsys):

@@ -51,9 +51,10 @@ def test_within_run_ratio_mean_and_interval_over_seeds(tmp_path):
     assert "### ratio_16x/1x" in md and "| rope | 3 | 1.200 ± " in md
 
 
-def test_refuses_a_tree_without_scores_and_a_bad_ratio(tmp_path):
+def test_refuses_a_tree_without_scores_and_a_bad_ratio(tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    with pytest.raises(SystemExit, match="logged scores during training"):
-        curves.main([str(tmp_path)])
-    with pytest.raises(SystemExit, match="HI/LO"):
-        curves.main([str(tmp_path), "--ratio", "16x"])
+    for args, match in [([], "logged scores during training"), (["--ratio", "16x"], "HI/LO")]:
+        with pytest.raises(SystemExit) as e:
+            curves.main([str(tmp_path), *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("lenx: error: curves:") and match in err
