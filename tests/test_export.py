@@ -1,9 +1,13 @@
-"""Export to transformers: the exported model computes lenx's logits (GPT-NeoX for rope, MPT for alibi)."""
+"""Export to transformers: the exported model computes lenx's logits (GPT-NeoX for rope, MPT for alibi); lenx.hf
+reads the training length back; the files are written by rename, never through a symlink, all with one mode."""
+
+import os
 
 import pytest
 import torch
 from conftest import compose_train
 
+from lenx import hf as lenx_hf
 from lenx.errors import ConfigError
 from lenx.evaluate import load_model
 from lenx.train import run
@@ -40,6 +44,8 @@ def test_exported_model_gives_lenx_logits_at_1x_and_16x(tmp_path, tree, monkeypa
     assert tok.eos_token == "<|endoftext|>"
     card = (out / "README.md").read_text()
     assert state["hyper_parameters"]["cfg"]["provenance"]["corpus_hash"] in card and "training length: 32" in card
+    # lenx.hf's 1x is the training length, not MPT's ALiBi table size (max_seq_len 65536)
+    assert lenx_hf.train_length(lenx_hf.load_config(out), None) == cfg["seq_len"] == 32
 
 
 @pytest.mark.parametrize("scaling, factor", [("pi", 2.0), ("yarn", 4.0), ("llama3", 4.0)])
@@ -69,3 +75,32 @@ def test_other_schemes_are_refused_in_one_line(tmp_path, tree, monkeypatch):
     run(compose_train([*SMOKE, f"data.path={tree}", "pos=t5"], tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"pos=t5 does not export to transformers: only rope and rope_partial"):
         export_hf(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
+
+
+EXPORTED = ["config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_export_replaces_planted_symlinks_and_gives_every_file_one_mode(tmp_path, tree, monkeypatch):
+    """A symlink under an exported name in out_dir is replaced, its target untouched; every file gets the umask's
+    mode (safetensors alone leaves 0600); no temporary directory stays behind."""
+    from lenx.export import export_hf
+
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    run(compose_train([*SMOKE, f"data.path={tree}", "pos=rope", "model.n_heads=4"], tmp_path / "run"))
+    out, outside = tmp_path / "hf", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    planted = [*EXPORTED, "special_tokens_map.json"]
+    for name in planted:
+        (outside / name).write_text(f"the user's own {name}\n")
+        (out / name).symlink_to(outside / name)
+    old = os.umask(0o027)
+    try:
+        export_hf(tmp_path / "run" / "checkpoints" / "last.ckpt", out)
+    finally:
+        os.umask(old)
+    assert all((outside / name).read_text() == f"the user's own {name}\n" for name in planted)
+    assert all((out / name).is_file() and not (out / name).is_symlink() for name in EXPORTED)
+    assert {oct((out / name).stat().st_mode & 0o777) for name in EXPORTED} == {oct(0o640)}
+    assert sorted(p.name for p in out.iterdir()) == sorted(planted)  # (an unwritten name is left as it was)
+    assert transformers.AutoModelForCausalLM.from_pretrained(out).config.lenx_train_len == 32

@@ -5,12 +5,21 @@
 no attention biases, zero LayerNorm / MLP biases, tied head. `alibi` exports as MPT (MosaicML 2023; ALiBi, Press et
 al. 2022, arXiv:2108.12409), no_bias, whose slopes for any head count are the ones lenx computes. The tokenizer is
 lenx's own `tokenizers` file (stored in the checkpoint), wrapped as a fast tokenizer with the end-of-document token
-as EOS. A README.md model card records the scheme, training length, hashes and git SHA.
+as EOS. A README.md model card records the scheme, training length, hashes and git SHA; config.json records the
+training length as `lenx_train_len` (transformers keeps the key as a config attribute), which lenx.hf reads as the
+length the multipliers refer to (an MPT export's max_seq_len is the size of MPT's ALiBi table, not that length).
+
+Every file is written in a fresh temporary directory inside `out_dir` and renamed into place: each file is whole
+after a crash, a symlink planted in `out_dir` under an exported name is replaced (its target is never written), and
+every file gets the mode the umask gives (safetensors alone would leave its file 0600).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -19,7 +28,7 @@ from lenx.checkpoint import read_checkpoint, rebuild
 from lenx.data import EOD_TOKEN, entry
 from lenx.errors import ConfigError
 from lenx.pos.rope_scaling import scaling_label
-from lenx.results import git_state, scaling_name
+from lenx.results import git_state, scaling_name, umask_mode
 
 EXPORTS = {"lenx.pos.rope.RoPE": "gpt_neox", "lenx.pos.bias.ALiBi": "mpt"}
 # lenx RoPE scaling -> transformers rope_type, for scalings trained in with a fixed factor
@@ -107,18 +116,28 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok_json), eos_token=EOD_TOKEN,
                                   bos_token=EOD_TOKEN, model_max_length=cfg["seq_len"])
     eod = tok.convert_tokens_to_ids(EOD_TOKEN)
-    config.update(bos_token_id=eod, eos_token_id=eod, torch_dtype="float32")
+    config.update(bos_token_id=eod, eos_token_id=eod, torch_dtype="float32", lenx_train_len=cfg["seq_len"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in weights.items() if k not in ("embed_out.weight", "lm_head.weight")},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-    tok.save_pretrained(str(out))
     prov, (sha, dirty) = cfg.get("provenance") or {}, git_state()
-    (out / "README.md").write_text(
-        f"# lenx export: {(cfg.get('choices') or {}).get('pos', target)} ({arch})\n\n"
-        f"- scheme: `{target}`, scaling: {scaling_name(cfg)}\n- training length: {cfg['seq_len']} tokens\n"
-        f"- corpus: {prov.get('corpus', '')}, corpus_hash `{prov.get('corpus_hash', '')}`\n"
-        f"- tokenizer_hash `{prov.get('tokenizer_hash', '')}` (the end-of-document token `{EOD_TOKEN}` is EOS)\n"
-        f"- lenx git SHA `{sha}`{' (dirty)' if dirty else ''}; exported from `{ckpt_path}`\n")
+    card = (f"# lenx export: {(cfg.get('choices') or {}).get('pos', target)} ({arch})\n\n"
+            f"- scheme: `{target}`, scaling: {scaling_name(cfg)}\n- training length: {cfg['seq_len']} tokens\n"
+            f"- corpus: {prov.get('corpus', '')}, corpus_hash `{prov.get('corpus_hash', '')}`\n"
+            f"- tokenizer_hash `{prov.get('tokenizer_hash', '')}` (the end-of-document token `{EOD_TOKEN}` is EOS)\n"
+            f"- lenx git SHA `{sha}`{' (dirty)' if dirty else ''}; exported from `{ckpt_path}`\n")
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".export-"))
+    try:
+        save_file({k: v.contiguous() for k, v in weights.items() if k not in ("embed_out.weight", "lm_head.weight")},
+                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        tok.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(card)
+        mode = umask_mode()
+        for f in sorted(tmp.iterdir()):
+            os.chmod(f, mode)
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(f, out / f.name)  # replaces a file or symlink named so in out; never writes through a link
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
