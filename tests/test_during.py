@@ -99,3 +99,21 @@ def test_a_task_run_logs_its_accuracy_during_training_as_scored_at_the_end(tmp_p
         assert float(rows[-1][f"task/acc_{m}x"]) == final[m]["accuracy"]
         assert float(rows[-1][f"task/token_acc_{m}x"]) == pytest.approx(final[m]["token_accuracy"], rel=1e-12)
     assert not (tmp_path / "cache").exists()
+
+
+def test_accumulated_steps_score_each_optimizer_step_once_and_never_the_untrained_model(tmp_path, tree, monkeypatch):
+    """trainer.accumulate_grad_batches=2: the first micro-batches of a run (global_step 0) and of a resumed run
+    (the checkpoint's step) complete no optimizer step. Before issue 33 the first scored the untrained model at
+    step -1 and the second scored the checkpoint's step a second time (two rows at step 1)."""
+    monkeypatch.setenv("LENX_CACHE", str(tmp_path / "cache"))
+    args = [*SMOKE, f"data.path={tree}", "pos=alibi", "trainer.accumulate_grad_batches=2", "eval.every_n_steps=2",
+            "eval.during.multipliers=[1]", "eval.during.tokens=256", "eval.multipliers=[1]", "eval.tokens=256",
+            "ckpt_every=2"]
+    run(compose_train([*args, "trainer.max_steps=2"], tmp_path / "run"))
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv"))
+             if r.get("extrap/ppl_1x")]
+    assert steps == [1]
+    run(compose_train([*args, "trainer.max_steps=4"], tmp_path / "run"))  # resumes from last.ckpt at step 2
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv"))
+             if r.get("extrap/ppl_1x")]
+    assert steps == [1, 3]

@@ -167,9 +167,9 @@ def safe_run_config(cfg: dict) -> dict:
     model = cfg["model"]
     for key in ("d_model", "n_layers", "n_heads", "mlp_ratio", "dropout", "bias", "tie_embeddings"):
         _check_plain(model.get(key), f"model.{key}")
-    _check_plain(cfg["data"].get("vocab_size"), "data.vocab_size")
     _check_plain(cfg.get("seq_len"), "seq_len")
-    out = {**cfg, "pos": safe_pos_config(cfg["pos"], (cfg.get("choices") or {}).get("pos"))}
+    out = {**cfg, "data": safe_data_config(cfg["data"]),
+           "pos": safe_pos_config(cfg["pos"], (cfg.get("choices") or {}).get("pos"))}
     if cfg.get("positions") is not None:  # the train-time position mode (sizes a learned table): lenx's own only
         stored = cfg["positions"]
         if isinstance(stored, dict) and stored.get("_target_") == "lenx.positions.Offset" \
@@ -177,6 +177,21 @@ def safe_run_config(cfg: dict) -> dict:
             stored = {**stored, "eval_offset": 0}
         out["positions"] = safe_group_config("positions", stored)
     return out
+
+
+def safe_data_config(stored: dict) -> dict:
+    """The checkpoint's data group as data, never as a place to write: `name` must be one of lenx's corpora or
+    tasks (it becomes part of cache file names), every value other than a task's parameters must be plain, and the
+    stored `cache_dir` and `tokenizer` are dropped: the token cache is the scorer's ($LENX_CACHE, else
+    ~/.cache/lenx) and the tokenizer the one stored in the checkpoint (scoring_data)."""
+    names = {_yaml(p).get("name") for p in (CONFIG_DIR / "data").glob("*.yaml")} - {None}
+    if stored.get("name") not in names:
+        raise CheckpointError(f"data.name={stored.get('name')!r} is not one of lenx's corpora or tasks "
+                              f"({sorted(names)}); refusing to load (a checkpoint never chooses paths)")
+    for key, value in stored.items():
+        if key not in ("task", "passkey"):  # a task's parameters: built by lenx.tasks, which validates them
+            _check_plain(value, f"data.{key}")
+    return {**{k: v for k, v in stored.items() if k != "tokenizer"}, "cache_dir": None}
 
 
 def safe_group_config(group: str, stored, where: str | None = None) -> dict:

@@ -24,6 +24,10 @@ from lenx.errors import ConfigError, CorpusError
 SPLITS = ("train", "validation", "test")
 
 
+HUB_CORPORA = ("wikitext103", "pg19", "tinystories")
+CORPORA = ("stdlib", "local", *HUB_CORPORA)  # data.name of a corpus (a task run's data.name is its task's)
+
+
 def cache_root(d: Mapping) -> Path:
     """Where tokenizers, token streams and `datasets` caches live: data.cache_dir, else $LENX_CACHE, else
     ~/.cache/lenx."""
@@ -236,7 +240,7 @@ def load_corpus(d: Mapping) -> tuple[dict[str, list[tuple[str, str]]], dict]:
         docs = {s: list(zip(ds[s]["id"], ds[s]["text"])) for s in SPLITS}
     elif name == "local":
         docs = load_local(d)
-    elif name in ("wikitext103", "pg19", "tinystories"):
+    elif name in HUB_CORPORA:
         docs = documents(name, load_hub(d), d)
     else:
         raise ConfigError(f"unknown corpus {name!r}")

@@ -20,6 +20,7 @@ from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lenx.corpora import (  # noqa: F401  (split_of, load_corpus: public here too)
+    CORPORA,
     SPLITS,
     _sha,
     cache_root,
@@ -101,6 +102,8 @@ def source_key(d: Mapping) -> str:
 
 
 def check_data_config(d: Mapping) -> None:
+    if d.get("name") not in CORPORA:  # before the name becomes part of a cache file's name
+        raise ConfigError(f"unknown corpus data.name={d.get('name')!r}; known: {list(CORPORA)}")
     check_int(d.get("vocab_size"), "data.vocab_size (256 bytes + end-of-document)", minimum=257)
     fv, ft = d.get("valid_fraction", 0), d.get("test_fraction", 0)
     if not (0 < fv < 1 and 0 <= ft < 1 and fv + ft < 1):
@@ -198,6 +201,7 @@ def index_path(d: Mapping) -> Path:
 def cached(cfg: Mapping) -> dict | None:
     """The provenance of the configured corpus if its cache entry exists and is whole, else None (builds nothing)."""
     d = data_config(cfg)
+    check_data_config(d)
     return read_index(index_path(d), cache_root(d))
 
 

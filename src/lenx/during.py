@@ -40,9 +40,14 @@ class DuringTraining(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.started = time.perf_counter()
+        # the step training starts from (0, or a resumed checkpoint's): its model was scored before the checkpoint
+        # was written (or is the untrained one), so scoring waits for the next optimizer step
+        self.last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step  # optimizer steps taken; unchanged between accumulated micro-batches
+        # optimizer steps taken: unchanged between accumulated micro-batches (trainer.accumulate_grad_batches), so
+        # a micro-batch that did not complete a step finds the step already handled
+        step = trainer.global_step
         if step % self.every or step == self.last_step:
             return
         self.last_step = step
@@ -74,9 +79,9 @@ class ExtrapolationDuringTraining(DuringTraining):
     def __init__(self, tokens: np.ndarray, *, train_len: int, every_n_steps: int, multipliers: list[int],
                  n_tokens: int, batch_tokens: int) -> None:
         super().__init__(every_n_steps)
-        check_multipliers(list(multipliers))
+        check_multipliers(multipliers, "eval.during.multipliers")
         check_int(n_tokens, "eval.during.tokens")
-        scored_span(len(tokens), train_len, list(multipliers), n_tokens)  # the longest window fits the split
+        scored_span(len(tokens), train_len, list(multipliers), n_tokens, "eval.during.multipliers")  # the longest window fits the split
         self.tokens, self.train_len = tokens, train_len
         self.multipliers, self.n_tokens, self.batch_tokens = list(multipliers), n_tokens, batch_tokens
 
@@ -107,7 +112,7 @@ class TaskAccuracyDuringTraining(DuringTraining):
         super().__init__(every_n_steps)
         for m in multipliers:
             check_int(m, "eval.during.multipliers")
-        self.task, self.multipliers = task, [m for m in multipliers if not task.too_large(m * task.train_size)]
+        self.task, self.multipliers = task, [m for m in multipliers if not task.problem(m * task.train_size)]
         self.instances = check_int(instances, "eval.during.instances")
         if not self.multipliers:
             raise ConfigError(f"eval.during.multipliers={multipliers}: the task builds none of these sizes")

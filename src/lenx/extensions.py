@@ -82,8 +82,8 @@ class Extension:
 
 def _fraction(value, train_len: int, name: str) -> int:
     """A window given as a fraction of L (float <= 1... any float) or as tokens (int)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"extension {name} must be a positive number of tokens or a fraction of the training "
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"extension {name} must be a finite positive number of tokens or a fraction of the training "
                           f"length, got {value!r}")
     return int(value) if isinstance(value, int) else max(1, round(value * train_len))
 

@@ -43,24 +43,29 @@ from lenx.scoring import TABLE, Probe, eval_strides
 Segment = tuple[int, int]  # (start, n): targets tokens[start + 1 : start + 1 + n], inputs tokens[start : start + n]
 
 
-def scored_span(n_stream: int, train_len: int, multipliers: list[int], tokens: int) -> list[Segment]:
+def scored_span(n_stream: int, train_len: int, multipliers: list[int], tokens: int,
+                key: str = "eval.multipliers") -> list[Segment]:
     """Stream context: one segment, `tokens` rounded down to a multiple of the longest window (at least one).
 
-    Raises ConfigError, before any scoring, when the stream is shorter than one longest window + 1.
+    Raises ConfigError, before any scoring, when the stream is shorter than one longest window + 1 (naming `key`,
+    the config key of the multipliers).
     """
-    check_multipliers(multipliers)
+    check_multipliers(multipliers, key)
     longest = max(multipliers) * train_len
     if n_stream < longest + 1:
         raise ConfigError(
             f"eval length {longest} (= {max(multipliers)} x {train_len}) is longer than the evaluation split "
-            f"({n_stream} tokens, {n_stream - 1} targets); lower eval.multipliers or use a larger split")
+            f"({n_stream} tokens, {n_stream - 1} targets); lower {key} or use a larger split")
     return [(0, max(1, min(tokens, n_stream - 1) // longest) * longest)]
 
 
-def check_multipliers(multipliers: list[int]) -> None:
+def check_multipliers(multipliers, key: str = "eval.multipliers") -> None:
+    """A non-empty list of positive integers; one error naming `key` (the config key the list came from)."""
+    if not isinstance(multipliers, (list, tuple)):
+        raise ConfigError(f"{key} must be a list of positive integers, e.g. [1,2,4], got {multipliers!r}")
     bad = [m for m in multipliers if not isinstance(m, int) or isinstance(m, bool) or m <= 0]
     if bad or not multipliers:
-        raise ConfigError(f"eval.multipliers must be positive integers, got {list(multipliers)}")
+        raise ConfigError(f"{key} must be positive integers, got {list(multipliers)}")
 
 
 def document_segments(tokens: np.ndarray, eod_id: int, n_targets: int) -> list[Segment]:

@@ -115,6 +115,9 @@ class Contiguous(Positions):
     """0..T-1: today's training, bitwise."""
 
 
+MAX_POSITIONS = 2**31
+
+
 class _Ranged(Positions):
     """A mode whose positions lie in [0, max_len) (null: seq_len x the largest eval multiplier)."""
 
@@ -123,6 +126,9 @@ class _Ranged(Positions):
     def __init__(self, *, max_len: int | None = None) -> None:
         if max_len is not None:
             check_int(max_len, f"positions.{self.length_key}")
+            if max_len > MAX_POSITIONS:
+                raise ConfigError(f"positions.{self.length_key}={max_len} is more than the {MAX_POSITIONS} "
+                                  "(2**31) positions lenx draws from; use a smaller value")
         self.max_len = max_len
 
     def resolve(self, train_len, eval_multipliers):
@@ -190,8 +196,9 @@ class LayerDraws:
         """Layer `layer`'s distances: 0, then T - 1 sorted distinct draws from [1, max_len)
         (`compute_noisy_alibi_encodings_biases`), (T,): offset m = i - j reads entry m."""
         rng = _rng(*self.key, LAYER, layer, 1)
-        return self._tensor(np.concatenate([[0], np.sort(rng.choice(np.arange(1, self.mode.max_len), size=self.T - 1,
-                                                                    replace=False))]))
+        # = rng.choice(np.arange(1, max_len), ...) draw for draw, without allocating the max_len - 1 candidates
+        return self._tensor(np.concatenate([[0], 1 + np.sort(rng.choice(self.mode.max_len - 1, size=self.T - 1,
+                                                                        replace=False))]))
 
 
 class Randomized(_Ranged):
@@ -235,6 +242,9 @@ class Offset(_PerExample):
         super().__init__(max_len=max_len)
         if eval_offset is not None:
             check_int(eval_offset, "positions.eval_offset", minimum=0)
+            if eval_offset > MAX_POSITIONS:
+                raise ConfigError(f"positions.eval_offset={eval_offset} is more than the {MAX_POSITIONS} (2**31) "
+                                  "positions lenx supports; use a smaller value")
         self.eval_offset = eval_offset
 
     def draw(self, T, rng):

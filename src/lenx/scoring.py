@@ -108,6 +108,28 @@ def build_probes(eval_cfg: dict) -> list[Probe]:
     return probes
 
 
+def probes_for(probes: list[Probe], *, task, what: str) -> list[Probe]:
+    """The probes that apply to a model trained on a task (`task`, a lenx.tasks.Task: task probes only, each
+    checked against the task; it has no corpus) or on a corpus (`task` None: probes that read one), `what` naming
+    the model in messages. A probe that does not apply but was asked for with `run: true` is refused (before any
+    work); the others are named in one log line, never dropped silently."""
+    keep = [p for p in probes if bool(getattr(p, "task_probe", False)) == (task is not None)]
+    for p in keep:
+        if task is not None and hasattr(p, "check_task"):
+            p.check_task(task)
+    skipped = [p for p in probes if p not in keep]
+    for p in skipped:
+        if getattr(p, "when", None) is True:
+            raise ConfigError(f"eval.probes.{p.name}.run=true, but {what} "
+                              f"{'has no corpus for it to read' if task is not None else 'was not trained on a task'}: "
+                              f"set eval.probes.{p.name}.run=auto (or eval.probes.{p.name}=null)")
+    # run: auto / false mean "only where it applies": skipping them is what was asked
+    if named := [p.name for p in skipped if getattr(p, "when", None) not in ("auto", False)]:
+        log.info("lenx: %s: probes %s do not apply (%s) and are not run", what, ", ".join(named),
+                 "they read a corpus" if task is not None else "they score tasks")
+    return keep
+
+
 def check_attention(value, key: str) -> str:
     """`attention`: sdpa (lenx.attention's plan) or flex (FlexAttention for biases of the distance)."""
     if value not in ("sdpa", "flex"):
@@ -126,7 +148,7 @@ def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Pro
 
     if eval_cfg.get("split") not in data.SPLITS:
         raise ConfigError(f"eval.split must be one of {list(data.SPLITS)}, got {eval_cfg.get('split')!r}")
-    check_multipliers(list(eval_cfg["multipliers"]))
+    check_multipliers(eval_cfg.get("multipliers"))
     context = eval_cfg.get("context", "stream")
     if context not in ("stream", "document"):
         raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
@@ -144,7 +166,7 @@ def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Pro
     if eval_cfg.get("every_n_steps") is not None:  # scoring during training (lenx.during)
         check_int(eval_cfg["every_n_steps"], "eval.every_n_steps")
         during = eval_cfg.get("during") or {}
-        check_multipliers(list(during.get("multipliers") or []))
+        check_multipliers(during.get("multipliers") or [], "eval.during.multipliers")
         check_int(during.get("tokens"), "eval.during.tokens")
     probes = build_probes(eval_cfg)
     if n_tokens is not None and context == "stream":

@@ -26,7 +26,7 @@ from lenx.loggers import log_to_wandb, make_logger
 from lenx.preflight import RunLock, check_writable
 from lenx.probes import passkey_task
 from lenx.results import atomic_write_text
-from lenx.scoring import Run, check_eval, report, score
+from lenx.scoring import Run, check_eval, probes_for, report, score
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
     task = tasks.configure(cfg_dict)  # a task run: vocab_size and seq_len from the task (data.task)
     positions.configure(cfg_dict)  # a position mode's null length: seq_len x the largest eval multiplier
     check_config(cfg_dict)
-    check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"])
+    what = f"a task run (data={cfg_dict['data'].get('name')})" if task is not None else "a language model"
+    # probes that read the corpus (perplexity, repeated segment, passkey) have nothing to score on a task run
+    probes = probes_for(check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"]), task=task, what=what)
     init_state = read_checkpoint(cfg.init_from)["state_dict"] if cfg.get("init_from") else None
     resume_from, trained_steps, resumed = resume_point(cfg_dict, run_dir)
 
@@ -63,12 +65,8 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
             cfg_dict = scoring_data(resumed, recorded, split)
     prov = cfg_dict["provenance"]
     passkey = passkey_task(cfg_dict)  # data=passkey: refuses a seq_len too short for the task before training
-    if task is None:
-        n_eval = len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"]))
-        probes = check_eval(cfg_dict["eval"], n_eval, cfg.seq_len)
-    else:  # probes that read the corpus (perplexity, repeated segment, passkey) have nothing to score here
-        probes = [p for p in check_eval(cfg_dict["eval"], None, cfg_dict["seq_len"])
-                  if getattr(p, "task_probe", False)]
+    if task is None:  # the split holds the longest window
+        check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)
     if is_main():
         atomic_write_text(run_dir / "run_config.yaml", OmegaConf.to_yaml(cfg_dict))
     log.info("data ready in %.1fs: %s", time.time() - t0, {k: prov[k] for k in ("corpus", "n_tokens")})

@@ -27,6 +27,9 @@ def half_of(ids: np.ndarray) -> int:
     return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8).digest()[0] & 1
 
 
+MAX_INSTANCE_TOKENS = 1 << 20  # an instance's tokens: a bound far past what attention over it can hold
+
+
 class Task:
     """Base class: a task draws instances of a given size; subclasses define `symbols` and `draw`. `eos` (set by
     build_task from data.task.eos, default false): every instance ends with an end token that the model is
@@ -86,6 +89,16 @@ class Task:
 
     def too_large(self, size: int) -> str | None:
         """Why an instance of this size cannot be drawn (vocabulary exhausted), or None."""
+        return None
+
+    def problem(self, size: int) -> str | None:
+        """Why instances of this size cannot be drawn or scored here (too_large, or longer than
+        MAX_INSTANCE_TOKENS), or None."""
+        if why := self.too_large(size):
+            return why
+        if (n := self.max_len(size)) > MAX_INSTANCE_TOKENS:
+            return (f"an instance of size {size} has up to {n} tokens, more than the {MAX_INSTANCE_TOKENS} (2**20) "
+                    "lenx draws and attends over")
         return None
 
     def qa(self, prompt: list[int], answer: list[int]) -> tuple[list[int], list[bool]]:
@@ -159,8 +172,17 @@ def configure(cfg: dict) -> Task | None:
     task (None for corpus runs, left unchanged)."""
     task = build_task(cfg)
     if task is not None:
+        check_trainable(task)
         cfg["data"]["vocab_size"], cfg["seq_len"] = task.vocab_size, task.seq_len()
     return task
+
+
+def check_trainable(task: Task) -> None:
+    """Before training: instances of the training size can be drawn, and some are held out for scoring (the
+    probe scores held-out instances at 1x train_size; parity of 1 bit has two instances, too few to split)."""
+    if why := task.problem(task.train_size):
+        raise ConfigError(f"data.task.train_size={task.train_size}: {why}")
+    task.instance(0, "eval", 0, task.train_size)  # raises the held-out error now rather than after training
 
 
 def provenance(cfg: dict) -> dict:

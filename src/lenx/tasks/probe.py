@@ -35,6 +35,9 @@ TASK_COLUMNS = ["task", "pos", "scaling", "extension", "positions", "train_size"
 PROTOCOLS = {"kazemnejad": "accuracy", "ruoss": "token_accuracy"}  # protocol -> the metric its paper reports
 
 
+MAX_SIZES = 10_000  # sizes in one `lo..hi` set (each is scored on `instances` instances)
+
+
 def resolve_sizes(spec, train_size: int | None) -> list[int]:
     """The sizes of `eval.probes.tasks.sizes`, sorted: a list of sizes, or `lo..hi` (every size from lo to hi, both
     included), where a bound is an integer or a multiple of the training size N with an offset: `N+1..2N` is
@@ -49,6 +52,9 @@ def resolve_sizes(spec, train_size: int | None) -> list[int]:
         lo, hi = _bound(lo, train_size or 1, spec), _bound(hi, train_size or 1, spec)
         if train_size is None:
             return []
+        if hi - lo + 1 > MAX_SIZES:
+            raise ConfigError(f"eval.probes.tasks.sizes={spec!r} is {hi - lo + 1} sizes (N = {train_size}); at most "
+                              f"{MAX_SIZES}: a narrower range, or a list of sizes")
         sizes = list(range(lo, hi + 1))
     if not sizes or sizes[0] < 1:
         raise ConfigError(f"eval.probes.tasks.sizes={spec!r} gives no positive sizes (N = {train_size})")
@@ -135,7 +141,7 @@ def task_accuracy(model: torch.nn.Module, task: Task, *, multipliers: list[int],
         row = {"task": task.name, "train_size": task.train_size, "size": size,
                "multiplier": size / task.train_size if size_set else m, "size_set": size_set, "protocol": protocol,
                "instances": instances, "decode": decode, "eval_positions": mode.name if mode else "contiguous"}
-        why = task.too_large(size)
+        why = task.problem(size)
         if why:
             yield {**row, "mean_tokens": math.nan, "accuracy": math.nan, "acc_ci_low": math.nan,
                    "acc_ci_high": math.nan, "token_accuracy": math.nan, "status": "too_large", "error": why}
@@ -208,14 +214,19 @@ class TaskAccuracy(Probe):
         self.decode, self.seed, self.positions = decode, seed, positions
         self.sizes, self.protocol = sizes, protocol
 
+    def check_task(self, task) -> list[int] | None:
+        """What must hold of the run's task (checked before training, and again before scoring): the sizes
+        resolve, and a protocol's needs; returns the sizes."""
+        if self.protocol == "kazemnejad" and not task.eos:
+            raise ConfigError("protocol=kazemnejad counts an answer right only if the generation stops with it: the "
+                              "task needs an end token (data.task.eos: true, set by configs/protocol/kazemnejad.yaml)")
+        return resolve_sizes(self.sizes, task.train_size) if self.sizes is not None else None
+
     def run(self, model, run) -> Iterator[dict]:
         task = build_task(run.cfg)
         if task is None or self.when is False:
             return
-        if self.protocol == "kazemnejad" and not task.eos:
-            raise ConfigError("protocol=kazemnejad counts an answer right only if the generation stops with it: the "
-                              "task needs an end token (data.task.eos: true, set by configs/protocol/kazemnejad.yaml)")
-        sizes = resolve_sizes(self.sizes, task.train_size) if self.sizes is not None else None
+        sizes = self.check_task(task)
         mode = positions_lib.build(run.cfg) if self.positions == "train" else None
         label = mode.name if mode is not None else "contiguous"
         done = frozenset((r.get("size_set") or "", r["size"]) for r in run.done(self.name)
