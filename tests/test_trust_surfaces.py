@@ -224,3 +224,20 @@ def test_a_stored_tokenizer_path_is_not_read(trained, tmp_path):
     bad = poisoned(trained, tmp_path / "bad.ckpt", lambda c: c["data"].__setitem__("tokenizer", "/nonexistent/t.json"))
     assert torch.load(bad, weights_only=True)["hyper_parameters"]["cfg"]["data"]["tokenizer"] == "/nonexistent/t.json"
     assert evaluate_checkpoint(str(bad), EVAL, tmp_path / "e")
+
+
+@pytest.mark.parametrize("device, match", [
+    ("tpu", "eval.device must be auto, cpu or cuda"),
+    pytest.param("cuda:0", "eval.device=cuda:0 requested but CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"))])
+def test_an_evaluation_device_this_machine_lacks_is_one_line_before_work(trained, tmp_path, device, match):
+    with pytest.raises(ConfigError, match=match):
+        evaluate_checkpoint(str(trained), {**EVAL, "device": device}, tmp_path / "e")
+    assert not (tmp_path / "e" / "extrapolation.jsonl").exists()
+
+
+def test_a_scaling_entry_that_is_not_a_name_is_one_line(trained, tmp_path, cache):
+    r = cli("evaluate.py", f"ckpt={trained}", "scalings=[yarn,3]", f"hydra.run.dir={tmp_path / 'e'}",
+            env={"LENX_CACHE": str(cache)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("lenx: error: scalings[1]=3 is not a name")

@@ -102,7 +102,12 @@ def list_of_names(value, key: str) -> list | None:
     if isinstance(value, str):
         return [value]
     if OmegaConf.is_list(value):
-        return OmegaConf.to_container(value, resolve=True)
+        names = OmegaConf.to_container(value, resolve=True)
+        for i, v in enumerate(names):
+            if not isinstance(v, (str, dict)):  # a name, or a mapping {name: ..., <parameter>: ...}
+                raise ConfigError(f"{key}[{i}]={v!r} is not a name (nor a mapping with name: ...); known names are "
+                                  f"the files of configs/{'pos/scaling' if key == 'scalings' else 'extension'}/")
+        return names
     raise ConfigError(f"{key} must be a name or a list of names, e.g. {key}=[none,{'yarn' if key == 'scalings' else 'self_extend'}], "
                       f"got {value!r}")
 

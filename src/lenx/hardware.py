@@ -17,14 +17,21 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
-def resolve_device(requested: str = "auto") -> torch.device:
+def resolve_device(requested: str = "auto", key: str = "eval.device") -> torch.device:
+    """auto (CUDA where available, else CPU), cpu, or cuda[:N] on a machine that has it; else one ConfigError."""
+    from lenx.errors import ConfigError
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        from lenx.errors import ConfigError
-
-        raise ConfigError(f"device={requested} requested but CUDA is not available on this machine")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key} must be auto, cpu or cuda (cuda:N), got {requested!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={requested} requested but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{key} must be auto, cpu or cuda (cuda:N), got {requested!r}")
+    return device
 
 
 # Below this many training FLOPs per optimizer step (6 x parameters x tokens), bf16 autocast on a CPU costs more in

@@ -153,6 +153,7 @@ def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Pro
     if context not in ("stream", "document"):
         raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
     eval_autocast(str(eval_cfg.get("precision", "32")), torch.device("cpu"))  # validates the value
+    resolve_device(eval_cfg.get("device", "auto"))  # a device this machine has
     check_attention(eval_cfg.get("attention", "sdpa"), "eval.attention")
     if eval_cfg.get("positions", "contiguous") not in ("contiguous", "train"):
         raise ConfigError(f"eval.positions must be contiguous or train, got {eval_cfg.get('positions')!r}")
