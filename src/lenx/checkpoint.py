@@ -5,22 +5,35 @@ without instantiating anything the file names: the stored positional config must
 (`configs/pos/<name>.yaml`) and scalings (`configs/pos/scaling/<name>.yaml`) key for key, Hydra's special keys
 (`_target_`, `_partial_`, ...) must equal lenx's own, and every stored value must be plain data (numbers, strings
 without interpolations, lists of those). Anything else is refused with one line before any import or call.
+
+`build_model` (a run config's Decoder, for training and for a checkpoint alone) lives here, above lenx.model and
+lenx.pos, so that loading a model never runs through the modules it builds (lenx.lit imports it from here).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from lenx import positions
-from lenx.errors import CheckpointError, ConfigError
+from lenx import data, positions
+from lenx.configs import (  # noqa: F401  (CONFIG_DIR, config_names, named_config, scheme_config: public here too)
+    CONFIG_DIR,
+    config_names,
+    load_yaml,
+    named_config,
+    scaling_config,
+    scheme_config,
+    scheme_configs,
+)
+from lenx.errors import CheckpointError, ConfigError, CorpusError, instantiate_node
+from lenx.model import Decoder
+from lenx.pos.rope import Rotary
+from lenx.results import atomic_write_bytes
+from lenx.scoring import check_attention
+from lenx.tasks import build_task
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-NAME = re.compile(r"[A-Za-z0-9_]+")
 PLAIN = (bool, int, float, str, type(None))
 
 
@@ -49,47 +62,10 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     return ckpt
 
 
-def _yaml(path: Path) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-
-
-def config_names(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-
-
-def named_config(group: str, name, what: str, hint: str = "") -> dict:
-    """configs/<group>/<name>.yaml as a dict; `name` must be one of those files' names (never a path)."""
-    known = config_names(group)
-    if not isinstance(name, str) or not NAME.fullmatch(name) or name not in known:
-        raise ConfigError(f"unknown {what} {name!r}; known: {known}{hint}")
-    return _yaml(CONFIG_DIR / group / f"{name}.yaml")
-
-
-def scaling_config(name: str) -> dict:
-    """configs/pos/scaling/<name>.yaml as a dict; `name` must be one of those files' names (never a path)."""
-    return named_config("pos/scaling", name, "scaling", " (and 'interpolate' for pos=learned)")
-
-
-def scheme_config(name: str) -> dict:
-    """configs/pos/<name>.yaml composed with its default scaling, as a plain dict."""
-    cfg = _yaml(CONFIG_DIR / "pos" / f"{name}.yaml")
-    for entry in cfg.pop("defaults", []):
-        if isinstance(entry, dict) and "scaling" in entry:
-            cfg["scaling"] = scaling_config(entry["scaling"])
-    return cfg
-
-
-def scheme_configs() -> dict[str, dict]:
-    """Every configs/pos/<name>.yaml, composed, by name."""
-    return {n: scheme_config(n) for n in config_names("pos")}
-
-
 def is_rotary(pos: dict) -> bool:
     """Whether a positional config (whose `_target_` is one of lenx's schemes) builds a scheme that takes a RoPE
     scaling (a subclass of lenx.pos.rope.Rotary)."""
     from hydra.utils import get_class
-
-    from lenx.pos.rope import Rotary
 
     try:
         return issubclass(get_class(pos["_target_"]), Rotary)
@@ -184,7 +160,7 @@ def safe_data_config(stored: dict) -> dict:
     tasks (it becomes part of cache file names), every value other than a task's parameters must be plain, and the
     stored `cache_dir` and `tokenizer` are dropped: the token cache is the scorer's ($LENX_CACHE, else
     ~/.cache/lenx) and the tokenizer the one stored in the checkpoint (scoring_data)."""
-    names = {_yaml(p).get("name") for p in (CONFIG_DIR / "data").glob("*.yaml")} - {None}
+    names = {load_yaml(p).get("name") for p in (CONFIG_DIR / "data").glob("*.yaml")} - {None}
     if stored.get("name") not in names:
         raise CheckpointError(f"data.name={stored.get('name')!r} is not one of lenx's corpora or tasks "
                               f"({sorted(names)}); refusing to load (a checkpoint never chooses paths)")
@@ -200,12 +176,24 @@ def safe_group_config(group: str, stored, where: str | None = None) -> dict:
     where = where or group
     if not isinstance(stored, dict):
         raise CheckpointError(f"{where} is {type(stored).__name__}, expected a mapping")
-    configs = {n: _yaml(CONFIG_DIR / group / f"{n}.yaml") for n in config_names(group)}
+    configs = {n: load_yaml(CONFIG_DIR / group / f"{n}.yaml") for n in config_names(group)}
     matching = [n for n, c in configs.items() if c.get("_target_") == stored.get("_target_")]
     if not matching:
         raise CheckpointError(f"{where}._target_={stored.get('_target_')!r} is not one of lenx's {group} configs; "
                               "refusing to load (a checkpoint never chooses what code runs)")
     return _merge(configs[matching[0]], stored, where)
+
+
+def build_model(cfg: dict) -> Decoder:
+    """The Decoder described by a resolved run config (plain dict): model group + pos group + vocab + seq_len."""
+    m, task = cfg["model"], build_task(cfg)  # a task run's vocabulary is the task's own (data.task)
+    model = Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
+                   pos=instantiate_node(positions.table_size(cfg), "pos"),
+                   d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
+                   dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
+    model.attention = check_attention(cfg.get("attention", "sdpa"), "attention")
+    model.position_offset = positions.eval_offset(cfg)  # SHAPE's evaluation offset (positions=offset), else 0
+    return model
 
 
 def load_model(ckpt_path: str | Path, scaling: str | dict | None = None) -> tuple[torch.nn.Module, dict]:
@@ -220,8 +208,6 @@ def load_model(ckpt_path: str | Path, scaling: str | dict | None = None) -> tupl
 def rebuild(ckpt: dict, scaling: str | dict | None = None, where: str = "the checkpoint"
             ) -> tuple[torch.nn.Module, dict]:
     """load_model on a checkpoint dict already read by read_checkpoint."""
-    from lenx.lit import build_model
-
     cfg = safe_run_config(ckpt["hyper_parameters"]["cfg"])
     if scaling is not None:
         cfg = {**cfg, "pos": with_scaling(cfg["pos"], scaling)}
@@ -289,10 +275,6 @@ def scoring_data(ckpt: dict, cfg: dict, split: str, new_corpus: bool = False) ->
     The scored split's token stream must be the one recorded at training (its sha256; older checkpoints: the
     corpus and tokenizer hashes): a corpus that changed since (or `data=stdlib` under another Python) is refused
     with both hashes, unless `new_corpus` asks to score the new corpus with the checkpoint's tokenizer."""
-    from lenx import data
-    from lenx.errors import CorpusError
-    from lenx.results import atomic_write_bytes
-
     recorded = cfg.get("provenance") or {}
     tok = ckpt.get("lenx_tokenizer")
     d = dict(cfg["data"])

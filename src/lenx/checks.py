@@ -12,9 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from lenx import positions
-from lenx.checkpoint import is_rotary, scheme_configs
+from lenx.checkpoint import build_model, is_rotary
+from lenx.configs import scheme_configs
 from lenx.errors import ConfigError, check_int
-from lenx.lit import build_model
 from lenx.pos.bias import T5Bias
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lenx.errors import ConfigError, check_int
-from lenx.extrapolation import check_multipliers, evaluate_lengths, scored_span
+from lenx.extrapolation import evaluate_lengths, scored_span
+from lenx.scoring import check_multipliers
+from lenx.tasks.probe import task_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +128,6 @@ class TaskAccuracyDuringTraining(DuringTraining):
                    instances=during["instances"])
 
     def scores(self, pl_module):
-        from lenx.tasks.probe import task_accuracy
-
         rows = list(task_accuracy(pl_module.model, self.task, multipliers=self.multipliers,
                                   instances=self.instances, batch=50, decode="teacher", device=pl_module.device))
         metrics = {}

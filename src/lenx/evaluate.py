@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lenx import data
-from lenx import extensions as extensions_lib
+from lenx import hf as hf_lib
 from lenx.checkpoint import (  # noqa: F401  (load_model, read_checkpoint, scaling_config: public here too)
     CONFIG_DIR,
     load_model,
@@ -19,7 +19,9 @@ from lenx.checkpoint import (  # noqa: F401  (load_model, read_checkpoint, scali
     scaling_config,
     scoring_data,
 )
+from lenx.configs import build_extension
 from lenx.errors import ConfigError, user_errors
+from lenx.extensions import check_applies
 from lenx.preflight import RunLock, check_writable
 from lenx.scoring import Run, check_eval, probes_for, report, score
 from lenx.tasks import build_task
@@ -50,10 +52,10 @@ def _evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: lis
     task = build_task(cfg)  # a task model: no corpus; only probes that score tasks
     probes = probes_for(probes, task=task, what=f"{ckpt} ({'a language' if task is None else 'a task'} model)")
     models = [rebuild(state, s, ckpt) for s in (scalings or [None])]  # every scaling validated before scoring
-    exts = [extensions_lib.build(e, cfg["seq_len"]) for e in (extensions or ["none"])]
+    exts = [build_extension(e, cfg["seq_len"]) for e in (extensions or ["none"])]
     scheme = cfg.get("choices", {}).get("pos", cfg["pos"]["_target_"])
     for (model, _), (_, ext) in itertools.product(models, exts):  # ... and every extension, on every model
-        extensions_lib.check_applies(ext, model.pos, scheme)
+        check_applies(ext, model.pos, scheme)
     if task is None:  # then the corpus: the tokens the checkpoint was trained on, and a split that holds the windows
         cfg = scoring_data(state, cfg, eval_cfg["split"], bool(eval_cfg.get("new_corpus", False)))
         check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])
@@ -78,8 +80,6 @@ def evaluate_hf(hf: dict, data_cfg: dict, eval_cfg: dict, run_dir: Path, scaling
 
 def _evaluate_hf(hf: dict, data_cfg: dict, eval_cfg: dict, run_dir: Path, scalings: list[str] | None
                  ) -> list[dict]:
-    from lenx import hf as hf_lib
-
     # values first, before the model or corpus is touched
     probes = probes_for(check_eval(eval_cfg, None, 1), task=None, what=f"hf.path={hf.get('path')} (a language model)")
     models, choices = hf_lib.scoring_setup(hf, data_cfg, eval_cfg, scalings)

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
+# an `extensions=[...]` entry is built where configs are read (lenx.configs.build_extension); the old name stays
+# for scripts/benchmark_extensions.py (lenx.configs imports nothing of lenx but lenx.errors)
+from lenx.configs import build_extension as build  # noqa: F401
 from lenx.errors import ConfigError, check_int
+from lenx.pos.base import PositionalScheme
+from lenx.pos.bias import DistanceBias
+from lenx.pos.rope import Rotary
 
 
 @dataclass(frozen=True)
@@ -255,10 +261,6 @@ class Streaming(Extension):
 
 def check_applies(extension: Extension, pos, scheme: str) -> None:
     """Refuse, before scoring, a method whose remapped distances the scheme cannot take (`logn` takes any)."""
-    from lenx.pos.base import PositionalScheme
-    from lenx.pos.bias import DistanceBias
-    from lenx.pos.rope import Rotary
-
     if not (extension.remaps or extension.windows) or isinstance(pos, (Rotary, DistanceBias)):
         return
     if type(pos) is PositionalScheme:  # NoPE: a window applies; there are no positions to remap
@@ -270,22 +272,3 @@ def check_applies(extension: Extension, pos, scheme: str) -> None:
                       "keys, which needs positional terms that are a function of the distance (rotary: rope, "
                       "rope_partial, xpos; distance biases: alibi, alibi_learned, t5, kerple_*, sandwich; windows "
                       f"alone: none); {type(pos).__name__}'s are not")
-
-
-def build(entry: str | dict, train_len: int) -> tuple[str, Extension]:
-    """(label, method) for an `extensions=[...]` entry: a name from configs/extension/ (never a path), or a mapping
-    {name: ..., <parameter>: value, ...} overriding that file's parameters (a key it does not have is refused),
-    labelled name[key=value,...] in the rows."""
-    from lenx.checkpoint import named_config
-    from lenx.errors import instantiate_node
-
-    over = dict(entry) if isinstance(entry, dict) else {}
-    name = over.pop("name", None) if isinstance(entry, dict) else entry
-    cfg = named_config("extension", name, "extension", " (a mapping entry names it with `name:`)")
-    unknown = sorted(set(over) - set(cfg) - {"_target_"})
-    if unknown or "_target_" in over:
-        raise ConfigError(f"extension {name} takes {sorted(set(cfg) - {'_target_'}) or 'no parameters'}; "
-                          f"unknown: {unknown or ['_target_']}")
-    ext = instantiate_node({**cfg, **over}, f"extension {name}").resolve(train_len)
-    label = name if not over else f"{name}[{','.join(f'{k}={v}' for k, v in sorted(over.items()))}]"
-    return label, ext

@@ -25,6 +25,7 @@ carry the same interval for each bin's mean NLL.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterator
 
@@ -38,8 +39,9 @@ from lenx.errors import ConfigError, OutOfRangeError
 from lenx.hardware import eval_autocast
 from lenx.positions import Positions
 from lenx.results import COLUMNS, POSITION_COLUMNS, format_table, plot_positions, plot_rows, read_rows
-from lenx.scoring import TABLE, Probe, eval_strides
+from lenx.scoring import TABLE, Probe, check_multipliers, eval_strides
 
+log = logging.getLogger(__name__)
 Segment = tuple[int, int]  # (start, n): targets tokens[start + 1 : start + 1 + n], inputs tokens[start : start + n]
 
 
@@ -57,15 +59,6 @@ def scored_span(n_stream: int, train_len: int, multipliers: list[int], tokens: i
             f"eval length {longest} (= {max(multipliers)} x {train_len}) is longer than the evaluation split "
             f"({n_stream} tokens, {n_stream - 1} targets); lower {key} or use a larger split")
     return [(0, max(1, min(tokens, n_stream - 1) // longest) * longest)]
-
-
-def check_multipliers(multipliers, key: str = "eval.multipliers") -> None:
-    """A non-empty list of positive integers; one error naming `key` (the config key the list came from)."""
-    if not isinstance(multipliers, (list, tuple)):
-        raise ConfigError(f"{key} must be a list of positive integers, e.g. [1,2,4], got {multipliers!r}")
-    bad = [m for m in multipliers if not isinstance(m, int) or isinstance(m, bool) or m <= 0]
-    if bad or not multipliers:
-        raise ConfigError(f"{key} must be positive integers, got {list(multipliers)}")
 
 
 def document_segments(tokens: np.ndarray, eod_id: int, n_targets: int) -> list[Segment]:
@@ -345,6 +338,23 @@ class Perplexity(Probe):
     loss by position in `position_loss.csv`."""
 
     columns = {"extrapolation": COLUMNS, "position_loss": POSITION_COLUMNS}
+
+    def check(self, eval_cfg, n_tokens, train_len) -> None:
+        """eval.context, the stride of each eval.mode at every length, and (given the split's n_tokens, stream
+        context) that the split holds the longest window; says when eval.tokens is more than the split holds."""
+        context = eval_cfg.get("context", "stream")
+        if context not in ("stream", "document"):
+            raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
+        for stride in eval_strides(eval_cfg):
+            for m in eval_cfg["multipliers"]:
+                resolve_stride(stride, m * train_len)
+        if n_tokens is not None and context == "stream":
+            (_, scored), = scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
+            if eval_cfg["tokens"] > n_tokens - 1:
+                log.warning(
+                    "lenx: eval.tokens=%d is more than the %s split holds (%d targets): %d targets are scored at "
+                    "each length (a multiple of the longest window)", eval_cfg["tokens"], eval_cfg["split"],
+                    n_tokens - 1, scored)
 
     def run(self, model, run) -> Iterator[dict]:
         e = run.eval

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from lenx.errors import ConfigError
+
 
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU has native bf16 matmul (AMX or AVX512-BF16); AVX2-only CPUs emulate it ~30x slower."""
@@ -19,8 +21,6 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_device(requested: str = "auto", key: str = "eval.device") -> torch.device:
     """auto (CUDA where available, else CPU), cpu, or cuda[:N] on a machine that has it; else one ConfigError."""
-    from lenx.errors import ConfigError
-
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -57,8 +57,6 @@ def eval_autocast(requested: str, device: torch.device) -> torch.autocast:
     """The autocast context for scoring: eval.precision "auto" -> bf16 where the device has fast bf16, "bf16" ->
     bf16, "32" -> off. Positional maths stays fp32 inside the schemes, and the loss is taken on fp32 logits."""
     if requested not in ("auto", "bf16", "32"):
-        from lenx.errors import ConfigError
-
         raise ConfigError(f"eval.precision must be auto, bf16 or 32, got {requested!r}")
     fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
     enabled = requested == "bf16" or (requested == "auto" and fast)

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lenx import data
+from lenx.configs import scaling_config
 from lenx.errors import CheckpointError, ConfigError, check_int
 
 HF_SCALINGS = {"pi": "linear", "dynamic_ntk": "dynamic", "yarn": "yarn", "llama3": "llama3"}
@@ -149,8 +151,6 @@ def with_scaling(config, scaling: str, train_len: int, max_multiplier: float):
     """A copy of config with lenx's RoPE scaling `scaling` in transformers' rope_parameters."""
     import copy
 
-    from lenx.checkpoint import scaling_config
-
     if scaling == "none":
         return config
     rope = getattr(config, "rope_parameters", None)
@@ -229,8 +229,6 @@ def eod_token(path: Path, config) -> str:
 
 def scoring_setup(hf: dict, data_cfg: dict, eval_cfg: dict, scalings: list[str] | None):
     """[(model, run config)] for each scaling, and the corpus provenance: everything validated before scoring."""
-    from lenx import data
-
     path = local_dir(hf.get("path"))
     if not (path / "tokenizer.json").is_file():
         raise ConfigError(f"{path} has no tokenizer.json (a fast tokenizer): lenx tokenises the corpus with it")

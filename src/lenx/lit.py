@@ -15,24 +15,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset
 
 from lenx import positions
-from lenx.errors import ConfigError, LenxError, instantiate_node
-from lenx.model import Decoder
+from lenx.checkpoint import build_model  # public here too (lenx.lit.build_model)
+from lenx.errors import ConfigError, LenxError
 from lenx.probes import Passkey, PasskeyWindows
 from lenx.results import atomic_write_bytes
-from lenx.scoring import check_attention
-from lenx.tasks import Task, TaskItems, build_task, masked_loss, pad
-
-
-def build_model(cfg: dict) -> Decoder:
-    """The Decoder described by a resolved run config (plain dict): model group + pos group + vocab + seq_len."""
-    m, task = cfg["model"], build_task(cfg)  # a task run's vocabulary is the task's own (data.task)
-    model = Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
-                   pos=instantiate_node(positions.table_size(cfg), "pos"),
-                   d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
-                   dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
-    model.attention = check_attention(cfg.get("attention", "sdpa"), "attention")
-    model.position_offset = positions.eval_offset(cfg)  # SHAPE's evaluation offset (positions=offset), else 0
-    return model
+from lenx.tasks import Task, TaskItems, masked_loss, pad
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:

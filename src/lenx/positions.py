@@ -17,7 +17,7 @@ what its authors' released code draws; lenx's earlier draws are named variants (
   (`compute_noisy_alibi_encodings_biases`): T - 1 distinct distances from [1, max_len), sorted, d_1 < ... < d_{T-1},
   placed Toeplitz by `relative_shift` (the pair at offset m = i - j reads d_m, d_0 = 0). lenx: the embedding reads
   the input draw (`LayerDraws.embed_T`); each attention layer l builds its context from its own draw
-  (`LayerDraws.positions(l)`, `.distances(l)`, through `PositionalScheme.layer_draw_contexts`): a scheme whose bias
+  (`LayerDraws.positions(l)`, `.distances(l)`, through `Decoder.layer_draw_contexts`): a scheme whose bias
   is a function of the distance alone (ALiBi, and by the same rule T5, KERPLE, Sandwich) reads the drawn distances
   Toeplitz; every other scheme (RoPE and the rotary family, FIRE, Shaw, Transformer-XL, DeBERTa) the layer's
   drawn positions. Departures, documented: the authors' noisy relative encoding (Transformer-XL with drawn
@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lenx.errors import ConfigError, OutOfRangeError, check_int
+from lenx.errors import ConfigError, OutOfRangeError, check_int, instantiate_node
 
 TAG = 0x9E3779B9  # the last seed word of every draw (kept: the shared draws are bitwise lenx's earlier ones)
 
@@ -314,8 +314,6 @@ CONTIGUOUS = {"_target_": "lenx.positions.Contiguous"}
 
 def build(cfg: dict) -> Positions:
     """The position mode of a run config (`positions`; absent in older configs: contiguous)."""
-    from lenx.errors import instantiate_node
-
     mode = instantiate_node(cfg.get("positions") or CONTIGUOUS, "positions")
     if not isinstance(mode, Positions):
         raise ConfigError(f"positions: {cfg['positions'].get('_target_')} is not a lenx.positions.Positions")

@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lenx.errors import ConfigError, check_int, user_errors
+from lenx.tasks import build_task
 
 
 def check_writable(run_dir: Path) -> None:
@@ -34,8 +35,6 @@ def check_job(config: DictConfig) -> None:
     if "seed" in config:
         check_int(config.seed, "seed", minimum=0)
     if "data" in config and OmegaConf.is_dict(config.data.get("task")):  # a task's parameters (lenx.tasks)
-        from lenx.tasks import build_task
-
         build_task({"data": {"task": OmegaConf.to_container(config.data.task, resolve=True)}})
 
 

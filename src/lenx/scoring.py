@@ -71,6 +71,10 @@ class Probe(abc.ABC):
     name: str = ""  # set from the config key
     columns: dict[str, list[str]] = {}
 
+    def check(self, eval_cfg: dict, n_tokens: int | None, train_len: int) -> None:
+        """Refuse, before any training or scoring, the eval.* settings this probe reads and cannot run with (on a
+        split of n_tokens tokens, when given; train_len: the model's training length). Called by check_eval."""
+
     @abc.abstractmethod
     def run(self, model: torch.nn.Module, run: Run) -> Iterable[dict]:
         """Yield result rows (plain dicts); skip what run.done(...) already holds."""
@@ -137,21 +141,21 @@ def check_attention(value, key: str) -> str:
     return value
 
 
+def check_multipliers(multipliers, key: str = "eval.multipliers") -> None:
+    """A non-empty list of positive integers; one error naming `key` (the config key the list came from)."""
+    if not isinstance(multipliers, (list, tuple)):
+        raise ConfigError(f"{key} must be a list of positive integers, e.g. [1,2,4], got {multipliers!r}")
+    bad = [m for m in multipliers if not isinstance(m, int) or isinstance(m, bool) or m <= 0]
+    if bad or not multipliers:
+        raise ConfigError(f"{key} must be positive integers, got {list(multipliers)}")
+
+
 def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Probe]:
     """Refuse, before any training or scoring, eval settings that cannot work (on a split of n_tokens, when
-    given), and say when eval.tokens is more than the split holds; returns the probes."""
-    from lenx.extrapolation import (  # extrapolation imports Probe
-        check_multipliers,
-        resolve_stride,
-        scored_span,
-    )
-
+    given): the settings every probe reads here, then each probe's own (`Probe.check`); returns the probes."""
     if eval_cfg.get("split") not in data.SPLITS:
         raise ConfigError(f"eval.split must be one of {list(data.SPLITS)}, got {eval_cfg.get('split')!r}")
     check_multipliers(eval_cfg.get("multipliers"))
-    context = eval_cfg.get("context", "stream")
-    if context not in ("stream", "document"):
-        raise ConfigError(f"eval.context must be 'stream' or 'document', got {context!r}")
     eval_autocast(str(eval_cfg.get("precision", "32")), torch.device("cpu"))  # validates the value
     resolve_device(eval_cfg.get("device", "auto"))  # a device this machine has
     check_attention(eval_cfg.get("attention", "sdpa"), "eval.attention")
@@ -161,22 +165,14 @@ def check_eval(eval_cfg: dict, n_tokens: int | None, train_len: int) -> list[Pro
     check_int(eval_cfg["batch_tokens"], "eval.batch_tokens")
     if not isinstance(eval_cfg.get("new_corpus", False), bool):
         raise ConfigError(f"eval.new_corpus must be true or false, got {eval_cfg['new_corpus']!r}")
-    for stride in eval_strides(eval_cfg):
-        for m in eval_cfg["multipliers"]:
-            resolve_stride(stride, m * train_len)
     if eval_cfg.get("every_n_steps") is not None:  # scoring during training (lenx.during)
         check_int(eval_cfg["every_n_steps"], "eval.every_n_steps")
         during = eval_cfg.get("during") or {}
         check_multipliers(during.get("multipliers") or [], "eval.during.multipliers")
         check_int(during.get("tokens"), "eval.during.tokens")
     probes = build_probes(eval_cfg)
-    if n_tokens is not None and context == "stream":
-        (_, scored), = scored_span(n_tokens, train_len, list(eval_cfg["multipliers"]), eval_cfg["tokens"])
-        if eval_cfg["tokens"] > n_tokens - 1:
-            log.warning(
-                "lenx: eval.tokens=%d is more than the %s split holds (%d targets): %d targets are scored at each "
-                "length (a multiple of the longest window)", eval_cfg["tokens"], eval_cfg["split"], n_tokens - 1,
-                scored)
+    for probe in probes:
+        probe.check(eval_cfg, n_tokens, train_len)
     return probes
 
 

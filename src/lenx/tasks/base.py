@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,14 @@ class Task:
     name = ""
     sizes = "symbols"  # what the size counts (for messages)
     eos = False
+    # lenx's tasks by class name, the `_target_` lenx.tasks.<name> that build_task accepts: the subclasses defined
+    # in lenx.tasks (all imported by the package's __init__, which runs before this module can be used)
+    registry: ClassVar[dict[str, type[Task]]] = {}
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        if cls.__module__.startswith("lenx.tasks."):
+            Task.registry[cls.__name__] = cls
 
     def __init__(self, *, train_size: int, min_size: int = 1) -> None:
         check_int(train_size, "data.task.train_size")
@@ -143,13 +152,11 @@ def build_task(cfg: Mapping) -> Task | None:
     spec = cfg["data"].get("task")
     if not isinstance(spec, Mapping):
         return None
-    # A checkpoint's config is data, never code (README, "What lenx trusts"): only a Task class of this module,
-    # with plain values, is ever built, so rebuilding a checkpoint's model cannot call anything else.
-    import lenx.tasks
-
+    # A checkpoint's config is data, never code (README, "What lenx trusts"): only a Task class of lenx.tasks
+    # (Task.registry), with plain values, is ever built, so rebuilding a checkpoint's model cannot call anything else.
     target = str(spec.get("_target_", ""))
-    cls = getattr(lenx.tasks, target.removeprefix("lenx.tasks."), None) if target.startswith("lenx.tasks.") else None
-    if not (isinstance(cls, type) and issubclass(cls, Task) and cls is not Task):
+    cls = Task.registry.get(target.removeprefix("lenx.tasks.")) if target.startswith("lenx.tasks.") else None
+    if cls is None:
         raise ConfigError(f"data.task: {target or 'a task without _target_'} is not a lenx.tasks.Task")
     params = {k: v for k, v in spec.items() if k != "_target_"}
     bad = [k for k, v in params.items() if str(k).startswith("_") or not isinstance(v, (int, float, str, bool))]

@@ -13,7 +13,7 @@ import torch
 from lenx import positions as positions_lib
 from lenx.errors import ConfigError, OutOfRangeError, check_int
 from lenx.positions import Positions
-from lenx.results import extension_label, scheme_label
+from lenx.results import _figure, _save, extension_label, scheme_label
 from lenx.scoring import Probe
 from lenx.tasks.base import Task, build_task, pad
 
@@ -262,8 +262,6 @@ def set_means(rows: list[dict]) -> list[dict]:
 
 def plot_tasks(rows: list[dict], path):
     """Exact-match accuracy against the size multiplier (log2 x axis), one line per (task, pos, scaling, decode)."""
-    from lenx.results import _figure, _save
-
     plt, fig, ax = _figure()
     keys = list(dict.fromkeys((r["task"], scheme_label(r), extension_label(r), r.get("decode", "teacher")) for r in rows))
     for key in keys:
