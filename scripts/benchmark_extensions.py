@@ -17,6 +17,7 @@ import torch
 from benchlib import config, eval_point, scheme_list
 
 from lenx import extensions
+from lenx.configs import build_extension
 from lenx.errors import ConfigError
 from lenx.lit import build_model
 
@@ -35,7 +36,7 @@ def extension_costs(schemes: list[str], seq_len: int, mult: int, repeats: int, d
         cfg = config(s, seq_len, 1, 1)
         model, out[s] = build_model(cfg).to(device).eval(), {}
         for label, entry in EXTENSION_VARIANTS:
-            ext = extensions.build(entry, seq_len)[1]
+            ext = build_extension(entry, seq_len)[1]
             try:
                 extensions.check_applies(ext, model.pos, s)
             except ConfigError:

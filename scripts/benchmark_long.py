@@ -4,7 +4,7 @@
 Each scheme's model (model=tiny, trained length --train-len, random weights: speed does not depend on them) scores
 one sequence of each length twice, interleaved: with attention's fast paths for bias and content schemes (ALiBi's
 bias as channels of q and k, strided Toeplitz views, content terms placed by distance, FIRE's linear pieces) and
-inside `lenx.pos.base.reference_paths()` (a float mask per chunk, FIRE's MLP: the paths before issue 25). Per point: tokens/s (median of --repeats),
+with `attention=reference` (a float mask per chunk, FIRE's MLP: the paths before issue 25). Per point: tokens/s (median of --repeats),
 the peak memory (CPU: peak RSS of the process; CUDA: max_memory_allocated) and the memory the forward adds, each
 relative to RoPE's (tokens/s: RoPE measured again just before each scheme at each length, `rope_beside`, since the
 machine drifts over a run), and the largest |logit difference| between the two paths. With
@@ -26,16 +26,23 @@ from benchmark import bare_loop
 
 from lenx.errors import OutOfRangeError
 from lenx.lit import build_model
-from lenx.pos.base import reference_paths
+from lenx.pos.bias import DistanceBias
+
+
+@contextlib.contextmanager
+def reference_paths(model):
+    """The model on attention's reference paths (`attention=reference`: the float mask per chunk, FIRE's MLP)."""
+    before, model.attention = model.attention, "reference"
+    try:
+        yield
+    finally:
+        model.attention = before
 
 
 def has_fast_path(pos) -> bool:
-    """Whether reference_paths() changes anything for this scheme (else "before" is "after", measured once)."""
-    from lenx.pos.base import PositionalScheme
-    from lenx.pos.fire import FIRE
-
-    return (type(pos).toeplitz is not PositionalScheme.toeplitz or type(pos).features is not PositionalScheme.features
-            or type(pos).chunk_mask is not PositionalScheme.chunk_mask or isinstance(pos, FIRE))
+    """Whether attention=reference changes anything for this scheme (else "before" is "after", measured once):
+    a bias of the distance (Toeplitz views, ALiBi's channels) or a scheme with its own chunk mask (FIRE too)."""
+    return isinstance(pos, DistanceBias) or pos.has_chunk_mask
 
 
 def measure(model, vocab: int, length: int, device, repeats: int) -> dict | None:
@@ -43,14 +50,14 @@ def measure(model, vocab: int, length: int, device, repeats: int) -> dict | None
     if not has_fast_path(model.pos):
         return None if fast is None else {"fast": fast, "reference": fast, "max_abs_logit_diff": 0.0,
                                           "same_path": True}
-    with reference_paths():
+    with reference_paths(model):
         ref = eval_point(model, vocab, length, device, repeats)
     if fast is None or ref is None:
         return None
     x = torch.randint(0, vocab, (1, min(length, 2048)), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         out = model(x)
-        with reference_paths():
+        with reference_paths(model):
             diff = (out - model(x)).abs().max().item()
     return {"fast": fast, "reference": ref, "max_abs_logit_diff": diff}
 
@@ -59,8 +66,7 @@ def train_point(scheme: str, args, device) -> dict:
     cfg = config(scheme, args.train_seq_len, args.train_batch, args.train_steps)
     data = batches(cfg, args.train_steps, device)
     fast = bare_loop(cfg, data, 2, False, device)["tokens_per_s"]
-    with reference_paths():
-        ref = bare_loop(cfg, data, 2, False, device)["tokens_per_s"]
+    ref = bare_loop({**cfg, "attention": "reference"}, data, 2, False, device)["tokens_per_s"]
     return {"fast": fast, "reference": ref}
 
 
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             rope = model
         with torch.no_grad(), contextlib.suppress(OutOfRangeError):  # warm-up: both paths, the shortest length
             model(torch.zeros(1, min(lengths), dtype=torch.long, device=device))
-            with reference_paths():
+            with reference_paths(model):
                 model(torch.zeros(1, min(lengths), dtype=torch.long, device=device))
         report["schemes"][s] = points = {}
         for n in lengths:

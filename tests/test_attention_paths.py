@@ -4,20 +4,22 @@ gradients, whole and chunked, for every scheme that takes them.
 - "features" (ALiBi): the linear bias as exact extra channels of q and k, SDPA's fused causal kernel, no mask;
 - "toeplitz" (every bias of i - j alone): a strided view of one vector of distances over reversed keys;
 - "chunk_mask" (Shaw, Transformer-XL, DeBERTa, FIRE while scoring): each chunk's mask built in one reused workspace;
-  the content schemes' terms placed by distance with one write (`lenx.pos.relative.by_distance`) instead of a
+  the content schemes' terms placed by distance with one write (`lenx.kernels.by_distance`) instead of a
   gather per pair, FIRE's bias in place.
 The reference is the path these replaced: a float (H, t, s) mask per chunk (`path="mask"`), which
-`lenx.pos.base.reference_paths()` forces.
+`attention=reference` selects. Which kernels ran is read from `lenx.attention.traced()`.
 """
+
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import make_model
 
 from lenx import attention
-from lenx.pos.base import reference_paths
-from lenx.pos.bias import ALiBi, alibi_slopes, split_slopes
-from lenx.pos.relative import by_distance
+from lenx.attention import split_slopes
+from lenx.kernels import Workspace, by_distance
+from lenx.pos.bias import ALiBi, alibi_slopes
 
 DISTANCE = ["alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich"]
 
@@ -30,21 +32,28 @@ def logits_and_grads(model, x, train: bool):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def paths_taken(model, x):
-    seen = []
-    real = attention.attend
-
-    def spy(q, k, v, pos, ctx, plan, drop, raw=None):
-        seen.append(plan.path)
-        return real(q, k, v, pos, ctx, plan, drop, raw)
-
-    attention.attend = spy
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        attention.attend = real
+def paths_taken(model, x, pos_T=None, grad: bool = False):
+    """The kernels that ran (lenx.attention.traced) in a forward (and backward, with `grad`)."""
+    with attention.traced() as seen, torch.set_grad_enabled(grad):
+        out = model(x, pos_T)
+        if grad:
+            out.float().logsumexp(-1).mean().backward()
     return set(seen)
+
+
+def on_reference(model):
+    """A context in which the model runs attention=reference."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        before, model.attention = model.attention, "reference"
+        try:
+            yield
+        finally:
+            model.attention = before
+
+    return ctx()
 
 
 @pytest.mark.parametrize("scheme", DISTANCE)
@@ -58,7 +67,7 @@ def test_fast_paths_equal_the_mask_path(scheme, chunked, monkeypatch):
     expected = {"alibi": "features", "alibi_learned": "features"}.get(scheme, "toeplitz")
     assert paths_taken(model, x) == {expected}  # scoring (no gradient); a learned bias trains on the mask path
     fast = [logits_and_grads(model, x, train) for train in (False, True)]
-    with reference_paths():
+    with on_reference(model):
         assert paths_taken(model, x) == {"mask"}
         ref = [logits_and_grads(model, x, train) for train in (False, True)]
     for (out, grads), (out_ref, grads_ref) in zip(fast, ref):
@@ -81,40 +90,18 @@ def test_chunk_masks_equal_the_mask_path(scheme, chunked, monkeypatch):
     x = torch.randint(0, 50, (2, 160), generator=torch.Generator().manual_seed(0))
     if chunked:
         monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 160 * 24)
-    assert paths_taken(model, x) == {"chunk_mask"}
-    general_rows = []  # every chunk is the scheme's own: none falls back to the general path
-    monkeypatch.setattr(attention, "attend_rows", lambda *a, **k: general_rows.append(1))
+    # every chunk is the scheme's own: none falls back to the general path
+    assert paths_taken(model, x) == {"chunk_values" if scheme == "shaw_kv" else "chunk_mask"}
     with torch.no_grad():
         fast = model(x)
-    assert not general_rows
-    monkeypatch.undo()
-    if chunked:
-        monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 160 * 24)
     general = "weights" if scheme == "shaw_kv" else "mask"  # (Shaw-KV's value term reads the weights)
-    with reference_paths():
+    with on_reference(model):
         assert paths_taken(model, x) == {general}
         with torch.no_grad():
             ref = model(x)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     model.train()
-    assert paths_taken_with_grad(model, x) == {general}  # training: the gradient flows through `score`
-
-
-def paths_taken_with_grad(model, x):
-    seen = []
-    real = attention.plan
-
-    def spy(*args, **kw):
-        chosen = real(*args, **kw)
-        seen.append(chosen.path)
-        return chosen
-
-    attention.plan = spy
-    try:
-        model(x).sum().backward()
-    finally:
-        attention.plan = real
-    return set(seen)
+    assert paths_taken(model, x, grad=True) == {general}  # training: the gradient flows through `score`
 
 
 @pytest.mark.parametrize("t, s, R", [(5, 12, 4), (12, 12, 3), (4, 9, 9), (3, 7, 20), (1, 6, 1)])
@@ -159,7 +146,7 @@ def test_split_slopes_make_exact_products():
 def test_toeplitz_view_writes_no_tensor_of_the_mask_size():
     model = make_model("t5", train_len=32, n_heads=4)
     ctx = model.pos.context(torch.arange(1024), torch.arange(1024))
-    view = model.pos.toeplitz(ctx, 512, 256, 768, torch.float32)
+    view = attention.toeplitz_view(ctx.bias_HR, 512, 256, 768, torch.float32)
     assert view.shape == (1, 4, 256, 768)
     assert view.untyped_storage().nbytes() == 4 * 4 * (256 + 768 - 1)  # one vector of distances per head
     i, c = 100, 700  # query 612, key 767 - 700 = 67: distance 545
@@ -167,15 +154,18 @@ def test_toeplitz_view_writes_no_tensor_of_the_mask_size():
     assert torch.isinf(view[0, 0, 0, :255]).all() and not torch.isinf(view[0, 0, 0, 255:]).any()
 
 
-def test_features_decline_far_positions_and_fall_back():
+def test_features_decline_far_positions_and_the_plan_knows_it():
     pos = ALiBi(d_model=16, n_heads=2, head_dim=8, train_len=16)
     far = torch.arange(70000, 70040)
-    assert pos.features(pos.context(far, far)) is None
+    assert not attention.channels_exact(pos.context(far, far))
+    assert attention.plan(pos, pos.context(far, far), batch=1, dtype=torch.float32, contiguous=False).path == "mask"
     model = make_model("alibi", train_len=16)
     x = torch.randint(0, 50, (1, 40), generator=torch.Generator().manual_seed(1))
+    # explicit positions past FEATURE_POSITIONS: planned on the mask path (features never tried), same logits
+    assert paths_taken(model, x, far) == {"mask"}
     with torch.no_grad():
-        out = model(x, far)  # explicit positions past FEATURE_POSITIONS: the mask path, same logits
-        with reference_paths():
+        out = model(x, far)
+        with on_reference(model):
             torch.testing.assert_close(out, model(x, far), rtol=1e-5, atol=1e-5)
 
 
@@ -199,15 +189,14 @@ def test_fire_linear_pieces_equal_its_mlp():
         pos.w1_NW[1, 3] = 0.0
     q, k = torch.arange(300, 700), torch.arange(700)
     for n in range(pos.tables):
-        with torch.enable_grad():
-            ref = pos.fire_bias(q, k, n)
         with torch.no_grad():
-            fast = pos.fire_bias(q, k, n)
+            ref = pos.fire_bias(q, k, n)
+            fast = pos.fire_bias(q, k, n, pieces=True)
         torch.testing.assert_close(fast, ref.detach(), rtol=1e-5, atol=1e-6)
     x = torch.randint(0, 50, (1, 200), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = model(x)
-        with reference_paths():
+        with on_reference(model):
             torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
 
 
@@ -218,7 +207,7 @@ def test_fire_chunk_mask_is_its_bias_bitwise(t, s, init_L):
     same values as its bias on the pieces path plus the causal mask, bit for bit: before the threshold L (one
     normaliser for every query) and past it (init_L 4: a normaliser per query), with unit-scale weights so that
     most pieces fall inside x in [0, 1], and a hidden unit that never switches."""
-    from lenx.pos.base import AttnContext, Workspace, causal
+    from lenx.pos.base import AttnContext, causal
 
     pos = make_model("fire", train_len=32, n_heads=4, init_L=init_L).pos
     with torch.no_grad():
@@ -230,7 +219,7 @@ def test_fire_chunk_mask_is_its_bias_bitwise(t, s, init_L):
         for n in range(pos.tables):
             ctx = AttnContext(q_pos_T=q_pos, k_pos_S=k_pos, layer=n)
             _, mask = pos.chunk_mask(torch.zeros(1, 4, t, 8), torch.zeros(1, 4, s, 8), ctx, Workspace())
-            ref = causal(pos.fire_bias(q_pos, k_pos, n), q_pos, k_pos)
+            ref = causal(pos.fire_bias(q_pos, k_pos, n, pieces=True), q_pos, k_pos)
             assert torch.equal(mask[0], ref), (mask[0] - ref).abs().nan_to_num().max()
     edges = pos.mlp_pieces(0)[0]
     assert ((edges > 0) & (edges < 1)).sum() >= 3  # several pieces inside [0, 1]: the numbering is exercised
@@ -242,7 +231,7 @@ def test_cope_chunk_mask_is_its_score_with_the_clamp_found(t, s, gate_scale):
     """CoPE's chunk mask (exact terms near each query, the clamped constant beyond) equals `score` + the causal
     mask: with gates near 1/2 (the clamp at npos_max - 1 = 7 reached ~14 keys back) and with gates spread to
     0 and 1 (q scaled by 8: rows whose count stays below the clamp for longer, so blocks grow)."""
-    from lenx.pos.base import AttnContext, Workspace
+    from lenx.pos.base import AttnContext
 
     pos = make_model("cope", train_len=32, n_heads=4, npos_max=8).pos
     g = torch.Generator().manual_seed(s)
@@ -309,5 +298,88 @@ def test_attention_setting_is_checked():
     from lenx.scoring import check_attention
 
     assert check_attention("flex", "attention") == "flex"
-    with pytest.raises(ConfigError, match="sdpa or flex"):
+    assert check_attention("reference", "attention") == "reference"
+    with pytest.raises(ConfigError, match="sdpa, flex or reference"):
         check_attention("fast", "eval.attention")
+
+
+# ------------------------------------------------------------------------------------- the plan is what runs
+SCHEMES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "pos").glob("*.yaml"))
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])]
+
+
+def planned_and_ran(model, x, pos_T, train: bool):
+    """(the paths the plans chose, the kernels that ran, logits, gradients) for one forward (+ backward)."""
+    planned, real = [], attention.plan
+
+    def spy(*args, **kw):
+        chosen = real(*args, **kw)
+        planned.append(chosen.path)
+        return chosen
+
+    attention.plan = spy
+    try:
+        model.zero_grad()
+        model.train(train)
+        with attention.traced() as ran, torch.set_grad_enabled(train):
+            out = model(x, pos_T)
+            if train:
+                out.float().logsumexp(-1).mean().backward()
+    finally:
+        attention.plan = real
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return set(planned), set(ran), out.detach(), grads
+
+
+def matrix_model(scheme: str, device: str):
+    over = {"max_distance": 8} if scheme in ("shaw", "shaw_kv", "deberta") else \
+        {"npos_max": 8} if scheme == "cope" else {}
+    model = make_model(scheme, train_len=64, n_heads=4, d_model=32, **over).to(device)
+    with torch.no_grad():  # unit-scale positional tables: every term moves the logits
+        for p in model.pos.parameters():
+            p.normal_(generator=torch.Generator(device=device).manual_seed(p.numel()))
+    return model
+
+
+def check_matrix(scheme: str, device: str, impls: tuple[str, ...]):
+    model = matrix_model(scheme, device)
+    x = torch.randint(0, 50, (2, 48), generator=torch.Generator().manual_seed(0)).to(device)
+    gapped = torch.arange(48, device=device) * 3 + 5
+    for where, pos_T in (("default", None), ("gapped", gapped)):
+        if scheme == "learned" and pos_T is not None:
+            continue  # a learned table of 64 rows holds no position past 63
+        for train in (False, True):
+            runs = {}
+            for impl in ("reference", *impls):
+                model.attention = impl
+                planned, ran, out, grads = planned_and_ran(model, x, pos_T, train)
+                assert len(planned) == 1 and ran == planned, (scheme, where, train, impl, planned, ran)
+                runs[impl] = (out, grads)
+            out_ref, grads_ref = runs["reference"]
+            for impl in impls:
+                out, grads = runs[impl]
+                torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-4, msg=f"{scheme} {where} {impl}")
+                assert grads.keys() == grads_ref.keys()
+                for name in grads:
+                    torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-3, atol=1e-4,
+                                               msg=f"{scheme} {where} {impl} {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_scheme_runs_the_planned_kernel_and_matches_the_reference(scheme, device):
+    """Every scheme x {training step, scoring} x {default positions, gapped positions} x {sdpa, reference}: the
+    kernels that ran are exactly the plan's path (no fallback anywhere), with logits and gradients equal to the
+    reference path's. (attention=flex: the test below.)"""
+    check_matrix(scheme, device, ("sdpa",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scheme", DISTANCE)
+def test_flex_runs_where_planned(scheme, device):
+    """attention=flex on every bias of the distance: FlexAttention where the plan says so (scoring; on CUDA
+    training too), the SDPA paths the plan chose where it cannot run (CPU backward), each what the plan said.
+    FlexAttention compiles per shape (~30 s on a CPU)."""
+    check_matrix(scheme, device, ("flex",))

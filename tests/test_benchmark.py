@@ -75,7 +75,7 @@ def test_benchmark_extensions_reports_every_method_that_applies(tmp_path):
 
 
 def test_benchmark_long_reports_both_paths_per_scheme(tmp_path):
-    """scripts/benchmark_long.py: before (reference_paths) and after for a scheme with a fast path, one number for
+    """scripts/benchmark_long.py: before (attention=reference) and after for a scheme with a fast path, one number for
     a scheme without one, `out of range` past a learned table; the table's ratios are the JSON's."""
     out = tmp_path / "long.json"
     r = subprocess.run([sys.executable, "scripts/benchmark_long.py", "--schemes", "cope,cpe,learned", "--lengths",

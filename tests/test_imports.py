@@ -14,9 +14,6 @@ ALLOWED_LOCAL = {
         "torch)",
     ("src/lenx/runid.py", "lenx.pos.rope_scaling"):
         "keeps torch out of `import lenx` (lenx/__init__ registers the run-id resolver)",
-    ("src/lenx/attention.py", "lenx.pos.bias"):
-        "attention redesign (other engineer): no cycle (lenx.pos.bias does not import lenx.attention), to be "
-        "moved to the top of attention.py",
 }
 
 

@@ -221,10 +221,8 @@ def test_randomized_alibi_draws_sorted_distances_placed_toeplitz():
         np.testing.assert_allclose(mask[:, lower], ref[:, lower], rtol=1e-6, atol=1e-6)
         assert np.isneginf(mask[:, ~lower]).all()
     assert not np.array_equal(*(c.drawn_R.numpy() for c in ctxs))  # each layer its own distances
-    from lenx.pos.base import reference_paths
-
-    with reference_paths():  # the fast paths (features, Toeplitz view) read the drawn distances as the mask does
-        ref_out = layer_contexts(model, idx, drawn)[1]
+    model.attention = "reference"  # the fast paths (features, Toeplitz view) read the drawn distances as the mask
+    ref_out = layer_contexts(model, idx, drawn)[1]
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
 
 

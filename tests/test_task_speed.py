@@ -45,8 +45,9 @@ def test_a_task_run_trains_in_fp32_and_logs_on_the_logger_steps_only(tmp_path, m
 
 
 def test_the_per_step_seed_drives_cpu_dropout(tmp_path):
-    from lenx.lit import LenxModule
     from omegaconf import OmegaConf
+
+    from lenx.lit import LenxModule
 
     cfg = OmegaConf.to_container(compose_train(["data=copy", "experiment=smoke"], tmp_path / "run"), resolve=True)
     T.configure(cfg)

@@ -16,7 +16,6 @@ import lenx.attention
 import lenx.pos.bias
 import lenx.pos.fire
 from lenx.model import Decoder
-from lenx.pos.base import reference_paths
 from lenx.pos.bias import t5_relative_bucket
 
 # Schemes whose logits depend on i - j (and content) only, and the others; every scheme must be in one list.
@@ -157,11 +156,11 @@ def test_t5_buckets_hand_derived(rel, bidirectional, want):
 # --- chunked attention == unchunked ---
 
 @pytest.fixture
-def mask_paths():
-    """The float-mask paths these tests check (lenx.pos.base.reference_paths): the fast bias paths (ALiBi's
-    channels, Toeplitz views) are checked against them in test_attention_paths.py."""
-    with reference_paths():
-        yield
+def mask_paths(monkeypatch):
+    """The float-mask paths these tests check (every plan made with attention=reference): the fast bias paths
+    (ALiBi's channels, Toeplitz views) are checked against them in test_attention_paths.py."""
+    real = lenx.attention.plan
+    monkeypatch.setattr(lenx.attention, "plan", lambda *a, **kw: real(*a, **{**kw, "attention": "reference"}))
 
 
 @pytest.mark.parametrize("scheme", CHUNKED)

@@ -1,26 +1,46 @@
-"""How attention runs for one forward pass: the plan, decided once, and the chunked attention it drives.
+"""How attention runs for one forward pass: the plan, decided once, and the kernels it drives.
 
 The positional scheme owns the positional context (`pos.context`: positions, cos/sin, tables; `pos.bias`: the logit
-terms of positions alone). Attention owns the plan (`plan`): the path (SDPA's causal kernel with no mask; the same
-kernel with ALiBi's bias as exact extra channels of q and k; SDPA with a strided Toeplitz view of a distance bias
-over reversed keys; SDPA with a float mask; an explicit softmax when value terms read the weights), the queries per
-chunk, the keys each chunk reads, the mask's dtype, and the mask itself when one chunk holds it (built once per
-forward, or once per layer for a bias with a table per layer). `lenx.pos.base.reference_paths()` turns the two
-fast bias paths (and FIRE's linear pieces) off: the float-mask path they replaced, for tests and benchmarks.
+terms of positions alone). Attention owns the plan (`plan`): the path, the queries per chunk, the keys each chunk
+reads, the mask's dtype, and the mask itself when one chunk holds it (built once per forward, or once per layer for
+a bias with a table per layer). The plan is decided before any kernel runs, from everything that decides it: the
+scheme, the positions, the device, whether a gradient is needed, the dropout, and the `attention` setting
+(`sdpa`: the fastest exact path; `flex`: FlexAttention for a bias of the distance; `reference`: the float-mask and
+explicit-softmax paths the fast ones replaced, for tests and benchmarks). `attend` executes the plan and never
+re-routes: a kernel that cannot run where the plan sent it raises `PlanError` (a planning bug, caught by
+tests/test_attention_paths.py, which reads the kernels that ran from `traced()`).
+Paths: "causal" (SDPA's causal kernel, no mask), "features" (the same kernel with ALiBi's bias as exact extra
+channels of q and k), "toeplitz" (SDPA with a strided Toeplitz view of a distance bias over reversed keys), "flex"
+(FlexAttention with the distance bias as score_mod), "chunk_mask" (SDPA with each chunk's mask from the scheme's
+`chunk_mask`, scoring at default positions), "chunk_values" (the same with Shaw-KV's value term from SDPA's row
+normalisers), "mask" (SDPA with a float mask), "weights" (an explicit softmax: value terms read the weights),
+"extended" (a training-free extension).
 Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from lenx.extensions import Extension
-from lenx.pos.base import AttnContext, PositionalScheme, Workspace, causal
+from lenx.kernels import (
+    FEATURE_POSITIONS,
+    Workspace,
+    cpu_flash,
+    linear_bias_channels,
+    split_slopes,  # noqa: F401  (public here too)
+    toeplitz_mask,
+    toeplitz_view,
+)
+from lenx.pos.base import AttnContext, PositionalScheme, causal
+from lenx.pos.bias import DistanceContext
 
 # Logits per attention chunk (batch x heads x queries x keys) when a scheme adds logit terms: 2^25 bounds each
 # of a chunk's fp32 (B, H, t, S) tensors to 128 MiB at any length (a dense fp32 bias at 8192 tokens is 1 GiB
@@ -28,17 +48,19 @@ from lenx.pos.base import AttnContext, PositionalScheme, Workspace, causal
 CHUNK_LOGITS = 1 << 25
 
 
+ATTENTION = ("sdpa", "flex", "reference")  # the `attention` setting (config, eval.attention)
+PATHS = ("causal", "features", "toeplitz", "flex", "chunk_mask", "chunk_values", "mask", "weights", "extended")
+
+
+class PlanError(RuntimeError):
+    """A kernel that cannot run where the plan sent it: a bug in `plan`, never a reason to take another path."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """How attention runs over one forward's context (the same for every layer, the mask aside)."""
 
-    # "causal": SDPA is_causal, no mask; "features": SDPA is_causal on q and k with the bias as extra channels
-    # (pos.features); "toeplitz": SDPA with a strided view of a distance bias over reversed keys (pos.toeplitz);
-    # "flex": FlexAttention with the distance bias as score_mod (attention=flex); "chunk_mask": SDPA with each
-    # chunk's mask from pos.chunk_mask in a reused workspace (scoring at default positions; Shaw-KV's value term
-    # from SDPA's row normalisers, pos.chunk_values);
-    # "mask": SDPA with a float mask; "weights": explicit softmax; "extended": a training-free extension
-    path: str
+    path: str  # one of PATHS (the module docstring)
     rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS)
     # Default positions (query i and key j at positions i and j): a chunk reads only the keys up to its last query
     # (the rest are future keys of all its queries), and a distance bias is a Toeplitz matrix.
@@ -53,6 +75,8 @@ class Plan:
     # or windows keys; q_scale_T multiplies the queries (log-n scaling), on any path.
     extension: Extension | None = None
     q_scale_T: torch.Tensor | None = None
+    # The scheme's own faster evaluation of its bias may run (FIRE's linear pieces: no gradient, not `reference`)
+    fast: bool = False
 
     def for_layer(self, pos: PositionalScheme, ctx: AttnContext) -> Plan:
         """The plan for ctx's layer: the whole mask built here when one chunk holds it, kept from the layer before
@@ -60,14 +84,20 @@ class Plan:
         if not self.whole or (self.mask_HTS is not None and not self.per_layer):
             return self
         return dataclasses.replace(self, mask_HTS=positional_mask(pos, ctx, 0 if self.contiguous else None,
-                                                                  self.dtype))
+                                                                  self.dtype, self.fast))
 
 
 def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dtype, contiguous: bool,
-         extension: Extension | None = None, flex: bool = False) -> Plan:
+         extension: Extension | None = None, attention: str = "sdpa", dropout: float = 0.0,
+         grad: bool | None = None) -> Plan:
     """The plan for attention over ctx's queries and keys with this scheme, batch size and compute dtype (and a
-    training-free extension, where it changes anything at these positions). flex: use FlexAttention for a bias
-    of the distance (`attention=flex`)."""
+    training-free extension, where it changes anything at these positions), on ctx's device: `attention` is the
+    setting (ATTENTION), `dropout` the attention dropout of this forward, `grad` whether a gradient is needed
+    (default: torch's grad mode). Every choice of path is made here; `attend` only executes it."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    grad = torch.is_grad_enabled() if grad is None else grad
+    device = ctx.q_pos_T.device.type
     T, S = len(ctx.q_pos_T), len(ctx.k_pos_S)
     ext = None if extension is None else extension.for_input(ctx.q_pos_T, ctx.k_pos_S)  # e.g. Self-Extend's G
     ext = ext if ext is not None and ext.active(ctx.q_pos_T, ctx.k_pos_S) else None
@@ -80,27 +110,28 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
                     dtype=torch.float32, whole=False, per_layer=False, extension=ext, q_scale_T=q_scale_T)
     # Under torch.compile the float-mask path: inductor (torch 2.13, 2 CPU threads) miscompiled the channels
     # path's training step (a garbage view shape, then a crash; test_compiled_training_matches_eager)
-    eager = not torch.compiler.is_compiling()
+    fast = attention != "reference" and not torch.compiler.is_compiling()
     # Scoring at default positions: the scheme's own per-chunk mask (pos.chunk_mask), built in a reused workspace
-    chunk_masks = eager and pos.has_chunk_mask and contiguous and not torch.is_grad_enabled()
+    chunk_masks = fast and pos.has_chunk_mask and contiguous and not grad
     if pos.adds_values:
         path = "weights"
-        if chunk_masks and pos.has_chunk_values:
-            path = "chunk_mask"  # Shaw-KV: the fused kernel with its row normalisers, the value term from a band
+        if chunk_masks and device == "cpu" and not dropout and cpu_flash() is not None:
+            path = "chunk_values"  # Shaw-KV: CPU's fused kernel with its row normalisers, the value term from a band
     elif pos.adds_logits:
-        path = "mask"
-        if chunk_masks:
-            path = "chunk_mask"  # the content terms placed by distance with one write
+        path = "chunk_mask" if chunk_masks else "mask"  # the content terms placed by distance with one write
     elif pos.adds_bias:
         path = "mask"
-        if flex and pos.has_toeplitz:
-            path = "flex"
-        elif eager and pos.has_features and dtype == torch.float32 and ctx.q_pos_T.device.type == "cpu" and (
-                contiguous or increasing(ctx.q_pos_T)):
+        table = isinstance(ctx, DistanceContext)  # a bias of i - j given by a per-head table
+        if attention == "flex" and table:
+            # FlexAttention has no dropout, and no backward on CPU: the SDPA paths there
+            path = "flex" if not dropout and not (grad and device == "cpu") else \
+                "toeplitz" if contiguous else "mask"
+        elif fast and dtype == torch.float32 and device == "cpu" and (contiguous or increasing(ctx.q_pos_T)) \
+                and channels_exact(ctx):
             path = "features"  # fp32 on CPU only: the channels' exact sum needs fp32 and in-order accumulation
         elif chunk_masks:
             path = "chunk_mask"  # FIRE: its bias of i and j built in place, chunk by chunk
-        elif eager and pos.has_toeplitz and contiguous and not learns(ctx):
+        elif fast and table and contiguous and not learns(ctx):
             path = "toeplitz"  # a learned bias keeps the mask path: its gradient through the strided view's
             # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)
     else:
@@ -109,7 +140,15 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
-                per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T)
+                per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad)
+
+
+# Which kernel: a bias given as data (lenx.pos.bias.DistanceContext) and the positions decide.
+def channels_exact(ctx: AttnContext) -> bool:
+    """Whether ctx's bias is linear in i - j (slopes given) at positions where its channels sum exactly."""
+    if not isinstance(ctx, DistanceContext) or ctx.slopes_H is None or ctx.drawn_R is not None:
+        return False  # (drawn distances: not linear in i - j)
+    return int(torch.maximum(ctx.q_pos_T.max(), ctx.k_pos_S.max())) < FEATURE_POSITIONS
 
 
 def learns(ctx: AttnContext) -> bool:
@@ -123,30 +162,55 @@ def increasing(pos_T: torch.Tensor) -> bool:
     return len(pos_T) < 2 or bool((pos_T[1:] > pos_T[:-1]).all())
 
 
+_TRACE: list[list[str]] = []  # the open `traced()` blocks' records
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[list[str]]:
+    """Within it, every kernel that runs appends its path to the list yielded (once per call, or per chunk where a
+    path runs chunk by chunk): tests assert that what ran is what the plan said. Observes only."""
+    seen: list[str] = []
+    _TRACE.append(seen)
+    try:
+        yield seen
+    finally:
+        _TRACE.remove(seen)
+
+
+def _ran(path: str) -> None:
+    for seen in _TRACE:
+        seen.append(path)
+
+
 def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
            ctx: AttnContext, plan: Plan, drop: float, raw: tuple[torch.Tensor, torch.Tensor] | None = None
            ) -> torch.Tensor:
-    """softmax(q.k/sqrt(D) + positional terms + causal mask) v, (B, H, T, D), as the plan says. `raw`: q and k
+    """softmax(q.k/sqrt(D) + positional terms + causal mask) v, (B, H, T, D), on the plan's path. `raw`: q and k
     before the scheme's rotation (path "extended" rotates them again at remapped positions)."""
-    if plan.path == "extended":
-        return attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos, ctx, plan, drop)
-    if plan.path == "causal":
-        return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
-    if plan.path == "flex":
-        # FlexAttention has no dropout, and no backward on CPU: the SDPA paths there
-        if not drop and not (q_BHTD.requires_grad and q_BHTD.device.type == "cpu"):
+    match plan.path:
+        case "extended":
+            return attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos, ctx, plan, drop)
+        case "causal":
+            _ran("causal")
+            return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
+        case "flex":
             return attend_flex(q_BHTD, k_BHSD, v_BHSD, ctx)
-        plan = dataclasses.replace(plan, path="toeplitz" if plan.contiguous else "mask")
-    if plan.path == "features":
-        out = attend_features(q_BHTD, k_BHSD, v_BHSD, pos, ctx, drop)
-        if out is not None:
-            return out
-        plan = dataclasses.replace(plan, path="toeplitz" if plan.contiguous and pos.has_toeplitz else "mask")
+        case "features":
+            return attend_features(q_BHTD, k_BHSD, v_BHSD, pos, ctx, drop)
+        case "toeplitz":
+            return attend_toeplitz(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
+        case "chunk_mask" | "chunk_values":
+            return attend_chunk_masks(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
+        case "mask" | "weights":
+            return attend_general(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
+    raise PlanError(f"unknown attention path {plan.path!r}")
+
+
+def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
+                   ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
+    """The reference paths: chunks of queries, each with its float mask (bias + score terms), through SDPA
+    ("mask") or an explicit softmax whose weights the value terms read ("weights")."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
-    if plan.path == "toeplitz":
-        return attend_toeplitz(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
-    if plan.path == "chunk_mask":
-        return attend_chunk_masks(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
     parts = []
     for a in range(0, T, plan.rows):
         b = min(T, a + plan.rows)
@@ -165,10 +229,11 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
     """Attention of one chunk of queries (starting at query q_start) over s keys."""
     with torch.autocast(q_BHtD.device.type, enabled=False):  # positional terms in fp32
         if mask_Hts is None:
-            mask_Hts = positional_mask(pos, ctx, q_start if plan.contiguous else None, plan.dtype)
+            mask_Hts = positional_mask(pos, ctx, q_start if plan.contiguous else None, plan.dtype, plan.fast)
         extra = pos.score(q_BHtD.float(), k_BHsD.float(), ctx) if pos.adds_logits else None
         if extra is not None:
             mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
+    _ran(plan.path)
     if plan.path == "mask":  # the fused kernel with a float mask (also carries the bias gradient)
         # 4-D: given a 3-D (H, t, s) mask, CPU SDPA falls back to its unfused math backend (5x slower at 8192)
         mask_BHts = mask_Hts if mask_Hts.dim() == 4 else mask_Hts[None]
@@ -185,10 +250,12 @@ def attend_features(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
                     ctx: AttnContext, drop: float) -> torch.Tensor | None:
     """SDPA's fused causal kernel with the scheme's bias as extra channels, first, of q and k (pos.features):
     [f_q, q / sqrt(D)] . [f_k, k] = bias + q.k / sqrt(D) (scale 1); v padded with zeros to the same width, as
-    the fused kernel needs. None when the scheme declines these positions (the caller then builds a mask)."""
-    feats = pos.features(ctx)
-    if feats is None:
-        return None
+    the fused kernel needs (the plan has checked `channels_exact`)."""
+    if not channels_exact(ctx):
+        raise PlanError(f"{type(pos).__name__}'s bias is not exact as channels at the positions the plan sent "
+                        "to the features path")
+    feats = linear_bias_channels(ctx.slopes_H, ctx.q_pos_T, ctx.k_pos_S)
+    _ran("features")
     B, H, T, D = q_BHTD.shape
     fq_HTc, fk_HSc = feats
     c = fq_HTc.shape[-1]
@@ -222,13 +289,17 @@ def attend_flex(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor
         return k_pos_S[j] <= q_pos_T[i]
 
     block = create_block_mask(causal, None, None, T, S, device=q_BHTD.device)
+    _ran("flex")
     return compiled_flex()(q_BHTD, k_BHSD, v_BHSD, score_mod=score_mod, block_mask=block)
 
 
 def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
                     ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
-    """Default positions and a bias of i - j alone: chunks of queries, each against its keys in reverse order
-    with the scheme's strided Toeplitz view as the mask (pos.toeplitz): no (H, t, s) tensor is written."""
+    """Default positions and a bias of i - j alone (ctx a DistanceContext): chunks of queries, each against its
+    keys in reverse order with a strided Toeplitz view of the table as the mask: no (H, t, s) tensor is
+    written."""
+    if not isinstance(ctx, DistanceContext):
+        raise PlanError(f"{type(pos).__name__} has no table of distances for the plan's toeplitz path")
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
     k_rev, v_rev = k_BHSD.flip(2), v_BHSD.flip(2)  # key S - 1 - c at c: a chunk's keys 0..s-1 are the last s
     parts = []
@@ -236,7 +307,8 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
         b = min(T, a + plan.rows)
         s = min(S, b)
         with torch.autocast(q_BHTD.device.type, enabled=False):  # the bias in fp32, then in the compute dtype
-            mask = pos.toeplitz(ctx, a, b - a, s, q_BHTD.dtype)
+            mask = toeplitz_view(ctx.bias_HR, a, b - a, s, q_BHTD.dtype)
+        _ran("toeplitz")
         parts.append(F.scaled_dot_product_attention(q_BHTD[:, :, a:b], k_rev[:, :, S - s:], v_rev[:, :, S - s:],
                                                     attn_mask=mask, dropout_p=drop))
     return torch.cat(parts, dim=2)
@@ -245,10 +317,10 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
 def attend_chunk_masks(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
                        ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
     """Default positions, no gradient: chunks of queries, each with the mask pos.chunk_mask builds in one
-    workspace (no per-pair index or gather, no fresh buffers), the largest chunk first; a chunk it leaves is
-    scored on the mask path."""
+    workspace (no per-pair index or gather, no fresh buffers), the largest chunk first; on path "chunk_values"
+    the scheme's value term from the fused kernel's row normalisers (pos.chunk_values)."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
-    general, work = dataclasses.replace(plan, path="weights" if pos.adds_values else "mask"), Workspace()
+    work = Workspace()
     parts = {}
     for a in reversed(range(0, T, plan.rows)):
         b = min(T, a + plan.rows)
@@ -256,24 +328,26 @@ def attend_chunk_masks(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch
         q_BHtD, k_BHsD, v_BHsD, chunk = q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], ctx.rows(a, b).keys(s)
         with torch.autocast(q_BHTD.device.type, enabled=False):  # the terms in fp32, as `score`'s and `bias`'s
             fast = pos.chunk_mask(q_BHtD.float(), k_BHsD.float(), chunk, work) if s == b else None
-        if fast is not None and pos.adds_values:  # fp32 throughout, as the weights path
-            fast = attend_with_values(fast, k_BHsD.float(), v_BHsD.float(), pos, chunk, drop)
-        elif fast is not None:
-            q2, mask = (x.to(q_BHtD.dtype) for x in fast)
-            fast = F.scaled_dot_product_attention(q2, k_BHsD, v_BHsD, attn_mask=mask, dropout_p=drop)
-        parts[a] = attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, general, None, a, drop) if fast is None else fast
+        if fast is None:
+            raise PlanError(f"{type(pos).__name__}.chunk_mask declined queries {a}..{b - 1} of {T} (keys {s}) on "
+                            "the plan's chunk path")
+        _ran(plan.path)
+        if plan.path == "chunk_values":  # fp32 throughout, as the weights path
+            if len(fast) != 3:
+                raise PlanError(f"{type(pos).__name__}.chunk_mask gave no value term on the chunk_values path")
+            parts[a] = attend_with_values(fast, k_BHsD.float(), v_BHsD.float())
+        else:
+            q2, mask = (x.to(q_BHtD.dtype) for x in fast[:2])
+            parts[a] = F.scaled_dot_product_attention(q2, k_BHsD, v_BHsD, attn_mask=mask, dropout_p=drop)
     return torch.cat([parts[a].to(v_BHSD.dtype) for a in sorted(parts)], dim=2)
 
 
-def attend_with_values(fast, k_BHsD, v_BHsD, pos: PositionalScheme, ctx: AttnContext, drop: float):
-    """SDPA with the chunk's mask plus the scheme's value term from the row normalisers (`chunk_values`), fp32;
-    None where the fused kernel does not return them (only CPU's flash kernel does, without dropout)."""
-    q_BHtD, mask = fast
-    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)  # (torch >= 2.3)
-    if drop or q_BHtD.device.type != "cpu" or flash is None:
-        return None
-    out_BHtD, lse_BHt = flash(q_BHtD, k_BHsD, v_BHsD, attn_mask=mask)  # SDPA's output and row logsumexp
-    return out_BHtD + pos.chunk_values(q_BHtD, k_BHsD, lse_BHt, ctx)
+def attend_with_values(fast, k_BHsD, v_BHsD) -> torch.Tensor:
+    """CPU's fused kernel with the chunk's mask, plus the scheme's value term from its row normalisers (the third
+    item of `chunk_mask`), fp32 (the plan sends only CPU, dropout-free scoring here)."""
+    q_BHtD, mask, value_term = fast
+    out_BHtD, lse_BHt = cpu_flash()(q_BHtD, k_BHsD, v_BHsD, attn_mask=mask)  # SDPA's output and row logsumexp
+    return out_BHtD + value_term(lse_BHt)
 
 
 def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: AttnContext, plan: Plan,
@@ -281,8 +355,7 @@ def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: Att
     """Attention under an extension that remaps distances or windows keys, chunk by chunk of queries, in fp32:
     q.k / sqrt(D) with the scheme's rotation at each pair's own positions (the far pairs' rotated again at
     their remapped positions), its distance bias at the remapped distance, -inf on future and unseen keys."""
-    from lenx.pos.bias import DistanceContext
-
+    _ran("extended")
     ext, (q_raw, k_raw) = plan.extension, raw
     T, S, D = q_BHTD.shape[2], k_BHSD.shape[2], q_BHTD.shape[-1]
     parts = []
@@ -329,12 +402,15 @@ def rotate_at(pos: PositionalScheme, q_BHtD: torch.Tensor, k_BHsD: torch.Tensor,
     return q_rot[:, :, :t], k_rot[:, :, t:-1]
 
 
-def positional_mask(pos: PositionalScheme, ctx: AttnContext, q_start: int | None, dtype: torch.dtype
-                    ) -> torch.Tensor:
+def positional_mask(pos: PositionalScheme, ctx: AttnContext, q_start: int | None, dtype: torch.dtype,
+                    fast: bool = False) -> torch.Tensor:
     """The scheme's positional bias with -inf on future keys (zeros and -inf when it has none), (H or 1, T, S),
-    in `dtype`. q_start: set for default positions (ctx's queries at q_start + arange(T), keys at arange(S))."""
+    in `dtype`. q_start: set for default positions (ctx's queries at q_start + arange(T), keys at arange(S)).
+    fast: the plan lets the scheme evaluate its bias its own faster way (Plan.fast)."""
     with torch.autocast(ctx.q_pos_T.device.type, enabled=False):
-        mask_HTS = pos.bias(ctx, q_start, dtype)
+        if q_start is not None and isinstance(ctx, DistanceContext):  # one vector of distances, no per-pair gather
+            return toeplitz_mask(ctx.bias_HR, q_start, len(ctx.q_pos_T), len(ctx.k_pos_S), dtype)
+        mask_HTS = pos.bias(ctx, q_start, dtype, fast)
         if mask_HTS is None:
             T, S = len(ctx.q_pos_T), len(ctx.k_pos_S)
             mask_HTS = causal(torch.zeros(1, T, S, device=ctx.q_pos_T.device), ctx.q_pos_T, ctx.k_pos_S)

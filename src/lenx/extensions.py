@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-# an `extensions=[...]` entry is built where configs are read (lenx.configs.build_extension); the old name stays
-# for scripts/benchmark_extensions.py (lenx.configs imports nothing of lenx but lenx.errors)
+# an `extensions=[...]` entry is built where configs are read (lenx.configs.build_extension), public here too
 from lenx.configs import build_extension as build  # noqa: F401
 from lenx.errors import ConfigError, check_int
 from lenx.pos.base import PositionalScheme

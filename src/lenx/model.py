@@ -19,7 +19,14 @@ from lenx import attention
 from lenx.errors import ConfigError, check_int
 from lenx.hardware import denormals_flushed
 from lenx.pos.base import AttnContext, PositionalScheme
+from lenx.pos.bias import DistanceBias, distance_draw_contexts
 from lenx.positions import LayerDraws
+
+
+def reads_positions_in_attention(pos: PositionalScheme) -> bool:
+    """Whether the scheme's attention reads positions (a context, rotation or logit terms of its own)."""
+    return any(getattr(type(pos), h) is not getattr(PositionalScheme, h)
+               for h in ("context", "rotate", "bias", "score", "value"))
 
 
 class Attention(nn.Module):
@@ -83,9 +90,11 @@ class Decoder(nn.Module):
                        n_layers=n_layers)
         self.drop = nn.Dropout(dropout)
         self.extension = None  # a training-free extension (lenx.extensions), set to score a trained model under it
-        self.attention = "sdpa"  # or "flex": FlexAttention for distance biases (config `attention`)
+        # lenx.attention.ATTENTION: sdpa (the fastest exact path), flex (FlexAttention for distance biases) or
+        # reference (the float-mask paths, for tests and benchmarks); config `attention`, eval.attention
+        self.attention = "sdpa"
         # Where default positions start: SHAPE's evaluation offset K for positions=offset (lenx.positions), set by
-        # lit.build_model from the run's config; 0 otherwise. Schemes that are shift invariant ignore it.
+        # checkpoint.build_model from the run's config; 0 otherwise. Schemes that are shift invariant ignore it.
         self.position_offset = 0
         self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
@@ -124,22 +133,36 @@ class Decoder(nn.Module):
         if draws is None:
             ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
             plan = attention.plan(self.pos, ctx, batch=B, dtype=dtype, contiguous=contiguous,
-                                  extension=self.extension, flex=self.attention == "flex")
+                                  extension=self.extension, **self.plan_settings())
         else:  # each layer's own draw: its positions, or its distances placed Toeplitz
-            layers = range(len(self.blocks))
-            drawn = self.pos.layer_draw_contexts(torch.stack([draws.positions(n) for n in layers]),
-                                                 torch.stack([draws.distances(n) for n in layers]))
+            drawn = self.layer_draw_contexts(draws)
         # scoring on CPU: far keys' softmax terms underflow into slow denormals (lenx.hardware.denormals_flushed)
         with denormals_flushed(idx_BT.device.type == "cpu" and not torch.is_grad_enabled()):
             for layer, block in enumerate(self.blocks):
                 if draws is not None:
                     ctx, at_default = drawn[layer]
                     plan = attention.plan(self.pos, ctx, batch=B, dtype=dtype, contiguous=at_default,
-                                          extension=self.extension, flex=self.attention == "flex")
+                                          extension=self.extension, **self.plan_settings())
                 ctx_l = ctx.at_layer(layer)
                 plan = plan.for_layer(self.pos, ctx_l)  # the whole mask, where one chunk holds it: once per forward
                 x_BTC = block(x_BTC, self.pos, ctx_l, plan)
         return self.head(self.ln_f(x_BTC))
+
+    def layer_draw_contexts(self, draws: LayerDraws) -> list[tuple[AttnContext, bool]]:
+        """Each attention layer's context under randomized positions drawn per layer (Ruoss et al. 2023,
+        arXiv:2305.16843; lenx.positions.Randomized), and whether it is at default positions: the context of the
+        layer's drawn positions, as the authors' NOISY_ROTARY draws per layer; for a bias of the distance alone,
+        the table of the layer's drawn distances placed Toeplitz (lenx.pos.bias.distance_draw_contexts). All
+        layers at once, before any runs."""
+        layers = range(len(self.blocks))
+        if isinstance(self.pos, DistanceBias):
+            return [(c, True) for c in distance_draw_contexts(self.pos, torch.stack([draws.distances(n)
+                                                                                     for n in layers]))]
+        return [(self.pos.context(p_T, p_T), False) for p_T in (draws.positions(n) for n in layers)]
+
+    def plan_settings(self) -> dict:
+        """What the attention plan needs from the model: the `attention` setting and this forward's dropout."""
+        return {"attention": self.attention, "dropout": self.blocks[0].attn.dropout if self.training else 0.0}
 
     def forward_rows(self, idx_BT: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) with one row of positions per example (PoSE's and SHAPE's per-example draws): each
@@ -151,11 +174,15 @@ class Decoder(nn.Module):
         # A scheme with a batched form (RoPE's cos/sin per example, or no positions in attention: NoPE, absolute
         # tables) runs the batch at once: fused causal attention only (no logit terms), no extension
         plain = not (self.pos.adds_bias or self.pos.adds_logits or self.pos.adds_values) and self.extension is None
-        ctx = self.pos.rows_context(pos_BT) if plain else None
+        ctx = None
+        if plain and self.pos.rows_in_context:
+            ctx = self.pos.context(pos_BT, pos_BT)
+        elif plain and not reads_positions_in_attention(self.pos):  # NoPE, the absolute schemes: any row's
+            ctx = self.pos.context(pos_BT[0], pos_BT[0])
         if ctx is not None:
-            x_BTC = self.drop(self.pos.embed_rows(self.tok(idx_BT), pos_BT))
+            x_BTC = self.drop(self.pos.embed(self.tok(idx_BT), pos_BT))
             plan = attention.plan(self.pos, ctx, batch=len(idx_BT), dtype=attention.compute_dtype(x_BTC),
-                                  contiguous=False, flex=self.attention == "flex")
+                                  contiguous=False, **self.plan_settings())
             if plan.path == "causal":
                 with denormals_flushed(idx_BT.device.type == "cpu" and not torch.is_grad_enabled()):
                     for layer, block in enumerate(self.blocks):

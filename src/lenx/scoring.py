@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lenx import data
+from lenx.attention import ATTENTION
 from lenx.dist import is_main
 from lenx.errors import ConfigError, check_int, instantiate_node
 from lenx.hardware import eval_autocast, resolve_device
@@ -135,9 +136,10 @@ def probes_for(probes: list[Probe], *, task, what: str) -> list[Probe]:
 
 
 def check_attention(value, key: str) -> str:
-    """`attention`: sdpa (lenx.attention's plan) or flex (FlexAttention for biases of the distance)."""
-    if value not in ("sdpa", "flex"):
-        raise ConfigError(f"{key} must be sdpa or flex, got {value!r}")
+    """`attention` (lenx.attention.ATTENTION): sdpa (the plan's fastest exact path), flex (FlexAttention for
+    biases of the distance) or reference (the float-mask paths the fast ones replaced)."""
+    if value not in ATTENTION:
+        raise ConfigError(f"{key} must be sdpa, flex or reference, got {value!r}")
     return value
 
 

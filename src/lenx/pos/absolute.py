@@ -38,14 +38,9 @@ class Sinusoidal(PositionalScheme):
         self.scale = INIT_STD * math.sqrt(2) if scale is None else float(scale)
 
     def embed(self, x_BTC, pos_T):
-        with torch.autocast(device_type=x_BTC.device.type, enabled=False):
-            pe_TC = sinusoidal_table(pos_T, self.d_model, self.base)
+        with torch.autocast(device_type=x_BTC.device.type, enabled=False):  # (T, C), or (B, T, C) for rows
+            pe_TC = sinusoidal_table(pos_T.flatten(), self.d_model, self.base).view(*pos_T.shape, -1)
         return x_BTC + (self.scale * pe_TC).to(x_BTC.dtype)
-
-    def embed_rows(self, x_BTC, pos_BT):
-        with torch.autocast(device_type=x_BTC.device.type, enabled=False):
-            pe_BTC = sinusoidal_table(pos_BT.flatten(), self.d_model, self.base).view(*pos_BT.shape, -1)
-        return x_BTC + (self.scale * pe_BTC).to(x_BTC.dtype)
 
 
 class Learned(PositionalScheme):
@@ -75,13 +70,10 @@ class Learned(PositionalScheme):
             frac_T = pos_T.to(torch.float32) * (self.max_positions - 1) / last
             lo_T = frac_T.floor().long().clamp(max=self.max_positions - 1)
             hi_T = (lo_T + 1).clamp(max=self.max_positions - 1)
-            w_T1 = (frac_T - lo_T)[..., None]  # (T, 1), or (B, T, 1) for per-example rows (`embed_rows`)
+            w_T1 = (frac_T - lo_T)[..., None]  # (T, 1), or (B, T, 1) for per-example rows
             return x_BTC + ((1 - w_T1) * self.table(lo_T) + w_T1 * self.table(hi_T)).to(x_BTC.dtype)
         if last >= self.max_positions:
             raise OutOfRangeError(
                 f"learned position table holds {self.max_positions} positions; position {last} is out of range"
             )
-        return x_BTC + self.table(pos_T).to(x_BTC.dtype)
-
-    def embed_rows(self, x_BTC, pos_BT):
-        return self.embed(x_BTC, pos_BT)  # a table lookup (and its interpolation) takes (B, T) as it is
+        return x_BTC + self.table(pos_T).to(x_BTC.dtype)  # a lookup takes (T,) or (B, T) as it is

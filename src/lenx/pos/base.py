@@ -17,7 +17,7 @@ FIRE, Shaw, Transformer-XL's W_R, DeBERTa's projections, FoPE), the module holds
 hands each block the context with its `layer` index, which `rotate` / `score` / `value` read.
 Positions are absolute integer indices; relative schemes derive distances from them. Under randomized positions
 drawn per layer (lenx.positions.Randomized) the Decoder builds each layer's context from that layer's draw
-(`layer_draw_contexts`) instead of once per forward.
+(`Decoder.layer_draw_contexts`) instead of once per forward.
 
 Attention (lenx.attention) runs over chunks of queries whenever a scheme adds logit terms, so that no (T, S) tensor
 ever spans a long sequence (a dense fp32 heads x 8192 x 8192 bias is 1 GiB per 4 heads): `ctx.rows(a, b)` is the
@@ -27,54 +27,14 @@ Shape letters: B batch, T queries, S keys, H heads, D head dim, C model width, R
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lenx.errors import ConfigError
-
-
-_REFERENCE = [False]
-
-
-@contextlib.contextmanager
-def reference_paths() -> Iterator[None]:
-    """Within it, attention takes the reference paths for bias and content schemes (a float mask per chunk,
-    FIRE's MLP), not the fast ones (`toeplitz`, `features`, `chunk_mask`, FIRE's linear pieces): benchmarks time
-    both in one run, tests compare their outputs."""
-    _REFERENCE[0] = True
-    try:
-        yield
-    finally:
-        _REFERENCE[0] = False
-
-
-def fast_paths() -> bool:
-    return not _REFERENCE[0]
-
-
-class Workspace:
-    """Flat buffers that every chunk of a layer's attention reuses for its mask (`chunk_mask`), one per slot: a
-    fresh (B, H, t, s + t - 1) tensor per chunk paid its page faults each time (on CPU at 8192 tokens, 85 of the
-    110 ms of writing one, measured). Attention takes the largest chunk first, so the first take of each slot
-    is its largest; a chunk's mask is read by SDPA before the next chunk takes the buffers."""
-
-    def __init__(self) -> None:
-        self.flat: dict[int, torch.Tensor] = {}
-
-    def take(self, shape: tuple[int, ...], like: torch.Tensor, slot: int = 0,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
-        """An uninitialised contiguous tensor of this shape on like's device, in dtype (default like's)."""
-        n, dtype = math.prod(shape), dtype or like.dtype
-        flat = self.flat.get(slot)
-        if flat is None or flat.numel() < n or flat.dtype != dtype or flat.device != like.device:
-            flat = self.flat[slot] = torch.empty(n, dtype=dtype, device=like.device)
-        return flat[:n].view(shape)
+from lenx.kernels import Workspace
 
 
 @dataclass(frozen=True)
@@ -112,6 +72,14 @@ def causal(bias_HTS: torch.Tensor, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor)
     """A positional bias with -inf on future keys (key position > query position), fp32, (H, T, S) (H may be 1)."""
     future_TS = k_pos_S[None, :] > q_pos_T[:, None]
     return bias_HTS.float().masked_fill(future_TS, float("-inf"))
+
+
+def scored_chunk(pos: PositionalScheme, q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, ctx: AttnContext
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, `score` + the causal mask) for a chunk: what a `chunk_mask` returns for a chunk its fast form does not
+    cover (the same values as attention's general path)."""
+    future_ts = ctx.k_pos_S[None, :] > ctx.q_pos_T[:, None]
+    return q_BHtD, pos.score(q_BHtD, k_BHsD, ctx).masked_fill(future_ts, float("-inf"))
 
 
 def distance_index(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int) -> torch.Tensor:
@@ -153,69 +121,49 @@ class PositionalScheme(nn.Module):
         """The row of the per-layer tables for the layer `ctx` belongs to (0 when the tables are shared)."""
         return min(ctx.layer, self.tables - 1)
 
+    # Whether `context` also takes one row of positions per example, (B, T) (PoSE's and SHAPE's per-example draws)
+    # for both arguments, returning one context for the batch (RoPE: cos/sin (B, 1, T, D)), or None where it has
+    # no such form at these rows. Otherwise the Decoder runs each group of equal rows on the shared path (a scheme
+    # whose attention reads no positions takes any row's context).
+    rows_in_context: bool = False
+
     def embed(self, x_BTC: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
+        """Add position embeddings for positions (T,), or (B, T) one row per example, to x (B, T, C)."""
         return x_BTC
 
     def context(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> AttnContext:
-        """The positional state of a forward pass over these query and key positions; it carries the positions."""
+        """The positional state of a forward pass over these query and key positions; it carries the positions.
+        Under randomized positions drawn per attention layer (lenx.positions.Randomized) the Decoder calls it once
+        per layer with that layer's draw (a bias of the distance alone reads the drawn distances instead:
+        lenx.pos.bias.distance_draw_contexts)."""
         return AttnContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S)
-
-    def layer_draw_contexts(self, pos_NT: torch.Tensor, dist_NR: torch.Tensor) -> list[tuple[AttnContext, bool]]:
-        """Each attention layer's context under randomized positions drawn per layer (Ruoss et al. 2023,
-        arXiv:2305.16843; lenx.positions.Randomized), and whether it is at the Decoder's default positions, one
-        per layer (N = n_layers). The default: the context of layer n's drawn positions pos_NT[n] (T,), as the
-        authors' NOISY_ROTARY draws per layer. dist_NR: each layer's drawn distances (0, then T - 1 sorted), which
-        a bias of the distance alone reads instead (`DistanceBias`). All layers at once, before any runs."""
-        return [(self.context(p_T, p_T), False) for p_T in pos_NT]
-
-    def rows_context(self, pos_BT: torch.Tensor) -> AttnContext | None:
-        """One context for a batch whose examples have their own positions (B, T) (PoSE's and SHAPE's per-example
-        draws), where the scheme has such a form (RoPE: cos/sin of shape (B, 1, T, D)); None (the Decoder then
-        runs each group of equal rows on the shared path). The default: a scheme whose attention reads no
-        positions (no context, rotation or logit terms of its own: NoPE, the absolute schemes) takes any row's."""
-        hooks = ("context", "rotate", "bias", "score", "value")
-        plain = all(getattr(type(self), h) is getattr(PositionalScheme, h) for h in hooks)
-        return self.context(pos_BT[0], pos_BT[0]) if plain else None
-
-    def embed_rows(self, x_BTC: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
-        """`embed` with a row of positions per example (B, T); the default: example by example."""
-        if type(self).embed is PositionalScheme.embed:
-            return x_BTC
-        return torch.cat([self.embed(x_BTC[b:b + 1], pos_BT[b]) for b in range(len(pos_BT))])
 
     def rotate(self, q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, ctx: AttnContext):
         return q_BHTD, k_BHSD
 
-    def bias(self, ctx: AttnContext, q_start: int | None, dtype: torch.dtype) -> torch.Tensor | None:
+    def bias(self, ctx: AttnContext, q_start: int | None, dtype: torch.dtype, fast: bool = False
+             ) -> torch.Tensor | None:
         """The logit terms that read positions alone (never q or k) for ctx's queries and keys, with -inf on future
         keys, (H or 1, T, S), or None (the default: no such terms). fp32, or `dtype` where the scheme can build it
         cheaper so (attention casts the result to `dtype` either way). `q_start` is set when the positions are the
         Decoder's default (queries at q_start + arange(T), keys at arange(S)): a distance bias is then Toeplitz.
-        Attention calls it once per forward where the mask fits one chunk (once per layer when the scheme has a
-        table per layer, `tables` > 1), else once per chunk of queries and layer.
+        `fast`: the attention plan allows the scheme's own faster evaluation of the same function (no gradient
+        flows, attention is not `reference`; FIRE's linear pieces). Attention calls it once per forward where the
+        mask fits one chunk (once per layer when the scheme has a table per layer, `tables` > 1), else once per
+        chunk of queries and layer.
         """
         return None
 
-    def toeplitz(self, ctx: AttnContext, q_start: int, t: int, s: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """`bias` for default positions in a form that costs no (H, t, s) copy, or None (the default): queries
-        q_start..q_start+t-1 against the keys s-1, s-2, ..., 0 (in reverse order, so that a bias of i - j alone is
-        a strided view of one vector, both strides +1), with -inf on future keys, (1, H, t, s), in `dtype`."""
-        return None
-
-    def features(self, ctx: AttnContext) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """A bias that is an inner product: (q_HTc, k_HSc), fp32, with q_i . k_j = bias(i, j) + a constant per
-        query i (which softmax ignores), summed exactly when the channels are added first; or None (the default,
-        or positions where it would not be exact). Attention then appends the channels to q and k and keeps
-        SDPA's fused causal kernel (no mask)."""
-        return None
-
     def chunk_mask(self, q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, ctx: AttnContext, work: Workspace
-                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """`score`'s terms for one chunk of queries at default positions (queries s - t..s - 1, keys 0..s - 1), no
-        gradient, fp32: (q', mask) with SDPA(q', k, v, mask) equal to the general path to fp32 rounding, the
-        mask built with about one write of (B, H, t, s) into `work` where `score` gathers per pair (-inf on future
-        keys; q' may carry a term of the key alone, (q + u) . k = q . k + u . k); or None (the default; or a chunk
-        left to `score`). Tested against the general path in tests/test_attention_paths.py."""
+                   ) -> tuple[torch.Tensor, ...] | None:
+        """The scheme's one fast hook: its logit terms (`score`'s, or `bias`'s) for one chunk of queries at default
+        positions (queries s - t..s - 1, keys 0..s - 1), no gradient, fp32: (q', mask) with SDPA(q', k, v, mask)
+        equal to the general path to fp32 rounding, the mask built with about one write of (B, H, t, s) into
+        `work` where `score` gathers per pair (-inf on future keys; q' may carry a term of the key alone,
+        (q + u) . k = q . k + u . k). A scheme with a value term (`value`) adds a third item: a function of each
+        query's logsumexp (B, H, t) (the fused kernel's row normalisers) giving the term (B, H, t, D). None: the
+        default (no such hook); a scheme that has one never declines a chunk the plan sends it (PlanError).
+        Tested against the general path in tests/test_attention_paths.py."""
         return None
 
     def score(self, q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, ctx: AttnContext) -> torch.Tensor | None:
@@ -228,12 +176,6 @@ class PositionalScheme(nn.Module):
 
     def value(self, attn_BHTS: torch.Tensor, ctx: AttnContext) -> torch.Tensor | None:
         """Extra attention output sum_j attn_ij e_ij (B, H, T, D) from the attention weights, or None."""
-        return None
-
-    def chunk_values(self, q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, lse_BHt: torch.Tensor, ctx: AttnContext
-                     ) -> torch.Tensor | None:
-        """`value`'s term (B, H, t, D) for one `chunk_mask` chunk, from the logsumexp of each query's logits
-        (SDPA's row normalisers), for a value term that reads only a band of the weights; or None (the default)."""
         return None
 
     @property
@@ -255,25 +197,13 @@ class PositionalScheme(nn.Module):
         return type(self).bias is not PositionalScheme.bias
 
     @property
-    def has_toeplitz(self) -> bool:
-        return type(self).toeplitz is not PositionalScheme.toeplitz and fast_paths()
-
-    @property
     def has_chunk_mask(self) -> bool:
-        return type(self).chunk_mask is not PositionalScheme.chunk_mask and fast_paths()
-
-    @property
-    def has_features(self) -> bool:
-        return type(self).features is not PositionalScheme.features and fast_paths()
+        return type(self).chunk_mask is not PositionalScheme.chunk_mask
 
     @property
     def adds_logits(self) -> bool:
         """Whether this scheme implements `score`: attention then adds its terms per chunk of queries, in fp32."""
         return type(self).score is not PositionalScheme.score
-
-    @property
-    def has_chunk_values(self) -> bool:
-        return type(self).chunk_values is not PositionalScheme.chunk_values and self.has_chunk_mask
 
     @property
     def adds_values(self) -> bool:

@@ -3,7 +3,7 @@
 Most are a function of the distance d = i - j alone (ALiBi, T5, KERPLE, Sandwich): `context` evaluates it once
 per forward for every distance that occurs, as a small (H, R) table that `bias` spreads over the (query, key) pairs
 (a Toeplitz matrix for default positions; under randomized positions drawn per layer, the table of the layer's
-drawn distances, placed Toeplitz: `DistanceBias.layer_draw_contexts`). FIRE's bias also depends on the query
+drawn distances, placed Toeplitz: `distance_draw_contexts`). FIRE's bias also depends on the query
 position: its `bias` evaluates the MLP for the pairs asked.
 """
 
@@ -51,9 +51,12 @@ def distances(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> torch.Tensor:
 class DistanceContext(AttnContext):
     # The logit bias of every distance d = i - j >= 0 that occurs, fp32, (H, R) with R > every distance.
     bias_HR: torch.Tensor | None = None
-    # Randomized distances (`DistanceBias.layer_draw_contexts`): offset m = i - j stands for distance drawn_R[m], and
+    # Randomized distances (`distance_draw_contexts`): offset m = i - j stands for distance drawn_R[m], and
     # bias_HR[:, m] is the bias there; None: bias_HR[:, d] is the bias of distance d itself.
     drawn_R: torch.Tensor | None = None
+    # A linear bias: bias_HR[:, d] = -slopes_H * d exactly (ALiBi), which attention may sum as extra channels of q
+    # and k (lenx.attention's "features" path); None for any other function of the distance.
+    slopes_H: torch.Tensor | None = None
 
     @property
     def bias_HTS(self) -> torch.Tensor:
@@ -68,80 +71,43 @@ class DistanceContext(AttnContext):
         return F.embedding(idx_TS, self.bias_HR.T).permute(2, 0, 1).contiguous()
 
 
-def toeplitz_mask(bias_HR: torch.Tensor, q_start: int, T: int, S: int, dtype: torch.dtype) -> torch.Tensor:
-    """The causal mask with a distance bias for queries at q_start..q_start+T-1 and keys at 0..S-1, (H, T, S).
-
-    Entry (i, j) depends on i - j alone, so every row is a window onto one vector of the T + S - 1 distances
-    q_start + T - 1 down to q_start - S + 1 (-inf where negative: future keys). One copy of (H, T, S) and no
-    per-entry gather (at 8192 tokens on CPU the gather took half of ALiBi's evaluation time).
-    """
-    d_K = torch.arange(q_start + T - 1, q_start - S, -1, device=bias_HR.device)
-    g_HK = F.embedding(d_K.clamp(0, bias_HR.shape[1] - 1), bias_HR.T).T.float()
-    g_HK = g_HK.masked_fill(d_K < 0, float("-inf")).to(dtype)
-    return g_HK.unfold(1, S, 1).flip(1).contiguous()  # window w of the unfold is row T - 1 - w
-
-
-def toeplitz_view(bias_HR: torch.Tensor, q_start: int, t: int, s: int, dtype: torch.dtype) -> torch.Tensor:
-    """The causal distance-bias mask of queries q_start..q_start+t-1 against the keys s-1, s-2, ..., 0 (reversed),
-    (1, H, t, s), as a strided view of one vector of the t + s - 1 distances q_start - s + 1 .. q_start + t - 1
-    (-inf where negative: future keys). Entry (i, c) reads key s - 1 - c at distance q_start + i - s + 1 + c, so
-    both strides are +1 and nothing of size (H, t, s) is ever written: attention hands SDPA the keys and values
-    reversed with it (CPU SDPA reads the overlapping view as it is; at 8192 tokens building toeplitz_mask's
-    copies took 4/5 of the attention time)."""
-    d_K = torch.arange(q_start - s + 1, q_start + t, device=bias_HR.device)
-    g_HK = F.embedding(d_K.clamp(0, bias_HR.shape[1] - 1), bias_HR.T).T.float()
-    g_HK = g_HK.masked_fill(d_K < 0, float("-inf")).to(dtype).contiguous()
-    H, K = g_HK.shape
-    return g_HK.as_strided((1, H, t, s), (H * K, K, 1, 1))
-
-
 class DistanceBias(PositionalScheme):
-    """A bias b_h(d) of the distance d = i - j only: subclasses give `distance_bias(d_R) -> (H, R)`, in fp32."""
+    """A bias b_h(d) of the distance d = i - j only: subclasses give `distance_bias(d_R) -> (H, R)`, in fp32.
+    The scheme describes itself by its context, a DistanceContext (the per-head table of every distance that
+    occurs): lenx.attention builds the mask from it (a Toeplitz copy or strided view at default positions,
+    FlexAttention's score_mod, exact channels of q and k for a linear bias), and `bias` is the reference."""
 
     shift_invariant = True  # b_h(i - j)
 
     def distance_bias(self, d_R: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def linear_slopes(self) -> torch.Tensor | None:
+        """m_H where b_h(d) = -m_h d exactly (ALiBi), else None."""
+        return None
+
     def context(self, q_pos_T, k_pos_S):
         with torch.autocast(q_pos_T.device.type, enabled=False):
             bias_HR = self.distance_bias(distances(q_pos_T, k_pos_S))
-        return DistanceContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, bias_HR=bias_HR)
+        return DistanceContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, bias_HR=bias_HR, slopes_H=self.linear_slopes())
 
-    def layer_draw_contexts(self, pos_NT, dist_NR):
-        """Randomized distances, as the authors' `compute_noisy_alibi_encodings_biases` (Ruoss et al. 2023,
-        arXiv:2305.16843; google-deepmind/randomized_positional_encodings, models/positional_encodings.py): in layer
-        n the pair at offset m = i - j gets the bias of the m-th sorted drawn distance dist_NR[n, m] (a Toeplitz
-        matrix, their `relative_shift`), queries and keys at default positions, so the Toeplitz paths run. Their
-        code does this for ALiBi; T5, KERPLE and Sandwich, biases of the distance alone too, follow the same rule.
-        One `distance_bias` call for every layer (KERPLE clamps its parameters in place once per forward)."""
-        N, R = dist_NR.shape
-        at_R = torch.arange(R, device=dist_NR.device)
-        with torch.autocast(dist_NR.device.type, enabled=False):
-            bias_HNR = self.distance_bias(dist_NR.flatten().float()).view(-1, N, R)
-        return [(DistanceContext(q_pos_T=at_R, k_pos_S=at_R, bias_HR=bias_HNR[:, n], drawn_R=dist_NR[n]), True)
-                for n in range(N)]
-
-    def bias(self, ctx, q_start, dtype):
-        if q_start is not None:  # default positions: one vector of distances, no per-pair gather
-            return toeplitz_mask(ctx.bias_HR, q_start, len(ctx.q_pos_T), len(ctx.k_pos_S), dtype)
+    def bias(self, ctx, q_start, dtype, fast=False):
         return causal(ctx.bias_HTS, ctx.q_pos_T, ctx.k_pos_S)
 
-    def toeplitz(self, ctx, q_start, t, s, dtype):
-        return toeplitz_view(ctx.bias_HR, q_start, t, s, dtype)
 
-
-# Positions up to which ALiBi's bias is summed exactly as channels of q and k (`ALiBi.features`): slopes split in
-# a part whose products with every position are exact in fp32 and a remainder whose products stay small.
-FEATURE_POSITIONS = 1 << 16
-
-
-def split_slopes(slopes_H: torch.Tensor, last: int) -> torch.Tensor:
-    """The slopes rounded to 24 - bits(last) significant bits: times any position <= `last` they are exact in
-    fp32 (a power-of-two slope, as for 2^k heads, is kept whole)."""
-    bits = 24 - max(1, int(last).bit_length())
-    mant, exp = torch.frexp(slopes_H.detach().float())
-    return torch.ldexp(torch.round(torch.ldexp(mant, torch.full_like(exp, bits))), exp - bits)
+def distance_draw_contexts(pos: DistanceBias, dist_NR: torch.Tensor) -> list[DistanceContext]:
+    """Randomized distances, as the authors' `compute_noisy_alibi_encodings_biases` (Ruoss et al. 2023,
+    arXiv:2305.16843; google-deepmind/randomized_positional_encodings, models/positional_encodings.py): in layer
+    n the pair at offset m = i - j gets the bias of the m-th sorted drawn distance dist_NR[n, m] (a Toeplitz
+    matrix, their `relative_shift`), queries and keys at default positions, so the Toeplitz paths run. Their
+    code does this for ALiBi; T5, KERPLE and Sandwich, biases of the distance alone too, follow the same rule.
+    One `distance_bias` call for every layer (KERPLE clamps its parameters in place once per forward)."""
+    N, R = dist_NR.shape
+    at_R = torch.arange(R, device=dist_NR.device)
+    with torch.autocast(dist_NR.device.type, enabled=False):
+        bias_HNR = pos.distance_bias(dist_NR.flatten().float()).view(-1, N, R)
+    return [DistanceContext(q_pos_T=at_R, k_pos_S=at_R, bias_HR=bias_HNR[:, n], drawn_R=dist_NR[n])
+            for n in range(N)]
 
 
 class ALiBi(DistanceBias):
@@ -154,26 +120,11 @@ class ALiBi(DistanceBias):
     def slopes(self) -> torch.Tensor:
         return self.slopes_H
 
+    def linear_slopes(self):
+        return self.slopes()
+
     def distance_bias(self, d_R):
         return -self.slopes()[:, None] * d_R[None, :]
-
-    def features(self, ctx):
-        """-m (i - j) as q_i . k_j + const_i: q_i = (1, -hi i, 1, -lo i), k_j = (hi j, 1, lo j, 1) with m = hi + lo
-        (`split_slopes`). Added first, hi j - hi i is exact, lo's products are below 2^(2 bits(last) - 24) m, so the
-        logits equal the mask path's to fp32 rounding of the small terms (tested at 8192 tokens). The lo channels
-        are dropped when every slope is whole (2^k heads) and no gradient needs them."""
-        last = int(torch.maximum(ctx.q_pos_T.max(), ctx.k_pos_S.max()))
-        if last >= FEATURE_POSITIONS or ctx.drawn_R is not None:  # (drawn distances: not linear in i - j)
-            return None
-        m_H = self.slopes().float()
-        hi_H = split_slopes(m_H, last)
-        lo_H = m_H - hi_H
-        i_T, j_S = ctx.q_pos_T.float(), ctx.k_pos_S.float()
-        q, k = [], []
-        for part_H in (hi_H, lo_H) if lo_H.requires_grad or bool(lo_H.any()) else (hi_H,):
-            q += [torch.ones(len(m_H), len(i_T), device=i_T.device), -part_H[:, None] * i_T]
-            k += [part_H[:, None] * j_S, torch.ones(len(m_H), len(j_S), device=j_S.device)]
-        return torch.stack(q, -1), torch.stack(k, -1)
 
 
 class LearnedALiBi(ALiBi):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenx.errors import ConfigError
-from lenx.pos.base import PositionalScheme, causal, fast_paths, layer_tables
+from lenx.pos.base import PositionalScheme, causal, layer_tables
 
 MLP_VALUES = 1 << 24  # FIRE's hidden activations per evaluation (64 MiB in fp32)
 
@@ -58,23 +58,25 @@ class FIRE(PositionalScheme):
         self.w2_NWH = nn.Parameter(torch.empty(N, mlp_width, self.n_heads).uniform_(-bound2, bound2))
         self.b2_NH = nn.Parameter(torch.empty(N, self.n_heads).uniform_(-bound2, bound2))
 
-    def bias(self, ctx, q_start, dtype):
+    def bias(self, ctx, q_start, dtype, fast=False):
         # The MLP's hidden layer is mlp_width times the bias (the pieces' gathers twice the heads): evaluate it a
-        # few query rows at a time.
+        # few query rows at a time. `fast` (no gradient): the MLP's linear pieces.
         q_pos_T, k_pos_S, n = ctx.q_pos_T, ctx.k_pos_S, self.layer(ctx)
-        per_pair = 2 * self.n_heads if self.pieces() else self.mlp_width
+        per_pair = 2 * self.n_heads if fast else self.mlp_width
         rows = max(1, MLP_VALUES // (len(k_pos_S) * per_pair))
-        parts = [self.fire_bias(q_pos_T[a:a + rows], k_pos_S, n) for a in range(0, len(q_pos_T), rows)]
+        parts = [self.fire_bias(q_pos_T[a:a + rows], k_pos_S, n, fast) for a in range(0, len(q_pos_T), rows)]
         return causal(torch.cat(parts, dim=1), q_pos_T, k_pos_S)
 
-    def fire_bias(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int = 0) -> torch.Tensor:
-        """The FIRE bias of layer table n for these query and key positions, fp32, (H, T, S): the MLP where a
-        gradient is needed, else its linear pieces (`mlp_pieces`, the same function)."""
+    def fire_bias(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, n: int = 0, pieces: bool = False
+                  ) -> torch.Tensor:
+        """The FIRE bias of layer table n for these query and key positions, fp32, (H, T, S): the MLP, or with
+        `pieces` (no gradient: the pieces' gather would backpropagate through a scatter) its linear pieces
+        (`mlp_pieces`, the same function)."""
         i_T, j_S, c = q_pos_T.float(), k_pos_S.float(), self.c_N[n]
         norm_T = self.query_norm(i_T, n)
         rel_TS = torch.log(torch.abs(c * (i_T[:, None] - j_S[None, :]).clamp(min=0)) + 1)
         x_TS = rel_TS / norm_T[:, None]
-        if self.pieces():
+        if pieces:
             edges_E, slope_KH, offset_KH = self.mlp_pieces(n)
             piece_TS = torch.bucketize(x_TS, edges_E)
             # (T, S, 2H) -> heads first, as SDPA reads
@@ -90,14 +92,12 @@ class FIRE(PositionalScheme):
         s - t..s - 1, keys 0..s - 1), with the same values as `fire_bias` + `causal` (bitwise, tested) and about
         one pass over the (t, s) pairs per head instead of the per-pair log, bucketize and gather:
         - x = psi(d) / psi(max(L, i)): psi once per distance d, divided by each query's normaliser into a
-          (t, s + t - 1) buffer whose strided view is x (the layout of `lenx.pos.relative.distance_view`);
+          (t, s + t - 1) buffer whose strided view is x (the layout of `lenx.kernels.distance_view`);
         - the piece of each pair: x grows with d along a row, so piece k + 1 starts at the first distance m_ik with
           x > edge_k (t x E searches in the psi vector, made exact on the divided values); a cumulative sum of
           the piece starts along each row numbers the pieces, the future keys one past the last piece, whose
           table row is slope 0, offset -inf (the causal mask in the same gather);
         - per head, the slope and offset gathered from the table and slope * x + offset, in the workspace."""
-        if not self.pieces():
-            return None
         t, s, H, n = q_BHtD.shape[2], k_BHsD.shape[2], self.n_heads, self.layer(ctx)
         W, dev = s + t - 1, q_BHtD.device
         dist_W = torch.arange(s - 1, -t, -1, dtype=torch.float32, device=dev)  # column c: distance s - 1 - c
@@ -130,12 +130,6 @@ class FIRE(PositionalScheme):
         """psi(max(L, i)) + eps for fp32 query positions i, layer table n: the normaliser of every distance."""
         threshold = torch.abs(self.L_mult_N[n] * self.init_L)
         return torch.log(torch.abs(self.c_N[n] * torch.maximum(i_T, threshold)) + 1) + self.eps
-
-    @staticmethod
-    def pieces() -> bool:
-        """Whether the bias comes from the MLP's linear pieces: where no gradient is needed (the pieces' gather
-        would backpropagate through a scatter), outside `reference_paths`."""
-        return not torch.is_grad_enabled() and fast_paths()
 
     def mlp_pieces(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The MLP f(x) = b2 + sum_w w2_w relu(w1_w x + b1_w) of a scalar x is linear between the E sorted points

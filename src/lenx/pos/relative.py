@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenx.errors import check_int
+from lenx.kernels import by_distance, distance_buffer, distance_view
 from lenx.pos.absolute import sinusoidal_table
-from lenx.pos.base import AttnContext, PositionalScheme, Workspace, distance_index, layer_tables
+from lenx.pos.base import AttnContext, PositionalScheme, distance_index, layer_tables, scored_chunk
 from lenx.pos.bias import distances
 
 
@@ -39,37 +40,6 @@ def clipped_index(q_pos_T: torch.Tensor, k_pos_S: torch.Tensor, k: int) -> torch
 def gather_last(x_BHTR: torch.Tensor, idx_TS: torch.Tensor) -> torch.Tensor:
     """out[b, h, i, j] = x[b, h, i, idx[i, j]], (B, H, T, S)."""
     return x_BHTR.gather(-1, idx_TS.expand(*x_BHTR.shape[:-1], -1))
-
-
-def distance_buffer(desc_BHtR: torch.Tensor, s: int, work: Workspace | None = None) -> torch.Tensor:
-    """The (B, H, t, s + t - 1) buffer `distance_view` reads: column c < s holds each query's term at distance
-    s - 1 - c from desc, its terms in descending distance (the last entry distance 0; distances past R - 1 read
-    desc[..., 0], the clipped end). One write of the buffer (in `work` when given)."""
-    *lead, t, R = desc_BHtR.shape
-    shape = (*lead, t, s + t - 1)
-    buf = desc_BHtR.new_empty(shape) if work is None else work.take(shape, desc_BHtR)
-    if R >= s:
-        buf[..., :s] = desc_BHtR[..., R - s:]
-    else:
-        buf[..., :s - R] = desc_BHtR[..., :1]
-        buf[..., s - R:s] = desc_BHtR
-    return buf
-
-
-def distance_view(buf_BHtW: torch.Tensor, s: int) -> torch.Tensor:
-    """The (B, H, t, s) mask of queries s - t..s - 1 against keys 0..s - 1 from a buffer whose column c < s holds
-    each query's term at distance s - 1 - c (the same distance in every row; columns from s on are set to -inf
-    here: future keys): entry (r, j) reads column t - 1 - r + j, a strided view with row stride s + t - 2 and no
-    copy (the relative shift of Dai et al. 2019, arXiv:1901.02860, app. B, where `score` gathers each pair through
-    a (t, s) index)."""
-    *lead, t, W = buf_BHtW.shape
-    buf_BHtW[..., s:] = float("-inf")
-    return buf_BHtW.as_strided((*lead, t, s), (*buf_BHtW.stride()[:-2], W - 1, 1), buf_BHtW.storage_offset() + t - 1)
-
-
-def by_distance(desc_BHtR: torch.Tensor, s: int, work: Workspace | None = None) -> torch.Tensor:
-    """entry (r, j) = desc[..., r, R - 1 - min(d, R - 1)] at distance d = s - t + r - j, -inf where d < 0."""
-    return distance_view(distance_buffer(desc_BHtR, s, work), s)
 
 
 def check_distance(k: int) -> None:
@@ -111,14 +81,19 @@ class ShawKV(Shaw):
     """Shaw et al. 2018 (arXiv:1803.02155) with value representations too:
     z_i = sum_j a_ij (v_j + a^V_{clip(j - i, -k, k)}), one a^V table per layer like a^K.
     The paper found the value term adds little over keys alone. It needs the attention weights themselves, so
-    attention runs unfused for this scheme, except while scoring at default positions (`chunk_values`: the
+    attention runs unfused for this scheme, except while scoring at default positions (`band_values`: the
     weights of the k-wide band from the fused kernel's row normalisers)."""
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.value_NRD = nn.Parameter(torch.randn_like(self.key_NRD) * self.head_dim ** -0.5)
 
-    def chunk_values(self, q_BHtD, k_BHsD, lse_BHt, ctx):
+    def chunk_mask(self, q_BHtD, k_BHsD, ctx, work):
+        """Shaw's chunk mask, and the value term as a function of the rows' logsumexp (`band_values`)."""
+        q2, mask = super().chunk_mask(q_BHtD, k_BHsD, ctx, work)
+        return q2, mask, lambda lse_BHt: self.band_values(q_BHtD, k_BHsD, lse_BHt, ctx)
+
+    def band_values(self, q_BHtD, k_BHsD, lse_BHt, ctx):
         """sum_j a_ij a^V_{clip} from the band alone: every key at distance >= k shares a^V_0 (the clipped end),
         and the weights sum to 1, so the term is a^V_0 + sum_{d < k} a_{i,i-d} (a^V_{k-d} - a^V_0), with
         a_{i,i-d} = exp(l_{i,i-d} - lse_i) from the k logits of the band (queries s - t..s - 1, keys 0..s - 1)."""
@@ -177,8 +152,8 @@ class TransformerXL(PositionalScheme):
         # straight into distance_view's buffer: distances s - 1..0, then t - 1 rows of zeros (set to -inf there).
         t, s = q_BHtD.shape[2], k_BHsD.shape[2]
         rel_HRD = ctx.rel_k_NHRD[self.layer(ctx)]
-        if rel_HRD.shape[1] < s:
-            return None
+        if rel_HRD.shape[1] < s:  # (not at default positions, where every distance up to s - 1 is tabled)
+            return scored_chunk(self, q_BHtD, k_BHsD, ctx)
         rel_HWD = F.pad(rel_HRD[:, :s].flip(1), (0, 0, 0, t - 1))
         q_v_BHtD = (q_BHtD + self.v_HD.float()[:, None, :]) / math.sqrt(self.head_dim)
         buf_BHtW = work.take((*q_BHtD.shape[:3], rel_HWD.shape[1]), q_BHtD)
@@ -236,8 +211,8 @@ class DeBERTa(PositionalScheme):
     def chunk_mask(self, q_BHtD, k_BHsD, ctx, work):
         k, layer, D = self.max_distance, self.layer(ctx), self.head_dim
         t, s = q_BHtD.shape[2], k_BHsD.shape[2]
-        if s < k:
-            return None
+        if s < k:  # a chunk shorter than the near band: its terms as `score` gives them
+            return scored_chunk(self, q_BHtD, k_BHsD, ctx)
         rel_k_HRD, rel_q_HRD = ctx.rel_k_NHRD[layer][:, k:], ctx.rel_q_NHRD[layer][:, k:]  # distances 0..k-1
         # c2p: distance d reads row min(d, k - 1): descending, rows k-1..0, in distance_buffer's columns s-k..s-1
         c2p_BHtR = q_BHtD @ rel_k_HRD.flip(1).transpose(-1, -2)

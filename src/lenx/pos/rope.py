@@ -72,7 +72,11 @@ class Rotary(PositionalScheme):
 class RoPE(Rotary):
     """q and k rotated by angle p * theta_i, so q_i . k_j depends on i - j only."""
 
+    rows_in_context = True  # `context` takes a row of positions per example (B, T)
+
     def context(self, q_pos_T, k_pos_S):
+        if q_pos_T.dim() == 2:
+            return self.rows_context(q_pos_T)
         inv_freq, attn_factor = self.frequencies(int(q_pos_T.max()) + 1)
         cos_TF, sin_TF = rope_cache(q_pos_T, inv_freq.to(q_pos_T.device), attn_factor)
         return AttnContext(q_pos_T=q_pos_T, k_pos_S=k_pos_S, cos_TD=torch.cat((cos_TF, cos_TF), -1),
@@ -81,8 +85,6 @@ class RoPE(Rotary):
     def rows_context(self, pos_BT):
         """Per-example positions in one context: cos/sin (B, 1, T, D), which `rotate` broadcasts over the heads.
         None where the rows' lengths give different frequencies (a scaling with factor null reads the length)."""
-        if type(self).context is not RoPE.context:
-            return None
         lasts = (pos_BT.max(1).values + 1).unique().tolist()
         inv_freq, attn_factor = self.frequencies(int(lasts[-1]))
         for n in lasts[:-1]:
