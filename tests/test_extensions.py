@@ -15,7 +15,7 @@ from lenx.extensions import LMInfinite, LogN, ReRoPE, SelfExtend, Streaming
 from lenx.pos.base import PositionalScheme
 
 L = 16
-APPLIES = ["rope", "rope_partial", "xpos", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich"]
+APPLIES = ["rope", "rope_partial", "xpos", "p_rope", "hope", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich"]
 
 
 def ids(n, seed=0):

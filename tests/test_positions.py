@@ -86,7 +86,7 @@ def test_every_scheme_trains_under_randomized_positions_and_scores_at_16x(scheme
     assert torch.isfinite(logits).all()
 
 
-RELATIVE = {"rope", "rope_partial", "xpos", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich",
+RELATIVE = {"rope", "rope_partial", "xpos", "p_rope", "hope", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich",
             "shaw", "shaw_kv", "transformer_xl", "deberta"}  # each paper's own claim: terms of i - j only
 
 

@@ -19,13 +19,13 @@ from lenx.model import Decoder
 from lenx.pos.bias import t5_relative_bucket
 
 # Schemes whose logits depend on i - j (and content) only, and the others; every scheme must be in one list.
-RELATIVE = ["alibi", "alibi_learned", "cope", "cpe", "deberta", "kerple_log", "kerple_power", "none", "rope",
-            "rope_partial", "sandwich", "shaw", "shaw_kv", "t5", "transformer_xl", "xpos"]
+RELATIVE = ["alibi", "alibi_learned", "cope", "cpe", "deberta", "hope", "kerple_log", "kerple_power", "none",
+            "p_rope", "rope", "rope_partial", "sandwich", "shaw", "shaw_kv", "t5", "transformer_xl", "xpos"]
 NOT_RELATIVE = ["fire", "fope", "learned", "sinusoidal"]  # FIRE normalises by i; FoPE's cross terms; absolute
 # Schemes that add logit terms (attention runs in query chunks), and those that keep SDPA's causal fast path.
 CHUNKED = ["alibi", "alibi_learned", "cope", "deberta", "fire", "kerple_log", "kerple_power", "sandwich",
            "shaw", "shaw_kv", "t5", "transformer_xl"]
-FAST = ["cpe", "fope", "learned", "none", "rope", "rope_partial", "sinusoidal", "xpos"]
+FAST = ["cpe", "fope", "hope", "learned", "none", "p_rope", "rope", "rope_partial", "sinusoidal", "xpos"]
 
 
 def make(scheme: str, *, d_model: int = 16, **kw) -> Decoder:

@@ -165,6 +165,21 @@ def ref_rope_partial(pos, q, k):
     return ref_rotary(q, k, D // 4)  # rotary_fraction 0.25
 
 
+def ref_truncated(q, k, kept):
+    """RoPE over the whole head dim with pairs f >= kept not rotated (angle 0): p-RoPE, HoPE."""
+    theta = torch.tensor([10000 ** (-2 * f / D) if f < kept else 0.0 for f in range(D // 2)])
+    angle = POS[:, None].float() * theta
+    return content(rotate_pairs(q, angle.cos(), angle.sin()), rotate_pairs(k, angle.cos(), angle.sin()))
+
+
+def ref_p_rope(pos, q, k):
+    return ref_truncated(q, k, int(0.75 * D // 2))  # p = 0.75: 3 of 4 pairs
+
+
+def ref_hope(pos, q, k):
+    return ref_truncated(q, k, 2)  # train_len 64: theta = 1, 0.1 > 2 pi / 64 = 0.098; 0.01, 0.001 are not
+
+
 def ref_xpos(pos, q, k):
     theta = torch.tensor([10000 ** (-2 * f / D) for f in range(D // 2)])
     zeta = torch.tensor([(2 * f / D + 0.4) / 1.4 for f in range(D // 2)])
@@ -238,6 +253,8 @@ REFERENCE = {  # scheme: (logits of the first layer, input embedding, extra conf
     "rope_partial": (ref_rope_partial, None, {}),
     "xpos": (ref_xpos, None, {}),
     "fope": (ref_fope, None, {}),
+    "p_rope": (ref_p_rope, None, {}),
+    "hope": (ref_hope, None, {}),
 }
 
 

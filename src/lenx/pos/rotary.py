@@ -1,6 +1,6 @@
-"""Rotary variants beyond RoPE: xPos (rotation with an exponential decay) and FoPE (a Fourier series per
-dimension). Both act through `rotate`, so attention keeps SDPA's causal fast path. Angles and scales in fp32
-with autocast off, cast back after the rotation (as RoPE in rope.py)."""
+"""Rotary variants beyond RoPE: xPos (rotation with an exponential decay), FoPE (a Fourier series per dimension),
+and RoPE with its lowest frequencies removed (p-RoPE, HoPE). All act through `rotate`, so attention keeps SDPA's
+causal fast path. Angles and scales in fp32 with autocast off, cast back after the rotation (as RoPE in rope.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from lenx.errors import ConfigError
 from lenx.pos.base import AttnContext, PositionalScheme, layer_tables
-from lenx.pos.rope import Rotary, apply_rotary, rotate_half
+from lenx.pos.rope import RoPE, Rotary, apply_rotary, rotate_half
 from lenx.pos.rope_scaling import rope_cache
 
 
@@ -130,3 +130,77 @@ class FoPE(PositionalScheme):
     def extra_repr(self) -> str:
         return (f"base={self.base}, sigma={self.sigma}, kept_frequencies={len(self.inv_freq_K)}, "
                 f"out_pairs={self.out_pairs}, tables={self.tables}")
+
+
+class TruncatedRoPE(RoPE):
+    """RoPE with its lowest frequencies removed: pair f (channels f and f + D/2, the half-split layout) turns by
+    p theta_f, theta_f = base^(-2f/D), for f < `kept_pairs()`, and the pairs f >= kept_pairs() (the lowest
+    frequencies, the longest wavelengths: the last indices of theta) turn by angle 0, so those channels pass
+    through unrotated and carry no position. The kept frequencies keep RoPE's values (the exponent is over the whole
+    head dim D, not over the kept channels as in GPT-NeoX's partial rotary, `rope_partial`).
+
+    A RoPE scaling (configs/pos/scaling/) rescales each kept frequency exactly as it does in RoPE of the same head
+    dim (its per-frequency ramps read the full set), and its attention factor multiplies every channel as in RoPE
+    (cos = factor, sin = 0 on a removed pair); the removed pairs stay removed. Shift-invariant: a pair at frequency
+    0 adds q . k whatever the positions.
+    """
+
+    def __init__(self, *, rotary_fraction: float = 1.0, **kw) -> None:
+        if rotary_fraction != 1.0:
+            raise ConfigError(f"{type(self).__name__} removes whole frequencies itself; rotary_fraction (GPT-NeoX's "
+                              f"partial rotary, pos=rope_partial) does not combine with it, got {rotary_fraction}")
+        super().__init__(**kw)  # validates the scaling through `frequencies`, which reads `kept_pairs()`
+
+    def kept_pairs(self) -> int:
+        """How many of the D/2 frequency pairs rotate (the highest ones, f = 0 .. kept - 1)."""
+        raise NotImplementedError
+
+    def frequencies(self, seq_len: int) -> tuple[torch.Tensor, float]:
+        inv_freq_F, attn_factor = super().frequencies(seq_len)
+        kept = self.kept_pairs()
+        return torch.cat((inv_freq_F[:kept], inv_freq_F.new_zeros(len(inv_freq_F) - kept))), attn_factor
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kept_pairs={self.kept_pairs()} of {self.head_dim // 2}"
+
+
+class PRoPE(TruncatedRoPE):
+    """p-RoPE (Barbero et al. 2025, arXiv:2410.06205, "Round and Round We Go! What makes Rotary Positional Encodings
+    useful?"): RoPE with the lowest fraction 1 - p of its frequencies removed; p = 1 is RoPE, p = 0 NoPE. As the
+    authors' released code computes it (google-deepmind/gemma, gemma/gm/math/_positional_embeddings.py
+    `apply_rope(..., rope_proportion=p)`, the Gemma 4 global layers' p-RoPE): int(p * D // 2) pairs rotate at
+    base^(-2f/D), the other pairs' timescale is padded with inf (angle 0), half-split layout. Default p = 0.75, the
+    paper's best setting (0.75-RoPE on Gemma 2B at 8k tokens, ahead of RoPE and 0.25-RoPE); Gemma 4 uses 0.25.
+    """
+
+    def __init__(self, *, p: float = 0.75, **kw) -> None:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ConfigError(f"p_rope p (the fraction of RoPE's frequencies kept) must be in [0, 1], got {p!r}")
+        self.p = float(p)  # set before RoPE's constructor, which calls `frequencies` (a plain float: no Module state)
+        super().__init__(**kw)
+
+    def kept_pairs(self) -> int:
+        return int(self.p * self.head_dim // 2)  # the reference's rope_angles, rounding included
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, {super().extra_repr()}"
+
+
+class HoPE(TruncatedRoPE):
+    """HoPE, High-frequency rotary Position Encoding (Chen et al. 2025, arXiv:2410.21216, ACL 2025): RoPE keeping
+    only the frequencies that complete a full period within the training length, theta_f > 2 pi / L; the
+    lower ones (the "activated" component that forms the U-shaped attention and the top low-frequency components)
+    are replaced by position-independent ones: those channels are not rotated. No code from the authors was found
+    (searched by the paper's title, arXiv id and method name); the closest public reference followed here is
+    0-5788719150923125/praxis `praxis/encoding/hope.py` (`HoPE(RoPE)`: full_inv_freq > 2 pi / block_size kept, the
+    rest unrotated, at least the highest frequency kept when L is too short for any), which matches the paper's
+    description. L is the length the frequencies were trained at (`original_len`: the run's training length unless
+    the scaling names a shorter pretraining length), fixed at construction: the kept set does not move with the
+    evaluation length. (FoPE's clamp in this file keeps theta_f >= 2 pi / L: the two differ only when a period
+    equals L exactly.)
+    """
+
+    def kept_pairs(self) -> int:
+        threshold = 2 * math.pi / self.original_len
+        kept = sum(self.base ** (-2 * f / self.head_dim) > threshold for f in range(self.head_dim // 2))
+        return max(kept, 1)  # the reference keeps the highest frequency when none completes a period in L
