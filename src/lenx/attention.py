@@ -15,6 +15,14 @@ channels of q and k), "toeplitz" (SDPA with a strided Toeplitz view of a distanc
 `chunk_mask`, scoring at default positions), "chunk_values" (the same with Shaw-KV's value term from SDPA's row
 normalisers), "mask" (SDPA with a float mask), "weights" (an explicit softmax: value terms read the weights),
 "extended" (a training-free extension).
+Modifiers of attention itself (config `attn`, composable with every scheme; `Modifiers`) are part of the plan too:
+scalable softmax (Nakanishi 2025, arXiv:2501.19399) multiplies each query's whole logit vector (content and
+positional terms) by s_h log n, n the keys it sees, s_h learned per head; learned sinks (gpt-oss, transformers'
+`modeling_gpt_oss.eager_attention_forward`) append one learned logit per head to every row, softmax over both, the
+sink's column dropped. A path that cannot host a modifier exactly is never chosen for it (`HOSTS`): SSMax scales q
+on "causal" (its logits are q.k alone) and the whole logits on "mask", "weights" and "extended"; sinks run as an
+extra key column (zero key and value, the sink as its mask entry) on "mask", as an extra logit column on "weights"
+and "extended".
 Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
 """
 
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lenx.errors import ConfigError
 from lenx.extensions import Extension
 from lenx.kernels import (
     FEATURE_POSITIONS,
@@ -57,6 +66,52 @@ class PlanError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Modifiers:
+    """Mechanisms that change attention itself, trained in, composable with every positional scheme (config
+    `attn`; their learned parameters live in each layer's Attention module, hence in the state_dict):
+    ssmax: scalable softmax (Nakanishi 2025, arXiv:2501.19399): softmax(s_h log(n) z), z the query's whole logit
+      vector (q.k / sqrt(D) plus the scheme's terms), n the number of keys it sees, s_h one learned scalar per head
+      initialised to 1 (OLMo-core PR #808, allenai/OLMo-core; the paper's Eq. on the softmax input).
+    sinks: learned attention sinks as gpt-oss (transformers' modeling_gpt_oss.py, eager_attention_forward): one
+      learned logit per head appended to every row, softmax over both, its column dropped; init N(0, 0.02), the
+      model's initializer_range. Under both, the sink logit is not scaled by SSMax (it is no q.k term)."""
+
+    ssmax: bool = False
+    sinks: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.ssmax or self.sinks
+
+    @classmethod
+    def from_config(cls, attn, where: str = "attn") -> Modifiers:
+        """The modifiers of a config node `attn` ({ssmax: bool, sinks: bool}; None: none), checked: one line."""
+        if attn is None:
+            return cls()
+        if not isinstance(attn, dict):
+            raise ConfigError(f"{where} must be a mapping of ssmax / sinks to true or false, got {attn!r}")
+        for key, value in attn.items():
+            if key not in ("ssmax", "sinks"):
+                raise ConfigError(f"{where}.{key} is not an attention modifier (ssmax, sinks)")
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
+        return cls(**attn)
+
+
+NO_MODIFIERS = Modifiers()
+# The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
+HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended")}
+
+
+@dataclass(frozen=True)
+class ModifierParams:
+    """One layer's learned parameters of the plan's modifiers (None where off): s_h of SSMax, the sink logits."""
+
+    ssmax_H: torch.Tensor | None = None
+    sink_H: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     """How attention runs over one forward's context (the same for every layer, the mask aside)."""
 
@@ -77,6 +132,9 @@ class Plan:
     q_scale_T: torch.Tensor | None = None
     # The scheme's own faster evaluation of its bias may run (FIRE's linear pieces: no gradient, not `reference`)
     fast: bool = False
+    # Attention modifiers (Modifiers) and, for SSMax, log n of each query: n the keys at or before its position
+    modifiers: Modifiers = NO_MODIFIERS
+    log_n_T: torch.Tensor | None = None
 
     def for_layer(self, pos: PositionalScheme, ctx: AttnContext) -> Plan:
         """The plan for ctx's layer: the whole mask built here when one chunk holds it, kept from the layer before
@@ -89,11 +147,12 @@ class Plan:
 
 def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dtype, contiguous: bool,
          extension: Extension | None = None, attention: str = "sdpa", dropout: float = 0.0,
-         grad: bool | None = None) -> Plan:
+         grad: bool | None = None, modifiers: Modifiers = NO_MODIFIERS) -> Plan:
     """The plan for attention over ctx's queries and keys with this scheme, batch size and compute dtype (and a
     training-free extension, where it changes anything at these positions), on ctx's device: `attention` is the
     setting (ATTENTION), `dropout` the attention dropout of this forward, `grad` whether a gradient is needed
-    (default: torch's grad mode). Every choice of path is made here; `attend` only executes it."""
+    (default: torch's grad mode), `modifiers` the model's attention modifiers. Every choice of path is made here;
+    `attend` only executes it."""
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
     grad = torch.is_grad_enabled() if grad is None else grad
@@ -102,12 +161,14 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     ext = None if extension is None else extension.for_input(ctx.q_pos_T, ctx.k_pos_S)  # e.g. Self-Extend's G
     ext = ext if ext is not None and ext.active(ctx.q_pos_T, ctx.k_pos_S) else None
     q_scale_T = None if ext is None else ext.q_scale(ctx.q_pos_T)
+    mods = {} if not modifiers.any else {"modifiers": modifiers, "log_n_T": visible_log_n(ctx) if modifiers.ssmax
+                                         else None}
     if ext is not None and (ext.remaps or ext.windows):  # remapped pairs, windows: logits built here, in fp32
         rows = max(1, CHUNK_LOGITS // (batch * pos.n_heads * S))
         if ext.window_tokens and contiguous:  # chunks no longer than the window: each reads ~2 windows of keys
             rows = min(rows, max(64, ext.window_tokens))
         return Plan(path="extended", rows=rows, contiguous=contiguous,
-                    dtype=torch.float32, whole=False, per_layer=False, extension=ext, q_scale_T=q_scale_T)
+                    dtype=torch.float32, whole=False, per_layer=False, extension=ext, q_scale_T=q_scale_T, **mods)
     # Under torch.compile the float-mask path: inductor (torch 2.13, 2 CPU threads) miscompiled the channels
     # path's training step (a garbage view shape, then a crash; test_compiled_training_matches_eager)
     fast = attention != "reference" and not torch.compiler.is_compiling()
@@ -136,11 +197,44 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
             # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)
     else:
         path = "causal"
+    if modifiers.any and not hosts(path, modifiers):
+        # The fast paths hold a bias that cannot be scaled per query (a strided Toeplitz view, FlexAttention's
+        # score_mod, ALiBi's channels: exact only unscaled, a scheme's chunk mask) or a causal kernel with no
+        # extra column: the general path, which builds each chunk's logits, runs the modifiers exactly
+        path = "weights" if pos.adds_values else "mask"
     exact = pos.adds_logits or pos.adds_values
     return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
-                per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad)
+                per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad, **mods)
+
+
+def hosts(path: str, modifiers: Modifiers) -> bool:
+    """Whether `path` runs these modifiers exactly (HOSTS)."""
+    return all(path in HOSTS[name] for name in ("ssmax", "sinks") if getattr(modifiers, name))
+
+
+def visible_log_n(ctx: AttnContext) -> torch.Tensor:
+    """log n of each query, n the keys at or before its position (i + 1 at default positions), fp32 (T,)."""
+    keys_S = ctx.k_pos_S.sort().values
+    return torch.searchsorted(keys_S, ctx.q_pos_T, right=True).float().log()
+
+
+def ssmax_scale(params: ModifierParams, log_n_t: torch.Tensor) -> torch.Tensor:
+    """SSMax's s_h log n per head and query, fp32 (H, t)."""
+    return params.ssmax_H.float()[:, None] * log_n_t[None, :]
+
+
+def scale_logits(logits: torch.Tensor, c_Ht: torch.Tensor) -> torch.Tensor:
+    """Logits (..., H, t, s) times c per head and query (SSMax), hidden keys (-inf) kept hidden whatever c's
+    sign and without nan (-inf * 0 at n = 1, where log n = 0; nor in c's gradient, as torch.where would give)."""
+    hidden = logits == float("-inf")
+    return (logits.masked_fill(hidden, 0.0) * c_Ht[..., None]).masked_fill(hidden, float("-inf"))
+
+
+def sink_column(sink_H: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The sinks as one more column of logits shaped like `like` (..., H, t, s): (..., H, t, 1), fp32."""
+    return sink_H.float()[:, None, None].expand(*like.shape[:-1], 1)
 
 
 # Which kernel: a bias given as data (lenx.pos.bias.DistanceContext) and the positions decide.
@@ -183,15 +277,20 @@ def _ran(path: str) -> None:
 
 
 def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
-           ctx: AttnContext, plan: Plan, drop: float, raw: tuple[torch.Tensor, torch.Tensor] | None = None
-           ) -> torch.Tensor:
-    """softmax(q.k/sqrt(D) + positional terms + causal mask) v, (B, H, T, D), on the plan's path. `raw`: q and k
-    before the scheme's rotation (path "extended" rotates them again at remapped positions)."""
+           ctx: AttnContext, plan: Plan, drop: float, raw: tuple[torch.Tensor, torch.Tensor] | None = None,
+           params: ModifierParams | None = None) -> torch.Tensor:
+    """softmax(q.k/sqrt(D) + positional terms + causal mask) v, (B, H, T, D), on the plan's path (with the plan's
+    modifiers, from this layer's `params`). `raw`: q and k before the scheme's rotation (path "extended" rotates
+    them again at remapped positions)."""
+    if plan.modifiers.any and not hosts(plan.path, plan.modifiers):
+        raise PlanError(f"path {plan.path!r} cannot host the attention modifiers {plan.modifiers}")
     match plan.path:
         case "extended":
-            return attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos, ctx, plan, drop)
+            return attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos, ctx, plan, drop, params)
         case "causal":
             _ran("causal")
+            if plan.modifiers.ssmax:  # exact here: the logits are q.k / sqrt(D) alone, all scaled with q
+                q_BHTD = q_BHTD * ssmax_scale(params, plan.log_n_T)[..., None].to(q_BHTD.dtype)
             return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
         case "flex":
             return attend_flex(q_BHTD, k_BHSD, v_BHSD, ctx)
@@ -202,12 +301,12 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
         case "chunk_mask" | "chunk_values":
             return attend_chunk_masks(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
         case "mask" | "weights":
-            return attend_general(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
+            return attend_general(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop, params)
     raise PlanError(f"unknown attention path {plan.path!r}")
 
 
 def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
-                   ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
+                   ctx: AttnContext, plan: Plan, drop: float, params: ModifierParams | None = None) -> torch.Tensor:
     """The reference paths: chunks of queries, each with its float mask (bias + score terms), through SDPA
     ("mask") or an explicit softmax whose weights the value terms read ("weights")."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
@@ -219,29 +318,42 @@ def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Ten
         s = min(S, b) if plan.contiguous else S
         mask_Hts = None if plan.mask_HTS is None else plan.mask_HTS[:, a:b, :s]
         parts.append(attend_rows(q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], pos, ctx.rows(a, b).keys(s),
-                                 plan, mask_Hts, a, drop))
+                                 plan, mask_Hts, a, drop, params))
     return torch.cat(parts, dim=2)
 
 
 def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor, pos: PositionalScheme,
                 ctx: AttnContext, plan: Plan, mask_Hts: torch.Tensor | None, q_start: int,
-                drop: float) -> torch.Tensor:
-    """Attention of one chunk of queries (starting at query q_start) over s keys."""
+                drop: float, params: ModifierParams | None = None) -> torch.Tensor:
+    """Attention of one chunk of queries (starting at query q_start) over s keys (with the plan's modifiers: SSMax
+    scales the chunk's whole logits, the sinks add a column)."""
+    mods, t = plan.modifiers, q_BHtD.shape[2]
     with torch.autocast(q_BHtD.device.type, enabled=False):  # positional terms in fp32
         if mask_Hts is None:
             mask_Hts = positional_mask(pos, ctx, q_start if plan.contiguous else None, plan.dtype, plan.fast)
         extra = pos.score(q_BHtD.float(), k_BHsD.float(), ctx) if pos.adds_logits else None
         if extra is not None:
             mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
+        c_Ht = ssmax_scale(params, plan.log_n_T[q_start:q_start + t]) if mods.ssmax else None
     _ran(plan.path)
     if plan.path == "mask":  # the fused kernel with a float mask (also carries the bias gradient)
         # 4-D: given a 3-D (H, t, s) mask, CPU SDPA falls back to its unfused math backend (5x slower at 8192)
         mask_BHts = mask_Hts if mask_Hts.dim() == 4 else mask_Hts[None]
+        if mods.any:
+            with torch.autocast(q_BHtD.device.type, enabled=False):
+                if mods.ssmax:  # c (q.k / sqrt(D) + terms) = (c q).k / sqrt(D) + c terms, every term scaled
+                    mask_BHts = scale_logits(mask_BHts, c_Ht)
+                    q_BHtD = q_BHtD * c_Ht[..., None].to(q_BHtD.dtype)
+                if mods.sinks:  # one more key: zero key and value, the sink as its logit (gpt-oss's column)
+                    H = q_BHtD.shape[1]
+                    mask_BHts = mask_BHts.expand(mask_BHts.shape[0], H, t, -1)
+                    mask_BHts = torch.cat([mask_BHts, sink_column(params.sink_H, mask_BHts)], dim=-1)
+                    k_BHsD, v_BHsD = (F.pad(x, (0, 0, 0, 1)) for x in (k_BHsD, v_BHsD))
         return F.scaled_dot_product_attention(q_BHtD, k_BHsD, v_BHsD, attn_mask=mask_BHts.to(q_BHtD.dtype),
                                               dropout_p=drop)
     with torch.autocast(q_BHtD.device.type, enabled=False):  # Shaw's value terms need the weights themselves
         logits = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5 + mask_Hts
-        attn_BHts = F.dropout(logits.softmax(-1), drop)
+        attn_BHts = F.dropout(modified_softmax(logits, c_Ht, params, mods), drop)
         y_BHtD = attn_BHts @ v_BHsD.float() + pos.value(attn_BHts, ctx)
     return y_BHtD.to(v_BHsD.dtype)
 
@@ -350,11 +462,23 @@ def attend_with_values(fast, k_BHsD, v_BHsD) -> torch.Tensor:
     return out_BHtD + value_term(lse_BHt)
 
 
+def modified_softmax(logits: torch.Tensor, c_Ht: torch.Tensor | None, params: ModifierParams | None,
+                     mods: Modifiers) -> torch.Tensor:
+    """softmax over the last dim of fp32 logits (-inf on hidden keys), SSMax's c_Ht (or None) scaling them and the
+    sinks' column added and dropped as gpt-oss's eager_attention_forward; plain softmax without modifiers."""
+    if mods.ssmax:
+        logits = scale_logits(logits, c_Ht)
+    if not mods.sinks:
+        return logits.softmax(-1)
+    return torch.cat([logits, sink_column(params.sink_H, logits)], dim=-1).softmax(-1)[..., :-1]
+
+
 def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: AttnContext, plan: Plan,
-                    drop: float) -> torch.Tensor:
+                    drop: float, params: ModifierParams | None = None) -> torch.Tensor:
     """Attention under an extension that remaps distances or windows keys, chunk by chunk of queries, in fp32:
     q.k / sqrt(D) with the scheme's rotation at each pair's own positions (the far pairs' rotated again at
-    their remapped positions), its distance bias at the remapped distance, -inf on future and unseen keys."""
+    their remapped positions), its distance bias at the remapped distance, -inf on future and unseen keys.
+    With the plan's modifiers: SSMax's n is each query's keys left visible (a window's too), the sinks a column."""
     _ran("extended")
     ext, (q_raw, k_raw) = plan.extension, raw
     T, S, D = q_BHTD.shape[2], k_BHSD.shape[2], q_BHTD.shape[-1]
@@ -383,7 +507,12 @@ def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: Att
             hidden_ts = j_s[None, :] > i_t[:, None]
             if pairs.visible_ts is not None:
                 hidden_ts = hidden_ts | ~pairs.visible_ts
-            weights = F.dropout(logits.masked_fill(hidden_ts, float("-inf")).softmax(-1), drop)
+            logits = logits.masked_fill(hidden_ts, float("-inf"))
+            if plan.modifiers.any:
+                c_Ht = ssmax_scale(params, (~hidden_ts).sum(-1).float().log()) if plan.modifiers.ssmax else None
+                weights = F.dropout(modified_softmax(logits, c_Ht, params, plan.modifiers), drop)
+            else:
+                weights = F.dropout(logits.softmax(-1), drop)
             parts.append((weights @ v_BHSD[:, :, keys].float()).to(v_BHSD.dtype))
     return torch.cat(parts, dim=2)
 

@@ -12,12 +12,14 @@ lenx.pos, so that loading a model never runs through the modules it builds (lenx
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 import torch
 
 from lenx import data, positions
+from lenx.attention import Modifiers
 from lenx.configs import (  # noqa: F401  (CONFIG_DIR, config_names, named_config, scheme_config: public here too)
     CONFIG_DIR,
     config_names,
@@ -152,7 +154,18 @@ def safe_run_config(cfg: dict) -> dict:
                 and "eval_offset" not in stored:  # before issue 32 offset runs scored at 0 (their table sized so)
             stored = {**stored, "eval_offset": 0}
         out["positions"] = safe_group_config("positions", stored)
+    if cfg.get("attn") is not None:  # attention modifiers: known names with plain true / false only
+        out["attn"] = safe_attn_config(cfg["attn"])
     return out
+
+
+def safe_attn_config(stored) -> dict:
+    """The checkpoint's `attn` node (attention modifiers) as plain booleans of the names lenx knows: a checkpoint
+    switches lenx's own modifiers on or off, never names code."""
+    try:
+        return dataclasses.asdict(Modifiers.from_config(stored))
+    except ConfigError as e:
+        raise CheckpointError(f"{e}; refusing to load") from None
 
 
 def safe_data_config(stored: dict) -> dict:
@@ -190,7 +203,7 @@ def build_model(cfg: dict) -> Decoder:
     model = Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
                    pos=instantiate_node(positions.table_size(cfg), "pos"),
                    d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
-                   dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"])
+                   dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"], attn=cfg.get("attn"))
     model.attention = check_attention(cfg.get("attention", "sdpa"), "attention")
     model.position_offset = positions.eval_offset(cfg)  # SHAPE's evaluation offset (positions=offset), else 0
     return model
@@ -258,9 +271,11 @@ def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int, dict | None
             return safe_pos_config(c["pos"], (c.get("choices") or {}).get("pos"))
         if key == "positions":  # older checkpoints have none: contiguous
             return c.get("positions") or positions.CONTIGUOUS
+        if key == "attn":  # older checkpoints have none: no modifiers
+            return dataclasses.asdict(Modifiers.from_config(c.get("attn")))
         return {k: v for k, v in c[key].items() if k != "cache_dir"} if isinstance(c[key], dict) else c[key]
 
-    for key in ("model", "pos", "seq_len", "data", "positions"):
+    for key in ("model", "pos", "seq_len", "data", "positions", "attn"):
         a, b = what(ckpt["hyper_parameters"]["cfg"], key), what(cfg, key)
         if a != b:
             raise ConfigError(f"cannot resume from {path}: its {key} config differs from this run's "

@@ -6,6 +6,8 @@ shared by the batch, one row per example (a scheme's batched context where it ha
 rows on the shared path), or a draw per attention layer (randomized positions, Ruoss et al. 2023, arXiv:2305.16843).
 Shapes: B batch, T sequence (queries), S keys, H heads, D head dim, C model width, V vocabulary.
 The model never limits the input length: only a learned position table may refuse a position (OutOfRangeError).
+Attention modifiers (config `attn`: scalable softmax, learned sinks; lenx.attention.Modifiers) are parameters of each
+layer's Attention and a part of the plan, composable with every scheme.
 """
 
 from __future__ import annotations
@@ -30,12 +32,22 @@ def reads_positions_in_attention(pos: PositionalScheme) -> bool:
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float, bias: bool) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float, bias: bool,
+                 modifiers: attention.Modifiers = attention.NO_MODIFIERS) -> None:
         super().__init__()
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
+        if modifiers.ssmax:  # SSMax's s_h, initialised to 1 (OLMo-core PR #808; arXiv:2501.19399)
+            self.ssmax_H = nn.Parameter(torch.ones(n_heads))
+        if modifiers.sinks:  # gpt-oss's sinks: one logit per head, N(0, initializer_range = 0.02)
+            self.sink_H = nn.Parameter(torch.empty(n_heads).normal_(0.0, 0.02))
+
+    def modifier_params(self) -> attention.ModifierParams | None:
+        """This layer's learned parameters of the attention modifiers (None when it has none)."""
+        ssmax_H, sink_H = getattr(self, "ssmax_H", None), getattr(self, "sink_H", None)
+        return None if ssmax_H is None and sink_H is None else attention.ModifierParams(ssmax_H, sink_H)
 
     def forward(self, x_BTC: torch.Tensor, pos: PositionalScheme, ctx: AttnContext,
                 plan: attention.Plan) -> torch.Tensor:
@@ -47,7 +59,7 @@ class Attention(nn.Module):
         raw = (q_BHTD, k_BHTD)
         q_BHTD, k_BHTD = pos.rotate(q_BHTD, k_BHTD, ctx)
         y_BHTD = attention.attend(q_BHTD, k_BHTD, v_BHTD, pos, ctx, plan, self.dropout if self.training else 0.0,
-                                  raw)
+                                  raw, self.modifier_params())
         return self.proj(y_BHTD.transpose(1, 2).reshape(B, T, C))
 
 
@@ -61,10 +73,11 @@ class MLP(nn.Sequential):
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float, bias: bool) -> None:
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float, bias: bool,
+                 modifiers: attention.Modifiers = attention.NO_MODIFIERS) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model, bias=bias)
-        self.attn = Attention(d_model, n_heads, dropout, bias)
+        self.attn = Attention(d_model, n_heads, dropout, bias, modifiers)
         self.ln2 = nn.LayerNorm(d_model, bias=bias)
         self.mlp = MLP(d_model, mlp_ratio, dropout, bias)
 
@@ -78,13 +91,16 @@ class Decoder(nn.Module):
 
     def __init__(self, *, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
                  pos: Callable[..., PositionalScheme], train_len: int, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, bias: bool = False, tie_embeddings: bool = True) -> None:
+                 dropout: float = 0.0, bias: bool = False, tie_embeddings: bool = True,
+                 attn: dict | None = None) -> None:
         super().__init__()
         for name, v in dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                             train_len=train_len).items():
             check_int(v, name)
         if d_model % n_heads:
             raise ConfigError(f"n_heads={n_heads} does not divide d_model={d_model}")
+        # attention modifiers (config attn: {ssmax, sinks}), checked before anything is built
+        self.modifiers = attention.Modifiers.from_config(attn)
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = pos(d_model=d_model, n_heads=n_heads, head_dim=d_model // n_heads, train_len=train_len,
                        n_layers=n_layers)
@@ -96,7 +112,8 @@ class Decoder(nn.Module):
         # Where default positions start: SHAPE's evaluation offset K for positions=offset (lenx.positions), set by
         # checkpoint.build_model from the run's config; 0 otherwise. Schemes that are shift invariant ignore it.
         self.position_offset = 0
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias, self.modifiers)
+                                    for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
@@ -161,8 +178,10 @@ class Decoder(nn.Module):
         return [(self.pos.context(p_T, p_T), False) for p_T in (draws.positions(n) for n in layers)]
 
     def plan_settings(self) -> dict:
-        """What the attention plan needs from the model: the `attention` setting and this forward's dropout."""
-        return {"attention": self.attention, "dropout": self.blocks[0].attn.dropout if self.training else 0.0}
+        """What the attention plan needs from the model: the `attention` setting, this forward's dropout and the
+        attention modifiers."""
+        return {"attention": self.attention, "dropout": self.blocks[0].attn.dropout if self.training else 0.0,
+                "modifiers": self.modifiers}
 
     def forward_rows(self, idx_BT: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) with one row of positions per example (PoSE's and SHAPE's per-example draws): each
@@ -172,8 +191,10 @@ class Decoder(nn.Module):
         if len(rows_GT) == 1:
             return self.forward(idx_BT, rows_GT[0])
         # A scheme with a batched form (RoPE's cos/sin per example, or no positions in attention: NoPE, absolute
-        # tables) runs the batch at once: fused causal attention only (no logit terms), no extension
-        plain = not (self.pos.adds_bias or self.pos.adds_logits or self.pos.adds_values) and self.extension is None
+        # tables) runs the batch at once: fused causal attention only (no logit terms), no extension, no attention
+        # modifiers (SSMax's n and the plan read one row of positions)
+        plain = not (self.pos.adds_bias or self.pos.adds_logits or self.pos.adds_values) and self.extension is None \
+            and not self.modifiers.any
         ctx = None
         if plain and self.pos.rows_in_context:
             ctx = self.pos.context(pos_BT, pos_BT)

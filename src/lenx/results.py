@@ -50,6 +50,13 @@ def positions_name(cfg: dict) -> str:
     return str(target).rsplit(".", 1)[-1].lower()
 
 
+def attn_label(cfg: dict) -> str:
+    """The attention modifiers a run config trains with (config `attn`), as appended to its scheme's name:
+    "+ssmax", "+sinks", "+ssmax+sinks", "" for none (lenx.attention.Modifiers.label)."""
+    attn = cfg.get("attn") or {}
+    return "".join(f"+{n}" for n in ("ssmax", "sinks") if attn.get(n) is True)
+
+
 def extension_label(r: dict) -> str:
     """A row's training-free method as tables, figures and aggregates name it: its RoPE scaling, its extension
     (lenx.extensions), or both (yarn+self_extend); "none" for neither."""
@@ -68,7 +75,8 @@ def stamp(cfg: dict, *, run_dir: Path, ckpt: str, split: str, choices: dict | No
     """The provenance columns of every result row (PROVENANCE): what was scored, on which data, by which code."""
     prov, choices = cfg.get("provenance", {}), choices or {}
     sha, dirty = git_state()
-    return {"pos": choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower(),
+    # a model trained with attention modifiers is named by them (rope+ssmax, alibi+sinks): attn_label
+    return {"pos": (choices.get("pos") or cfg["pos"]["_target_"].rsplit(".", 1)[-1].lower()) + attn_label(cfg),
             "scaling": scaling_name(cfg), "extension": cfg.get("extension") or "none",
             "positions": positions_name(cfg), "train_len": cfg["seq_len"],
             "seed": cfg.get("seed"),

@@ -26,6 +26,8 @@ def run_id(cfg: dict) -> str:
     ident = {k: v for k, v in cfg.items() if k not in NOT_IDENTITY}
     if (ident.get("positions") or {}).get("_target_") == "lenx.positions.Contiguous":
         del ident["positions"]  # the default (and older configs, which have no `positions`): ids stay as they were
+    if isinstance(ident.get("attn"), dict) and not any(ident["attn"].values()):
+        del ident["attn"]  # no attention modifier (and older configs, which have no `attn`): ids stay as they were
     if isinstance(ident.get("pos"), dict):
         ident["pos"] = _pos_identity(ident["pos"])
     if isinstance(ident.get("trainer"), dict):

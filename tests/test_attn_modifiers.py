@@ -1,0 +1,251 @@
+"""Attention modifiers (config `attn`, lenx.attention.Modifiers), composable with every scheme:
+
+- scalable softmax (Nakanishi 2025, arXiv:2501.19399): softmax(s_h log(n) z), z the query's whole logit vector
+  (content and positional terms), n the keys it sees, s_h learned per head, initialised to 1 (OLMo-core PR #808);
+- learned sinks (gpt-oss, transformers' modeling_gpt_oss.eager_attention_forward): one learned logit per head
+  appended to each row, softmax over both, the sink's column dropped; init N(0, 0.02).
+
+Parity of the model (the plan's paths) with a reference attention written out here from those formulas, in logits
+and gradients, scoring and training, at default and gapped positions; the plan never sends a modifier to a path
+that cannot host it; config, run id, checkpoint and row naming.
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import CONFIGS, compose_train
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lenx import attention
+from lenx.errors import CheckpointError, ConfigError
+from lenx.model import Decoder
+
+SCHEMES = ["rope", "alibi", "t5", "shaw", "none", "shaw_kv", "fire", "transformer_xl"]
+MODS = [{"ssmax": True}, {"sinks": True}, {"ssmax": True, "sinks": True}]
+T = 24
+
+
+def build(scheme: str, attn: dict | None, n_heads: int = 4):
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
+    cfg.pop("defaults", None)
+    if scheme in ("shaw", "shaw_kv"):
+        cfg["max_distance"] = 6  # clipped pairs occur
+    model = Decoder(vocab_size=50, d_model=32, n_layers=2, n_heads=n_heads, train_len=16, pos=instantiate(cfg),
+                    attn=attn).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # every modifier and positional term moves the logits
+        for name, p in model.named_parameters():
+            if name.endswith("ssmax_H"):
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=g))
+            elif name.endswith("sink_H"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif name.startswith("pos."):
+                p.normal_(generator=g)
+    return model
+
+
+def reference_attention(attn, x_BTC, pos, ctx):
+    """One layer's attention from the formulas: z = q.k / sqrt(D) + the scheme's terms (its reference hooks
+    `bias`, `score`), SSMax z -> s_h log(n_i) z over the n_i keys query i sees, gpt-oss's eager sinks, + `value`."""
+    B, T_, C = x_BTC.shape
+    H, D = attn.n_heads, attn.head_dim
+    q, k, v = attn.qkv(x_BTC).view(B, T_, 3, H, D).permute(2, 0, 3, 1, 4)
+    q, k = pos.rotate(q, k, ctx)
+    q, k, v = q.float(), k.float(), v.float()
+    z = q @ k.transpose(-1, -2) / math.sqrt(D)
+    bias = pos.bias(ctx, None, torch.float32)
+    future = ctx.k_pos_S[None, :] > ctx.q_pos_T[:, None]
+    if bias is not None:
+        z = z + bias.float().masked_fill(future, 0.0)
+    extra = pos.score(q, k, ctx)
+    if extra is not None:
+        z = z + extra
+    if hasattr(attn, "ssmax_H"):  # Nakanishi 2025, Eq. (SSMax): s log(n) z, n = the visible keys
+        n_T = (~future).sum(-1).float()
+        z = attn.ssmax_H[None, :, None, None] * torch.log(n_T)[None, None, :, None] * z
+    z = z.masked_fill(future, float("-inf"))
+    if hasattr(attn, "sink_H"):  # gpt-oss eager_attention_forward, as transformers writes it
+        sinks = attn.sink_H.reshape(1, -1, 1, 1).expand(B, -1, T_, -1)
+        combined = torch.cat([z, sinks], dim=-1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        probs = torch.softmax(combined, dim=-1)
+        w = probs[..., :-1]
+    else:
+        w = z.softmax(-1)
+    y = w @ v
+    value = pos.value(w, ctx)
+    if value is not None:
+        y = y + value
+    return attn.proj(y.transpose(1, 2).reshape(B, T_, C))
+
+
+def reference_forward(model, idx_BT, pos_T):
+    x = model.pos.embed(model.tok(idx_BT), pos_T)
+    ctx = model.pos.context(pos_T, pos_T)
+    for layer, block in enumerate(model.blocks):
+        x = x + reference_attention(block.attn, block.ln1(x), model.pos, ctx.at_layer(layer))
+        x = x + block.mlp(block.ln2(x))
+    return model.head(model.ln_f(x))
+
+
+def loss_of(out):
+    w = torch.linspace(-1, 1, out.numel(), dtype=torch.float32).view(out.shape)
+    return (out.float() * w).sum() + out.float().logsumexp(-1).mean()
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+POSITIONS = {"default": None, "gapped": torch.tensor([0, 1, 3, 4, 8, 9, 10, 15, 16, 20, 21, 22, 30, 31, 33, 40, 41,
+                                                      42, 50, 52, 53, 60, 61, 70])}
+
+
+@pytest.mark.parametrize("mods", MODS, ids=lambda m: "+".join(m))
+@pytest.mark.parametrize("at", list(POSITIONS))
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("setting", ["sdpa", "reference"])
+def test_modifiers_match_their_formulas_in_logits_and_gradients(scheme, mods, at, setting):
+    model = build(scheme, mods)
+    model.attention = setting
+    x = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(2))
+    pos_T = POSITIONS[at]
+    ref_pos = torch.arange(T) if pos_T is None else pos_T
+    # scoring: no gradient (the chunk paths' plan), then a training step's logits and gradients
+    with torch.no_grad(), attention.traced() as seen:
+        scored = model(x, pos_T)
+        want = reference_forward(model, x, ref_pos)
+    assert seen and all(attention.hosts(p, attention.Modifiers(**mods)) for p in seen), seen
+    torch.testing.assert_close(scored, want, atol=2e-5, rtol=1e-5)
+
+    model.train()
+    model.zero_grad()
+    with attention.traced() as seen:
+        loss_of(model(x, pos_T)).backward()
+    got = grads(model)
+    assert seen and all(attention.hosts(p, attention.Modifiers(**mods)) for p in seen), seen
+    model.zero_grad()
+    loss_of(reference_forward(model, x, ref_pos)).backward()
+    want_g = grads(model)
+    assert got.keys() == want_g.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], want_g[name], atol=5e-5, rtol=1e-4, msg=name)
+    for name in [n for n in got if n.endswith(("ssmax_H", "sink_H"))]:
+        assert got[name].abs().sum() > 0, f"{name} learns nothing"
+
+
+@pytest.mark.parametrize("scheme, mods, without, with_", [
+    ("rope", {"ssmax": True}, "causal", "causal"),  # exact as a q scale: the logits are q.k alone
+    ("rope", {"sinks": True}, "causal", "mask"),
+    ("none", {"ssmax": True, "sinks": True}, "causal", "mask"),
+    ("alibi", {"ssmax": True}, "features", "mask"),  # the channels' exact sum holds unscaled only
+    ("t5", {"sinks": True}, "toeplitz", "mask"),  # a strided view has no per-query scale nor extra column
+    ("shaw", {"ssmax": True}, "chunk_mask", "mask"),
+    ("shaw_kv", {"sinks": True}, "chunk_values", "weights"),
+])
+def test_the_plan_sends_modifiers_only_where_they_are_exact(scheme, mods, without, with_):
+    x = torch.randint(0, 50, (1, 64))
+    for attn, path in ((None, without), (mods, with_)):
+        model = build(scheme, attn)
+        with torch.no_grad(), attention.traced() as seen:
+            model(x)
+        assert set(seen) == {path}
+
+
+def test_flex_is_not_planned_for_modifiers():
+    model = build("alibi", {"sinks": True})
+    ctx = model.pos.context(torch.arange(T), torch.arange(T))
+    plan = attention.plan(model.pos, ctx, batch=1, dtype=torch.float32, contiguous=True, attention="flex",
+                          grad=False, modifiers=model.modifiers)
+    assert plan.path == "mask"
+
+
+def test_a_path_that_cannot_host_a_modifier_is_a_plan_error():
+    model = build("rope", {"sinks": True})
+    ctx = model.pos.context(torch.arange(T), torch.arange(T))
+    plan = attention.plan(model.pos, ctx, batch=1, dtype=torch.float32, contiguous=True,
+                          modifiers=model.modifiers)
+    bad = attention.dataclasses.replace(plan, path="causal")
+    q = torch.randn(1, 4, T, 8)
+    with pytest.raises(attention.PlanError):
+        attention.attend(q, q, q, model.pos, ctx, bad, 0.0, None, model.blocks[0].attn.modifier_params())
+
+
+def test_ssmax_n_counts_the_visible_keys():
+    ctx = attention.AttnContext(q_pos_T=torch.tensor([0, 2, 5, 9]), k_pos_S=torch.tensor([0, 2, 5, 9]))
+    torch.testing.assert_close(attention.visible_log_n(ctx), torch.log(torch.tensor([1.0, 2, 3, 4])))
+
+
+def test_inits_follow_the_references_and_live_in_the_state_dict():
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(CONFIGS / "pos" / "rope.yaml")
+    cfg.pop("defaults", None)
+    model = Decoder(vocab_size=50, d_model=64, n_layers=2, n_heads=4, train_len=16, pos=instantiate(cfg),
+                    attn={"ssmax": True, "sinks": True})
+    state = model.state_dict()
+    assert torch.equal(state["blocks.0.attn.ssmax_H"], torch.ones(4))  # OLMo-core PR #808: ones
+    assert state["blocks.1.attn.sink_H"].shape == (4,) and 0 < state["blocks.1.attn.sink_H"].std() < 0.1
+    plain = Decoder(vocab_size=50, d_model=64, n_layers=2, n_heads=4, train_len=16, pos=instantiate(cfg))
+    assert not any(k.endswith(("ssmax_H", "sink_H")) for k in plain.state_dict())
+
+
+@pytest.mark.parametrize("attn, msg", [({"ssmax": "yes"}, "attn.ssmax must be true or false"),
+                                       ({"sink": True}, "attn.sink is not an attention modifier"),
+                                       ({"ssmax": 1}, "attn.ssmax must be true or false"),
+                                       ("ssmax", "attn must be a mapping")])
+def test_a_bad_value_is_one_config_error(attn, msg):
+    with pytest.raises(ConfigError, match=msg) as e:
+        Decoder(vocab_size=50, d_model=32, n_layers=1, n_heads=4, train_len=16,
+                pos=instantiate(OmegaConf.load(CONFIGS / "pos" / "none.yaml")), attn=attn)
+    assert "\n" not in str(e.value)
+
+
+def test_run_ids_are_unchanged_without_modifiers_and_change_with_them(tmp_path):
+    from lenx.runid import run_id
+
+    for pos in ("rope", "alibi", "t5"):
+        cfg = OmegaConf.to_container(compose_train([f"pos={pos}"], tmp_path), resolve=False)
+        older = {k: v for k, v in cfg.items() if k != "attn"}  # a config from before `attn` existed
+        assert run_id(cfg) == run_id(older)
+        ids = {run_id({**cfg, "attn": {"ssmax": s, "sinks": k}}) for s in (False, True) for k in (False, True)}
+        assert len(ids) == 4
+    cfg = OmegaConf.to_container(compose_train(["pos=rope"], tmp_path), resolve=False)
+    cfg.pop("run_dir")
+    assert run_id(cfg) == run_id({k: v for k, v in cfg.items() if k != "attn"})
+
+
+def test_checkpoint_config_takes_modifiers_as_plain_booleans_only():
+    from lenx.checkpoint import safe_attn_config
+
+    assert safe_attn_config({"ssmax": True}) == {"ssmax": True, "sinks": False}
+    for bad in ({"ssmax": "true"}, {"_target_": "os.system"}, {"sinks": {"_target_": "x"}}, ["ssmax"]):
+        with pytest.raises(CheckpointError, match="refusing to load"):
+            safe_attn_config(bad)
+
+
+def test_rows_name_the_modifiers():
+    from lenx.results import attn_label, scheme_label
+
+    assert attn_label({"attn": {"ssmax": True, "sinks": False}}) == "+ssmax"
+    assert attn_label({"attn": {"ssmax": False, "sinks": False}}) == attn_label({}) == ""
+    assert scheme_label({"pos": "rope" + attn_label({"attn": {"ssmax": True, "sinks": True}}),
+                         "positions": "randomized"}) == "rope+ssmax+sinks+randomized"
+
+
+def test_a_checkpoint_with_modifiers_rebuilds_strictly(tmp_path):
+    from lenx.checkpoint import build_model, rebuild
+
+    cfg = OmegaConf.to_container(compose_train(["experiment=smoke", "attn.ssmax=true", "attn.sinks=true"],
+                                               tmp_path), resolve=True)
+    cfg["choices"] = {"pos": "rope"}
+    model = build_model(cfg)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"cfg": cfg}}
+    again, out = rebuild(ckpt)
+    assert out["attn"] == {"ssmax": True, "sinks": True} and again.modifiers == model.modifiers
+    cfg["attn"] = {"ssmax": True, "sinks": False}  # the checkpoint's config decides the parameters
+    with pytest.raises(CheckpointError, match="does not match"):
+        rebuild({**ckpt, "hyper_parameters": {"cfg": cfg}})
