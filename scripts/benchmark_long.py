@@ -1,5 +1,6 @@
 """Long-context evaluation speed and memory of every scheme, fast paths against the reference paths, in one run:
-`python scripts/benchmark_long.py [--schemes all] [--lengths 2048,8192] [--out outputs/benchmark_long.json]`.
+`python scripts/benchmark_long.py [--schemes all] [--lengths 2048,8192] [--out outputs/benchmark_long.json]`
+(a scheme may carry attention modifiers: `--schemes rope+ssmax,alibi+ssmax+sinks`).
 
 Each scheme's model (model=tiny, trained length --train-len, random weights: speed does not depend on them) scores
 one sequence of each length twice, interleaved: with attention's fast paths for bias and content schemes (ALiBi's
@@ -37,6 +38,21 @@ def reference_paths(model):
         yield
     finally:
         model.attention = before
+
+
+MODIFIERS = ("ssmax", "sinks")  # lenx.attention.Modifiers
+
+
+def with_modifiers(arg: str) -> list[str]:
+    """--schemes: configs/pos names, each optionally with attention modifiers, e.g. `rope+ssmax`, `alibi+sinks`."""
+    names = scheme_list("all" if arg == "all" else ",".join(s.split("+")[0] for s in arg.split(",") if s))
+    if arg == "all":
+        return names
+    given = [s for s in arg.split(",") if s]
+    bad = sorted({m for s in given for m in s.split("+")[1:]} - set(MODIFIERS))
+    if bad:
+        raise SystemExit(f"benchmark: unknown attention modifier(s) {bad}; known: {list(MODIFIERS)}")
+    return given
 
 
 def has_fast_path(pos) -> bool:
@@ -101,7 +117,8 @@ def table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--schemes", default="all", help="'all' or a comma list of configs/pos names (rope is added)")
+    ap.add_argument("--schemes", default="all", help="'all' or a comma list of configs/pos names (rope is added), "
+                    "each optionally with attention modifiers: rope+ssmax, alibi+ssmax+sinks")
     ap.add_argument("--lengths", default="2048,8192")
     ap.add_argument("--train-len", type=int, default=512, help="the models' training length (learned: its table)")
     ap.add_argument("--repeats", type=int, default=2)
@@ -110,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmark_long.json"))
     args = ap.parse_args(argv)
-    schemes = scheme_list(args.schemes)
+    schemes = with_modifiers(args.schemes)
     schemes = ["rope"] + [s for s in schemes if s != "rope"]
     lengths = [int(n) for n in args.lengths.split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     rope = None
     for s in schemes:
-        cfg = config(s, args.train_len, 1, 1)
+        base, *mods = s.split("+")
+        cfg = {**config(base, args.train_len, 1, 1), **({"attn": {m: True for m in mods}} if mods else {})}
         torch.manual_seed(0)
         model = build_model(cfg).to(device).eval()
         if rope is None:  # (schemes start with rope)

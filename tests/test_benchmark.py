@@ -93,3 +93,20 @@ def test_benchmark_long_reports_both_paths_per_scheme(tmp_path):
     assert row[-4] == f"{ratio:.2f}" and row[-3] == f"{cope['reference']['peak_mib']:.0f}"
     learned = next(line for line in r.stdout.splitlines() if line.startswith("| learned |"))
     assert learned.count("out of range") == 1  # at 96 tokens, past its 64 rows; scored at 64
+
+
+def test_benchmark_long_takes_schemes_with_attention_modifiers(tmp_path):
+    """`--schemes rope+ssmax,alibi+sinks`: each measured with its modifiers (lenx.attention.Modifiers) beside RoPE;
+    an unknown modifier is one line."""
+    out = tmp_path / "long.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark_long.py", "--schemes", "rope+ssmax,alibi+sinks",
+                        "--lengths", "64", "--train-len", "32", "--repeats", "1", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())["schemes"]
+    assert sorted(rep) == ["alibi+sinks", "rope", "rope+ssmax"]
+    assert rep["rope+ssmax"]["64"]["fast"]["tokens_per_s"] > 0 and rep["rope+ssmax"]["64"]["same_path"]
+    assert rep["alibi+sinks"]["64"]["max_abs_logit_diff"] < 1e-4  # sinks: the mask path on both settings
+    bad = subprocess.run([sys.executable, "scripts/benchmark_long.py", "--schemes", "rope+bogus", "--lengths", "64",
+                          "--out", str(tmp_path / "x.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown attention modifier(s) ['bogus']" in bad.stderr
