@@ -49,6 +49,16 @@ def compose_train(overrides, run_dir):
     return cfg
 
 
+# Settings the per-layer hybrids need in the tests' 2-layer models: NoPE on every 2nd layer (their default, every
+# 4th, needs 4 layers and refuses fewer)
+SMALL_MODEL = {"rope_nope": {"nope_every": 2}, "rnope_swa": {"nope_every": 2}}
+
+
+def small_model_overrides(scheme: str) -> list[str]:
+    """SMALL_MODEL's settings for `scheme` as Hydra overrides (pos.<key>=<value>)."""
+    return [f"pos.{k}={v}" for k, v in SMALL_MODEL.get(scheme, {}).items()]
+
+
 def make_model(scheme: str, *, train_len: int = 16, n_layers: int = 2, n_heads: int = 2, d_model: int = 32,
                vocab_size: int = 50, **over):
     """A small seeded Decoder with configs/pos/<scheme>.yaml (its `defaults` dropped), in eval mode."""
@@ -61,6 +71,6 @@ def make_model(scheme: str, *, train_len: int = 16, n_layers: int = 2, n_heads: 
     torch.manual_seed(0)
     cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
     cfg.pop("defaults", None)
-    cfg.update(over)
+    cfg.update({**(SMALL_MODEL.get(scheme, {}) if n_layers < 4 else {}), **over})
     return Decoder(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                    train_len=train_len, pos=instantiate(cfg)).eval()

@@ -171,7 +171,7 @@ def test_a_path_that_cannot_host_a_modifier_is_a_plan_error():
     bad = attention.dataclasses.replace(plan, path="causal")
     q = torch.randn(1, 4, T, 8)
     with pytest.raises(attention.PlanError):
-        attention.attend(q, q, q, model.pos, ctx, bad, 0.0, None, model.blocks[0].attn.modifier_params())
+        attention.attend(q, q, q, model.pos, ctx, bad, 0.0, None, model.blocks[0].attn.modifier_params(torch.zeros(1, T, 32)))
 
 
 def test_ssmax_n_counts_the_visible_keys():
@@ -220,8 +220,10 @@ def test_run_ids_are_unchanged_without_modifiers_and_change_with_them(tmp_path):
 def test_checkpoint_config_takes_modifiers_as_plain_booleans_only():
     from lenx.checkpoint import safe_attn_config
 
-    assert safe_attn_config({"ssmax": True}) == {"ssmax": True, "sinks": False}
-    for bad in ({"ssmax": "true"}, {"_target_": "os.system"}, {"sinks": {"_target_": "x"}}, ["ssmax"]):
+    assert safe_attn_config({"ssmax": True}) == {"ssmax": True, "sinks": False, "forget": False,
+                                                 "stickbreaking": False, "window": None}
+    for bad in ({"ssmax": "true"}, {"_target_": "os.system"}, {"sinks": {"_target_": "x"}}, ["ssmax"],
+                {"window": "${oc.env:HOME}"}, {"window": 2.5}):
         with pytest.raises(CheckpointError, match="refusing to load"):
             safe_attn_config(bad)
 
@@ -245,7 +247,8 @@ def test_a_checkpoint_with_modifiers_rebuilds_strictly(tmp_path):
     ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
             "hyper_parameters": {"cfg": cfg}}
     again, out = rebuild(ckpt)
-    assert out["attn"] == {"ssmax": True, "sinks": True} and again.modifiers == model.modifiers
+    assert out["attn"] == {"ssmax": True, "sinks": True, "forget": False, "stickbreaking": False, "window": None} \
+        and again.modifiers == model.modifiers
     cfg["attn"] = {"ssmax": True, "sinks": False}  # the checkpoint's config decides the parameters
     with pytest.raises(CheckpointError, match="does not match"):
         rebuild({**ckpt, "hyper_parameters": {"cfg": cfg}})

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SCHEMES, compose_train, make_model
+from conftest import SCHEMES, compose_train, make_model, small_model_overrides
 from omegaconf import OmegaConf
 
 from lenx import positions
@@ -42,7 +42,7 @@ def materialise(drawn, layers=3):
 def module_for(tmp_path, scheme, *over):
     cfg = OmegaConf.to_container(compose_train(["seq_len=16", "model.d_model=32", "model.n_layers=2",
                                                 "model.n_heads=2", "data.vocab_size=50", f"pos={scheme}",
-                                                *over], tmp_path), resolve=True)
+                                                *small_model_overrides(scheme), *over], tmp_path), resolve=True)
     positions.configure(cfg)
     torch.manual_seed(0)
     return LenxModule(cfg), cfg
@@ -68,7 +68,8 @@ def test_every_scheme_trains_under_randomized_positions_and_scores_at_16x(scheme
     with caplog.at_level(logging.WARNING):
         check_config(cfg)
     said = "has no effect" in caplog.text
-    assert said == (scheme in ("none", "cope", "cpe")), caplog.text  # schemes that read no positions say so
+    # schemes that read no positions say so
+    assert said == (scheme in ("none", "cope", "cpe", "fox", "stickbreaking")), caplog.text
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     for step in range(3):
@@ -86,8 +87,8 @@ def test_every_scheme_trains_under_randomized_positions_and_scores_at_16x(scheme
     assert torch.isfinite(logits).all()
 
 
-RELATIVE = {"rope", "rope_partial", "xpos", "p_rope", "hope", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich",
-            "shaw", "shaw_kv", "transformer_xl", "deberta"}  # each paper's own claim: terms of i - j only
+RELATIVE = {"rope", "rope_partial", "xpos", "p_rope", "hope", "rope_nope", "rnope_swa", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich",
+            "shaw", "shaw_kv", "transformer_xl", "deberta"}  # each paper's own claim: terms of i - j only (a window too)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

@@ -22,7 +22,8 @@ positional terms) by s_h log n, n the keys it sees, s_h learned per head; learne
 sink's column dropped. A path that cannot host a modifier exactly is never chosen for it (`HOSTS`): SSMax scales q
 on "causal" (its logits are q.k alone) and the whole logits on "mask", "weights" and "extended"; sinks run as an
 extra key column (zero key and value, the sink as its mask entry) on "mask", as an extra logit column on "weights"
-and "extended".
+and "extended". FoX's forget gate (c_i - c_j from the layer's input, in ModifierParams) and a training-time window
+add to the chunk's mask on "mask", "weights" and "extended"; stick-breaking replaces the softmax on "weights".
 Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
 """
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lenx.errors import ConfigError
 from lenx.extensions import Extension
 from lenx.kernels import (
     FEATURE_POSITIONS,
@@ -52,12 +54,15 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     NO_MODIFIERS,
     ModifierParams,
     Modifiers,
+    forget_bias,
     hosts,
     modified_softmax,
     scale_logits,
     sink_column,
     ssmax_scale,
+    stick_breaking,
     visible_log_n,
+    window_hidden,
 )
 from lenx.pos.base import AttnContext, PositionalScheme, causal
 from lenx.pos.bias import DistanceContext
@@ -126,9 +131,12 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     ext = None if extension is None else extension.for_input(ctx.q_pos_T, ctx.k_pos_S)  # e.g. Self-Extend's G
     ext = ext if ext is not None and ext.active(ctx.q_pos_T, ctx.k_pos_S) else None
     q_scale_T = None if ext is None else ext.q_scale(ctx.q_pos_T)
-    mods = {} if not modifiers.any else {"modifiers": modifiers, "log_n_T": visible_log_n(ctx) if modifiers.ssmax
-                                         else None}
+    mods = {} if not modifiers.any else {"modifiers": modifiers, "log_n_T": visible_log_n(ctx, modifiers.window)
+                                         if modifiers.ssmax else None}
     if ext is not None and (ext.remaps or ext.windows):  # remapped pairs, windows: logits built here, in fp32
+        if not hosts("extended", modifiers):
+            raise ConfigError(f"extension {ext.name} does not apply to a model trained with stick-breaking "
+                              "attention: it remaps the logits of a softmax, which stick-breaking has not")
         rows = max(1, CHUNK_LOGITS // (batch * pos.n_heads * S))
         if ext.window_tokens and contiguous:  # chunks no longer than the window: each reads ~2 windows of keys
             rows = min(rows, max(64, ext.window_tokens))
@@ -166,8 +174,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         # The fast paths hold a bias that cannot be scaled per query (a strided Toeplitz view, FlexAttention's
         # score_mod, ALiBi's channels: exact only unscaled, a scheme's chunk mask) or a causal kernel with no
         # extra column: the general path, which builds each chunk's logits, runs the modifiers exactly
-        path = "weights" if pos.adds_values else "mask"
-    exact = pos.adds_logits or pos.adds_values
+        # (stick-breaking: the explicit path, its weights are no softmax)
+        path = "weights" if pos.adds_values or modifiers.stickbreaking else "mask"
+    exact = pos.adds_logits or pos.adds_values or modifiers.stickbreaking
     return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
@@ -271,6 +280,10 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         extra = pos.score(q_BHtD.float(), k_BHsD.float(), ctx) if pos.adds_logits else None
         if extra is not None:
             mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
+        if mods.window is not None:  # keys before the window hidden (the mask is fp32 or the compute dtype)
+            mask_Hts = mask_Hts.masked_fill(window_hidden(ctx.q_pos_T, ctx.k_pos_S, mods.window), float("-inf"))
+        if mods.forget:  # FoX: + c_i - c_j, data-dependent, (B, H, t, s), in fp32
+            mask_Hts = mask_Hts.float() + forget_bias(params, q_start, t, k_BHsD.shape[2])
         c_Ht = ssmax_scale(params, plan.log_n_T[q_start:q_start + t]) if mods.ssmax else None
     _ran(plan.path)
     if plan.path == "mask":  # the fused kernel with a float mask (also carries the bias gradient)
@@ -290,8 +303,17 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
                                               dropout_p=drop)
     with torch.autocast(q_BHtD.device.type, enabled=False):  # Shaw's value terms need the weights themselves
         logits = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5 + mask_Hts
-        attn_BHts = F.dropout(modified_softmax(logits, c_Ht, params, mods), drop)
-        y_BHtD = attn_BHts @ v_BHsD.float() + pos.value(attn_BHts, ctx)
+        if mods.stickbreaking:  # the keys before each query only (attend_current=False); the remainder on v_i
+            hidden = (logits == float("-inf")) | (ctx.k_pos_S[None, :] == ctx.q_pos_T[:, None])
+            weights, rem_BHt = stick_breaking(logits, hidden)
+            attn_BHts = F.dropout(weights, drop)
+            own_BHtD = rem_BHt[..., None] * v_BHsD[:, :, q_start:q_start + t].float()
+        else:
+            attn_BHts = F.dropout(modified_softmax(logits, c_Ht, params, mods), drop)
+            own_BHtD = 0.0
+        y_BHtD = attn_BHts @ v_BHsD.float() + own_BHtD
+        if pos.adds_values:
+            y_BHtD = y_BHtD + pos.value(attn_BHts, ctx)
     return y_BHtD.to(v_BHsD.dtype)
 
 
@@ -423,7 +445,7 @@ def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: Att
             far = pairs.far_ts if pairs.far_ts is not None and bool(pairs.far_ts.any()) else None
             if far is not None and type(pos).rotate is not PositionalScheme.rotate:  # rotary: rotate at q', k'
                 q_far, k_far = rotate_at(pos, q_raw[:, :, a:b], k_raw[:, :, keys], pairs.q_far_t, pairs.k_far_s,
-                                         int(ctx.q_pos_T.max()))
+                                         int(ctx.q_pos_T.max()), ctx.layer)
                 logits = torch.where(far, q_far.float() @ k_far.float().transpose(-1, -2) / D ** 0.5, logits)
             if isinstance(ctx, DistanceContext):  # a distance bias, read at the (remapped) distance
                 d_ts = i_t[:, None] - j_s[None, :]
@@ -433,6 +455,10 @@ def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: Att
             hidden_ts = j_s[None, :] > i_t[:, None]
             if pairs.visible_ts is not None:
                 hidden_ts = hidden_ts | ~pairs.visible_ts
+            if plan.modifiers.window is not None:  # the trained window, beside the extension's
+                hidden_ts = hidden_ts | window_hidden(i_t, j_s, plan.modifiers.window)
+            if plan.modifiers.forget:
+                logits = logits + forget_bias(params, a, b - a, keys)
             logits = logits.masked_fill(hidden_ts, float("-inf"))
             if plan.modifiers.any:
                 c_Ht = ssmax_scale(params, (~hidden_ts).sum(-1).float().log()) if plan.modifiers.ssmax else None
@@ -444,13 +470,13 @@ def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: Att
 
 
 def rotate_at(pos: PositionalScheme, q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, q_pos_t: torch.Tensor,
-              k_pos_s: torch.Tensor, last: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """q and k (as projected) rotated by the scheme at the given positions. One context over both position sets
-    and the sequence's last position, so that a scaling that reads the length, and xPos's centring, are those of
-    the sequence scored."""
+              k_pos_s: torch.Tensor, last: int, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k (as projected) rotated by the scheme at the given positions, as attention layer `layer` rotates
+    them. One context over both position sets and the sequence's last position, so that a scaling that reads the
+    length, and xPos's centring, are those of the sequence scored."""
     t = len(q_pos_t)
     where = torch.cat([q_pos_t, k_pos_s, q_pos_t.new_tensor([last])])
-    ctx = pos.context(where, where)
+    ctx = pos.context(where, where).at_layer(layer)
     pad = q_BHtD.new_zeros(q_BHtD.shape[:2] + (1, q_BHtD.shape[-1]))
     both = torch.cat([q_BHtD, k_BHsD, pad], dim=2)
     q_rot, k_rot = pos.rotate(both, both, ctx)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lenx import attention
@@ -43,11 +44,17 @@ class Attention(nn.Module):
             self.ssmax_H = nn.Parameter(torch.ones(n_heads))
         if modifiers.sinks:  # gpt-oss's sinks: one logit per head, N(0, initializer_range = 0.02)
             self.sink_H = nn.Parameter(torch.empty(n_heads).normal_(0.0, 0.02))
+        if modifiers.forget:  # FoX's fgate_proj: Linear(C, H) with bias (init N(0, 0.02), bias 0: Decoder._init)
+            self.fgate = nn.Linear(d_model, n_heads, bias=True)
 
-    def modifier_params(self) -> attention.ModifierParams | None:
-        """This layer's learned parameters of the attention modifiers (None when it has none)."""
-        ssmax_H, sink_H = getattr(self, "ssmax_H", None), getattr(self, "sink_H", None)
-        return None if ssmax_H is None and sink_H is None else attention.ModifierParams(ssmax_H, sink_H)
+    def modifier_params(self, x_BTC: torch.Tensor) -> attention.ModifierParams | None:
+        """This layer's learned parameters and inputs of the attention modifiers for input x (None when it has
+        none): FoX's c = cumsum_t log sigmoid(fgate(x_t)) per head, fp32 (B, H, T), as the authors' log_lambda."""
+        ssmax_H, sink_H, fgate = (getattr(self, n, None) for n in ("ssmax_H", "sink_H", "fgate"))
+        if ssmax_H is None and sink_H is None and fgate is None:
+            return None
+        c_BHT = None if fgate is None else F.logsigmoid(fgate(x_BTC).float()).transpose(1, 2).cumsum(-1)
+        return attention.ModifierParams(ssmax_H, sink_H, c_BHT)
 
     def forward(self, x_BTC: torch.Tensor, pos: PositionalScheme, ctx: AttnContext,
                 plan: attention.Plan) -> torch.Tensor:
@@ -59,7 +66,7 @@ class Attention(nn.Module):
         raw = (q_BHTD, k_BHTD)
         q_BHTD, k_BHTD = pos.rotate(q_BHTD, k_BHTD, ctx)
         y_BHTD = attention.attend(q_BHTD, k_BHTD, v_BHTD, pos, ctx, plan, self.dropout if self.training else 0.0,
-                                  raw, self.modifier_params())
+                                  raw, self.modifier_params(x_BTC))
         return self.proj(y_BHTD.transpose(1, 2).reshape(B, T, C))
 
 
@@ -99,11 +106,15 @@ class Decoder(nn.Module):
             check_int(v, name)
         if d_model % n_heads:
             raise ConfigError(f"n_heads={n_heads} does not divide d_model={d_model}")
-        # attention modifiers (config attn: {ssmax, sinks}), checked before anything is built
-        self.modifiers = attention.Modifiers.from_config(attn)
+        # attention modifiers (config attn: lenx.modifiers.Modifiers), checked before anything is built
+        modifiers = attention.Modifiers.from_config(attn)
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = pos(d_model=d_model, n_heads=n_heads, head_dim=d_model // n_heads, train_len=train_len,
                        n_layers=n_layers)
+        # each layer's: the config's, with those the scheme brings to the layer (FoX's gate, a hybrid's window)
+        self.layer_modifiers = [modifiers.merged(self.pos.attention_at(n), f"pos={type(self.pos).__name__}")
+                                for n in range(n_layers)]
+        self.modifiers = modifiers  # the config's own (`attn`)
         self.drop = nn.Dropout(dropout)
         self.extension = None  # a training-free extension (lenx.extensions), set to score a trained model under it
         # lenx.attention.ATTENTION: sdpa (the fastest exact path), flex (FlexAttention for distance biases) or
@@ -112,8 +123,8 @@ class Decoder(nn.Module):
         # Where default positions start: SHAPE's evaluation offset K for positions=offset (lenx.positions), set by
         # checkpoint.build_model from the run's config; 0 otherwise. Schemes that are shift invariant ignore it.
         self.position_offset = 0
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias, self.modifiers)
-                                    for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias, self.layer_modifiers[n])
+                                    for n in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
@@ -149,19 +160,23 @@ class Decoder(nn.Module):
         dtype = attention.compute_dtype(x_BTC)
         if draws is None:
             ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
-            plan = attention.plan(self.pos, ctx, batch=B, dtype=dtype, contiguous=contiguous,
-                                  extension=self.extension, **self.plan_settings())
         else:  # each layer's own draw: its positions, or its distances placed Toeplitz
             drawn = self.layer_draw_contexts(draws)
+        plans = {}  # one plan per forward and kind of layer (its modifiers): layers alike share it, and its mask
         # scoring on CPU: far keys' softmax terms underflow into slow denormals (lenx.hardware.denormals_flushed)
         with denormals_flushed(idx_BT.device.type == "cpu" and not torch.is_grad_enabled()):
             for layer, block in enumerate(self.blocks):
                 if draws is not None:
                     ctx, at_default = drawn[layer]
-                    plan = attention.plan(self.pos, ctx, batch=B, dtype=dtype, contiguous=at_default,
-                                          extension=self.extension, **self.plan_settings())
+                    plans = {}
+                kind = self.layer_modifiers[layer]
+                if kind not in plans:
+                    plans[kind] = attention.plan(self.pos, ctx, batch=B, dtype=dtype,
+                                                 contiguous=contiguous if draws is None else at_default,
+                                                 extension=self.extension, **self.plan_settings(layer))
                 ctx_l = ctx.at_layer(layer)
-                plan = plan.for_layer(self.pos, ctx_l)  # the whole mask, where one chunk holds it: once per forward
+                # the whole mask, where one chunk holds it: once per forward and kind of layer
+                plans[kind] = plan = plans[kind].for_layer(self.pos, ctx_l)
                 x_BTC = block(x_BTC, self.pos, ctx_l, plan)
         return self.head(self.ln_f(x_BTC))
 
@@ -177,11 +192,11 @@ class Decoder(nn.Module):
                                                                                      for n in layers]))]
         return [(self.pos.context(p_T, p_T), False) for p_T in (draws.positions(n) for n in layers)]
 
-    def plan_settings(self) -> dict:
+    def plan_settings(self, layer: int = 0) -> dict:
         """What the attention plan needs from the model: the `attention` setting, this forward's dropout and the
-        attention modifiers."""
+        attention modifiers of `layer`."""
         return {"attention": self.attention, "dropout": self.blocks[0].attn.dropout if self.training else 0.0,
-                "modifiers": self.modifiers}
+                "modifiers": self.layer_modifiers[layer]}
 
     def forward_rows(self, idx_BT: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) with one row of positions per example (PoSE's and SHAPE's per-example draws): each
@@ -194,7 +209,7 @@ class Decoder(nn.Module):
         # tables) runs the batch at once: fused causal attention only (no logit terms), no extension, no attention
         # modifiers (SSMax's n and the plan read one row of positions)
         plain = not (self.pos.adds_bias or self.pos.adds_logits or self.pos.adds_values) and self.extension is None \
-            and not self.modifiers.any
+            and not any(m.any for m in self.layer_modifiers)
         ctx = None
         if plain and self.pos.rows_in_context:
             ctx = self.pos.context(pos_BT, pos_BT)

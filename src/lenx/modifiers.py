@@ -1,17 +1,21 @@
-"""Attention modifiers: mechanisms of attention itself, composable with every positional scheme (config `attn`).
+"""Attention modifiers: mechanisms of attention itself, composable with positional schemes (config `attn`, or
+brought by a scheme: pos=fox, pos=stickbreaking, the per-layer hybrids' windows).
 
-Scalable softmax (Nakanishi 2025, arXiv:2501.19399) and learned sinks (gpt-oss, transformers'
-`modeling_gpt_oss.eager_attention_forward`): their description (`Modifiers`), which attention paths host each one
-exactly (`HOSTS`, read by lenx.attention's plan), each layer's learned parameters (`ModifierParams`), and the
-operations the paths apply (SSMax's per-query scale, the sinks' column).
-Shapes: H heads, t queries (of a chunk), s keys.
+Scalable softmax (Nakanishi 2025, arXiv:2501.19399), learned sinks (gpt-oss, transformers'
+`modeling_gpt_oss.eager_attention_forward`), FoX's forget gate (Lin et al. 2025, arXiv:2503.02130), stick-breaking
+in place of softmax (Tan et al. 2025, arXiv:2410.17980) and a training-time sliding window: their description
+(`Modifiers`), which attention paths host each one exactly (`HOSTS`, read by lenx.attention's plan), each layer's
+learned parameters and inputs (`ModifierParams`), and the operations the paths apply.
+Shapes: B batch, H heads, T queries, t queries (of a chunk), s keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from lenx.errors import ConfigError
 from lenx.pos.base import AttnContext
@@ -26,52 +30,124 @@ class Modifiers:
       initialised to 1 (OLMo-core PR #808, allenai/OLMo-core; the paper's Eq. on the softmax input).
     sinks: learned attention sinks as gpt-oss (transformers' modeling_gpt_oss.py, eager_attention_forward): one
       learned logit per head appended to every row, softmax over both, its column dropped; init N(0, 0.02), the
-      model's initializer_range. Under both, the sink logit is not scaled by SSMax (it is no q.k term)."""
+      model's initializer_range. Under both, the sink logit is not scaled by SSMax (it is no q.k term).
+    forget: FoX's forget gate (Lin et al. 2025, arXiv:2503.02130; zhixuan-lin/forgetting-transformer,
+      ForgettingAttentionLayer with fgate_type "full"): logits + c_i - c_j, c the cumulative sum over tokens of
+      log sigmoid(w_h.x + b_h), x the attention layer's input, one gate per head (`fgate`: Linear(C, H) with bias).
+    stickbreaking: stick-breaking attention (Tan et al. 2025, arXiv:2410.17980; shawntan/stickbreaking-attention,
+      sb_ref.py and its tests' ref_fwd): a_ij = sigmoid(z_ij) prod_{j<k<i} (1 - sigmoid(z_ik)) over the keys before
+      the query (attend_current=False, the authors' default), z the whole logits; the remainder 1 - sum_j a_ij
+      weighs the query's own value (o + rem v_i, as the authors' reference). No softmax: SSMax and sinks do not
+      apply to it.
+    window: a training-time sliding window (Beltagy et al. 2020, arXiv:2004.05150; Mistral's sliding_window): query
+      i sees the keys at positions i - window < j <= i; None: every earlier key."""
 
     ssmax: bool = False
     sinks: bool = False
+    forget: bool = False
+    stickbreaking: bool = False
+    window: int | None = None
 
     @property
     def any(self) -> bool:
-        return self.ssmax or self.sinks
+        return self.ssmax or self.sinks or self.forget or self.stickbreaking or self.window is not None
+
+    @property
+    def label(self) -> str:
+        """How rows name a model trained with these modifiers, appended to its scheme: "+ssmax", "+window32"."""
+        flags = "".join(f"+{n}" for n in ("ssmax", "sinks", "forget", "stickbreaking") if getattr(self, n))
+        return flags + (f"+window{self.window}" if self.window is not None else "")
+
+    def merged(self, other: dict, where: str) -> Modifiers:
+        """These modifiers with those a scheme brings (`other`: a scheme's `attention_at(layer)`), checked."""
+        if "window" in other and self.window is not None and other["window"] != self.window:
+            raise ConfigError(f"attn.window={self.window} and {where}'s window {other['window']} disagree: "
+                              "set one of them")
+        return Modifiers.from_config({**dataclasses.asdict(self), **{k: v for k, v in other.items()
+                                                                      if v or k == "window"}}, where)
 
     @classmethod
     def from_config(cls, attn, where: str = "attn") -> Modifiers:
-        """The modifiers of a config node `attn` ({ssmax: bool, sinks: bool}; None: none), checked: one line."""
+        """The modifiers of a config node `attn` ({ssmax, sinks, forget, stickbreaking: bool, window: int or
+        null}; None: none), checked: one line."""
         if attn is None:
             return cls()
         if not isinstance(attn, dict):
-            raise ConfigError(f"{where} must be a mapping of ssmax / sinks to true or false, got {attn!r}")
+            raise ConfigError(f"{where} must be a mapping of {', '.join(FIELDS)} to values, got {attn!r}")
         for key, value in attn.items():
-            if key not in ("ssmax", "sinks"):
-                raise ConfigError(f"{where}.{key} is not an attention modifier (ssmax, sinks)")
-            if not isinstance(value, bool):
+            if key not in FIELDS:
+                raise ConfigError(f"{where}.{key} is not an attention modifier ({', '.join(FIELDS)})")
+            if key == "window":
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ConfigError(f"{where}.window must be a positive number of tokens or null, got {value!r}")
+            elif not isinstance(value, bool):
                 raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
+        if attn.get("stickbreaking") and (attn.get("ssmax") or attn.get("sinks")):
+            raise ConfigError(f"{where}: stick-breaking attention has no softmax, so ssmax and sinks (which act on "
+                              "a softmax) do not apply to it")
         return cls(**attn)
 
 
+FIELDS = tuple(f.name for f in dataclasses.fields(Modifiers))
 NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
-HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended")}
+HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
+         "forget": ("mask", "weights", "extended"), "stickbreaking": ("weights",),
+         "window": ("mask", "weights", "extended")}
 
 
 @dataclass(frozen=True)
 class ModifierParams:
-    """One layer's learned parameters of the plan's modifiers (None where off): s_h of SSMax, the sink logits."""
+    """One layer's learned parameters and inputs of the plan's modifiers (None where off): s_h of SSMax, the sink
+    logits, FoX's cumulative log forget gate c (B, H, T) of this forward."""
 
     ssmax_H: torch.Tensor | None = None
     sink_H: torch.Tensor | None = None
+    log_forget_BHT: torch.Tensor | None = None
 
 
 def hosts(path: str, modifiers: Modifiers) -> bool:
     """Whether `path` runs these modifiers exactly (HOSTS)."""
-    return all(path in HOSTS[name] for name in ("ssmax", "sinks") if getattr(modifiers, name))
+    active = [n for n in HOSTS if (getattr(modifiers, n) is not None if n == "window" else getattr(modifiers, n))]
+    return all(path in HOSTS[name] for name in active)
 
 
-def visible_log_n(ctx: AttnContext) -> torch.Tensor:
-    """log n of each query, n the keys at or before its position (i + 1 at default positions), fp32 (T,)."""
+def visible_log_n(ctx: AttnContext, window: int | None = None) -> torch.Tensor:
+    """log n of each query, n the keys it sees: at or before its position (i + 1 at default positions), within
+    the window where there is one, fp32 (T,)."""
     keys_S = ctx.k_pos_S.sort().values
-    return torch.searchsorted(keys_S, ctx.q_pos_T, right=True).float().log()
+    n_T = torch.searchsorted(keys_S, ctx.q_pos_T, right=True)
+    if window is not None:
+        n_T = n_T - torch.searchsorted(keys_S, ctx.q_pos_T - window, right=True)
+    return n_T.float().log()
+
+
+def forget_bias(params: ModifierParams, q_start: int, t: int, keys: torch.Tensor | int) -> torch.Tensor:
+    """FoX's decay bias c_i - c_j for queries q_start..q_start+t-1 and the keys (the first `keys`, or those indexed),
+    fp32 (B, H, t, s); c the cumulative log forget gate (the authors' log_lambda)."""
+    c_BHT = params.log_forget_BHT
+    c_k = c_BHT[:, :, :keys] if isinstance(keys, int) else c_BHT[:, :, keys]
+    return c_BHT[:, :, q_start:q_start + t, None] - c_k[:, :, None, :]
+
+
+def window_hidden(q_pos_t: torch.Tensor, k_pos_s: torch.Tensor, window: int) -> torch.Tensor:
+    """Keys outside each query's sliding window (i - j >= window), bool (t, s)."""
+    return q_pos_t[:, None] - k_pos_s[None, :] >= window
+
+
+def stick_breaking(logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stick-breaking weights and remainder of fp32 logits (..., t, s), `hidden` the keys a query does not see (its
+    own position included: attend_current=False): a_ij = sigmoid(z_ij) prod over visible k between j and i of
+    (1 - sigmoid(z_ik)), in log space as sb_ref.py (log_z + the reverse cumulative sum of log_beta, here a suffix
+    sum in O(s) instead of the reference's einsum with a triangular matrix). Returns (a, 1 - sum_j a_ij)."""
+    z = logits.masked_fill(hidden, 0.0)
+    log_z = F.logsigmoid(z).masked_fill(hidden, float("-inf"))
+    log_beta = F.logsigmoid(-z).masked_fill(hidden, 0.0)
+    # sum over k > j of log_beta_ik: the suffix sums, shifted one key left
+    suffix = log_beta.flip(-1).cumsum(-1).flip(-1)
+    after = F.pad(suffix[..., 1:], (0, 1))
+    weights = (log_z + after).exp()
+    return weights, 1.0 - weights.sum(-1)
 
 
 def ssmax_scale(params: ModifierParams, log_n_t: torch.Tensor) -> torch.Tensor:

@@ -52,9 +52,12 @@ def positions_name(cfg: dict) -> str:
 
 def attn_label(cfg: dict) -> str:
     """The attention modifiers a run config trains with (config `attn`), as appended to its scheme's name:
-    "+ssmax", "+sinks", "+ssmax+sinks", "" for none (lenx.attention.Modifiers.label)."""
+    "+ssmax", "+sinks", "+ssmax+sinks", "+forget", "+window32", "" for none (as lenx.modifiers.Modifiers.label;
+    those a scheme brings itself, pos=fox's gate, are its name)."""
     attn = cfg.get("attn") or {}
-    return "".join(f"+{n}" for n in ("ssmax", "sinks") if attn.get(n) is True)
+    window = attn.get("window")
+    return "".join(f"+{n}" for n in ("ssmax", "sinks", "forget", "stickbreaking") if attn.get(n) is True) + \
+        (f"+window{window}" if isinstance(window, int) and not isinstance(window, bool) else "")
 
 
 def extension_label(r: dict) -> str:

@@ -9,7 +9,9 @@ schemes whose terms depend on the queries and keys themselves):
   bias(ctx, ...)         logit terms of positions alone, causal mask included (ALiBi, T5, KERPLE, Sandwich: a
                          function of i - j; FIRE: of i and j);
   score(q, k, ctx)       extra logit terms that read q or k (Shaw, Transformer-XL, DeBERTa, CoPE);
-  value(attn, ctx)       extra attention output from relative value embeddings (Shaw's a^V).
+  value(attn, ctx)       extra attention output from relative value embeddings (Shaw's a^V);
+  attention_at(layer)    attention modifiers the scheme brings to a layer (FoX's forget gate, stick-breaking,
+                         a window on a hybrid's RoPE layers; lenx.modifiers), merged with the config's `attn`.
 Each hook defaults to "do nothing", so NoPE (Kazemnejad et al. 2023, arXiv:2305.19466) is this class itself.
 One module serves every layer. Where the reference gives each attention layer its own positional parameters (CoPE,
 FIRE, Shaw, Transformer-XL's W_R, DeBERTa's projections, FoPE), the module holds them stacked, N = n_layers copies
@@ -126,6 +128,13 @@ class PositionalScheme(nn.Module):
     # no such form at these rows. Otherwise the Decoder runs each group of equal rows on the shared path (a scheme
     # whose attention reads no positions takes any row's context).
     rows_in_context: bool = False
+
+    def attention_at(self, layer: int) -> dict:
+        """The attention modifiers (lenx.modifiers.Modifiers fields) this scheme brings to attention layer `layer`,
+        merged with the config's `attn`: FoX's forget gate and stick-breaking for every layer (pos=fox,
+        pos=stickbreaking), a training-time window on some layers (the per-layer hybrids). {}: none (the default).
+        A description the attention plan runs, never a kernel choice."""
+        return {}
 
     def embed(self, x_BTC: torch.Tensor, pos_T: torch.Tensor) -> torch.Tensor:
         """Add position embeddings for positions (T,), or (B, T) one row per example, to x (B, T, C)."""

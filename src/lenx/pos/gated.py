@@ -1,0 +1,34 @@
+"""Schemes whose order comes from attention itself, not from positions: the Forgetting Transformer and
+stick-breaking attention. Both are NoPE plus an attention modifier (lenx.modifiers), brought by `attention_at`;
+the mechanisms themselves are descriptions the attention plan runs (`attn.forget`, `attn.stickbreaking` add the
+same mechanism to any other scheme).
+"""
+
+from __future__ import annotations
+
+from lenx.pos.base import PositionalScheme
+
+
+class Forgetting(PositionalScheme):
+    """The Forgetting Transformer, FoX (Lin et al. 2025, arXiv:2503.02130; zhixuan-lin/forgetting-transformer,
+    ForgettingAttentionLayer with fgate_type "full", use_rope false as in the paper's FoX): NoPE with a
+    data-dependent forget gate per head, logits + c_i - c_j, c the cumulative sum of log sigmoid(w_h.x_t + b_h)
+    over the tokens, x the attention layer's input (lenx.modifiers.Modifiers.forget). The "Pro" block's
+    extras (QK-norm, output gate, k/v shift) are not in lenx yet."""
+
+    reads_positions = False  # the order is the gate's cumulative sum over tokens, not a position
+
+    def attention_at(self, layer: int) -> dict:
+        return {"forget": True}
+
+
+class StickBreaking(PositionalScheme):
+    """Stick-breaking attention (Tan et al. 2025, arXiv:2410.17980; shawntan/stickbreaking-attention `sb_ref.py`):
+    NoPE with each query's weights broken off a stick from the nearest key backwards, a_ij = sigmoid(z_ij)
+    prod_{j<k<i} (1 - sigmoid(z_ik)), the remainder on the query's own value (lenx.modifiers.Modifiers.
+    stickbreaking). No softmax: the training-free extensions that remap softmax logits do not apply."""
+
+    reads_positions = False
+
+    def attention_at(self, layer: int) -> dict:
+        return {"stickbreaking": True}

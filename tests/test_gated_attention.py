@@ -1,0 +1,245 @@
+"""FoX's forget gate, stick-breaking attention, training-time windows and the RoPE/NoPE hybrids (issue 35).
+
+Each reference below is written out from the authors' released code, not from lenx's formulas:
+- FoX (zhixuan-lin/forgetting-transformer, ForgettingAttentionLayer.forward with fgate_type "full", no RoPE, no
+  QK-norm, no shift, no output gate): log_fgate = logsigmoid(fgate_proj(hidden_states).float()), log_lambda =
+  cumsum(log_fgate), decay_bias = log_lambda[..., :, None] - log_lambda[..., None, :] added to q.k * sm_scale
+  (as its output_attentions branch and the fla `naive` reference write it), causal mask, softmax;
+- stick-breaking (shawntan/stickbreaking-attention, sb_ref.py `stickbreaking(q, k, v, mask, cum_weight)` with its
+  tests' ref_fwd: mask = triu(0) (attend_current=False), cum_weight = tril(-1), o + rem[..., None] * v);
+- a sliding window as transformers' sliding-window causal mask: key j visible to query i iff i - window < j <= i;
+- SmolLM3's no_rope_layers: layer i rotates iff (i + 1) % interval != 0.
+Parity in outputs and gradients, at default and gapped positions (none of these reads positions but the window
+and RoPE; gapped positions keep their order), on every path the plan takes.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CONFIGS
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lenx import attention
+from lenx.errors import ConfigError
+from lenx.model import Decoder
+from lenx.results import attn_label
+
+T = 24
+GAPPED = torch.tensor([0, 1, 3, 4, 8, 9, 10, 15, 16, 20, 21, 22, 30, 31, 33, 40, 41, 42, 50, 52, 53, 60, 61, 70])
+
+
+def build(scheme: str, attn: dict | None = None, n_layers: int = 2, **over):
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
+    cfg.pop("defaults", None)
+    cfg.update(over)
+    model = Decoder(vocab_size=50, d_model=32, n_layers=n_layers, n_heads=4, train_len=16, pos=instantiate(cfg),
+                    attn=attn).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # gates far from their init, so that every term moves the logits
+        for name, p in model.named_parameters():
+            if "fgate" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 if name.endswith("bias") else 0.5) + 1.0)
+            elif name.startswith("pos."):
+                p.normal_(generator=g)
+    return model
+
+
+def fox_reference(q, k, v, log_fgate):
+    """The authors' forgetting attention, q/k/v (B, H, T, D), log_fgate (B, H, T) (head_first)."""
+    scores = q @ k.transpose(-1, -2) * (1 / math.sqrt(q.shape[-1]))
+    log_lambda = torch.cumsum(log_fgate, dim=-1)
+    decay_bias = log_lambda[:, :, :, None] - log_lambda[:, :, None, :]
+    scores = scores + decay_bias
+    Tq = q.shape[2]
+    causal_mask = torch.triu(torch.ones((Tq, Tq), dtype=torch.bool), diagonal=1)
+    scores = scores.masked_fill(causal_mask[None, None], float("-inf"))
+    return F.softmax(scores, dim=-1) @ v
+
+
+def sb_reference(q, k, v):
+    """sb_ref.stickbreaking with its tests' ref_fwd (attend_current=False), fp32."""
+    length = q.shape[2]
+    cm = torch.ones(length, length).tril(-1)
+    mask = torch.ones(length, length).triu(0).bool()
+    logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    log_z = F.logsigmoid(logits).masked_fill(mask, -1e5)
+    log_beta = F.logsigmoid(-logits).masked_fill(mask, 0)
+    re_cum_log_beta = torch.einsum("bhij,jk->bhik", log_beta, cm)
+    att = (log_z + re_cum_log_beta).exp()
+    o, rem = att @ v, 1 - att.sum(dim=-1)
+    return o + rem[..., None] * v
+
+
+def window_reference(q, k, v, pos_T, window):
+    """Softmax attention with transformers' sliding-window causal mask (by position)."""
+    d = pos_T[:, None] - pos_T[None, :]
+    visible = (d >= 0) & (d < window)
+    z = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~visible, float("-inf"))
+    return z.softmax(-1) @ v
+
+
+def reference_forward(model, idx_BT, pos_T, layer_attention):
+    """The model's forward with each layer's attention replaced by `layer_attention(block.attn, x, layer, ...)`."""
+    x = model.pos.embed(model.tok(idx_BT), pos_T)
+    ctx = model.pos.context(pos_T, pos_T)
+    for layer, block in enumerate(model.blocks):
+        attn, h = block.attn, block.ln1(x)
+        B, T_, C = h.shape
+        q, k, v = attn.qkv(h).view(B, T_, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = model.pos.rotate(q, k, ctx.at_layer(layer))
+        y = layer_attention(attn, h, layer, q.float(), k.float(), v.float())
+        x = x + attn.proj(y.transpose(1, 2).reshape(B, T_, C))
+        x = x + block.mlp(block.ln2(x))
+    return model.head(model.ln_f(x))
+
+
+def fox_layer(attn, h, layer, q, k, v):
+    log_fgate = F.logsigmoid(attn.fgate(h).float()).transpose(1, 2)  # "b t h -> b h t"
+    return fox_reference(q, k, v, log_fgate)
+
+
+def sb_layer(attn, h, layer, q, k, v):
+    return sb_reference(q, k, v)
+
+
+def loss_of(out):
+    w = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    return (out * w).sum() + out.logsumexp(-1).mean()
+
+
+def check_parity(model, layer_attention, pos_T, paths):
+    x = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(2))
+    ref_pos = torch.arange(T) if pos_T is None else pos_T
+    with torch.no_grad(), attention.traced() as seen:
+        got = model(x, pos_T)
+        want = reference_forward(model, x, ref_pos, layer_attention)
+    assert set(seen) == paths, seen
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    model.train()
+    model.zero_grad()
+    loss_of(model(x, pos_T)).backward()
+    got_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    loss_of(reference_forward(model, x, ref_pos, layer_attention)).backward()
+    want_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert got_g.keys() == want_g.keys()
+    for name in got_g:
+        torch.testing.assert_close(got_g[name], want_g[name], atol=5e-5, rtol=1e-4, msg=name)
+    return got_g
+
+
+@pytest.mark.parametrize("setting", ["sdpa", "reference"])
+@pytest.mark.parametrize("at", ["default", "gapped"])
+def test_fox_matches_the_authors_forgetting_attention(at, setting):
+    model = build("fox")
+    model.attention = setting
+    grads = check_parity(model, fox_layer, None if at == "default" else GAPPED, {"mask"})
+    assert grads["blocks.0.attn.fgate.weight"].abs().sum() > 0 and grads["blocks.1.attn.fgate.bias"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("at", ["default", "gapped"])
+def test_stick_breaking_matches_the_authors_reference(at):
+    check_parity(build("stickbreaking"), sb_layer, None if at == "default" else GAPPED, {"weights"})
+
+
+def test_stick_breaking_in_chunks_equals_one_chunk(monkeypatch):
+    """The suffix sums per chunk of queries: the same weights when the queries are split (CHUNK_LOGITS small)."""
+    model = build("stickbreaking")
+    x = torch.randint(0, 50, (2, 40))
+    with torch.no_grad():
+        whole = model(x)
+        monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 40 * 3)  # 3 queries per chunk
+        torch.testing.assert_close(model(x), whole, atol=1e-6, rtol=1e-6)
+
+
+def test_fox_with_rope_adds_the_gate_to_the_rotated_logits():
+    """attn.forget on another scheme: RoPE's rotation, then the authors' decay bias (FoX with use_rope=True)."""
+    model = build("rope", {"forget": True})
+    check_parity(model, fox_layer, None, {"mask"})
+
+
+@pytest.mark.parametrize("at", ["default", "gapped"])
+def test_a_trained_window_is_the_sliding_window_mask(at):
+    model = build("rope", {"window": 5})
+    pos_T = None if at == "default" else GAPPED
+    ref_pos = torch.arange(T) if pos_T is None else pos_T
+    check_parity(model, lambda a, h, n, q, k, v: window_reference(q, k, v, ref_pos, 5), pos_T, {"mask"})
+
+
+def test_rnope_swa_rotates_and_windows_three_layers_of_four():
+    """Cohere2's pattern (sliding_window_pattern 4) and SmolLM3's no_rope_layers: layers 0-2 RoPE with the window,
+    layer 3 NoPE with full attention."""
+    model = build("rnope_swa", n_layers=4)
+    window = model.pos.window
+    assert window == 8  # window_fraction 0.5 of the training length 16
+    assert [m.window for m in model.layer_modifiers] == [8, 8, 8, None]
+    rotates = [(i + 1) % 4 != 0 for i in range(4)]  # SmolLM3Config: no_rope_layers[i] = int((i + 1) % 4 != 0)
+
+    def layer(attn, h, n, q, k, v):
+        if rotates[n]:
+            return window_reference(q, k, v, torch.arange(T), window)
+        z = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(
+            torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        return z.softmax(-1) @ v
+    x = torch.randint(0, 50, (1, T))
+    with torch.no_grad():
+        q = torch.randn(1, 4, T, 8)
+        ctx = model.pos.context(torch.arange(T), torch.arange(T))
+        assert torch.equal(model.pos.rotate(q, q, ctx.at_layer(3))[0], q)
+        assert not torch.equal(model.pos.rotate(q, q, ctx.at_layer(0))[0], q)
+    check_parity(model, layer, None, {"mask", "causal"})
+    with torch.no_grad(), attention.traced() as seen:
+        model(x)
+    assert seen == ["mask", "mask", "mask", "causal"]
+
+
+def test_rope_nope_has_no_window_and_stays_fused():
+    model = build("rope_nope", n_layers=4)
+    assert all(m.window is None for m in model.layer_modifiers)
+    with torch.no_grad(), attention.traced() as seen:
+        model(torch.randint(0, 50, (1, T)))
+    assert seen == ["causal"] * 4
+
+
+def test_window_counts_visible_keys_for_ssmax():
+    ctx = attention.AttnContext(q_pos_T=torch.arange(6), k_pos_S=torch.arange(6))
+    torch.testing.assert_close(attention.visible_log_n(ctx, 3), torch.log(torch.tensor([1.0, 2, 3, 3, 3, 3])))
+
+
+@pytest.mark.parametrize("attn, msg", [
+    ({"stickbreaking": True, "sinks": True}, "stick-breaking attention has no softmax"),
+    ({"window": 0}, "attn.window must be a positive number of tokens or null"),
+    ({"window": True}, "attn.window must be a positive number"),
+    ({"forget": "yes"}, "attn.forget must be true or false"),
+])
+def test_bad_modifiers_are_one_config_error(attn, msg):
+    with pytest.raises(ConfigError, match=msg):
+        build("rope", attn)
+
+
+def test_hybrid_settings_are_checked():
+    with pytest.raises(ConfigError, match="set window .* or window_fraction"):
+        build("rnope_swa", n_layers=4, window=4)
+    with pytest.raises(ConfigError, match="leaves no NoPE layer"):
+        build("rope_nope", n_layers=2)
+    with pytest.raises(ConfigError, match="disagree"):
+        build("rnope_swa", {"window": 3}, n_layers=4)
+
+
+def test_stick_breaking_refuses_a_remapping_extension():
+    from lenx.extensions import SelfExtend
+
+    model = build("rope", {"stickbreaking": True})
+    model.extension = SelfExtend(group=2, window=4).resolve(16)
+    with torch.no_grad(), pytest.raises(ConfigError, match="does not apply to a model trained with stick-breaking"):
+        model(torch.randint(0, 50, (1, 20)))
+
+
+def test_rows_name_the_mechanisms():
+    assert attn_label({"attn": {"forget": True, "window": 32, "ssmax": False}}) == "+forget+window32"
+    assert attn_label({"attn": {"forget": False, "window": None}}) == ""
+    assert attention.Modifiers(forget=True, window=32).label == "+forget+window32"
