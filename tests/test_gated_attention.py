@@ -7,6 +7,8 @@ Each reference below is written out from the authors' released code, not from le
   (as its output_attentions branch and the fla `naive` reference write it), causal mask, softmax;
 - stick-breaking (shawntan/stickbreaking-attention, sb_ref.py `stickbreaking(q, k, v, mask, cum_weight)` with its
   tests' ref_fwd: mask = triu(0) (attend_current=False), cum_weight = tril(-1), o + rem[..., None] * v);
+- selective attention (no authors' code; lucidrains/x-transformers attend.py `selective_attn`, applied to the logits
+  after the causal mask, no_mask_sos=True);
 - a sliding window as transformers' sliding-window causal mask: key j visible to query i iff i - window < j <= i;
 - SmolLM3's no_rope_layers: layer i rotates iff (i + 1) % interval != 0.
 Parity in outputs and gradients, at default and gapped positions (none of these reads positions but the window
@@ -72,6 +74,29 @@ def sb_reference(q, k, v):
     att = (log_z + re_cum_log_beta).exp()
     o, rem = att @ v, 1 - att.sum(dim=-1)
     return o + rem[..., None] * v
+
+
+def xt_selective_attn(sim):
+    """x-transformers' selective_attn(sim) (sim_head_gate None: the first head; no_mask_sos True), verbatim in
+    behaviour; sim (B, H, i, j) already causally masked."""
+    i, j = sim.shape[-2:]
+    gate = F.relu(sim[:, 0])
+    gate = gate.clone()
+    gate[..., -i] = 0.0
+    eye = torch.eye(i)
+    if j > i:
+        eye = F.pad(eye, (j - i, 0), value=1.0)
+    gate = (1.0 - eye) * gate
+    gate = F.pad(gate, (0, 0, 1, -1), value=0.0)
+    gate = gate.cumsum(dim=-2)
+    return sim - gate[:, None]
+
+
+def selective_layer(attn, h, layer, q, k, v):
+    T_ = q.shape[2]
+    sim = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    sim = sim.masked_fill(torch.ones(T_, T_, dtype=torch.bool).triu(1), -torch.finfo(sim.dtype).max)
+    return xt_selective_attn(sim).softmax(-1) @ v
 
 
 def window_reference(q, k, v, pos_T, window):
@@ -156,6 +181,24 @@ def test_stick_breaking_in_chunks_equals_one_chunk(monkeypatch):
         torch.testing.assert_close(model(x), whole, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("at", ["default", "gapped"])
+def test_selective_attention_matches_x_transformers(at, chunked, monkeypatch):
+    if chunked:  # 5 queries per chunk: F carried over the chunks before
+        monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * T * 5)
+    check_parity(build("selective"), selective_layer, None if at == "default" else GAPPED, {"mask"})
+
+
+def test_selective_on_rope_and_with_the_weights_path():
+    """attn.selective on RoPE: z^0 is the first head's rotated logits; stick-breaking's path hosts it too."""
+    model = build("rope", {"selective": True})
+    check_parity(model, selective_layer, None, {"mask"})
+    model = build("shaw_kv", {"selective": True})
+    with torch.no_grad(), attention.traced() as seen:
+        out = model(torch.randint(0, 50, (1, T)))
+    assert set(seen) == {"weights"} and torch.isfinite(out).all()
+
+
 def test_fox_with_rope_adds_the_gate_to_the_rotated_logits():
     """attn.forget on another scheme: RoPE's rotation, then the authors' decay bias (FoX with use_rope=True)."""
     model = build("rope", {"forget": True})
@@ -235,7 +278,7 @@ def test_stick_breaking_refuses_a_remapping_extension():
 
     model = build("rope", {"stickbreaking": True})
     model.extension = SelfExtend(group=2, window=4).resolve(16)
-    with torch.no_grad(), pytest.raises(ConfigError, match="does not apply to a model trained with stick-breaking"):
+    with torch.no_grad(), pytest.raises(ConfigError, match="does not apply to a model trained with stickbreaking"):
         model(torch.randint(0, 50, (1, 20)))
 
 

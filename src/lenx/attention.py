@@ -23,7 +23,9 @@ sink's column dropped. A path that cannot host a modifier exactly is never chose
 on "causal" (its logits are q.k alone) and the whole logits on "mask", "weights" and "extended"; sinks run as an
 extra key column (zero key and value, the sink as its mask entry) on "mask", as an extra logit column on "weights"
 and "extended". FoX's forget gate (c_i - c_j from the layer's input, in ModifierParams) and a training-time window
-add to the chunk's mask on "mask", "weights" and "extended"; stick-breaking replaces the softmax on "weights".
+add to the chunk's mask on "mask", "weights" and "extended"; stick-breaking replaces the softmax on "weights";
+selective attention (its F carried over the chunks of queries in order) subtracts from the mask on "mask" and
+"weights".
 Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
 """
 
@@ -56,6 +58,7 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     Modifiers,
     forget_bias,
     hosts,
+    selective_penalty,
     modified_softmax,
     scale_logits,
     sink_column,
@@ -135,8 +138,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
                                          if modifiers.ssmax else None}
     if ext is not None and (ext.remaps or ext.windows):  # remapped pairs, windows: logits built here, in fp32
         if not hosts("extended", modifiers):
-            raise ConfigError(f"extension {ext.name} does not apply to a model trained with stick-breaking "
-                              "attention: it remaps the logits of a softmax, which stick-breaking has not")
+            raise ConfigError(f"extension {ext.name} does not apply to a model trained with {modifiers.label[1:]}: "
+                              "it remaps or windows the logits of a softmax over each query's own keys, which "
+                              "stick-breaking has not, and selective attention's F sums over all earlier queries")
         rows = max(1, CHUNK_LOGITS // (batch * pos.n_heads * S))
         if ext.window_tokens and contiguous:  # chunks no longer than the window: each reads ~2 windows of keys
             rows = min(rows, max(64, ext.window_tokens))
@@ -257,6 +261,8 @@ def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Ten
     ("mask") or an explicit softmax whose weights the value terms read ("weights")."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
     parts = []
+    # selective attention: the sum of relu(z^0) over the queries of the chunks before, carried in query order
+    carry = {"BS": q_BHTD.new_zeros(q_BHTD.shape[0], S, dtype=torch.float32)} if plan.modifiers.selective else None
     for a in range(0, T, plan.rows):
         b = min(T, a + plan.rows)
         # Default positions: keys past the chunk's last query are future keys of all its queries; leave them out
@@ -264,15 +270,16 @@ def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Ten
         s = min(S, b) if plan.contiguous else S
         mask_Hts = None if plan.mask_HTS is None else plan.mask_HTS[:, a:b, :s]
         parts.append(attend_rows(q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], pos, ctx.rows(a, b).keys(s),
-                                 plan, mask_Hts, a, drop, params))
+                                 plan, mask_Hts, a, drop, params, carry))
     return torch.cat(parts, dim=2)
 
 
 def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor, pos: PositionalScheme,
                 ctx: AttnContext, plan: Plan, mask_Hts: torch.Tensor | None, q_start: int,
-                drop: float, params: ModifierParams | None = None) -> torch.Tensor:
+                drop: float, params: ModifierParams | None = None, carry: dict | None = None) -> torch.Tensor:
     """Attention of one chunk of queries (starting at query q_start) over s keys (with the plan's modifiers: SSMax
-    scales the chunk's whole logits, the sinks add a column)."""
+    scales the chunk's whole logits, the sinks add a column, selective attention subtracts F, whose running sum
+    over the chunks before is `carry`, updated here)."""
     mods, t = plan.modifiers, q_BHtD.shape[2]
     with torch.autocast(q_BHtD.device.type, enabled=False):  # positional terms in fp32
         if mask_Hts is None:
@@ -284,6 +291,12 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
             mask_Hts = mask_Hts.masked_fill(window_hidden(ctx.q_pos_T, ctx.k_pos_S, mods.window), float("-inf"))
         if mods.forget:  # FoX: + c_i - c_j, data-dependent, (B, H, t, s), in fp32
             mask_Hts = mask_Hts.float() + forget_bias(params, q_start, t, k_BHsD.shape[2])
+        if mods.selective:  # every head's logits - F, F from the first head's whole logits (B, t, s)
+            mask_0 = mask_Hts[..., 0, :, :] if mask_Hts.dim() == 4 else mask_Hts[0][None]
+            z0_Bts = q_BHtD[:, 0].float() @ k_BHsD[:, 0].float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5 \
+                + mask_0.float()
+            F_Bts, carry["BS"] = selective_penalty(z0_Bts, ctx, carry["BS"])
+            mask_Hts = mask_Hts.float() - F_Bts[:, None]
         c_Ht = ssmax_scale(params, plan.log_n_T[q_start:q_start + t]) if mods.ssmax else None
     _ran(plan.path)
     if plan.path == "mask":  # the fused kernel with a float mask (also carries the bias gradient)

@@ -39,6 +39,10 @@ class Modifiers:
       the query (attend_current=False, the authors' default), z the whole logits; the remainder 1 - sum_j a_ij
       weighs the query's own value (o + rem v_i, as the authors' reference). No softmax: SSMax and sinks do not
       apply to it.
+    selective: selective attention (Leviathan et al. 2025, arXiv:2410.02703, Section 3.3; no authors' code:
+      x-transformers' `selective_attn`, lucidrains/x-transformers attend.py, is the public reference followed):
+      every head's logits minus F_ij = sum over earlier queries k (j < k < i) of relu(z^0_kj), z^0 the first
+      head's whole logits; the first token (key 0) and a query's own key are never masked.
     window: a training-time sliding window (Beltagy et al. 2020, arXiv:2004.05150; Mistral's sliding_window): query
       i sees the keys at positions i - window < j <= i; None: every earlier key."""
 
@@ -46,16 +50,18 @@ class Modifiers:
     sinks: bool = False
     forget: bool = False
     stickbreaking: bool = False
+    selective: bool = False
     window: int | None = None
 
     @property
     def any(self) -> bool:
-        return self.ssmax or self.sinks or self.forget or self.stickbreaking or self.window is not None
+        return self.ssmax or self.sinks or self.forget or self.stickbreaking or self.selective \
+            or self.window is not None
 
     @property
     def label(self) -> str:
         """How rows name a model trained with these modifiers, appended to its scheme: "+ssmax", "+window32"."""
-        flags = "".join(f"+{n}" for n in ("ssmax", "sinks", "forget", "stickbreaking") if getattr(self, n))
+        flags = "".join(f"+{n}" for n in FLAGS if getattr(self, n))
         return flags + (f"+window{self.window}" if self.window is not None else "")
 
     def merged(self, other: dict, where: str) -> Modifiers:
@@ -89,10 +95,11 @@ class Modifiers:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Modifiers))
+FLAGS = tuple(n for n in FIELDS if n != "window")  # the modifiers that are on or off
 NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
 HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
-         "forget": ("mask", "weights", "extended"), "stickbreaking": ("weights",),
+         "forget": ("mask", "weights", "extended"), "stickbreaking": ("weights",), "selective": ("mask", "weights"),
          "window": ("mask", "weights", "extended")}
 
 
@@ -133,6 +140,21 @@ def forget_bias(params: ModifierParams, q_start: int, t: int, keys: torch.Tensor
 def window_hidden(q_pos_t: torch.Tensor, k_pos_s: torch.Tensor, window: int) -> torch.Tensor:
     """Keys outside each query's sliding window (i - j >= window), bool (t, s)."""
     return q_pos_t[:, None] - k_pos_s[None, :] >= window
+
+
+def selective_penalty(z0_Bts: torch.Tensor, ctx: AttnContext, carry_BS: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selective attention's F for one chunk of queries (in order: `carry_BS` holds the sum of relu(z^0) over every
+    earlier chunk's queries, (B, S) over all keys) and the carry for the next chunk. z0: the first head's fp32
+    logits for the chunk (B, t, s), -inf on hidden keys. As x-transformers' selective_attn: relu, the first key's
+    column and each query's own key zeroed, shifted one query down, cumulative over queries. F: (B, t, s)."""
+    t, s = z0_Bts.shape[-2:]
+    own_ts = ctx.k_pos_S[None, :] == ctx.q_pos_T[:, None]
+    gate = F.relu(z0_Bts.masked_fill(own_ts | (z0_Bts == float("-inf")), 0.0))
+    gate = torch.cat([gate[..., :1] * 0.0, gate[..., 1:]], dim=-1)  # the first token is never masked
+    before = F.pad(gate, (0, 0, 1, -1)).cumsum(-2)  # earlier queries of this chunk
+    F_Bts = carry_BS[:, None, :s] + before
+    return F_Bts, carry_BS + F.pad(gate.sum(-2), (0, carry_BS.shape[-1] - s))
 
 
 def stick_breaking(logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
-"""Schemes whose order comes from attention itself, not from positions: the Forgetting Transformer and
-stick-breaking attention. Both are NoPE plus an attention modifier (lenx.modifiers), brought by `attention_at`;
-the mechanisms themselves are descriptions the attention plan runs (`attn.forget`, `attn.stickbreaking` add the
-same mechanism to any other scheme).
+"""Schemes whose order comes from attention itself, not from positions: the Forgetting Transformer, stick-breaking
+attention and selective attention. Each is NoPE plus an attention modifier (lenx.modifiers), brought by
+`attention_at`; the mechanisms themselves are descriptions the attention plan runs (`attn.forget`,
+`attn.stickbreaking`, `attn.selective` add the same mechanism to any other scheme).
 """
 
 from __future__ import annotations
@@ -32,3 +32,15 @@ class StickBreaking(PositionalScheme):
 
     def attention_at(self, layer: int) -> dict:
         return {"stickbreaking": True}
+
+
+class Selective(PositionalScheme):
+    """Selective attention (Leviathan et al. 2025, arXiv:2410.02703): NoPE where each token may mask earlier tokens
+    from every later query, logits - F_ij with F_ij = sum_{j<k<i} relu(z^0_kj), z^0 the first head's logits
+    (lenx.modifiers.Modifiers.selective; no authors' code: x-transformers' selective_attn is the reference). On
+    another scheme: `attn.selective=true`."""
+
+    reads_positions = False
+
+    def attention_at(self, layer: int) -> dict:
+        return {"selective": True}
