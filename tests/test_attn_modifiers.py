@@ -221,7 +221,8 @@ def test_checkpoint_config_takes_modifiers_as_plain_booleans_only():
     from lenx.checkpoint import safe_attn_config
 
     assert safe_attn_config({"ssmax": True}) == {"ssmax": True, "sinks": False, "forget": False,
-                                                 "stickbreaking": False, "selective": False, "window": None}
+                                                 "stickbreaking": False, "selective": False, "dape": False,
+                                                 "window": None}
     for bad in ({"ssmax": "true"}, {"_target_": "os.system"}, {"sinks": {"_target_": "x"}}, ["ssmax"],
                 {"window": "${oc.env:HOME}"}, {"window": 2.5}):
         with pytest.raises(CheckpointError, match="refusing to load"):
@@ -248,6 +249,7 @@ def test_a_checkpoint_with_modifiers_rebuilds_strictly(tmp_path):
             "hyper_parameters": {"cfg": cfg}}
     again, out = rebuild(ckpt)
     assert out["attn"] == {"ssmax": True, "sinks": True, "forget": False, "stickbreaking": False, "selective": False,
+                           "dape": False,
                            "window": None} \
         and again.modifiers == model.modifiers
     cfg["attn"] = {"ssmax": True, "sinks": False}  # the checkpoint's config decides the parameters

@@ -24,8 +24,8 @@ on "causal" (its logits are q.k alone) and the whole logits on "mask", "weights"
 extra key column (zero key and value, the sink as its mask entry) on "mask", as an extra logit column on "weights"
 and "extended". FoX's forget gate (c_i - c_j from the layer's input, in ModifierParams) and a training-time window
 add to the chunk's mask on "mask", "weights" and "extended"; stick-breaking replaces the softmax on "weights";
-selective attention (its F carried over the chunks of queries in order) subtracts from the mask on "mask" and
-"weights".
+selective attention (its F carried over the chunks of queries in order) subtracts from the mask, and DAPE adds its
+MLP of the content logits and the bias, on "mask" and "weights".
 Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
 """
 
@@ -56,6 +56,8 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     NO_MODIFIERS,
     ModifierParams,
     Modifiers,
+    DAPE_WIDTH,
+    dape_term,
     forget_bias,
     hosts,
     selective_penalty,
@@ -181,7 +183,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         # (stick-breaking: the explicit path, its weights are no softmax)
         path = "weights" if pos.adds_values or modifiers.stickbreaking else "mask"
     exact = pos.adds_logits or pos.adds_values or modifiers.stickbreaking
-    return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * pos.n_heads * S)), contiguous=contiguous,
+    # DAPE's MLP holds DAPE_WIDTH values per pair (2H inputs): fewer queries per chunk
+    per_pair = pos.n_heads * max(1, 2 * DAPE_WIDTH // pos.n_heads) if modifiers.dape else pos.n_heads
+    return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * per_pair * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
                 per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad, **mods)
@@ -285,6 +289,11 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         if mask_Hts is None:
             mask_Hts = positional_mask(pos, ctx, q_start if plan.contiguous else None, plan.dtype, plan.fast)
         extra = pos.score(q_BHtD.float(), k_BHsD.float(), ctx) if pos.adds_logits else None
+        if mods.dape:  # + MLP([x, a]): x the content logits (with the scheme's content terms), a the bias
+            x_BHts = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5
+            x_BHts = x_BHts if extra is None else x_BHts + extra
+            a_Hts = mask_Hts.float().masked_fill(mask_Hts == float("-inf"), 0.0)
+            mask_Hts = mask_Hts.float() + dape_term(x_BHts, a_Hts, params.dape)
         if extra is not None:
             mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
         if mods.window is not None:  # keys before the window hidden (the mask is fp32 or the compute dtype)

@@ -110,8 +110,9 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:
         raise ConfigError(f"pos={(cfg.get('choices') or {}).get('pos', target)} does not export to transformers: "
                           "only rope and rope_partial (as GPT-NeoX) and alibi (as MPT) do")
     if any((cfg.get("attn") or {}).values()):
-        raise ConfigError("a model trained with attention modifiers (attn.ssmax / attn.sinks) does not export to "
-                          "transformers: GPT-NeoX and MPT have neither")
+        on = ", ".join(f"attn.{k}" for k, v in cfg["attn"].items() if v)
+        raise ConfigError(f"a model trained with attention modifiers ({on}) does not export to transformers: "
+                          "GPT-NeoX and MPT have none of them")
     if cfg["model"].get("bias") or not cfg["model"].get("tie_embeddings", True):
         raise ConfigError("only models with bias=false and tied embeddings export (the lenx defaults)")
     config, weights = (_neox if arch == "gpt_neox" else _mpt)(model, cfg)

@@ -46,15 +46,24 @@ class Attention(nn.Module):
             self.sink_H = nn.Parameter(torch.empty(n_heads).normal_(0.0, 0.02))
         if modifiers.forget:  # FoX's fgate_proj: Linear(C, H) with bias (init N(0, 0.02), bias 0: Decoder._init)
             self.fgate = nn.Linear(d_model, n_heads, bias=True)
+        if modifiers.dape:  # DAPE's mlp2, Linear(2H, W) -> LeakyReLU -> Linear(W, H), PyTorch's default init
+            # (U(+-1/sqrt(fan_in)) for weights and biases), as raw parameters: the Decoder's N(0, 0.02) init of
+            # Linear modules would not be the authors'
+            W, fan = attention.DAPE_WIDTH, (2 * n_heads, attention.DAPE_WIDTH)
+            self.dape_w1 = nn.Parameter(torch.empty(2 * n_heads, W).uniform_(-fan[0] ** -0.5, fan[0] ** -0.5))
+            self.dape_b1 = nn.Parameter(torch.empty(W).uniform_(-fan[0] ** -0.5, fan[0] ** -0.5))
+            self.dape_w2 = nn.Parameter(torch.empty(W, n_heads).uniform_(-fan[1] ** -0.5, fan[1] ** -0.5))
+            self.dape_b2 = nn.Parameter(torch.empty(n_heads).uniform_(-fan[1] ** -0.5, fan[1] ** -0.5))
 
     def modifier_params(self, x_BTC: torch.Tensor) -> attention.ModifierParams | None:
         """This layer's learned parameters and inputs of the attention modifiers for input x (None when it has
         none): FoX's c = cumsum_t log sigmoid(fgate(x_t)) per head, fp32 (B, H, T), as the authors' log_lambda."""
         ssmax_H, sink_H, fgate = (getattr(self, n, None) for n in ("ssmax_H", "sink_H", "fgate"))
-        if ssmax_H is None and sink_H is None and fgate is None:
+        dape = (self.dape_w1, self.dape_b1, self.dape_w2, self.dape_b2) if hasattr(self, "dape_w1") else None
+        if ssmax_H is None and sink_H is None and fgate is None and dape is None:
             return None
         c_BHT = None if fgate is None else F.logsigmoid(fgate(x_BTC).float()).transpose(1, 2).cumsum(-1)
-        return attention.ModifierParams(ssmax_H, sink_H, c_BHT)
+        return attention.ModifierParams(ssmax_H, sink_H, c_BHT, dape)
 
     def forward(self, x_BTC: torch.Tensor, pos: PositionalScheme, ctx: AttnContext,
                 plan: attention.Plan) -> torch.Tensor:

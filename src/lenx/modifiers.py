@@ -43,6 +43,10 @@ class Modifiers:
       x-transformers' `selective_attn`, lucidrains/x-transformers attend.py, is the public reference followed):
       every head's logits minus F_ij = sum over earlier queries k (j < k < i) of relu(z^0_kj), z^0 the first
       head's whole logits; the first token (key 0) and a query's own key are never masked.
+    dape: DAPE (Zheng et al. 2024, arXiv:2405.14722; chuanyang-Zheng/DAPE `AliBi_DAPE`, `ParallelKerpleLog_DAPE`):
+      logits x + a + MLP([x, a]) per query-key pair, x the content logits q.k / sqrt(D) of every head, a the
+      scheme's positional bias (0 on future keys, as the authors' tril), the MLP Linear(2H, 32) -> LeakyReLU ->
+      Linear(32, H) of each layer with PyTorch's default init (the authors' nn.Sequential `mlp2`).
     window: a training-time sliding window (Beltagy et al. 2020, arXiv:2004.05150; Mistral's sliding_window): query
       i sees the keys at positions i - window < j <= i; None: every earlier key."""
 
@@ -51,11 +55,12 @@ class Modifiers:
     forget: bool = False
     stickbreaking: bool = False
     selective: bool = False
+    dape: bool = False
     window: int | None = None
 
     @property
     def any(self) -> bool:
-        return self.ssmax or self.sinks or self.forget or self.stickbreaking or self.selective \
+        return self.ssmax or self.sinks or self.forget or self.stickbreaking or self.selective or self.dape \
             or self.window is not None
 
     @property
@@ -100,6 +105,7 @@ NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
 HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
          "forget": ("mask", "weights", "extended"), "stickbreaking": ("weights",), "selective": ("mask", "weights"),
+         "dape": ("mask", "weights"),
          "window": ("mask", "weights", "extended")}
 
 
@@ -111,6 +117,7 @@ class ModifierParams:
     ssmax_H: torch.Tensor | None = None
     sink_H: torch.Tensor | None = None
     log_forget_BHT: torch.Tensor | None = None
+    dape: tuple[torch.Tensor, ...] | None = None  # DAPE's MLP: w1 (2H, W), b1 (W,), w2 (W, H), b2 (H,)
 
 
 def hosts(path: str, modifiers: Modifiers) -> bool:
@@ -155,6 +162,18 @@ def selective_penalty(z0_Bts: torch.Tensor, ctx: AttnContext, carry_BS: torch.Te
     before = F.pad(gate, (0, 0, 1, -1)).cumsum(-2)  # earlier queries of this chunk
     F_Bts = carry_BS[:, None, :s] + before
     return F_Bts, carry_BS + F.pad(gate.sum(-2), (0, carry_BS.shape[-1] - s))
+
+
+DAPE_WIDTH = 32  # the authors' mlp_width (AliBi_DAPE's default, their configs' mlp_width)
+
+
+def dape_term(x_BHts: torch.Tensor, a_Hts: torch.Tensor, mlp: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """DAPE's MLP([x, a]) over the heads of each pair, fp32 (B, H, t, s): x the content logits, a the positional
+    bias (future keys 0), concatenated over heads (x first, as the authors' torch.cat((x, tile(a)), dim=1))."""
+    w1, b1, w2, b2 = (p.float() for p in mlp)
+    a_BHts = a_Hts.expand(x_BHts.shape[0], x_BHts.shape[1], *x_BHts.shape[2:])
+    feats = torch.cat([x_BHts, a_BHts], dim=1).permute(0, 2, 3, 1)  # (B, t, s, 2H)
+    return (F.leaky_relu(feats @ w1 + b1) @ w2 + b2).permute(0, 3, 1, 2)
 
 
 def stick_breaking(logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,7 +56,7 @@ def attn_label(cfg: dict) -> str:
     those a scheme brings itself, pos=fox's gate, are its name)."""
     attn = cfg.get("attn") or {}
     window = attn.get("window")
-    return "".join(f"+{n}" for n in ("ssmax", "sinks", "forget", "stickbreaking", "selective")
+    return "".join(f"+{n}" for n in ("ssmax", "sinks", "forget", "stickbreaking", "selective", "dape")
                    if attn.get(n) is True) + \
         (f"+window{window}" if isinstance(window, int) and not isinstance(window, bool) else "")
 
