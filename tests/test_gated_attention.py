@@ -170,7 +170,66 @@ def test_fox_matches_the_authors_forgetting_attention(at, setting):
 
 @pytest.mark.parametrize("at", ["default", "gapped"])
 def test_stick_breaking_matches_the_authors_reference(at):
-    check_parity(build("stickbreaking"), sb_layer, None if at == "default" else GAPPED, {"weights"})
+    # scoring at default positions: the reversed-keys path; gapped, and every gradient: the weights path
+    check_parity(build("stickbreaking"), sb_layer, None if at == "default" else GAPPED,
+                 {"stickbreaking"} if at == "default" else {"weights"})
+
+
+@pytest.mark.parametrize("scheme, attn", [("stickbreaking", None), ("rope", {"stickbreaking": True})])
+def test_stick_breaking_scoring_path_equals_the_weights_path(scheme, attn, monkeypatch):
+    """Scoring at default positions runs keys in reverse order, in place (path "stickbreaking"); the weights path
+    (training, `attention=reference`) gives the same logits, chunked or not."""
+    model = build(scheme, attn)
+    x = torch.randint(0, 50, (2, 70), generator=torch.Generator().manual_seed(3))
+    for rows in (None, 9):
+        if rows:
+            monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 2 * 4 * 70 * rows)
+        with torch.no_grad(), attention.traced() as seen:
+            fast = model(x)
+        assert set(seen) == {"stickbreaking"}
+        model.attention = "reference"
+        with torch.no_grad(), attention.traced() as seen:
+            ref = model(x)
+        model.attention = "sdpa"
+        assert set(seen) == {"weights"}
+        torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
+        with torch.no_grad(), attention.traced() as seen:  # gapped positions: the general path
+            model(x, torch.arange(70) * 2)
+        assert set(seen) == {"weights"}
+
+
+def test_stick_breaking_blocks_are_exact(monkeypatch):
+    """Blocks of 8 queries x 8 keys over 70 tokens: the weights path's logits."""
+    model = build("stickbreaking")
+    monkeypatch.setattr(attention, "SB_BLOCK", 8)
+    x = torch.randint(0, 50, (2, 70), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), attention.traced() as seen:
+        fast = model(x)
+    assert seen.count("stickbreaking") == 2 * 9  # 2 layers x 9 blocks of queries
+    model.attention = "reference"
+    with torch.no_grad():
+        ref = model(x)
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_stick_breaking_stops_where_the_stick_is_spent(monkeypatch):
+    """Every logit 8 (q = k = 2 * ones, D = 4: 16 / sqrt(4)): each key spends log(1 - sigmoid(8)) = -8.0003 of
+    the stick, so past ~15 keys every weight is exp(< -110) = 0 in fp32: the blocks stop there, and the output is
+    the exact one."""
+    monkeypatch.setattr(attention, "SB_BLOCK", 8)
+    T_, D = 120, 4
+    q = torch.full((1, 1, T_, D), 2.0)
+    v = torch.randn(1, 1, T_, D, generator=torch.Generator().manual_seed(5))
+    plan = attention.Plan(path="stickbreaking", rows=T_, contiguous=True, dtype=torch.float32, whole=False,
+                          per_layer=False, modifiers=attention.STICK_BREAKING)
+    calls, real = [], F.logsigmoid
+    monkeypatch.setattr(F, "logsigmoid", lambda z: calls.append(1) or real(z))
+    got = attention.attend_stick_breaking(q, q, v, plan)
+    hidden = torch.ones(T_, T_, dtype=torch.bool).triu(0)
+    w, rem = attention.stick_breaking(torch.full((1, 1, T_, T_), 8.0), hidden)
+    torch.testing.assert_close(got, w @ v + rem[..., None] * v, atol=1e-6, rtol=1e-6)
+    every = sum(min(T_, a + 8) // 8 + (min(T_, a + 8) % 8 > 0) for a in range(0, T_, 8))
+    assert len(calls) < every / 2, (len(calls), every)
 
 
 def test_stick_breaking_in_chunks_equals_one_chunk(monkeypatch):

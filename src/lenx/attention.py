@@ -14,7 +14,8 @@ channels of q and k), "toeplitz" (SDPA with a strided Toeplitz view of a distanc
 (FlexAttention with the distance bias as score_mod), "chunk_mask" (SDPA with each chunk's mask from the scheme's
 `chunk_mask`, scoring at default positions), "chunk_values" (the same with Shaw-KV's value term from SDPA's row
 normalisers), "mask" (SDPA with a float mask), "weights" (an explicit softmax: value terms read the weights),
-"extended" (a training-free extension).
+"extended" (a training-free extension), "stickbreaking" (stick-breaking scoring at default positions: blocks of
+keys in reverse order, in place, stopping where the stick is spent).
 Modifiers of attention itself (config `attn`, composable with every scheme; `Modifiers`) are part of the plan too:
 scalable softmax (Nakanishi 2025, arXiv:2501.19399) multiplies each query's whole logit vector (content and
 positional terms) by s_h log n, n the keys it sees, s_h learned per head; learned sinks (gpt-oss, transformers'
@@ -65,6 +66,7 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     scale_logits,
     sink_column,
     ssmax_scale,
+    STICK_BREAKING,
     stick_breaking,
     visible_log_n,
     window_hidden,
@@ -79,7 +81,8 @@ CHUNK_LOGITS = 1 << 25
 
 
 ATTENTION = ("sdpa", "flex", "reference")  # the `attention` setting (config, eval.attention)
-PATHS = ("causal", "features", "toeplitz", "flex", "chunk_mask", "chunk_values", "mask", "weights", "extended")
+PATHS = ("causal", "features", "toeplitz", "flex", "chunk_mask", "chunk_values", "mask", "weights", "extended",
+         "stickbreaking")
 
 
 class PlanError(RuntimeError):
@@ -176,6 +179,8 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
             # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)
     else:
         path = "causal"
+    if modifiers == STICK_BREAKING and fast and contiguous and not grad and not dropout and path == "causal":
+        path = "stickbreaking"  # scoring plain stick-breaking (no positional terms, rotation aside)
     if modifiers.any and not hosts(path, modifiers):
         # The fast paths hold a bias that cannot be scaled per query (a strided Toeplitz view, FlexAttention's
         # score_mod, ALiBi's channels: exact only unscaled, a scheme's chunk mask) or a causal kernel with no
@@ -256,6 +261,8 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
             return attend_chunk_masks(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
         case "mask" | "weights":
             return attend_general(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop, params)
+        case "stickbreaking":
+            return attend_stick_breaking(q_BHTD, k_BHSD, v_BHSD, plan)
     raise PlanError(f"unknown attention path {plan.path!r}")
 
 
@@ -337,6 +344,56 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         if pos.adds_values:
             y_BHtD = y_BHtD + pos.value(attn_BHts, ctx)
     return y_BHtD.to(v_BHsD.dtype)
+
+
+# Stick-breaking scoring: queries and keys in blocks of this many (a (B, H, 256, 256) fp32 block is 1 MiB per head)
+SB_BLOCK = 256
+# exp(x) is exactly 0 in fp32 below -103.3 (the smallest subnormal is e^-103.28): a key whose log-weight is below
+# this is no term of the fp32 sum
+SB_ZERO = -110.0
+
+
+def attend_stick_breaking(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, plan: Plan
+                          ) -> torch.Tensor:
+    """Stick-breaking scoring at default positions, no gradient, no positional terms, fp32: blocks of queries,
+    each against blocks of its keys in reverse order (the nearest first), so that the products over the keys
+    between are a running cumulative sum, computed in place (`stick_breaking_reversed_` per block, the sum carried
+    from block to block). A query's log-weight of a key is z + (that running sum), which only falls: once it is
+    below SB_ZERO minus a bound of z (|q| |k| / sqrt(D)) for every query of the block, every farther key's weight
+    is exactly 0 in fp32 and the block stops there (the stick is spent). The same weights as the "weights" path
+    (tests/test_gated_attention.py); its cost falls with how fast a trained model spends its sticks."""
+    if not (plan.contiguous and plan.modifiers == STICK_BREAKING):
+        raise PlanError("the stickbreaking path scores plain stick-breaking at default positions only")
+    T, S, D = q_BHTD.shape[2], k_BHSD.shape[2], q_BHTD.shape[-1]
+    with torch.autocast(q_BHTD.device.type, enabled=False):
+        q32 = q_BHTD.float() * D ** -0.5
+        k_rev, v_rev = k_BHSD.flip(2).float(), v_BHSD.flip(2).float()  # key S - 1 - c at c
+        z_bound_BH = q32.norm(dim=-1).amax(-1) * k_rev.norm(dim=-1).amax(-1)  # |z| <= |q| |k| / sqrt(D)
+        parts = []
+        for a in range(0, T, SB_BLOCK):
+            b = min(T, a + SB_BLOCK)
+            t, s = b - a, min(S, b)
+            q_t = q32[:, :, a:b]
+            acc_BHtD = q_t.new_zeros(*q_t.shape[:3], v_BHSD.shape[-1])
+            wsum_BHt, spent_BHt = q_t.new_zeros(q_t.shape[:3]), q_t.new_zeros(q_t.shape[:3])
+            r_t = torch.arange(t, device=q_t.device)
+            for c0 in range(0, s, SB_BLOCK):  # reversed columns c0..c1-1: keys s-1-c0 down to s-c1
+                c1 = min(s, c0 + SB_BLOCK)
+                keys = slice(S - s + c0, S - s + c1)
+                z = q_t @ k_rev[:, :, keys].transpose(-1, -2)
+                hidden_ts = (c0 + torch.arange(c1 - c0, device=z.device))[None, :] <= (s - 1 - a - r_t)[:, None]
+                z.masked_fill_(hidden_ts, 0.0)
+                log_beta = F.logsigmoid(-z).masked_fill_(hidden_ts, 0.0)
+                run = log_beta.cumsum_(-1).add_(spent_BHt[..., None])  # sum of log(1 - sigmoid) up to each key
+                spent_BHt = run[..., -1].clone()
+                weights = z.add_(run).masked_fill_(hidden_ts, float("-inf")).exp_()
+                acc_BHtD += weights @ v_rev[:, :, keys]
+                wsum_BHt += weights.sum(-1)
+                if bool((spent_BHt + z_bound_BH[..., None] < SB_ZERO).all()):
+                    break  # every farther key's weight is 0 in fp32
+            _ran("stickbreaking")
+            parts.append(acc_BHtD + (1.0 - wsum_BHt)[..., None] * v_BHSD[:, :, a:b].float())
+    return torch.cat(parts, dim=2).to(v_BHSD.dtype)
 
 
 def attend_features(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,

@@ -101,10 +101,11 @@ class Modifiers:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Modifiers))
 FLAGS = tuple(n for n in FIELDS if n != "window")  # the modifiers that are on or off
+STICK_BREAKING = Modifiers(stickbreaking=True)  # plain stick-breaking (its scoring path, lenx.attention)
 NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
 HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
-         "forget": ("mask", "weights", "extended"), "stickbreaking": ("weights",), "selective": ("mask", "weights"),
+         "forget": ("mask", "weights", "extended"), "stickbreaking": ("weights", "stickbreaking"), "selective": ("mask", "weights"),
          "dape": ("mask", "weights"),
          "window": ("mask", "weights", "extended")}
 
@@ -182,12 +183,11 @@ def stick_breaking(logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Te
     (1 - sigmoid(z_ik)), in log space as sb_ref.py (log_z + the reverse cumulative sum of log_beta, here a suffix
     sum in O(s) instead of the reference's einsum with a triangular matrix). Returns (a, 1 - sum_j a_ij)."""
     z = logits.masked_fill(hidden, 0.0)
-    log_z = F.logsigmoid(z).masked_fill(hidden, float("-inf"))
     log_beta = F.logsigmoid(-z).masked_fill(hidden, 0.0)
-    # sum over k > j of log_beta_ik: the suffix sums, shifted one key left
+    # log a_ij = log sigmoid(z_ij) + sum_{j<k<i} log_beta_ik = z_ij + sum_{k>=j} log_beta_ik (log sigmoid(z) =
+    # z + log sigmoid(-z)): the suffix sums over the visible keys, one logsigmoid and one exp per pair
     suffix = log_beta.flip(-1).cumsum(-1).flip(-1)
-    after = F.pad(suffix[..., 1:], (0, 1))
-    weights = (log_z + after).exp()
+    weights = (z + suffix).masked_fill(hidden, float("-inf")).exp()
     return weights, 1.0 - weights.sum(-1)
 
 
