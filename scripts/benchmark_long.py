@@ -1,6 +1,7 @@
 """Long-context evaluation speed and memory of every scheme, fast paths against the reference paths, in one run:
 `python scripts/benchmark_long.py [--schemes all] [--lengths 2048,8192] [--out outputs/benchmark_long.json]`
-(a scheme may carry attention modifiers: `--schemes rope+ssmax,alibi+ssmax+sinks`).
+(a scheme may carry attention modifiers: `--schemes rope+ssmax,alibi+ssmax+sinks`; `--ckpt stickbreaking=<path>`
+scores a scheme with a trained checkpoint's weights, for paths whose cost depends on them).
 
 Each scheme's model (model=tiny, trained length --train-len, random weights: speed does not depend on them) scores
 one sequence of each length twice, interleaved: with attention's fast paths for bias and content schemes (ALiBi's
@@ -25,6 +26,7 @@ import torch
 from benchlib import batches, config, eval_point, scheme_list
 from benchmark import bare_loop
 
+from lenx.checkpoint import load_model
 from lenx.errors import OutOfRangeError
 from lenx.lit import build_model
 from lenx.pos.bias import DistanceBias
@@ -40,7 +42,7 @@ def reference_paths(model):
         model.attention = before
 
 
-MODIFIERS = ("ssmax", "sinks")  # lenx.attention.Modifiers
+MODIFIERS = ("ssmax", "sinks", "forget", "stickbreaking", "selective", "dape")  # lenx.attention.Modifiers
 
 
 def with_modifiers(arg: str) -> list[str]:
@@ -126,8 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-seq-len", type=int, default=128)
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmark_long.json"))
+    ap.add_argument("--ckpt", action="append", default=[], metavar="SCHEME=PATH",
+                    help="score SCHEME with a trained checkpoint's weights (lenx.checkpoint.load_model) instead of "
+                         "random ones: for paths whose cost depends on the weights (stick-breaking's early stop)")
     args = ap.parse_args(argv)
     schemes = with_modifiers(args.schemes)
+    trained = dict(c.split("=", 1) for c in args.ckpt)
     schemes = ["rope"] + [s for s in schemes if s != "rope"]
     lengths = [int(n) for n in args.lengths.split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -140,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = {**config(base, args.train_len, 1, 1), **({"attn": {m: True for m in mods}} if mods else {})}
         torch.manual_seed(0)
         model = build_model(cfg).to(device).eval()
+        if s in trained:  # the trained weights (the same tiny architecture; checked by the strict load)
+            model = load_model(trained[s])[0].to(device).eval()
         if rope is None:  # (schemes start with rope)
             rope = model
         with torch.no_grad(), contextlib.suppress(OutOfRangeError):  # warm-up: both paths, the shortest length
