@@ -415,3 +415,59 @@ def test_rows_name_the_mechanisms():
     assert attn_label({"attn": {"forget": True, "window": 32, "ssmax": False}}) == "+forget+window32"
     assert attn_label({"attn": {"forget": False, "window": None}}) == ""
     assert attention.Modifiers(forget=True, window=32).label == "+forget+window32"
+
+
+class NoOpWindowing:
+    """An extension that windows nothing (every key visible) but is active: it sends attention down the
+    "extended" path, whose forget gate and trained window must then equal the float-mask path's."""
+
+    name, remaps, windows, window_tokens = "noop", False, True, None
+
+    def for_input(self, q_pos_T, k_pos_S):
+        return self
+
+    def active(self, q_pos_T, k_pos_S):
+        return True
+
+    def q_scale(self, q_pos_T):
+        return None
+
+    def pairs(self, i_t, j_s):
+        from lenx.extensions import Pairs
+
+        return Pairs()
+
+    def key_range(self, a, b):
+        return None
+
+
+@pytest.mark.parametrize("attn", [{"forget": True}, {"window": 5}, {"forget": True, "window": 5, "ssmax": True}])
+def test_the_extended_path_hosts_the_forget_gate_and_the_window(attn):
+    model = build("rope", attn)
+    x = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad(), attention.traced() as seen:
+        plain = model(x)
+    assert set(seen) == {"mask"}
+    model.extension = NoOpWindowing()
+    with torch.no_grad(), attention.traced() as seen:
+        extended = model(x)
+    assert set(seen) == {"extended"}
+    torch.testing.assert_close(extended, plain, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["stickbreaking", "selective"])
+def test_mechanisms_without_an_extended_path_refuse_a_windowing_extension(scheme):
+    model = build(scheme)
+    model.extension = NoOpWindowing()
+    with torch.no_grad(), pytest.raises(ConfigError, match="extension noop does not apply to a model trained with"):
+        model(torch.randint(0, 50, (1, 20)))
+
+
+def test_evaluate_refuses_such_an_extension_before_scoring():
+    from lenx.extensions import SelfExtend, check_applies
+
+    model = build("rope", {"stickbreaking": True})
+    ext = SelfExtend(group=2, window=4).resolve(16)
+    with pytest.raises(ConfigError, match="extension self_extend does not apply to a model trained with stickbreaking"):
+        check_applies(ext, model.pos, "rope", model.layer_modifiers)
+    check_applies(ext, model.pos, "rope", build("rope", {"forget": True}).layer_modifiers)  # FoX's gate: hosted

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lenx.errors import ConfigError
 from lenx.extensions import Extension
 from lenx.kernels import (
     FEATURE_POSITIONS,
@@ -67,6 +66,7 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     sink_column,
     ssmax_scale,
     STICK_BREAKING,
+    check_extended,
     stick_breaking,
     visible_log_n,
     window_hidden,
@@ -142,10 +142,7 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     mods = {} if not modifiers.any else {"modifiers": modifiers, "log_n_T": visible_log_n(ctx, modifiers.window)
                                          if modifiers.ssmax else None}
     if ext is not None and (ext.remaps or ext.windows):  # remapped pairs, windows: logits built here, in fp32
-        if not hosts("extended", modifiers):
-            raise ConfigError(f"extension {ext.name} does not apply to a model trained with {modifiers.label[1:]}: "
-                              "it remaps or windows the logits of a softmax over each query's own keys, which "
-                              "stick-breaking has not, and selective attention's F sums over all earlier queries")
+        check_extended(ext.name, modifiers)
         rows = max(1, CHUNK_LOGITS // (batch * pos.n_heads * S))
         if ext.window_tokens and contiguous:  # chunks no longer than the window: each reads ~2 windows of keys
             rows = min(rows, max(64, ext.window_tokens))

@@ -55,7 +55,7 @@ def _evaluate_checkpoint(ckpt: str, eval_cfg: dict, run_dir: Path, scalings: lis
     exts = [build_extension(e, cfg["seq_len"]) for e in (extensions or ["none"])]
     scheme = cfg.get("choices", {}).get("pos", cfg["pos"]["_target_"])
     for (model, _), (_, ext) in itertools.product(models, exts):  # ... and every extension, on every model
-        check_applies(ext, model.pos, scheme)
+        check_applies(ext, model.pos, scheme, model.layer_modifiers)
     if task is None:  # then the corpus: the tokens the checkpoint was trained on, and a split that holds the windows
         cfg = scoring_data(state, cfg, eval_cfg["split"], bool(eval_cfg.get("new_corpus", False)))
         check_eval(eval_cfg, len(data.load_tokens(cfg, eval_cfg["split"])), cfg["seq_len"])

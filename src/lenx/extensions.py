@@ -26,6 +26,7 @@ import torch
 # an `extensions=[...]` entry is built where configs are read (lenx.configs.build_extension), public here too
 from lenx.configs import build_extension as build  # noqa: F401
 from lenx.errors import ConfigError, check_int
+from lenx.modifiers import check_extended
 from lenx.pos.base import PositionalScheme
 from lenx.pos.bias import DistanceBias
 from lenx.pos.rope import Rotary
@@ -258,9 +259,14 @@ class Streaming(Extension):
         return self.C - self.sinks
 
 
-def check_applies(extension: Extension, pos, scheme: str) -> None:
-    """Refuse, before scoring, a method whose remapped distances the scheme cannot take (`logn` takes any)."""
-    if not (extension.remaps or extension.windows) or isinstance(pos, (Rotary, DistanceBias)):
+def check_applies(extension: Extension, pos, scheme: str, modifiers=()) -> None:
+    """Refuse, before scoring, a method whose remapped distances the scheme cannot take (`logn` takes any), or
+    whose path the model's attention modifiers (each layer's, `modifiers`) cannot take."""
+    if not (extension.remaps or extension.windows):
+        return
+    for mods in modifiers:
+        check_extended(extension.name, mods)
+    if isinstance(pos, (Rotary, DistanceBias)):
         return
     if type(pos) is PositionalScheme:  # NoPE: a window applies; there are no positions to remap
         if extension.windows:

@@ -127,6 +127,15 @@ def hosts(path: str, modifiers: Modifiers) -> bool:
     return all(path in HOSTS[name] for name in active)
 
 
+def check_extended(extension: str, modifiers: Modifiers) -> None:
+    """Refuse, in one line, an extension that remaps or windows keys (path "extended") on a model whose modifiers
+    that path cannot host (stick-breaking, selective attention)."""
+    if not hosts("extended", modifiers):
+        raise ConfigError(f"extension {extension} does not apply to a model trained with {modifiers.label[1:]}: "
+                          "it remaps or windows the logits of a softmax over each query's own keys, which "
+                          "stick-breaking has not, and selective attention's F sums over all earlier queries")
+
+
 def visible_log_n(ctx: AttnContext, window: int | None = None) -> torch.Tensor:
     """log n of each query, n the keys it sees: at or before its position (i + 1 at default positions), within
     the window where there is one, fp32 (T,)."""
