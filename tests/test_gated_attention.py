@@ -471,3 +471,64 @@ def test_evaluate_refuses_such_an_extension_before_scoring():
     with pytest.raises(ConfigError, match="extension self_extend does not apply to a model trained with stickbreaking"):
         check_applies(ext, model.pos, "rope", model.layer_modifiers)
     check_applies(ext, model.pos, "rope", build("rope", {"forget": True}).layer_modifiers)  # FoX's gate: hosted
+
+
+def group_rms(x, weight, H, eps):
+    """fla's group_norm_fn(is_rms_norm=True, num_groups=H) on (B, T, C)."""
+    B, T_, C = x.shape
+    g = x.view(B, T_, H, C // H)
+    return (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)).view(B, T_, C) * weight
+
+
+def shift_ref(out, alpha):
+    """The authors' token_shift test reference: x_prev = roll(x, 1) with x_prev[:, 0] = 0, per head."""
+    B, T_, C = out.shape
+    H = alpha.shape[-1]
+    x = out.view(B, T_, H, C // H)
+    x_prev = torch.roll(x, shifts=1, dims=1).clone()
+    x_prev[:, 0] = 0.0
+    return (x_prev * alpha[..., None] + x * (1.0 - alpha[..., None])).view(B, T_, C)
+
+
+def fox_pro_layer(attn, h):
+    """ForgettingAttentionLayer.forward with use_k_shift, use_v_shift, qk_norm, use_output_norm, use_output_gate
+    (ogate_act sigmoid), no RoPE; returns the layer's output (after o_proj)."""
+    B, T_, C = h.shape
+    H = attn.n_heads
+    W = attn.qkv.weight
+    q, k, v = h @ W[:C].T, h @ W[C:2 * C].T, h @ W[2 * C:].T
+    k = shift_ref(k, torch.sigmoid(attn.k_shift(h).float()))
+    v = shift_ref(v, torch.sigmoid(attn.v_shift(h).float()))
+    q, k = group_rms(q, attn.q_norm_C, H, 1e-5), group_rms(k, attn.k_norm_C, H, 1e-5)
+    q, k, v = (t.view(B, T_, H, C // H).transpose(1, 2) for t in (q, k, v))
+    o = fox_reference(q, k, v, F.logsigmoid(attn.fgate(h).float()).transpose(1, 2))
+    o = group_rms(o.transpose(1, 2).reshape(B, T_, C), attn.out_norm_C, H, 1e-6)
+    return attn.proj(torch.sigmoid(attn.out_gate(h)) * o)
+
+
+def test_fox_pro_matches_the_authors_pro_layer():
+    model = build("fox_pro")
+    with torch.no_grad():  # norms away from their ones
+        for name, p in model.named_parameters():
+            if name.endswith("_C"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    x = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(2))
+
+    def forward_ref(idx):
+        h = model.tok(idx)
+        for block in model.blocks:
+            h = h + fox_pro_layer(block.attn, block.ln1(h))
+            h = h + block.mlp(block.ln2(h))
+        return model.head(model.ln_f(h))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), forward_ref(x), atol=2e-5, rtol=1e-5)
+    model.train()
+    loss_of(model(x)).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    loss_of(forward_ref(x)).backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(got[n], p.grad, atol=5e-5, rtol=1e-4, msg=n)
+    assert {"blocks.0.attn.k_shift.weight", "blocks.1.attn.out_gate.weight", "blocks.0.attn.q_norm_C"} <= got.keys()
+    assert attention.Modifiers(forget=True, qk_norm=True).label == "+forget+qk_norm"

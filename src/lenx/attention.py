@@ -52,6 +52,7 @@ from lenx.kernels import (
     toeplitz_view,
 )
 from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifiers, ...)
+    FIELDS,
     HOSTS,
     NO_MODIFIERS,
     ModifierParams,
@@ -59,6 +60,7 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     DAPE_WIDTH,
     dape_term,
     forget_bias,
+    group_rms_norm,
     hosts,
     selective_penalty,
     modified_softmax,
@@ -68,6 +70,7 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     STICK_BREAKING,
     check_extended,
     stick_breaking,
+    token_shift,
     visible_log_n,
     window_hidden,
 )

@@ -54,6 +54,16 @@ class Attention(nn.Module):
             self.dape_b1 = nn.Parameter(torch.empty(W).uniform_(-fan[0] ** -0.5, fan[0] ** -0.5))
             self.dape_w2 = nn.Parameter(torch.empty(W, n_heads).uniform_(-fan[1] ** -0.5, fan[1] ** -0.5))
             self.dape_b2 = nn.Parameter(torch.empty(n_heads).uniform_(-fan[1] ** -0.5, fan[1] ** -0.5))
+        # FoX's "Pro" block (lenx.modifiers.Modifiers): norms init to ones, projections N(0, 0.02) (Decoder._init)
+        if modifiers.qk_norm:
+            self.q_norm_C, self.k_norm_C = nn.Parameter(torch.ones(d_model)), nn.Parameter(torch.ones(d_model))
+        if modifiers.kv_shift:
+            self.k_shift, self.v_shift = nn.Linear(d_model, n_heads, bias=False), nn.Linear(d_model, n_heads,
+                                                                                            bias=False)
+        if modifiers.output_norm:
+            self.out_norm_C = nn.Parameter(torch.ones(d_model))
+        if modifiers.output_gate:
+            self.out_gate = nn.Linear(d_model, d_model, bias=False)
 
     def modifier_params(self, x_BTC: torch.Tensor) -> attention.ModifierParams | None:
         """This layer's learned parameters and inputs of the attention modifiers for input x (None when it has
@@ -69,14 +79,34 @@ class Attention(nn.Module):
                 plan: attention.Plan) -> torch.Tensor:
         """Causal self-attention with the scheme's rotation, bias and score terms, (B, T, C) -> (B, T, C)."""
         B, T, C = x_BTC.shape
-        q_BHTD, k_BHTD, v_BHTD = self.qkv(x_BTC).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if hasattr(self, "q_norm_C") or hasattr(self, "k_shift"):  # FoX's "Pro" q, k, v (lenx.modifiers)
+            q_BHTD, k_BHTD, v_BHTD = self.pro_qkv(x_BTC)
+        else:
+            q_BHTD, k_BHTD, v_BHTD = self.qkv(x_BTC).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if plan.q_scale_T is not None:  # log-n scaling of the queries (an extension)
             q_BHTD = q_BHTD * plan.q_scale_T[:, None].to(q_BHTD.dtype)
         raw = (q_BHTD, k_BHTD)
         q_BHTD, k_BHTD = pos.rotate(q_BHTD, k_BHTD, ctx)
         y_BHTD = attention.attend(q_BHTD, k_BHTD, v_BHTD, pos, ctx, plan, self.dropout if self.training else 0.0,
                                   raw, self.modifier_params(x_BTC))
-        return self.proj(y_BHTD.transpose(1, 2).reshape(B, T, C))
+        y_BTC = y_BHTD.transpose(1, 2).reshape(B, T, C)
+        if hasattr(self, "out_norm_C"):  # FoX's output_norm (eps = norm_eps 1e-6), then its output gate
+            y_BTC = attention.group_rms_norm(y_BTC, self.out_norm_C, self.n_heads, 1e-6)
+        if hasattr(self, "out_gate"):
+            y_BTC = y_BTC * torch.sigmoid(self.out_gate(x_BTC))
+        return self.proj(y_BTC)
+
+    def pro_qkv(self, x_BTC: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v (B, H, T, D) as FoX's "Pro" layer makes them: k and v shifted, then q and k normed per head."""
+        B, T, C = x_BTC.shape
+        q_BTC, k_BTC, v_BTC = self.qkv(x_BTC).split(C, dim=-1)
+        if hasattr(self, "k_shift"):  # ShiftLinear: sigmoid of a projection of x, per head
+            k_BTC = attention.token_shift(k_BTC, torch.sigmoid(self.k_shift(x_BTC).float()), self.n_heads)
+            v_BTC = attention.token_shift(v_BTC, torch.sigmoid(self.v_shift(x_BTC).float()), self.n_heads)
+        if hasattr(self, "q_norm_C"):  # GroupRMSNorm's default eps 1e-5 (the authors pass none for q_norm / k_norm)
+            q_BTC = attention.group_rms_norm(q_BTC, self.q_norm_C, self.n_heads, 1e-5)
+            k_BTC = attention.group_rms_norm(k_BTC, self.k_norm_C, self.n_heads, 1e-5)
+        return tuple(t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q_BTC, k_BTC, v_BTC))
 
 
 class MLP(nn.Sequential):

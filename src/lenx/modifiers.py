@@ -47,6 +47,13 @@ class Modifiers:
       logits x + a + MLP([x, a]) per query-key pair, x the content logits q.k / sqrt(D) of every head, a the
       scheme's positional bias (0 on future keys, as the authors' tril), the MLP Linear(2H, 32) -> LeakyReLU ->
       Linear(32, H) of each layer with PyTorch's default init (the authors' nn.Sequential `mlp2`).
+    qk_norm, kv_shift, output_norm, output_gate: the "Pro" block of FoX (Lin et al. 2025, arXiv:2503.02130;
+      zhixuan-lin/forgetting-transformer ForgettingAttentionLayer): RMSNorm of each head's q and k with a weight per
+      channel (GroupRMSNorm, eps 1e-5) before the rotation; k and v each mixed with the previous token's by a
+      data-dependent weight per head, alpha = sigmoid(Linear(C, H, no bias)(x)), k_t <- alpha_t k_{t-1} +
+      (1 - alpha_t) k_t (ShiftLinear, k_{-1} = 0); RMSNorm of each head's output (eps 1e-6); the output times
+      sigmoid(Linear(C, C, no bias)(x)) before the output projection (glu_linear). They act outside the attention
+      kernel (every path hosts them).
     window: a training-time sliding window (Beltagy et al. 2020, arXiv:2004.05150; Mistral's sliding_window): query
       i sees the keys at positions i - window < j <= i; None: every earlier key."""
 
@@ -56,12 +63,15 @@ class Modifiers:
     stickbreaking: bool = False
     selective: bool = False
     dape: bool = False
+    qk_norm: bool = False
+    kv_shift: bool = False
+    output_norm: bool = False
+    output_gate: bool = False
     window: int | None = None
 
     @property
     def any(self) -> bool:
-        return self.ssmax or self.sinks or self.forget or self.stickbreaking or self.selective or self.dape \
-            or self.window is not None
+        return any(getattr(self, n) for n in FLAGS) or self.window is not None
 
     @property
     def label(self) -> str:
@@ -101,6 +111,7 @@ class Modifiers:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Modifiers))
 FLAGS = tuple(n for n in FIELDS if n != "window")  # the modifiers that are on or off
+LAYER_OPTIONS = ("qk_norm", "kv_shift", "output_norm", "output_gate")  # outside the kernel (FoX's "Pro" block)
 STICK_BREAKING = Modifiers(stickbreaking=True)  # plain stick-breaking (its scoring path, lenx.attention)
 NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
@@ -124,7 +135,26 @@ class ModifierParams:
 def hosts(path: str, modifiers: Modifiers) -> bool:
     """Whether `path` runs these modifiers exactly (HOSTS)."""
     active = [n for n in HOSTS if (getattr(modifiers, n) is not None if n == "window" else getattr(modifiers, n))]
+    # (the FoX "Pro" options, LAYER_OPTIONS, act on q, k, v and the output outside the kernel: no path to host)
     return all(path in HOSTS[name] for name in active)
+
+
+def group_rms_norm(x_BTC: torch.Tensor, weight_C: torch.Tensor, n_heads: int, eps: float) -> torch.Tensor:
+    """RMSNorm of each head's channels of x (B, T, C), times a weight per channel: FoX's GroupRMSNorm (fla's
+    group_norm_fn with is_rms_norm), in fp32, cast back."""
+    B, T, C = x_BTC.shape
+    xf = x_BTC.float().view(B, T, n_heads, C // n_heads)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf.view(B, T, C) * weight_C.float()).to(x_BTC.dtype)
+
+
+def token_shift(x_BTC: torch.Tensor, alpha_BTH: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """alpha_t x_{t-1} + (1 - alpha_t) x_t per head (x_{-1} = 0): FoX's ShiftLinear after its projection."""
+    B, T, C = x_BTC.shape
+    x = x_BTC.view(B, T, n_heads, C // n_heads)
+    prev = F.pad(x, (0, 0, 0, 0, 1, -1))  # x_{t-1}, zeros at t = 0
+    a = alpha_BTH[..., None].float()
+    return (prev.float() * a + x.float() * (1.0 - a)).to(x_BTC.dtype).view(B, T, C)
 
 
 def check_extended(extension: str, modifiers: Modifiers) -> None:

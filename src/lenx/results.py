@@ -56,8 +56,9 @@ def attn_label(cfg: dict) -> str:
     those a scheme brings itself, pos=fox's gate, are its name)."""
     attn = cfg.get("attn") or {}
     window = attn.get("window")
-    return "".join(f"+{n}" for n in ("ssmax", "sinks", "forget", "stickbreaking", "selective", "dape")
-                   if attn.get(n) is True) + \
+    flags = ("ssmax", "sinks", "forget", "stickbreaking", "selective", "dape", "qk_norm", "kv_shift", "output_norm",
+             "output_gate")
+    return "".join(f"+{n}" for n in flags if attn.get(n) is True) + \
         (f"+window{window}" if isinstance(window, int) and not isinstance(window, bool) else "")
 
 

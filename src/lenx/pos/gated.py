@@ -6,6 +6,8 @@ attention and selective attention. Each is NoPE plus an attention modifier (lenx
 
 from __future__ import annotations
 
+from lenx.errors import ConfigError
+from lenx.modifiers import LAYER_OPTIONS
 from lenx.pos.base import PositionalScheme
 
 
@@ -13,13 +15,20 @@ class Forgetting(PositionalScheme):
     """The Forgetting Transformer, FoX (Lin et al. 2025, arXiv:2503.02130; zhixuan-lin/forgetting-transformer,
     ForgettingAttentionLayer with fgate_type "full", use_rope false as in the paper's FoX): NoPE with a
     data-dependent forget gate per head, logits + c_i - c_j, c the cumulative sum of log sigmoid(w_h.x_t + b_h)
-    over the tokens, x the attention layer's input (lenx.modifiers.Modifiers.forget). The "Pro" block's
-    extras (QK-norm, output gate, k/v shift) are not in lenx yet."""
+    over the tokens, x the attention layer's input (lenx.modifiers.Modifiers.forget). `pro: true` (pos=fox_pro):
+    the paper's "FoX (Pro)" layer, with QK-norm, k/v shift, output norm and output gate (Modifiers' LAYER_OPTIONS;
+    the authors' Pro models also differ outside attention, which lenx's block does not follow)."""
 
     reads_positions = False  # the order is the gate's cumulative sum over tokens, not a position
 
+    def __init__(self, *, pro: bool = False, **dims) -> None:
+        super().__init__(**dims)
+        if not isinstance(pro, bool):
+            raise ConfigError(f"pro must be true or false, got {pro!r}")
+        self.pro = pro
+
     def attention_at(self, layer: int) -> dict:
-        return {"forget": True}
+        return {"forget": True, **({n: True for n in LAYER_OPTIONS} if self.pro else {})}
 
 
 class StickBreaking(PositionalScheme):
