@@ -20,12 +20,16 @@ from lenx.pos.bias import t5_relative_bucket
 
 # Schemes whose logits depend on i - j (and content) only, and the others; every scheme must be in one list.
 RELATIVE = ["alibi", "alibi_learned", "cope", "cpe", "deberta", "hope", "kerple_log", "kerple_power", "none",
-            "p_rope", "rope", "rope_partial", "sandwich", "shaw", "shaw_kv", "t5", "transformer_xl", "xpos"]
+            "p_rope", "rope", "rope_partial", "sandwich", "shaw", "shaw_kv", "t5", "transformer_xl", "xpos",
+            "fox", "fox_pro", "rnope_swa", "rope_nope", "selective", "stickbreaking"]
 NOT_RELATIVE = ["fire", "fope", "learned", "sinusoidal"]  # FIRE normalises by i; FoPE's cross terms; absolute
 # Schemes that add logit terms (attention runs in query chunks), and those that keep SDPA's causal fast path.
 CHUNKED = ["alibi", "alibi_learned", "cope", "deberta", "fire", "kerple_log", "kerple_power", "sandwich",
-           "shaw", "shaw_kv", "t5", "transformer_xl"]
-FAST = ["cpe", "fope", "hope", "learned", "none", "p_rope", "rope", "rope_partial", "sinusoidal", "xpos"]
+           "shaw", "shaw_kv", "t5", "transformer_xl", "fox", "fox_pro", "selective"]
+FAST = ["cpe", "fope", "hope", "learned", "none", "p_rope", "rope", "rope_partial", "sinusoidal", "xpos", "rope_nope"]
+# A path of their own (tests/test_gated_attention.py): rnope_swa's windowed RoPE layers beside fused NoPE layers,
+# stick-breaking's explicit weights
+OWN_PATHS = ["rnope_swa", "stickbreaking"]
 
 
 def make(scheme: str, *, d_model: int = 16, **kw) -> Decoder:
@@ -34,7 +38,7 @@ def make(scheme: str, *, d_model: int = 16, **kw) -> Decoder:
 
 def test_every_scheme_is_classified():
     assert sorted(RELATIVE + NOT_RELATIVE) == SCHEMES
-    assert sorted(CHUNKED + FAST) == SCHEMES
+    assert sorted(CHUNKED + FAST + OWN_PATHS) == SCHEMES
 
 
 # --- shift invariance ---

@@ -6,6 +6,8 @@ two query rows at a time; T5 buckets and the shared helpers are in test_zoo.py.
 
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import SCHEMES
@@ -258,11 +260,19 @@ REFERENCE = {  # scheme: (logits of the first layer, input embedding, extra conf
 }
 
 
+# Schemes whose mechanism is no softmax of positional logits, or differs per layer: their parity with the authors'
+# code (outputs and gradients, default and gapped positions) is in tests/test_gated_attention.py
+ELSEWHERE = ["fox", "fox_pro", "rnope_swa", "rope_nope", "selective", "stickbreaking"]
+
+
 def test_every_scheme_has_a_reference():
-    assert sorted(REFERENCE) == SCHEMES
+    assert sorted([*REFERENCE, *ELSEWHERE]) == SCHEMES
+    gated = (Path(__file__).parent / "test_gated_attention.py").read_text()
+    for scheme in ELSEWHERE:  # each built, and so compared with its reference, there
+        assert f'build("{scheme}"' in gated, scheme
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", sorted(REFERENCE))
 def test_parity_with_the_formula(scheme, monkeypatch):
     """The first layer's attention output == softmax(QK^T/sqrt(D) + positional terms, causal) V, by hand."""
     ref_logits, ref_embed, over = REFERENCE[scheme]
