@@ -532,3 +532,21 @@ def test_fox_pro_matches_the_authors_pro_layer():
             torch.testing.assert_close(got[n], p.grad, atol=5e-5, rtol=1e-4, msg=n)
     assert {"blocks.0.attn.k_shift.weight", "blocks.1.attn.out_gate.weight", "blocks.0.attn.q_norm_C"} <= got.keys()
     assert attention.Modifiers(forget=True, qk_norm=True).label == "+forget+qk_norm"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme, attn", [("fox", None), ("alibi", {"forget": True}), ("rope", {"window": 7}),
+                                          ("rnope_swa", None)])
+def test_flexattention_runs_the_forget_gate_and_the_window(scheme, attn):
+    """attention=flex: FoX's c_i - c_j as FlexAttention's score_mod (beside ALiBi's bias), the window in its block
+    mask; scoring on CPU (no FlexAttention backward there), the float-mask path's logits (~30 s of compilation per
+    shape)."""
+    model = build(scheme, attn, n_layers=4 if scheme == "rnope_swa" else 2)
+    x = torch.randint(0, 50, (2, 48), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = model(x)
+        model.attention = "flex"
+        with attention.traced() as seen:
+            got = model(x)
+    assert "flex" in seen and set(seen) <= {"flex", "causal"}, seen
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)

@@ -179,6 +179,8 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
             # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)
     else:
         path = "causal"
+    if attention == "flex" and flex_hosts(pos, ctx, modifiers) and not dropout and not (grad and device == "cpu"):
+        path = "flex"  # FoX's gate and a window as FlexAttention's score_mod and block mask (beside a distance bias)
     if modifiers == STICK_BREAKING and fast and contiguous and not grad and not dropout and path == "causal":
         path = "stickbreaking"  # scoring plain stick-breaking (no positional terms, rotation aside)
     if modifiers.any and not hosts(path, modifiers):
@@ -194,6 +196,15 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
                 per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad, **mods)
+
+
+def flex_hosts(pos: PositionalScheme, ctx: AttnContext, modifiers: Modifiers) -> bool:
+    """Whether FlexAttention runs these modifiers exactly: FoX's gate (a score_mod) and a window (the block mask),
+    alone or with a bias of the distance; nothing else (no content or value terms, no other modifier)."""
+    others = dataclasses.replace(modifiers, forget=False, window=None)
+    plain = not (pos.adds_bias or pos.adds_logits or pos.adds_values) or (
+        isinstance(ctx, DistanceContext) and not pos.adds_logits and not pos.adds_values)
+    return (modifiers.forget or modifiers.window is not None) and not others.any and plain
 
 
 # Which kernel: a bias given as data (lenx.pos.bias.DistanceContext) and the positions decide.
@@ -252,7 +263,7 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
                 q_BHTD = q_BHTD * ssmax_scale(params, plan.log_n_T)[..., None].to(q_BHTD.dtype)
             return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
         case "flex":
-            return attend_flex(q_BHTD, k_BHSD, v_BHSD, ctx)
+            return attend_flex(q_BHTD, k_BHSD, v_BHSD, ctx, plan, params)
         case "features":
             return attend_features(q_BHTD, k_BHSD, v_BHSD, pos, ctx, drop)
         case "toeplitz":
@@ -422,21 +433,33 @@ def compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def attend_flex(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-    """FlexAttention (torch.nn.attention.flex_attention, compiled) with the distance bias as its score_mod and
-    causality by position as its block mask: fused, with no mask tensor, on CUDA as on CPU. Each new length
-    compiles once (seconds on a GPU, ~30 s on a CPU)."""
+def attend_flex(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, ctx: AttnContext,
+                plan: Plan | None = None, params: ModifierParams | None = None) -> torch.Tensor:
+    """FlexAttention (torch.nn.attention.flex_attention, compiled) with the distance bias (and FoX's c_i - c_j)
+    as its score_mod and causality by position (and a trained window) as its block mask: fused, with no mask
+    tensor, on CUDA as on CPU. Each new length compiles once (seconds on a GPU, ~30 s on a CPU)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
-    bias_HR, q_pos_T, k_pos_S = ctx.bias_HR, ctx.q_pos_T, ctx.k_pos_S
-    last = bias_HR.shape[1] - 1
+    q_pos_T, k_pos_S = ctx.q_pos_T, ctx.k_pos_S
+    mods = NO_MODIFIERS if plan is None else plan.modifiers
+    if not isinstance(ctx, DistanceContext) and not mods.forget and mods.window is None:
+        raise PlanError("the flex path needs a bias of the distance, FoX's gate or a window")
+    bias_HR = ctx.bias_HR if isinstance(ctx, DistanceContext) else None
+    last = None if bias_HR is None else bias_HR.shape[1] - 1
+    c_BHT = params.log_forget_BHT if mods.forget else None
+    window = mods.window
 
     def score_mod(score, b, h, i, j):
-        return score + bias_HR[h, (q_pos_T[i] - k_pos_S[j]).clamp(0, last)]
+        if bias_HR is not None:
+            score = score + bias_HR[h, (q_pos_T[i] - k_pos_S[j]).clamp(0, last)]
+        if c_BHT is not None:
+            score = score + (c_BHT[b, h, i] - c_BHT[b, h, j])
+        return score
 
     def causal(b, h, i, j):
-        return k_pos_S[j] <= q_pos_T[i]
+        seen = k_pos_S[j] <= q_pos_T[i]
+        return seen if window is None else seen & (q_pos_T[i] - k_pos_S[j] < window)
 
     block = create_block_mask(causal, None, None, T, S, device=q_BHTD.device)
     _ran("flex")

@@ -116,9 +116,9 @@ STICK_BREAKING = Modifiers(stickbreaking=True)  # plain stick-breaking (its scor
 NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
 HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
-         "forget": ("mask", "weights", "extended"), "stickbreaking": ("weights", "stickbreaking"), "selective": ("mask", "weights"),
+         "forget": ("mask", "weights", "extended", "flex"), "stickbreaking": ("weights", "stickbreaking"), "selective": ("mask", "weights"),
          "dape": ("mask", "weights"),
-         "window": ("mask", "weights", "extended")}
+         "window": ("mask", "weights", "extended", "flex")}
 
 
 @dataclass(frozen=True)
