@@ -9,8 +9,8 @@ nonoverlapping and sliding on 16384 targets) with one scheme or mechanism in pla
 Runs go two at a time (one thread each) from a queue (JOBS below): a run whose directory holds `.study_done` is
 skipped, one cut short resumes from its last.ckpt (train.py's resume=auto), so rerunning the script continues a
 study. A runner claims a run (`.study_claim`, created exclusively) before it starts it, so that two runners can
-share one queue (a second started with --jobs 1 when the first has a free core); after a crash, delete the stale
-claims of the runs that did not finish. Each run's code is the commit its `tree` names (a frozen `git worktree` at LENX_TREE_<name>, default this
+share one queue (a second started with --jobs 1 --threads 1 when the first has a free core); after a crash,
+delete the stale claims of the runs that did not finish. Each run's code is the commit its `tree` names (a frozen `git worktree` at LENX_TREE_<name>, default this
 checkout), so the rows record a clean SHA. Wall time per run: in each run's `study.log`; the total in
 `<runs>/wall_time.txt`.
 """
@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs", default="multirun/mechanisms_cpu")
     ap.add_argument("--only", nargs="*", default=None, help="names of JOBS to run (default: all)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per run (default: the cores / --jobs); with two runners sharing the "
+                         "machine give each --threads 1, or the runs' threads outnumber the cores (spin-waits)")
     args = ap.parse_args()
     runs = (ROOT / args.runs).resolve()
     runs.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"run.py: unknown names {unknown}; known: {list(JOBS)}")
     queue = [(n, s) for n in names for s in SEEDS if not (runs / f"{n}_s{s}" / ".study_done").exists()]
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.jobs)))
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     start, running = time.time(), {}
     print(f"run.py: {len(queue)} runs to go in {runs}", flush=True)
     while queue or running:
