@@ -51,7 +51,9 @@ def compose_train(overrides, run_dir):
 
 # Settings the per-layer hybrids need in the tests' 2-layer models: NoPE on every 2nd layer (their default, every
 # 4th, needs 4 layers and refuses fewer)
-SMALL_MODEL = {"rope_nope": {"nope_every": 2}, "rnope_swa": {"nope_every": 2}}
+# (iRoPE: its temperature from position 15 on, so that it acts within the tests' lengths)
+SMALL_MODEL = {"rope_nope": {"nope_every": 2}, "rnope_swa": {"nope_every": 2},
+               "irope": {"nope_every": 2, "temperature_floor": 16}}
 
 
 def small_model_overrides(scheme: str) -> list[str]:

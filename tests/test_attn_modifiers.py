@@ -220,7 +220,7 @@ def test_run_ids_are_unchanged_without_modifiers_and_change_with_them(tmp_path):
 def test_checkpoint_config_takes_modifiers_as_plain_booleans_only():
     from lenx.checkpoint import safe_attn_config
 
-    assert safe_attn_config({"ssmax": True}) == {**{n: False for n in attention.FIELDS}, "ssmax": True,
+    assert safe_attn_config({"ssmax": True}) == {**{n: False for n in attention.FIELDS}, "ssmax": True, "chunk": None,
                                                  "window": None}
     for bad in ({"ssmax": "true"}, {"_target_": "os.system"}, {"sinks": {"_target_": "x"}}, ["ssmax"],
                 {"window": "${oc.env:HOME}"}, {"window": 2.5}):
@@ -247,7 +247,8 @@ def test_a_checkpoint_with_modifiers_rebuilds_strictly(tmp_path):
     ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
             "hyper_parameters": {"cfg": cfg}}
     again, out = rebuild(ckpt)
-    assert out["attn"] == {**{n: False for n in attention.FIELDS}, "ssmax": True, "sinks": True, "window": None} \
+    assert out["attn"] == {**{n: False for n in attention.FIELDS}, "ssmax": True, "sinks": True, "window": None,
+                           "chunk": None} \
         and again.modifiers == model.modifiers
     cfg["attn"] = {"ssmax": True, "sinks": False}  # the checkpoint's config decides the parameters
     with pytest.raises(CheckpointError, match="does not match"):

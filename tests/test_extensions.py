@@ -15,7 +15,7 @@ from lenx.extensions import LMInfinite, LogN, ReRoPE, SelfExtend, Streaming
 from lenx.pos.base import PositionalScheme
 
 L = 16
-APPLIES = ["rope", "rope_partial", "xpos", "p_rope", "hope", "rope_nope", "rnope_swa", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich"]  # (the hybrids: rotary on their RoPE layers)
+APPLIES = ["rope", "rope_partial", "xpos", "p_rope", "hope", "rope_nope", "rnope_swa", "irope", "alibi", "alibi_learned", "t5", "kerple_log", "kerple_power", "sandwich"]  # (the hybrids: rotary on their RoPE layers)
 
 
 def ids(n, seed=0):

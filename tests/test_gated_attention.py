@@ -536,12 +536,12 @@ def test_fox_pro_matches_the_authors_pro_layer():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme, attn", [("fox", None), ("alibi", {"forget": True}), ("rope", {"window": 7}),
-                                          ("rnope_swa", None)])
+                                          ("rnope_swa", None), ("irope", None)])
 def test_flexattention_runs_the_forget_gate_and_the_window(scheme, attn):
     """attention=flex: FoX's c_i - c_j as FlexAttention's score_mod (beside ALiBi's bias), the window in its block
     mask; scoring on CPU (no FlexAttention backward there), the float-mask path's logits (~30 s of compilation per
     shape)."""
-    model = build(scheme, attn, n_layers=4 if scheme == "rnope_swa" else 2)
+    model = build(scheme, attn, n_layers=4 if scheme in ("rnope_swa", "irope") else 2)
     x = torch.randint(0, 50, (2, 48), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = model(x)
@@ -550,3 +550,47 @@ def test_flexattention_runs_the_forget_gate_and_the_window(scheme, attn):
             got = model(x)
     assert "flex" in seen and set(seen) <= {"flex", "causal"}, seen
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def llama4_reference(q, k, v, pos_T, chunk):
+    """transformers' chunked attention: causal_mask_function & chunked_overlay (left_padding 0), by position."""
+    d = pos_T[:, None] - pos_T[None, :]
+    visible = (d >= 0) & (pos_T[None, :] // chunk == pos_T[:, None] // chunk)
+    z = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~visible, float("-inf"))
+    return z.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("at", ["default", "gapped"])
+def test_irope_chunks_its_rope_layers_and_tunes_the_nope_temperature(at):
+    """Llama 4's pattern: layers 0-2 RoPE with chunked attention (chunk_fraction 0.5 of 16: chunks of 8), layer 3
+    NoPE, full attention, queries times Llama4TextAttention's attn_scales (floor_scale 4 here, so that it acts)."""
+    model = build("irope", n_layers=4, temperature_floor=4, temperature_scale=0.3)
+    assert [m.chunk for m in model.layer_modifiers] == [8, 8, 8, None]
+    pos_T = None if at == "default" else GAPPED
+    ref_pos = torch.arange(T) if pos_T is None else pos_T
+
+    def layer(attn, h, n, q, k, v):
+        if n < 3:
+            return llama4_reference(q, k, v, ref_pos, 8)
+        # full causal attention (the queries come scaled by the scheme's `rotate`, whose scale is checked
+        # against Llama4TextAttention's formula below)
+        z = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(ref_pos[None, :] > ref_pos[:, None],
+                                                                            float("-inf"))
+        return z.softmax(-1) @ v
+    check_parity(model, layer, pos_T, {"mask", "causal"})
+    q = torch.ones(1, 1, 6, 4)
+    ctx = model.pos.context(torch.tensor([0, 2, 3, 7, 8, 20]), torch.tensor([0, 2, 3, 7, 8, 20]))
+    scaled = model.pos.rotate(q, q, ctx.at_layer(3))[0][0, 0, :, 0]
+    # log1p(floor((p + 1) / 4)) * 0.3 + 1 at p = 0, 2, 3, 7, 8, 20: floors 0, 0, 1, 2, 2, 5
+    want = torch.log1p(torch.tensor([0.0, 0, 1, 2, 2, 5])) * 0.3 + 1
+    torch.testing.assert_close(scaled, want)
+
+
+def test_chunked_attention_as_a_modifier_and_its_label():
+    model = build("rope", {"chunk": 5})
+    check_parity(model, lambda a, h, n, q, k, v: llama4_reference(q, k, v, torch.arange(T), 5), None, {"mask"})
+    assert attention.Modifiers(chunk=5).label == "+chunk5" and attn_label({"attn": {"chunk": 5}}) == "+chunk5"
+    ctx = attention.AttnContext(q_pos_T=torch.arange(7), k_pos_S=torch.arange(7))
+    torch.testing.assert_close(attention.visible_log_n(ctx, None, 3), torch.log(torch.tensor([1.0, 2, 3, 1, 2, 3, 1])))
+    with pytest.raises(ConfigError, match="not both"):
+        build("irope", n_layers=4, window=4)

@@ -271,7 +271,7 @@ def test_disk_full_line_names_the_file(tmp_path, capsys, monkeypatch):
     ("ckpt_every=-1", "ckpt_every must be a positive integer"),
     ("model.dropout=1.5", r"model.dropout must be a probability in \[0, 1\)"),
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be a positive integer"),
-    ("+pos/scaling=pi", r"pos/scaling does not apply to pos=alibi: only \['hope', 'p_rope', 'rnope_swa', 'rope', 'rope_nope', 'rope_partial', 'xpos'\] take"),
+    ("+pos/scaling=pi", r"pos/scaling does not apply to pos=alibi: only \['hope', 'irope', 'p_rope', 'rnope_swa', 'rope', 'rope_nope', 'rope_partial', 'xpos'\] take"),
     ("eval.split=bogus", "eval.split must be one of"),
 ])
 def test_bad_values_are_refused_before_any_work(tmp_path, tree, cache, override, match):

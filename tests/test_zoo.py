@@ -22,14 +22,15 @@ from lenx.pos.bias import t5_relative_bucket
 RELATIVE = ["alibi", "alibi_learned", "cope", "cpe", "deberta", "hope", "kerple_log", "kerple_power", "none",
             "p_rope", "rope", "rope_partial", "sandwich", "shaw", "shaw_kv", "t5", "transformer_xl", "xpos",
             "fox", "fox_pro", "rnope_swa", "rope_nope", "selective", "stickbreaking"]
-NOT_RELATIVE = ["fire", "fope", "learned", "sinusoidal"]  # FIRE normalises by i; FoPE's cross terms; absolute
+NOT_RELATIVE = ["fire", "fope", "learned", "sinusoidal", "irope"]  # FIRE normalises by i; FoPE's cross terms;
+# absolute; iRoPE's temperature on its NoPE layers reads the query's position
 # Schemes that add logit terms (attention runs in query chunks), and those that keep SDPA's causal fast path.
 CHUNKED = ["alibi", "alibi_learned", "cope", "deberta", "fire", "kerple_log", "kerple_power", "sandwich",
            "shaw", "shaw_kv", "t5", "transformer_xl", "fox", "fox_pro", "selective"]
 FAST = ["cpe", "fope", "hope", "learned", "none", "p_rope", "rope", "rope_partial", "sinusoidal", "xpos", "rope_nope"]
-# A path of their own (tests/test_gated_attention.py): rnope_swa's windowed RoPE layers beside fused NoPE layers,
-# stick-breaking's explicit weights
-OWN_PATHS = ["rnope_swa", "stickbreaking"]
+# A path of their own (tests/test_gated_attention.py): rnope_swa's windowed (irope's chunked) RoPE layers beside
+# fused NoPE layers, stick-breaking's explicit weights
+OWN_PATHS = ["irope", "rnope_swa", "stickbreaking"]
 
 
 def make(scheme: str, *, d_model: int = 16, **kw) -> Decoder:

@@ -262,7 +262,7 @@ REFERENCE = {  # scheme: (logits of the first layer, input embedding, extra conf
 
 # Schemes whose mechanism is no softmax of positional logits, or differs per layer: their parity with the authors'
 # code (outputs and gradients, default and gapped positions) is in tests/test_gated_attention.py
-ELSEWHERE = ["fox", "fox_pro", "rnope_swa", "rope_nope", "selective", "stickbreaking"]
+ELSEWHERE = ["fox", "fox_pro", "irope", "rnope_swa", "rope_nope", "selective", "stickbreaking"]
 
 
 def test_every_scheme_has_a_reference():

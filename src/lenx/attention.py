@@ -142,8 +142,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     ext = None if extension is None else extension.for_input(ctx.q_pos_T, ctx.k_pos_S)  # e.g. Self-Extend's G
     ext = ext if ext is not None and ext.active(ctx.q_pos_T, ctx.k_pos_S) else None
     q_scale_T = None if ext is None else ext.q_scale(ctx.q_pos_T)
-    mods = {} if not modifiers.any else {"modifiers": modifiers, "log_n_T": visible_log_n(ctx, modifiers.window)
-                                         if modifiers.ssmax else None}
+    mods = {} if not modifiers.any else {
+        "modifiers": modifiers,
+        "log_n_T": visible_log_n(ctx, modifiers.window, modifiers.chunk) if modifiers.ssmax else None}
     if ext is not None and (ext.remaps or ext.windows):  # remapped pairs, windows: logits built here, in fp32
         check_extended(ext.name, modifiers)
         rows = max(1, CHUNK_LOGITS // (batch * pos.n_heads * S))
@@ -201,10 +202,11 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
 def flex_hosts(pos: PositionalScheme, ctx: AttnContext, modifiers: Modifiers) -> bool:
     """Whether FlexAttention runs these modifiers exactly: FoX's gate (a score_mod) and a window (the block mask),
     alone or with a bias of the distance; nothing else (no content or value terms, no other modifier)."""
-    others = dataclasses.replace(modifiers, forget=False, window=None)
+    others = dataclasses.replace(modifiers, forget=False, window=None, chunk=None)
     plain = not (pos.adds_bias or pos.adds_logits or pos.adds_values) or (
         isinstance(ctx, DistanceContext) and not pos.adds_logits and not pos.adds_values)
-    return (modifiers.forget or modifiers.window is not None) and not others.any and plain
+    return (modifiers.forget or modifiers.window is not None or modifiers.chunk is not None) and not others.any \
+        and plain
 
 
 # Which kernel: a bias given as data (lenx.pos.bias.DistanceContext) and the positions decide.
@@ -314,8 +316,9 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
             mask_Hts = mask_Hts.float() + dape_term(x_BHts, a_Hts, params.dape)
         if extra is not None:
             mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
-        if mods.window is not None:  # keys before the window hidden (the mask is fp32 or the compute dtype)
-            mask_Hts = mask_Hts.masked_fill(window_hidden(ctx.q_pos_T, ctx.k_pos_S, mods.window), float("-inf"))
+        if mods.window is not None or mods.chunk is not None:  # keys outside the window or chunk hidden
+            mask_Hts = mask_Hts.masked_fill(window_hidden(ctx.q_pos_T, ctx.k_pos_S, mods.window, mods.chunk),
+                                            float("-inf"))
         if mods.forget:  # FoX: + c_i - c_j, data-dependent, (B, H, t, s), in fp32
             mask_Hts = mask_Hts.float() + forget_bias(params, q_start, t, k_BHsD.shape[2])
         if mods.selective:  # every head's logits - F, F from the first head's whole logits (B, t, s)
@@ -443,12 +446,12 @@ def attend_flex(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
     q_pos_T, k_pos_S = ctx.q_pos_T, ctx.k_pos_S
     mods = NO_MODIFIERS if plan is None else plan.modifiers
-    if not isinstance(ctx, DistanceContext) and not mods.forget and mods.window is None:
-        raise PlanError("the flex path needs a bias of the distance, FoX's gate or a window")
+    if not isinstance(ctx, DistanceContext) and not mods.forget and mods.window is None and mods.chunk is None:
+        raise PlanError("the flex path needs a bias of the distance, FoX's gate, a window or chunks")
     bias_HR = ctx.bias_HR if isinstance(ctx, DistanceContext) else None
     last = None if bias_HR is None else bias_HR.shape[1] - 1
     c_BHT = params.log_forget_BHT if mods.forget else None
-    window = mods.window
+    window, chunk = mods.window, mods.chunk
 
     def score_mod(score, b, h, i, j):
         if bias_HR is not None:
@@ -459,7 +462,11 @@ def attend_flex(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor
 
     def causal(b, h, i, j):
         seen = k_pos_S[j] <= q_pos_T[i]
-        return seen if window is None else seen & (q_pos_T[i] - k_pos_S[j] < window)
+        if window is not None:
+            seen = seen & (q_pos_T[i] - k_pos_S[j] < window)
+        if chunk is not None:
+            seen = seen & (q_pos_T[i] // chunk == k_pos_S[j] // chunk)
+        return seen
 
     block = create_block_mask(causal, None, None, T, S, device=q_BHTD.device)
     _ran("flex")
@@ -557,8 +564,8 @@ def attend_extended(q_BHTD, k_BHSD, v_BHSD, raw, pos: PositionalScheme, ctx: Att
             hidden_ts = j_s[None, :] > i_t[:, None]
             if pairs.visible_ts is not None:
                 hidden_ts = hidden_ts | ~pairs.visible_ts
-            if plan.modifiers.window is not None:  # the trained window, beside the extension's
-                hidden_ts = hidden_ts | window_hidden(i_t, j_s, plan.modifiers.window)
+            if plan.modifiers.window is not None or plan.modifiers.chunk is not None:  # the trained window / chunks
+                hidden_ts = hidden_ts | window_hidden(i_t, j_s, plan.modifiers.window, plan.modifiers.chunk)
             if plan.modifiers.forget:
                 logits = logits + forget_bias(params, a, b - a, keys)
             logits = logits.masked_fill(hidden_ts, float("-inf"))

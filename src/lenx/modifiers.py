@@ -54,6 +54,8 @@ class Modifiers:
       (1 - alpha_t) k_t (ShiftLinear, k_{-1} = 0); RMSNorm of each head's output (eps 1e-6); the output times
       sigmoid(Linear(C, C, no bias)(x)) before the output projection (glu_linear). They act outside the attention
       kernel (every path hosts them).
+    chunk: chunked attention (Llama 4's attention_chunk_size; transformers' chunked_overlay): query i sees the
+      keys j <= i with j // chunk == i // chunk (by position); None: no chunks.
     window: a training-time sliding window (Beltagy et al. 2020, arXiv:2004.05150; Mistral's sliding_window): query
       i sees the keys at positions i - window < j <= i; None: every earlier key."""
 
@@ -68,24 +70,25 @@ class Modifiers:
     output_norm: bool = False
     output_gate: bool = False
     window: int | None = None
+    chunk: int | None = None
 
     @property
     def any(self) -> bool:
-        return any(getattr(self, n) for n in FLAGS) or self.window is not None
+        return any(getattr(self, n) for n in FLAGS) or any(getattr(self, n) is not None for n in SIZES)
 
     @property
     def label(self) -> str:
         """How rows name a model trained with these modifiers, appended to its scheme: "+ssmax", "+window32"."""
         flags = "".join(f"+{n}" for n in FLAGS if getattr(self, n))
-        return flags + (f"+window{self.window}" if self.window is not None else "")
+        return flags + "".join(f"+{n}{getattr(self, n)}" for n in SIZES if getattr(self, n) is not None)
 
     def merged(self, other: dict, where: str) -> Modifiers:
         """These modifiers with those a scheme brings (`other`: a scheme's `attention_at(layer)`), checked."""
-        if "window" in other and self.window is not None and other["window"] != self.window:
-            raise ConfigError(f"attn.window={self.window} and {where}'s window {other['window']} disagree: "
-                              "set one of them")
+        for n in SIZES:
+            if other.get(n) is not None and getattr(self, n) is not None and other[n] != getattr(self, n):
+                raise ConfigError(f"attn.{n}={getattr(self, n)} and {where}'s {n} {other[n]} disagree: set one of them")
         return Modifiers.from_config({**dataclasses.asdict(self), **{k: v for k, v in other.items()
-                                                                      if v or k == "window"}}, where)
+                                                                      if v or k in SIZES and v is not None}}, where)
 
     @classmethod
     def from_config(cls, attn, where: str = "attn") -> Modifiers:
@@ -98,9 +101,9 @@ class Modifiers:
         for key, value in attn.items():
             if key not in FIELDS:
                 raise ConfigError(f"{where}.{key} is not an attention modifier ({', '.join(FIELDS)})")
-            if key == "window":
+            if key in SIZES:
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                    raise ConfigError(f"{where}.window must be a positive number of tokens or null, got {value!r}")
+                    raise ConfigError(f"{where}.{key} must be a positive number of tokens or null, got {value!r}")
             elif not isinstance(value, bool):
                 raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
         if attn.get("stickbreaking") and (attn.get("ssmax") or attn.get("sinks")):
@@ -110,7 +113,8 @@ class Modifiers:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Modifiers))
-FLAGS = tuple(n for n in FIELDS if n != "window")  # the modifiers that are on or off
+SIZES = ("window", "chunk")  # the modifiers that are a number of tokens (None: off)
+FLAGS = tuple(n for n in FIELDS if n not in SIZES)  # the modifiers that are on or off
 LAYER_OPTIONS = ("qk_norm", "kv_shift", "output_norm", "output_gate")  # outside the kernel (FoX's "Pro" block)
 STICK_BREAKING = Modifiers(stickbreaking=True)  # plain stick-breaking (its scoring path, lenx.attention)
 NO_MODIFIERS = Modifiers()
@@ -118,7 +122,7 @@ NO_MODIFIERS = Modifiers()
 HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
          "forget": ("mask", "weights", "extended", "flex"), "stickbreaking": ("weights", "stickbreaking"), "selective": ("mask", "weights"),
          "dape": ("mask", "weights"),
-         "window": ("mask", "weights", "extended", "flex")}
+         "window": ("mask", "weights", "extended", "flex"), "chunk": ("mask", "weights", "extended", "flex")}
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class ModifierParams:
 
 def hosts(path: str, modifiers: Modifiers) -> bool:
     """Whether `path` runs these modifiers exactly (HOSTS)."""
-    active = [n for n in HOSTS if (getattr(modifiers, n) is not None if n == "window" else getattr(modifiers, n))]
+    active = [n for n in HOSTS if (getattr(modifiers, n) is not None if n in SIZES else getattr(modifiers, n))]
     # (the FoX "Pro" options, LAYER_OPTIONS, act on q, k, v and the output outside the kernel: no path to host)
     return all(path in HOSTS[name] for name in active)
 
@@ -166,13 +170,15 @@ def check_extended(extension: str, modifiers: Modifiers) -> None:
                           "stick-breaking has not, and selective attention's F sums over all earlier queries")
 
 
-def visible_log_n(ctx: AttnContext, window: int | None = None) -> torch.Tensor:
+def visible_log_n(ctx: AttnContext, window: int | None = None, chunk: int | None = None) -> torch.Tensor:
     """log n of each query, n the keys it sees: at or before its position (i + 1 at default positions), within
-    the window where there is one, fp32 (T,)."""
+    the window and the chunk where there are ones, fp32 (T,)."""
     keys_S = ctx.k_pos_S.sort().values
     n_T = torch.searchsorted(keys_S, ctx.q_pos_T, right=True)
     if window is not None:
         n_T = n_T - torch.searchsorted(keys_S, ctx.q_pos_T - window, right=True)
+    if chunk is not None:  # keys before the query's chunk
+        n_T = n_T - torch.searchsorted(keys_S, ctx.q_pos_T // chunk * chunk, right=False)
     return n_T.float().log()
 
 
@@ -184,9 +190,16 @@ def forget_bias(params: ModifierParams, q_start: int, t: int, keys: torch.Tensor
     return c_BHT[:, :, q_start:q_start + t, None] - c_k[:, :, None, :]
 
 
-def window_hidden(q_pos_t: torch.Tensor, k_pos_s: torch.Tensor, window: int) -> torch.Tensor:
-    """Keys outside each query's sliding window (i - j >= window), bool (t, s)."""
-    return q_pos_t[:, None] - k_pos_s[None, :] >= window
+def window_hidden(q_pos_t: torch.Tensor, k_pos_s: torch.Tensor, window: int | None, chunk: int | None = None
+                  ) -> torch.Tensor:
+    """Keys outside each query's sliding window (i - j >= window) or chunk (j // chunk != i // chunk), bool
+    (t, s) (all False where both are None)."""
+    hidden = torch.zeros(len(q_pos_t), len(k_pos_s), dtype=torch.bool, device=q_pos_t.device)
+    if window is not None:
+        hidden |= q_pos_t[:, None] - k_pos_s[None, :] >= window
+    if chunk is not None:
+        hidden |= q_pos_t[:, None] // chunk != k_pos_s[None, :] // chunk
+    return hidden
 
 
 def selective_penalty(z0_Bts: torch.Tensor, ctx: AttnContext, carry_BS: torch.Tensor

@@ -55,11 +55,11 @@ def attn_label(cfg: dict) -> str:
     "+ssmax", "+sinks", "+ssmax+sinks", "+forget", "+window32", "" for none (as lenx.modifiers.Modifiers.label;
     those a scheme brings itself, pos=fox's gate, are its name)."""
     attn = cfg.get("attn") or {}
-    window = attn.get("window")
     flags = ("ssmax", "sinks", "forget", "stickbreaking", "selective", "dape", "qk_norm", "kv_shift", "output_norm",
              "output_gate")
     return "".join(f"+{n}" for n in flags if attn.get(n) is True) + \
-        (f"+window{window}" if isinstance(window, int) and not isinstance(window, bool) else "")
+        "".join(f"+{n}{attn[n]}" for n in ("window", "chunk")
+                if isinstance(attn.get(n), int) and not isinstance(attn.get(n), bool))
 
 
 def extension_label(r: dict) -> str:
