@@ -31,7 +31,14 @@ import yaml
 from aggregate import _plt, check_root, mean_ci, out_dir, read_text, save_png, write_csv
 
 from lenx.errors import LenxError, user_errors
-from lenx.results import atomic_write_text, extension_label, positions_name, scaling_name, scheme_label
+from lenx.results import (
+    atomic_write_text,
+    attn_label,
+    extension_label,
+    positions_name,
+    scaling_name,
+    scheme_label,
+)
 from lenx.runid import run_id
 
 METRIC = re.compile(r"^(extrap/ppl|task/acc)_(\d+)x$")
@@ -45,7 +52,9 @@ def metric_order(metric: str) -> tuple:
 
 def run_label(cfg: dict) -> str:
     choices = cfg.get("choices") or {}
-    row = {"pos": choices.get("pos", "?"), "positions": positions_name(cfg), "scaling": scaling_name(cfg)}
+    # the scheme with the attention modifiers it trained with (rope+ssmax), as result rows name it (results.stamp)
+    row = {"pos": choices.get("pos", "?") + attn_label(cfg), "positions": positions_name(cfg),
+           "scaling": scaling_name(cfg)}
     scaling = extension_label(row)
     label = scheme_label(row)
     return label if scaling == "none" else f"{label} {scaling}"

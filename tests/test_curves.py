@@ -13,12 +13,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import curves
 
 
-def write_run(path, pos, seed, points, positions=None):
+def write_run(path, pos, seed, points, positions=None, attn=None):
     """A run directory as train.py leaves it: run_config.yaml and logs/metrics.csv with the scores of
     eval.every_n_steps (points: {step: (ppl_1x, ppl_16x)}) between training-loss rows."""
     (path / "logs").mkdir(parents=True)
     cfg = {"seq_len": 64, "batch_size": 32, "seed": seed, "data": {"name": "stdlib"},
-           "pos": {"_target_": "x"}, "choices": {"pos": pos}}
+           "pos": {"_target_": "x"}, "choices": {"pos": pos}, **({"attn": attn} if attn else {})}
     if positions:
         cfg["positions"] = {"_target_": f"lenx.positions.{positions}"}
     (path / "run_config.yaml").write_text(yaml.safe_dump(cfg))
@@ -58,3 +58,13 @@ def test_refuses_a_tree_without_scores_and_a_bad_ratio(tmp_path, capsys):
             curves.main([str(tmp_path), *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("lenx: error: curves:") and match in err
+
+
+def test_a_model_with_attention_modifiers_is_its_own_curve(tmp_path):
+    """rope+ssmax is not rope: its runs form their own curve, named as result rows name it."""
+    write_run(tmp_path / "rope_s0", "rope", 0, {9: (100.0, 150.0)})
+    write_run(tmp_path / "ssmax_s0", "rope", 0, {9: (100.0, 110.0)}, attn={"ssmax": True, "sinks": False})
+    curves.main([str(tmp_path), "--out", str(tmp_path / "out"), "--ratio", "16/1"])
+    with open(tmp_path / "out" / "curves.csv") as f:
+        ratio = {r["label"]: float(r["mean"]) for r in csv.DictReader(f) if r["metric"] == "ratio_16x/1x"}
+    assert ratio == {"rope": pytest.approx(1.5), "rope+ssmax": pytest.approx(1.1)}
