@@ -594,3 +594,10 @@ def test_chunked_attention_as_a_modifier_and_its_label():
     torch.testing.assert_close(attention.visible_log_n(ctx, None, 3), torch.log(torch.tensor([1.0, 2, 3, 1, 2, 3, 1])))
     with pytest.raises(ConfigError, match="not both"):
         build("irope", n_layers=4, window=4)
+
+
+def test_row_names_equal_the_modifiers_label_for_a_composed_config(tmp_path):
+    from conftest import compose_train
+
+    cfg = OmegaConf.to_container(compose_train(["attn.ssmax=true", "attn.forget=true", "attn.chunk=8"], tmp_path))
+    assert attn_label(cfg) == attention.Modifiers.from_config(cfg["attn"]).label == "+ssmax+forget+chunk8"

@@ -54,12 +54,13 @@ def attn_label(cfg: dict) -> str:
     """The attention modifiers a run config trains with (config `attn`), as appended to its scheme's name:
     "+ssmax", "+sinks", "+ssmax+sinks", "+forget", "+window32", "" for none (as lenx.modifiers.Modifiers.label;
     those a scheme brings itself, pos=fox's gate, are its name)."""
+    # Read from the node itself (its keys are Modifiers' fields, in their order: configs/train.yaml, checked by
+    # Modifiers.from_config before any run), so that the names are kept in one place: on/off modifiers as
+    # "+name", sizes in tokens as "+name<n>"
     attn = cfg.get("attn") or {}
-    flags = ("ssmax", "sinks", "forget", "stickbreaking", "selective", "dape", "qk_norm", "kv_shift", "output_norm",
-             "output_gate")
-    return "".join(f"+{n}" for n in flags if attn.get(n) is True) + \
-        "".join(f"+{n}{attn[n]}" for n in ("window", "chunk")
-                if isinstance(attn.get(n), int) and not isinstance(attn.get(n), bool))
+    flags = [f"+{n}" for n, v in attn.items() if v is True]
+    sizes = [f"+{n}{v}" for n, v in attn.items() if isinstance(v, int) and not isinstance(v, bool)]
+    return "".join(flags + sizes)
 
 
 def extension_label(r: dict) -> str:
