@@ -118,7 +118,8 @@ def test_modifiers_match_their_formulas_in_logits_and_gradients(scheme, mods, at
     with torch.no_grad(), attention.traced() as seen:
         scored = model(x, pos_T)
         want = reference_forward(model, x, ref_pos)
-    assert seen and all(attention.hosts(p, attention.Modifiers(**mods)) for p in seen), seen
+    # (scoring: the sinks may rescale a fused path's output by its row logsumexp, modifiers.LSE_HOSTS)
+    assert seen and all(attention.hosts(p, attention.Modifiers(**mods), lse=True) for p in seen), seen
     torch.testing.assert_close(scored, want, atol=2e-5, rtol=1e-5)
 
     model.train()
@@ -139,12 +140,17 @@ def test_modifiers_match_their_formulas_in_logits_and_gradients(scheme, mods, at
 
 @pytest.mark.parametrize("scheme, mods, without, with_", [
     ("rope", {"ssmax": True}, "causal", "causal"),  # exact as a q scale: the logits are q.k alone
-    ("rope", {"sinks": True}, "causal", "mask"),
-    ("none", {"ssmax": True, "sinks": True}, "causal", "mask"),
+    # scoring on CPU: the sinks rescale a fused path's output by its row logsumexp (LSE_HOSTS)
+    ("rope", {"sinks": True}, "causal", "causal"),
+    ("none", {"ssmax": True, "sinks": True}, "causal", "causal"),
+    ("alibi", {"sinks": True}, "features", "features"),
+    ("t5", {"sinks": True}, "toeplitz", "toeplitz"),
+    ("fire", {"sinks": True}, "chunk_mask", "chunk_mask"),
     ("alibi", {"ssmax": True}, "features", "mask"),  # the channels' exact sum holds unscaled only
-    ("t5", {"sinks": True}, "toeplitz", "mask"),  # a strided view has no per-query scale nor extra column
-    ("shaw", {"ssmax": True}, "chunk_mask", "mask"),
-    ("shaw_kv", {"sinks": True}, "chunk_values", "weights"),
+    ("t5", {"ssmax": True}, "toeplitz", "mask"),  # a strided view has no per-query scale
+    ("shaw", {"ssmax": True}, "chunk_mask", "chunk_mask"),  # the chunk's mask rows scaled with its queries
+    ("fire", {"ssmax": True, "sinks": True}, "chunk_mask", "chunk_mask"),
+    ("shaw_kv", {"sinks": True}, "chunk_values", "weights"),  # its value term reads the normalisers
 ])
 def test_the_plan_sends_modifiers_only_where_they_are_exact(scheme, mods, without, with_):
     x = torch.randint(0, 50, (1, 64))
@@ -153,6 +159,21 @@ def test_the_plan_sends_modifiers_only_where_they_are_exact(scheme, mods, withou
         with torch.no_grad(), attention.traced() as seen:
             model(x)
         assert set(seen) == {path}
+
+
+@pytest.mark.parametrize("scheme", ["rope", "t5"])
+def test_sinks_leave_the_fused_paths_where_no_logsumexp_is_at_hand(scheme):
+    """Training (a gradient) and dropout: the fused kernel's logsumexp has no gradient here, so the sinks take the
+    float-mask path as before."""
+    model = build(scheme, {"sinks": True}).train()
+    with attention.traced() as seen:
+        model(torch.randint(0, 50, (1, 32)))
+    assert set(seen) == {"mask"}
+    ctx = model.pos.context(torch.arange(T), torch.arange(T))
+    for kw in ({"grad": True}, {"grad": False, "dropout": 0.1}):
+        plan = attention.plan(model.pos, ctx, batch=1, dtype=torch.float32, contiguous=True,
+                              modifiers=model.modifiers, **kw)
+        assert plan.path == "mask" and not plan.lse
 
 
 def test_flex_is_not_planned_for_modifiers():
@@ -253,3 +274,23 @@ def test_a_checkpoint_with_modifiers_rebuilds_strictly(tmp_path):
     cfg["attn"] = {"ssmax": True, "sinks": False}  # the checkpoint's config decides the parameters
     with pytest.raises(CheckpointError, match="does not match"):
         rebuild({**ckpt, "hyper_parameters": {"cfg": cfg}})
+
+
+def test_scaling_a_chunk_mask_in_place_equals_scale_logits():
+    """SSMax on the chunk paths scales the chunk's own mask in place (`scale_rows`): the same as `scale_logits`,
+    hidden keys kept hidden where c is 0 (n = 1) or negative (a learned s_h below 0), on a contiguous mask and on
+    an overlapping strided view (scaled out of place: its rows share memory), which stays untouched."""
+    from lenx.modifiers import scale_logits, scale_rows
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.randn(2, 3, 5, 7, generator=g)
+    mask[..., 5:] = float("-inf")
+    c_Ht = torch.randn(3, 5, generator=g).abs() + 0.1
+    c_Ht[0, 0], c_Ht[1, 2] = 0.0, -1.5
+    want = scale_logits(mask, c_Ht)
+    assert torch.equal(scale_rows(mask.clone(), c_Ht), want)
+    assert not want[..., 5:].isfinite().any() and want[..., :5].isfinite().all()
+    flat = torch.randn(2 * 3 * 5 + 7, generator=g)
+    view = flat.as_strided((2, 3, 5, 7), (15, 5, 1, 1))  # rows overlap
+    before = flat.clone()
+    assert torch.equal(scale_rows(view, c_Ht), scale_logits(view, c_Ht)) and torch.equal(flat, before)

@@ -21,10 +21,13 @@ scalable softmax (Nakanishi 2025, arXiv:2501.19399) multiplies each query's whol
 positional terms) by s_h log n, n the keys it sees, s_h learned per head; learned sinks (gpt-oss, transformers'
 `modeling_gpt_oss.eager_attention_forward`) append one learned logit per head to every row, softmax over both, the
 sink's column dropped. A path that cannot host a modifier exactly is never chosen for it (`HOSTS`): SSMax scales q
-on "causal" (its logits are q.k alone) and the whole logits on "mask", "weights" and "extended"; sinks run as an
-extra key column (zero key and value, the sink as its mask entry) on "mask", as an extra logit column on "weights"
-and "extended". FoX's forget gate (c_i - c_j from the layer's input, in ModifierParams) and a training-time window
-add to the chunk's mask on "mask", "weights" and "extended"; stick-breaking replaces the softmax on "weights";
+on "causal" (its logits are q.k alone), q and the chunk's mask rows on "chunk_mask", the whole logits on "mask",
+"weights" and "extended"; sinks run as an extra key column (zero key and value, the sink as its mask entry) on
+"mask", as an extra logit column on "weights" and "extended", and, scoring on CPU, on the fused paths ("causal",
+"features", "toeplitz", "chunk_mask") as a rescaling of the output by each row's logsumexp (`LSE_HOSTS`). FoX's
+forget gate (c_i - c_j from the layer's input, in ModifierParams) runs as two exact channels of q and k on
+"features" (fp32 on CPU, beside ALiBi's channels or alone) and adds to the chunk's mask on "mask", "weights" and
+"extended", as a training-time window does; stick-breaking replaces the softmax on "weights";
 selective attention (its F carried over the chunks of queries in order) subtracts from the mask, and DAPE adds its
 MLP of the content logits and the bias, on "mask" and "weights".
 Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
@@ -60,12 +63,15 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     DAPE_WIDTH,
     dape_term,
     forget_bias,
+    forget_channels,
     group_rms_norm,
     hosts,
     selective_penalty,
     modified_softmax,
     scale_logits,
+    scale_rows,
     sink_column,
+    sink_rescale,
     ssmax_scale,
     STICK_BREAKING,
     check_extended,
@@ -116,6 +122,9 @@ class Plan:
     # Attention modifiers (Modifiers) and, for SSMax, log n of each query: n the keys at or before its position
     modifiers: Modifiers = NO_MODIFIERS
     log_n_T: torch.Tensor | None = None
+    # The fused kernel gives each row's logsumexp (CPU scoring: no gradient, no dropout): the sinks may run on the
+    # fused paths (modifiers.LSE_HOSTS)
+    lse: bool = False
 
     def for_layer(self, pos: PositionalScheme, ctx: AttnContext) -> Plan:
         """The plan for ctx's layer: the whole mask built here when one chunk holds it, kept from the layer before
@@ -155,6 +164,7 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     # Under torch.compile the float-mask path: inductor (torch 2.13, 2 CPU threads) miscompiled the channels
     # path's training step (a garbage view shape, then a crash; test_compiled_training_matches_eager)
     fast = attention != "reference" and not torch.compiler.is_compiling()
+    lse = fast and device == "cpu" and not grad and not dropout and cpu_flash() is not None
     # Scoring at default positions: the scheme's own per-chunk mask (pos.chunk_mask), built in a reused workspace
     chunk_masks = fast and pos.has_chunk_mask and contiguous and not grad
     if pos.adds_values:
@@ -180,14 +190,16 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
             # overlapping entries is a slow scatter (the whole mask, built once per forward, is cheaper to train)
     else:
         path = "causal"
+    if modifiers.forget and path in ("causal", "features") and fast and dtype == torch.float32 and device == "cpu":
+        path = "features"  # FoX's gate as exact channels of q and k beside the fused causal kernel
     if attention == "flex" and flex_hosts(pos, ctx, modifiers) and not dropout and not (grad and device == "cpu"):
         path = "flex"  # FoX's gate and a window as FlexAttention's score_mod and block mask (beside a distance bias)
     if modifiers == STICK_BREAKING and fast and contiguous and not grad and not dropout and path == "causal":
         path = "stickbreaking"  # scoring plain stick-breaking (no positional terms, rotation aside)
-    if modifiers.any and not hosts(path, modifiers):
+    if modifiers.any and not hosts(path, modifiers, lse):
         # The fast paths hold a bias that cannot be scaled per query (a strided Toeplitz view, FlexAttention's
-        # score_mod, ALiBi's channels: exact only unscaled, a scheme's chunk mask) or a causal kernel with no
-        # extra column: the general path, which builds each chunk's logits, runs the modifiers exactly
+        # score_mod, ALiBi's channels: exact only unscaled) or a fused kernel whose normaliser is out of reach
+        # (sinks, where it gives no logsumexp): the general path, which builds each chunk's logits, runs the modifiers exactly
         # (stick-breaking: the explicit path, its weights are no softmax)
         path = "weights" if pos.adds_values or modifiers.stickbreaking else "mask"
     exact = pos.adds_logits or pos.adds_values or modifiers.stickbreaking
@@ -196,7 +208,8 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * per_pair * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
-                per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad, **mods)
+                per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad,
+                lse=lse and modifiers.sinks, **mods)
 
 
 def flex_hosts(pos: PositionalScheme, ctx: AttnContext, modifiers: Modifiers) -> bool:
@@ -254,7 +267,7 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
     """softmax(q.k/sqrt(D) + positional terms + causal mask) v, (B, H, T, D), on the plan's path (with the plan's
     modifiers, from this layer's `params`). `raw`: q and k before the scheme's rotation (path "extended" rotates
     them again at remapped positions)."""
-    if plan.modifiers.any and not hosts(plan.path, plan.modifiers):
+    if plan.modifiers.any and not hosts(plan.path, plan.modifiers, plan.lse):
         raise PlanError(f"path {plan.path!r} cannot host the attention modifiers {plan.modifiers}")
     match plan.path:
         case "extended":
@@ -263,20 +276,33 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
             _ran("causal")
             if plan.modifiers.ssmax:  # exact here: the logits are q.k / sqrt(D) alone, all scaled with q
                 q_BHTD = q_BHTD * ssmax_scale(params, plan.log_n_T)[..., None].to(q_BHTD.dtype)
-            return F.scaled_dot_product_attention(q_BHTD, k_BHSD, v_BHSD, is_causal=True, dropout_p=drop)
+            return fused(q_BHTD, k_BHSD, v_BHSD, plan, params, is_causal=True, dropout_p=drop)
         case "flex":
             return attend_flex(q_BHTD, k_BHSD, v_BHSD, ctx, plan, params)
         case "features":
-            return attend_features(q_BHTD, k_BHSD, v_BHSD, pos, ctx, drop)
+            return attend_features(q_BHTD, k_BHSD, v_BHSD, pos, ctx, drop, plan, params)
         case "toeplitz":
-            return attend_toeplitz(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
+            return attend_toeplitz(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop, params)
         case "chunk_mask" | "chunk_values":
-            return attend_chunk_masks(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop)
+            return attend_chunk_masks(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop, params)
         case "mask" | "weights":
             return attend_general(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop, params)
         case "stickbreaking":
             return attend_stick_breaking(q_BHTD, k_BHSD, v_BHSD, plan)
     raise PlanError(f"unknown attention path {plan.path!r}")
+
+
+def fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, params: ModifierParams | None,
+          **sdpa) -> torch.Tensor:
+    """SDPA on a fused path (keyword arguments `sdpa` as F.scaled_dot_product_attention's); with the plan's sinks,
+    CPU's fused kernel, whose row logsumexp rescales its output (`sink_rescale`: exact, one factor per row)."""
+    if not plan.modifiers.sinks:
+        return F.scaled_dot_product_attention(q, k, v, **sdpa)
+    if not plan.lse or sdpa.get("dropout_p"):
+        raise PlanError(f"path {plan.path!r} hosts the sinks only with the CPU kernel's logsumexp, no dropout")
+    out, lse = cpu_flash()(q, k, v, is_causal=sdpa.get("is_causal", False), attn_mask=sdpa.get("attn_mask"),
+                           scale=sdpa.get("scale"))
+    return sink_rescale(out, lse, params.sink_H)
 
 
 def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
@@ -371,8 +397,9 @@ def attend_stick_breaking(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: to
                           ) -> torch.Tensor:
     """Stick-breaking scoring at default positions, no gradient, no positional terms, fp32: blocks of queries,
     each against blocks of its keys in reverse order (the nearest first), so that the products over the keys
-    between are a running cumulative sum, computed in place (`stick_breaking_reversed_` per block, the sum carried
-    from block to block). A query's log-weight of a key is z + (that running sum), which only falls: once it is
+    between are a running cumulative sum of softplus(z) = -log(1 - sigmoid(z)), computed in place (the sum carried
+    from block to block; masks only in the blocks that hold hidden keys). A query's log-weight of a key is z minus
+    that running sum, which only falls: once it is
     below SB_ZERO minus a bound of z (|q| |k| / sqrt(D)) for every query of the block, every farther key's weight
     is exactly 0 in fp32 and the block stops there (the stick is spent). The same weights as the "weights" path
     (tests/test_gated_attention.py); its cost falls with how fast a trained model spends its sticks."""
@@ -389,21 +416,33 @@ def attend_stick_breaking(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: to
             t, s = b - a, min(S, b)
             q_t = q32[:, :, a:b]
             acc_BHtD = q_t.new_zeros(*q_t.shape[:3], v_BHSD.shape[-1])
-            wsum_BHt, spent_BHt = q_t.new_zeros(q_t.shape[:3]), q_t.new_zeros(q_t.shape[:3])
+            wsum_BHt, used_BHt = q_t.new_zeros(q_t.shape[:3]), q_t.new_zeros(q_t.shape[:3])
             r_t = torch.arange(t, device=q_t.device)
             for c0 in range(0, s, SB_BLOCK):  # reversed columns c0..c1-1: keys s-1-c0 down to s-c1
                 c1 = min(s, c0 + SB_BLOCK)
                 keys = slice(S - s + c0, S - s + c1)
                 z = q_t @ k_rev[:, :, keys].transpose(-1, -2)
-                hidden_ts = (c0 + torch.arange(c1 - c0, device=z.device))[None, :] <= (s - 1 - a - r_t)[:, None]
-                z.masked_fill_(hidden_ts, 0.0)
-                log_beta = F.logsigmoid(-z).masked_fill_(hidden_ts, 0.0)
-                run = log_beta.cumsum_(-1).add_(spent_BHt[..., None])  # sum of log(1 - sigmoid) up to each key
-                spent_BHt = run[..., -1].clone()
-                weights = z.add_(run).masked_fill_(hidden_ts, float("-inf")).exp_()
+                # column c holds key s-1-c, hidden from query a+r (a later key, or its own) where c <= s-1-a-r:
+                # only in the blocks from c0 <= s-1-a (the first, at default positions); the others need no mask
+                hidden_ts = (c0 + torch.arange(c1 - c0, device=z.device))[None, :] <= (s - 1 - a - r_t)[:, None] \
+                    if c0 <= s - 1 - a else None
+                if hidden_ts is not None:
+                    z.masked_fill_(hidden_ts, 0.0)
+                # -log(1 - sigmoid(z)) = softplus(z): the stick spent, summed from the nearest key on (the blocks
+                # before carried in through the first column)
+                used = F.softplus(z)
+                if hidden_ts is not None:
+                    used.masked_fill_(hidden_ts, 0.0)
+                used[..., 0] += used_BHt
+                used = used.cumsum_(-1)
+                used_BHt = used[..., -1].clone()
+                weights = z.sub_(used)  # log sigmoid(z) + sum_{k between} log(1 - sigmoid(z_k)) = z - used
+                if hidden_ts is not None:
+                    weights.masked_fill_(hidden_ts, float("-inf"))
+                weights = weights.exp_()
                 acc_BHtD += weights @ v_rev[:, :, keys]
                 wsum_BHt += weights.sum(-1)
-                if bool((spent_BHt + z_bound_BH[..., None] < SB_ZERO).all()):
+                if bool((z_bound_BH[..., None] - used_BHt < SB_ZERO).all()):
                     break  # every farther key's weight is 0 in fp32
             _ran("stickbreaking")
             parts.append(acc_BHtD + (1.0 - wsum_BHt)[..., None] * v_BHSD[:, :, a:b].float())
@@ -411,22 +450,37 @@ def attend_stick_breaking(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: to
 
 
 def attend_features(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
-                    ctx: AttnContext, drop: float) -> torch.Tensor | None:
-    """SDPA's fused causal kernel with the scheme's bias as extra channels, first, of q and k (pos.features):
-    [f_q, q / sqrt(D)] . [f_k, k] = bias + q.k / sqrt(D) (scale 1); v padded with zeros to the same width, as
-    the fused kernel needs (the plan has checked `channels_exact`)."""
-    if not channels_exact(ctx):
-        raise PlanError(f"{type(pos).__name__}'s bias is not exact as channels at the positions the plan sent "
-                        "to the features path")
-    feats = linear_bias_channels(ctx.slopes_H, ctx.q_pos_T, ctx.k_pos_S)
-    _ran("features")
+                    ctx: AttnContext, drop: float, plan: Plan | None = None, params: ModifierParams | None = None
+                    ) -> torch.Tensor:
+    """SDPA's fused causal kernel with the scheme's linear bias and FoX's gate as extra channels, first, of q and
+    k: [f_q, g_q, q / sqrt(D)] . [f_k, g_k, k] = bias + (c_i - c_j) + q.k / sqrt(D) (scale 1), the bias's
+    channels first (their partial sum is exact, `linear_bias_channels`), the gate's next (`forget_channels`); v
+    padded with zeros to the same width, as the fused kernel needs (the plan has checked `channels_exact`)."""
     B, H, T, D = q_BHTD.shape
-    fq_HTc, fk_HSc = feats
-    c = fq_HTc.shape[-1]
-    q2 = torch.cat([fq_HTc.to(q_BHTD.dtype).expand(B, H, T, c), q_BHTD * D ** -0.5], dim=-1)
-    k2 = torch.cat([fk_HSc.to(k_BHSD.dtype).expand(B, H, k_BHSD.shape[2], c), k_BHSD], dim=-1)
-    y = F.scaled_dot_product_attention(q2, k2, F.pad(v_BHSD, (0, c)), is_causal=True, dropout_p=drop, scale=1.0)
-    return y[..., :D]
+    S = k_BHSD.shape[2]
+    q_parts, k_parts = [], []
+    if pos.adds_bias:
+        if not channels_exact(ctx):
+            raise PlanError(f"{type(pos).__name__}'s bias is not exact as channels at the positions the plan sent "
+                            "to the features path")
+        fq_HTc, fk_HSc = linear_bias_channels(ctx.slopes_H, ctx.q_pos_T, ctx.k_pos_S)
+        q_parts.append(fq_HTc.expand(B, H, T, -1))
+        k_parts.append(fk_HSc.expand(B, H, S, -1))
+    forget = plan is not None and plan.modifiers.forget
+    if forget:
+        gq_BHTc, gk_BHSc = forget_channels(params.log_forget_BHT)
+        q_parts.append(gq_BHTc)
+        k_parts.append(gk_BHSc)
+    if not q_parts:
+        raise PlanError("the features path needs a linear bias or FoX's gate")
+    _ran("features")
+    c = sum(x.shape[-1] for x in q_parts)
+    q2 = torch.cat([x.to(q_BHTD.dtype) for x in q_parts] + [q_BHTD * D ** -0.5], dim=-1)
+    k2 = torch.cat([x.to(k_BHSD.dtype) for x in k_parts] + [k_BHSD], dim=-1)
+    v2 = F.pad(v_BHSD, (0, c))
+    if plan is None:
+        return F.scaled_dot_product_attention(q2, k2, v2, is_causal=True, dropout_p=drop, scale=1.0)[..., :D]
+    return fused(q2, k2, v2, plan, params, is_causal=True, dropout_p=drop, scale=1.0)[..., :D]
 
 
 @functools.cache
@@ -474,7 +528,8 @@ def attend_flex(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor
 
 
 def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
-                    ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
+                    ctx: AttnContext, plan: Plan, drop: float, params: ModifierParams | None = None
+                    ) -> torch.Tensor:
     """Default positions and a bias of i - j alone (ctx a DistanceContext): chunks of queries, each against its
     keys in reverse order with a strided Toeplitz view of the table as the mask: no (H, t, s) tensor is
     written."""
@@ -489,16 +544,18 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
         with torch.autocast(q_BHTD.device.type, enabled=False):  # the bias in fp32, then in the compute dtype
             mask = toeplitz_view(ctx.bias_HR, a, b - a, s, q_BHTD.dtype)
         _ran("toeplitz")
-        parts.append(F.scaled_dot_product_attention(q_BHTD[:, :, a:b], k_rev[:, :, S - s:], v_rev[:, :, S - s:],
-                                                    attn_mask=mask, dropout_p=drop))
+        parts.append(fused(q_BHTD[:, :, a:b], k_rev[:, :, S - s:], v_rev[:, :, S - s:], plan, params,
+                           attn_mask=mask, dropout_p=drop))
     return torch.cat(parts, dim=2)
 
 
 def attend_chunk_masks(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos: PositionalScheme,
-                       ctx: AttnContext, plan: Plan, drop: float) -> torch.Tensor:
+                       ctx: AttnContext, plan: Plan, drop: float, params: ModifierParams | None = None
+                       ) -> torch.Tensor:
     """Default positions, no gradient: chunks of queries, each with the mask pos.chunk_mask builds in one
     workspace (no per-pair index or gather, no fresh buffers), the largest chunk first; on path "chunk_values"
-    the scheme's value term from the fused kernel's row normalisers (pos.chunk_values)."""
+    the scheme's value term from the fused kernel's row normalisers (pos.chunk_values). SSMax scales the chunk's
+    mask rows and its queries (every logit term), the sinks rescale the output (`fused`)."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
     work = Workspace()
     parts = {}
@@ -517,8 +574,13 @@ def attend_chunk_masks(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch
                 raise PlanError(f"{type(pos).__name__}.chunk_mask gave no value term on the chunk_values path")
             parts[a] = attend_with_values(fast, k_BHsD.float(), v_BHsD.float())
         else:
-            q2, mask = (x.to(q_BHtD.dtype) for x in fast[:2])
-            parts[a] = F.scaled_dot_product_attention(q2, k_BHsD, v_BHsD, attn_mask=mask, dropout_p=drop)
+            q2, mask = fast[:2]
+            if plan.modifiers.ssmax:
+                with torch.autocast(q_BHTD.device.type, enabled=False):
+                    c_Ht = ssmax_scale(params, plan.log_n_T[a:b])
+                    q2, mask = q2 * c_Ht[..., None], scale_rows(mask, c_Ht)  # (the chunk's own mask)
+            q2, mask = q2.to(q_BHtD.dtype), mask.to(q_BHtD.dtype)
+            parts[a] = fused(q2, k_BHsD, v_BHsD, plan, params, attn_mask=mask, dropout_p=drop)
     return torch.cat([parts[a].to(v_BHSD.dtype) for a in sorted(parts)], dim=2)
 
 

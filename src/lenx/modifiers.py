@@ -119,10 +119,15 @@ LAYER_OPTIONS = ("qk_norm", "kv_shift", "output_norm", "output_gate")  # outside
 STICK_BREAKING = Modifiers(stickbreaking=True)  # plain stick-breaking (its scoring path, lenx.attention)
 NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
-HOSTS = {"ssmax": ("causal", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
-         "forget": ("mask", "weights", "extended", "flex"), "stickbreaking": ("weights", "stickbreaking"), "selective": ("mask", "weights"),
-         "dape": ("mask", "weights"),
+# SSMax: q scaled on "causal" (logits q.k alone), the chunk's mask rows and q on "chunk_mask"; FoX's gate as exact
+# channels (c_i, 1).(1, -c_j) of q and k on "features" (fp32 on CPU, as ALiBi's channels).
+HOSTS = {"ssmax": ("causal", "chunk_mask", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
+         "forget": ("features", "mask", "weights", "extended", "flex"), "stickbreaking": ("weights", "stickbreaking"),
+         "selective": ("mask", "weights"), "dape": ("mask", "weights"),
          "window": ("mask", "weights", "extended", "flex"), "chunk": ("mask", "weights", "extended", "flex")}
+# ... and the paths that host a modifier where the fused kernel gives each row's logsumexp (CPU scoring: no
+# gradient, no dropout): the sinks then rescale the fused output by sigmoid(lse - s_h) (`sink_rescale`)
+LSE_HOSTS = {"sinks": ("causal", "features", "toeplitz", "chunk_mask")}
 
 
 @dataclass(frozen=True)
@@ -136,11 +141,12 @@ class ModifierParams:
     dape: tuple[torch.Tensor, ...] | None = None  # DAPE's MLP: w1 (2H, W), b1 (W,), w2 (W, H), b2 (H,)
 
 
-def hosts(path: str, modifiers: Modifiers) -> bool:
-    """Whether `path` runs these modifiers exactly (HOSTS)."""
+def hosts(path: str, modifiers: Modifiers, lse: bool = False) -> bool:
+    """Whether `path` runs these modifiers exactly (HOSTS; LSE_HOSTS too where `lse`: the fused kernel's row
+    logsumexp is at hand)."""
     active = [n for n in HOSTS if (getattr(modifiers, n) is not None if n in SIZES else getattr(modifiers, n))]
     # (the FoX "Pro" options, LAYER_OPTIONS, act on q, k, v and the output outside the kernel: no path to host)
-    return all(path in HOSTS[name] for name in active)
+    return all(path in HOSTS[name] or lse and path in LSE_HOSTS.get(name, ()) for name in active)
 
 
 def group_rms_norm(x_BTC: torch.Tensor, weight_C: torch.Tensor, n_heads: int, eps: float) -> torch.Tensor:
@@ -255,9 +261,35 @@ def scale_logits(logits: torch.Tensor, c_Ht: torch.Tensor) -> torch.Tensor:
     return (logits.masked_fill(hidden, 0.0) * c_Ht[..., None]).masked_fill(hidden, float("-inf"))
 
 
+def scale_rows(mask: torch.Tensor, c_Ht: torch.Tensor) -> torch.Tensor:
+    """`scale_logits` of a mask (..., H, t, s) no other code reads afterwards: in place where it is contiguous (no
+    row shares memory with another, unlike the strided views of lenx.kernels), one pass; the rows whose c is not
+    positive (-inf * c would not stay -inf) by `scale_logits`."""
+    bad_Ht = c_Ht <= 0
+    fix = scale_logits(mask[..., bad_Ht, :], c_Ht[bad_Ht]) if bool(bad_Ht.any()) else None  # (..., n, s)
+    out = mask.mul_(c_Ht[..., None]) if mask.is_contiguous() else mask * c_Ht[..., None]
+    if fix is not None:
+        out[..., bad_Ht, :] = fix
+    return out
+
+
 def sink_column(sink_H: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The sinks as one more column of logits shaped like `like` (..., H, t, s): (..., H, t, 1), fp32."""
     return sink_H.float()[:, None, None].expand(*like.shape[:-1], 1)
+
+
+def sink_rescale(out_BHtD: torch.Tensor, lse_BHt: torch.Tensor, sink_H: torch.Tensor) -> torch.Tensor:
+    """A softmax's output with the sinks' column added to its denominator, from the output without it and each
+    row's logsumexp: sum_j e^z_j v_j / (Z + e^s) = out Z / (Z + e^s) = out sigmoid(lse - s), fp32 factor."""
+    factor_BHt = torch.sigmoid(lse_BHt.float() - sink_H.float()[:, None])
+    return out_BHtD * factor_BHt[..., None].to(out_BHtD.dtype)
+
+
+def forget_channels(c_BHT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FoX's c_i - c_j as channels of q and k: (c_i, 1) . (1, -c_j), fp32 (B, H, T, 2) each. Summed first and in
+    order, c_i + (-c_j) rounds once, as the mask path's c_i - c_j."""
+    ones = torch.ones_like(c_BHT)
+    return torch.stack([c_BHT, ones], -1), torch.stack([ones, -c_BHT], -1)
 
 
 def modified_softmax(logits: torch.Tensor, c_Ht: torch.Tensor | None, params: ModifierParams | None,
