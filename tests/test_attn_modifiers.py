@@ -146,8 +146,9 @@ def test_modifiers_match_their_formulas_in_logits_and_gradients(scheme, mods, at
     ("alibi", {"sinks": True}, "features", "features"),
     ("t5", {"sinks": True}, "toeplitz", "toeplitz"),
     ("fire", {"sinks": True}, "chunk_mask", "chunk_mask"),
-    ("alibi", {"ssmax": True}, "features", "mask"),  # the channels' exact sum holds unscaled only
-    ("t5", {"ssmax": True}, "toeplitz", "mask"),  # a strided view has no per-query scale
+    # SSMax: the Toeplitz view's rows scaled into one mask (ALiBi's channels are exact unscaled only)
+    ("alibi", {"ssmax": True}, "features", "toeplitz"),
+    ("t5", {"ssmax": True}, "toeplitz", "toeplitz"),
     ("shaw", {"ssmax": True}, "chunk_mask", "chunk_mask"),  # the chunk's mask rows scaled with its queries
     ("fire", {"ssmax": True, "sinks": True}, "chunk_mask", "chunk_mask"),
     ("shaw_kv", {"sinks": True}, "chunk_values", "weights"),  # its value term reads the normalisers

@@ -196,6 +196,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         path = "flex"  # FoX's gate and a window as FlexAttention's score_mod and block mask (beside a distance bias)
     if modifiers == STICK_BREAKING and fast and contiguous and not grad and not dropout and path == "causal":
         path = "stickbreaking"  # scoring plain stick-breaking (no positional terms, rotation aside)
+    if path == "features" and not hosts(path, modifiers, lse) and hosts("toeplitz", modifiers, lse) \
+            and isinstance(ctx, DistanceContext) and contiguous and not learns(ctx):
+        path = "toeplitz"  # ALiBi with SSMax: its table's rows scaled (its channels are exact unscaled only)
     if modifiers.any and not hosts(path, modifiers, lse):
         # The fast paths hold a bias that cannot be scaled per query (a strided Toeplitz view, FlexAttention's
         # score_mod, ALiBi's channels: exact only unscaled) or a fused kernel whose normaliser is out of reach
@@ -532,7 +535,7 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
                     ) -> torch.Tensor:
     """Default positions and a bias of i - j alone (ctx a DistanceContext): chunks of queries, each against its
     keys in reverse order with a strided Toeplitz view of the table as the mask: no (H, t, s) tensor is
-    written."""
+    written (with SSMax, the view's rows scaled into one, `scale_rows`, and the queries scaled)."""
     if not isinstance(ctx, DistanceContext):
         raise PlanError(f"{type(pos).__name__} has no table of distances for the plan's toeplitz path")
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
@@ -541,10 +544,14 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
     for a in range(0, T, plan.rows):
         b = min(T, a + plan.rows)
         s = min(S, b)
+        q_BHtD = q_BHTD[:, :, a:b]
         with torch.autocast(q_BHTD.device.type, enabled=False):  # the bias in fp32, then in the compute dtype
-            mask = toeplitz_view(ctx.bias_HR, a, b - a, s, q_BHTD.dtype)
+            mask = toeplitz_view(ctx.bias_HR, a, b - a, s, torch.float32 if plan.modifiers.ssmax else q_BHTD.dtype)
+            if plan.modifiers.ssmax:  # every term of a query's logits times c: its rows written once, scaled
+                c_Ht = ssmax_scale(params, plan.log_n_T[a:b])
+                q_BHtD, mask = q_BHtD * c_Ht[..., None].to(q_BHtD.dtype), scale_rows(mask, c_Ht).to(q_BHTD.dtype)
         _ran("toeplitz")
-        parts.append(fused(q_BHTD[:, :, a:b], k_rev[:, :, S - s:], v_rev[:, :, S - s:], plan, params,
+        parts.append(fused(q_BHtD, k_rev[:, :, S - s:], v_rev[:, :, S - s:], plan, params,
                            attn_mask=mask, dropout_p=drop))
     return torch.cat(parts, dim=2)
 

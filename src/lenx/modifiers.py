@@ -119,9 +119,9 @@ LAYER_OPTIONS = ("qk_norm", "kv_shift", "output_norm", "output_gate")  # outside
 STICK_BREAKING = Modifiers(stickbreaking=True)  # plain stick-breaking (its scoring path, lenx.attention)
 NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
-# SSMax: q scaled on "causal" (logits q.k alone), the chunk's mask rows and q on "chunk_mask"; FoX's gate as exact
+# SSMax: q scaled on "causal" (logits q.k alone), the chunk's mask rows and q on "toeplitz" and "chunk_mask"; FoX's gate as exact
 # channels (c_i, 1).(1, -c_j) of q and k on "features" (fp32 on CPU, as ALiBi's channels).
-HOSTS = {"ssmax": ("causal", "chunk_mask", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
+HOSTS = {"ssmax": ("causal", "toeplitz", "chunk_mask", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
          "forget": ("features", "mask", "weights", "extended", "flex"), "stickbreaking": ("weights", "stickbreaking"),
          "selective": ("mask", "weights"), "dape": ("mask", "weights"),
          "window": ("mask", "weights", "extended", "flex"), "chunk": ("mask", "weights", "extended", "flex")}
@@ -264,7 +264,10 @@ def scale_logits(logits: torch.Tensor, c_Ht: torch.Tensor) -> torch.Tensor:
 def scale_rows(mask: torch.Tensor, c_Ht: torch.Tensor) -> torch.Tensor:
     """`scale_logits` of a mask (..., H, t, s) no other code reads afterwards: in place where it is contiguous (no
     row shares memory with another, unlike the strided views of lenx.kernels), one pass; the rows whose c is not
-    positive (-inf * c would not stay -inf) by `scale_logits`."""
+    positive (-inf * c would not stay -inf) by `scale_logits`. Under a gradient, `scale_logits` throughout (c's
+    gradient would read the -inf entries: 0 * -inf = nan)."""
+    if torch.is_grad_enabled() and (mask.requires_grad or c_Ht.requires_grad):
+        return scale_logits(mask, c_Ht)
     bad_Ht = c_Ht <= 0
     fix = scale_logits(mask[..., bad_Ht, :], c_Ht[bad_Ht]) if bool(bad_Ht.any()) else None  # (..., n, s)
     out = mask.mul_(c_Ht[..., None]) if mask.is_contiguous() else mask * c_Ht[..., None]
