@@ -129,23 +129,27 @@ def continuation(model, tok, prompt, completion, n):
 
 
 def greedy(model, tok, prompt, n, stop="\n", eod=None):
-    """Greedy decoding of at most GEN_TOKS tokens after the prompt's last n - GEN_TOKS tokens, up to `stop`."""
-    ids, gen = tok.encode(prompt).ids[-(n - GEN_TOKS):], []
+    """Greedy decoding of at most GEN_TOKS tokens after the prompt's last n - GEN_TOKS tokens, up to `stop`: the
+    text, and the rows the model read."""
+    ids, gen, rows = tok.encode(prompt).ids[-(n - GEN_TOKS):], [], []
     while len(gen) < GEN_TOKS:
+        rows.append(tuple(ids + gen))
         t = logp(model, ids + gen)[-1].argmax().item()
         if t == eod:
             break
         gen.append(t)
         if stop in tok.decode(gen):
             break
-    return tok.decode(gen).split(stop)[0]
+    return tok.decode(gen).split(stop)[0], rows
 
 
 def close(a, b, rel=1e-5):
     return abs(a - b) <= rel * abs(b)
 
 
-def check_against_model(resps, model, tok, docs, n):
+def check_against_model(resps, model, tok, docs, n, read=None):
+    """Every response of the three local tasks is what `model` computes; `read`: the rows the backend's model read
+    (the generations' must be among them: the context cut as lm-eval's HF backend cuts it)."""
     eod = tok.token_to_id("<|endoftext|>")
     for d, got in zip(docs, resps["lenx_local_ppl"], strict=True):
         assert close(got, rolling(model, tok.encode(d["text"]).ids, eod, n)), (d["text"][:30], n)
@@ -153,7 +157,8 @@ def check_against_model(resps, model, tok, docs, n):
         want, want_greedy = continuation(model, tok, d["prompt"], d["completion"], n)
         assert close(ll, want) and is_greedy == want_greedy, (d["prompt"][-30:], n)
     for d, text in zip(docs, resps["lenx_local_gen"], strict=True):
-        assert text == greedy(model, tok, d["prompt"], n, eod=eod), (d["prompt"][-30:], n)
+        want, rows = greedy(model, tok, d["prompt"], n, eod=eod)
+        assert text == want and (read is None or set(rows) <= read), (d["prompt"][-30:], n)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -164,8 +169,11 @@ def test_lm_eval_scores_what_lenx_computes_at_1x_and_16x(lab, local_tasks, schem
     model, _ = load_model(path)
     tok = Tokenizer.from_str(read_checkpoint(path)["lenx_tokenizer"])
     for n in (L, 16 * L):
-        resps = evaluate("lenx", {"ckpt": str(path), "max_length": n}, LOCAL, manager)
-        check_against_model(resps, model, tok, docs, n)
+        lm = lenx.harness.LenxLM(ckpt=str(path), max_length=n, batch_size=4)  # (an instance: to see what it reads)
+        read = set()
+        lm.model.register_forward_pre_hook(lambda _, args: read.update(map(tuple, args[0].tolist())))
+        resps = evaluate(lm, None, LOCAL, manager)
+        check_against_model(resps, model, tok, docs, n, read)
         assert len(tok.encode(docs[-1]["text"]).ids) > 2 * n  # the long document: several windows, also at 16x
 
 
@@ -186,18 +194,19 @@ def test_the_hf_export_of_a_rope_checkpoint_gives_the_same_numbers(lab, local_ta
 
 
 def test_scaling_and_extension_mean_what_they_mean_in_evaluate(lab, local_tasks):
-    """scaling=yarn, extension=self_extend: the model evaluate.py scores under `scalings=[yarn]`
-    `extensions=[self_extend]`, and not the model as trained."""
+    """scaling=yarn and extension={name: self_extend, ...}: the model evaluate.py scores under `scalings=[yarn]`
+    `extensions=[{name: self_extend, ...}]`, and not the model as trained."""
     _, ckpt = lab
     _, docs, manager = local_tasks
     path = ckpt("rope")
     state = read_checkpoint(path)
+    extension = {"name": "self_extend", "window": 8, "group": 4}  # (a mapping: JSON model_args on the CLI)
     model, cfg = rebuild(state, "yarn", str(path))
-    model.extension = build_extension("self_extend", cfg["seq_len"])[1]
+    model.extension = build_extension(extension, cfg["seq_len"])[1]
     plain, _ = rebuild(state, None, str(path))
     tok = Tokenizer.from_str(state["lenx_tokenizer"])
     n, eod = 16 * L, tok.token_to_id("<|endoftext|>")
-    got = evaluate("lenx", {"ckpt": str(path), "max_length": n, "scaling": "yarn", "extension": "self_extend"},
+    got = evaluate("lenx", {"ckpt": str(path), "max_length": n, "scaling": "yarn", "extension": extension},
                    ["lenx_local_ppl"], manager)["lenx_local_ppl"]
     for d, ll in zip(docs, got, strict=True):
         ids = tok.encode(d["text"]).ids
@@ -249,6 +258,11 @@ def test_bad_model_arguments_are_one_line(lab, tmp_path):
              ({"ckpt": rope, "precision": "fp8"}, r"^precision must be auto, bf16 or 32"),
              ({"ckpt": rope, "batch_size": "auto"}, r"batch_size must be a positive integer"),
              ({"ckpt": rope, "max_length": 0}, r"max_length must be a positive integer")]
+    state = read_checkpoint(rope)  # a tokenizer that is not the one training recorded
+    state["lenx_tokenizer"] = state["lenx_tokenizer"].replace('"<|endoftext|>"', '"<|end|>"', 1)
+    torch.save(state, tmp_path / "other_tokenizer.ckpt")
+    cases.append(({"ckpt": str(tmp_path / "other_tokenizer.ckpt")},
+                  r"the tokenizer stored in .* hashes to \w{12}, not to the tokenizer_hash \w{12} its training recorded"))
     if not torch.cuda.is_available():
         cases.append(({"ckpt": rope, "device": "cuda"}, r"device=cuda requested but CUDA is not available"))
     for kwargs, message in cases:
