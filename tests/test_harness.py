@@ -171,7 +171,7 @@ def test_lm_eval_scores_what_lenx_computes_at_1x_and_16x(lab, local_tasks, schem
     for n in (L, 16 * L):
         lm = lenx.harness.LenxLM(ckpt=str(path), max_length=n, batch_size=4)  # (an instance: to see what it reads)
         read = set()
-        lm.model.register_forward_pre_hook(lambda _, args: read.update(map(tuple, args[0].tolist())))
+        lm.model.register_forward_pre_hook(lambda _, args, read=read: read.update(map(tuple, args[0].tolist())))
         resps = evaluate(lm, None, LOCAL, manager)
         check_against_model(resps, model, tok, docs, n, read)
         assert len(tok.encode(docs[-1]["text"]).ids) > 2 * n  # the long document: several windows, also at 16x

@@ -33,6 +33,7 @@ batch_size or on its batch. Log-probabilities are a log-softmax of fp32 logits, 
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from itertools import groupby, pairwise
@@ -59,6 +60,12 @@ from lenx.results import git_state, scaling_name
 from lenx.tasks import BOS, Task, build_task
 
 ARGS = ("ckpt", "max_length", "scaling", "extension", "precision", "device", "batch_size")
+log = logging.getLogger(__name__)
+
+
+def warn_cut(cut: int, total: int, n: int, what: str) -> None:
+    if cut:  # as lm-eval's Hugging Face backend warns: a cut input is not the task's whole input
+        log.warning("lenx: %d of %d %s longer than max_length=%d were cut from the left", cut, total, what, n)
 
 
 class TextTokens:
@@ -191,6 +198,8 @@ class LenxLM(TemplateLM):
             if len(cont) > self.max_length:
                 raise ConfigError(f"a continuation of {len(cont)} tokens is longer than max_length={self.max_length}")
             inputs.append((ctx + cont)[-(self.max_length + 1):][:-1])
+        warn_cut(sum(len(c) + len(x) > self.max_length + 1 for _, c, x in requests), len(requests), self.max_length,
+                 "inputs")
         out: list = [None] * len(requests)
         batches = list(same_length_batches([len(x) for x in inputs], self.batch_size))
         for batch in tqdm(batches, disable=disable_tqdm, desc="lenx: loglikelihood"):
@@ -228,15 +237,17 @@ class LenxLM(TemplateLM):
         generation fit in max_length (where max_gen_toks >= max_length, each token reads the last max_length
         instead). There is no KV cache: every new token is one forward over the whole sequence so far, so g tokens
         cost g forwards of up to max_length tokens (requests of one length share them)."""
-        ids, stops, budget = [], [], []
+        ids, stops, budget, cut = [], [], [], 0
         for context, gen_kwargs in (req.args for req in requests):
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             if kwargs.get("do_sample"):
                 raise ConfigError("the lenx backend decodes greedily: do_sample / temperature > 0 are not supported")
-            keep = self.max_length - kwargs["max_gen_toks"]
-            ids.append((self.tok_encode(context) or [self.prefix_token_id])[-keep if keep > 0 else 0:])
+            keep, ctx = self.max_length - kwargs["max_gen_toks"], self.tok_encode(context) or [self.prefix_token_id]
+            cut += 0 < keep < len(ctx)
+            ids.append(ctx[-keep if keep > 0 else 0:])
             stops.append(handle_stop_sequences(kwargs["until"], eos=self.tok.stop))
             budget.append(kwargs["max_gen_toks"])
+        warn_cut(cut, len(requests), self.max_length, "contexts (with max_gen_toks)")
         gen: list[list[int]] = [[] for _ in requests]
         live = [i for i in range(len(requests)) if budget[i] > 0]
         with tqdm(total=sum(budget), disable=disable_tqdm, desc="lenx: generate_until") as bar:
