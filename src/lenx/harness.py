@@ -88,7 +88,7 @@ class SymbolTokens:
 
     def __init__(self, task: Task) -> None:
         self.task, self.prefix_id = task, BOS
-        self.eot_id, self.stop = (task.eos_id, None) if task.eos else (None, None)
+        self.eot_id, self.stop = task.eos_id, None  # (eos_id: None for a task without an end token)
 
     def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
         ids = []
@@ -207,7 +207,7 @@ class LenxLM(TemplateLM):
             logp_BNV = F.log_softmax(self._logits([inputs[i] for i in batch], n), dim=-1)
             for logp_NV, i in zip(logp_BNV, batch):
                 (key, _, cont), y_N = requests[i], torch.tensor(requests[i][2], device=self._device)
-                logp_NV = logp_NV[-len(cont):]
+                logp_NV = logp_NV[len(logp_NV) - len(cont):]  # (an empty continuation: nothing, log p = 0)
                 out[i] = (logp_NV.gather(-1, y_N[:, None]).double().sum().item(),
                           bool((logp_NV.argmax(-1) == y_N).all()))
                 if key is not None:
