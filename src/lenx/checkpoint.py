@@ -283,6 +283,26 @@ def resume_point(cfg: dict, run_dir: Path) -> tuple[str | None, int, dict | None
     return str(path), int(ckpt.get("global_step", 0)), ckpt
 
 
+def stored_tokenizer(ckpt: dict, cfg: dict, where: str = "the checkpoint") -> str:
+    """The tokenizer file (JSON text) a language model was trained with: the one training stores in the checkpoint,
+    bytes identical (an older checkpoint without it: the token cache's, if it is the one training used), refused in
+    one line if it does not hash to the `tokenizer_hash` its training recorded. Text scored outside lenx's corpora
+    (lm-evaluation-harness documents, lenx.harness) is tokenised with it; scoring_data checks corpus streams."""
+    recorded = (cfg.get("provenance") or {}).get("tokenizer_hash")
+    tok = ckpt.get("lenx_tokenizer")
+    if not isinstance(tok, str):
+        cached = data.cached(cfg)
+        if cached is None or not recorded or cached["tokenizer_hash"] != recorded:
+            raise CheckpointError(f"{where} holds no tokenizer, and this machine's token cache has not the one it was "
+                                  "trained with: prepare its corpus (python evaluate.py ckpt=...) first")
+        tok = (Path(cached["dir"]) / "tokenizer.json").read_text()
+    found = hashlib.sha256(tok.encode()).hexdigest()
+    if recorded and found != recorded:
+        raise CheckpointError(f"the tokenizer stored in {where} hashes to {found[:12]}, not to the tokenizer_hash "
+                              f"{recorded[:12]} its training recorded; refusing to tokenise with it")
+    return tok
+
+
 def scoring_data(ckpt: dict, cfg: dict, split: str, new_corpus: bool = False) -> dict:
     """`cfg` set to score with the tokenizer the checkpoint was trained with (stored in it by training, bytes
     identical), its `provenance` replaced by that of the data actually scored.

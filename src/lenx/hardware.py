@@ -53,11 +53,12 @@ def resolve_precision(requested: str | int, accelerator: str = "auto", flops_per
     return "bf16-mixed" if cpu_has_fast_bf16() and big else "32-true"
 
 
-def eval_autocast(requested: str, device: torch.device) -> torch.autocast:
+def eval_autocast(requested: str, device: torch.device, key: str = "eval.precision") -> torch.autocast:
     """The autocast context for scoring: eval.precision "auto" -> bf16 where the device has fast bf16, "bf16" ->
-    bf16, "32" -> off. Positional maths stays fp32 inside the schemes, and the loss is taken on fp32 logits."""
+    bf16, "32" -> off. Positional maths stays fp32 inside the schemes, and the loss is taken on fp32 logits. A bad
+    value is one ConfigError naming `key` (the setting it came from)."""
     if requested not in ("auto", "bf16", "32"):
-        raise ConfigError(f"eval.precision must be auto, bf16 or 32, got {requested!r}")
+        raise ConfigError(f"{key} must be auto, bf16 or 32, got {requested!r}")
     fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
     enabled = requested == "bf16" or (requested == "auto" and fast)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
