@@ -21,7 +21,7 @@ def _probability(value, name: str, *, top: bool = True) -> float:
 
 
 class FlipFlop(Task):
-    """Flip-flop language modelling, FFL(p) (Liu et al. 2023, arXiv:2306.00946, section 3): `size` instructions,
+    """Flip-flop language modelling, FFL(p) (Liu et al. 2023, arXiv:2306.00946): `size` instructions,
     each followed by a bit: `w b` writes b, `i b` is noise (ignored), `r b` reads: b is the last written bit. The
     first instruction is a write and the last a read; the others are i with probability p_ignore, w or r with
     (1 - p_ignore)/2 each; written and ignored bits are uniform. Only the bits after `r` are answers (trained on and
@@ -96,7 +96,7 @@ def product_table(group: str) -> np.ndarray:
 
 
 class WordProblem(Task):
-    """The word problem of S5 or A5 (Merrill et al. 2024, arXiv:2404.08819, section 4; jopetty/word-problem): `size`
+    """The word problem of S5 or A5 (Merrill et al. 2024, arXiv:2404.08819; jopetty/word-problem): `size`
     group elements drawn uniformly (tokens: the 120 permutations of S5, or the 60 of A5, named by their images of
     1..5, e.g. `21345`), and at each position the running product of the elements so far (the convention above).
     As in the authors' token-tagging setup every position is an answer: per-token accuracy is their token
@@ -139,7 +139,7 @@ COUNT_MAX = 10  # its MAX_VAL: an increment past it is drawn again
 
 
 class Counting(Task):
-    """CoPE's counting task (Golovneva et al. 2024, arXiv:2405.18719, section 4.3), as the authors' generator
+    """CoPE's counting task (Golovneva et al. 2024, arXiv:2405.18719), as the authors' generator
     (facebookresearch/RAM, projects/cope/scripts/count_data_gen.py) draws it: `size` statements, each `x = 0 ;`
     (weight 1: a variable among the first `variables` letters reset to 0), `pass;` (weight 50) or `x ++;` (weight
     7: a variable already set, counted up; past 10 the statement is drawn again, as is an increment with no
@@ -199,10 +199,11 @@ class Counting(Task):
 
 
 class SelectiveCopy(Task):
-    """Selective copy as CoPE tests it (Golovneva et al. 2024, arXiv:2405.18719, section 4.2; the task is Gu & Dao's,
-    arXiv:2312.00752): `size` symbols and round(blank_ratio x size) blank tokens `.` in a uniformly random order,
-    SEP, then the symbols alone in their order (the answer). CoPE trains with 128 blanks among 128 symbols
-    (blank_ratio 1) and tests on dense (64 blanks, 0.5) and sparse (256 blanks, 2) sequences of 128 symbols;
+    """Selective copy as CoPE tests it (Golovneva et al. 2024, arXiv:2405.18719, section 4, the number from memory;
+    the task is Gu & Dao's, arXiv:2312.00752): `size` symbols and round(blank_ratio x size) blank tokens `.` in a
+    uniformly random order, SEP, then the symbols alone in their order (the answer). CoPE trains with 128 blanks
+    among 128 symbols (blank_ratio 1) and tests on dense (64 blanks, 0.5) and sparse (256 blanks, 2) sequences of
+    128 symbols (the split names of its results table);
     blank_ratio is a task option (eval.probes.tasks.task_options={blank_ratio: 2.0} scores the sparse test).
     Not found in the authors' released code (which has the counting task only): the alphabet is not stated in
     the text lenx could read, so `alphabet` defaults to Gu & Dao's 16 symbols, and the layout (SEP, then the
