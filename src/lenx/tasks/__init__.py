@@ -16,6 +16,10 @@ Instance i is a pure function of (seed, split, i): its generator is numpy's PCG6
 evaluation can never share an instance, whatever the seeds: the space of instances is cut in two by one bit of a
 hash (blake2b) of an instance's tokens, training draws (by rejection) only from one half and evaluation and
 validation only from the other.
+
+Modules: algorithmic (copy, reverse, sort, parity, addition), retrieval (MQAR, kv recall, RULER's, passkey),
+formal (the Chomsky-hierarchy tasks of arXiv:2207.02098), state (flip-flop, S5/A5 word problems, CoPE's counting
+and selective copy).
 """
 
 from lenx.tasks.algorithmic import Addition, Copy, Parity, Reverse, Sort
@@ -36,14 +40,24 @@ from lenx.tasks.base import (
     provenance,
     query,
 )
+from lenx.tasks.formal import (
+    BinaryAddition,
+    BinaryMultiplication,
+    BucketSort,
+    CycleNavigation,
+    DuplicateString,
+    MissingDuplicate,
+    ModularArithmetic,
+    OddsFirst,
+    StackManipulation,
+)
 from lenx.tasks.probe import TASK_COLUMNS, TaskAccuracy, plot_tasks, predict, task_accuracy, wilson
 from lenx.tasks.retrieval import MQAR, KVRecall, NiahMultikey, Passkey, VariableTracking
+from lenx.tasks.state import Counting, FlipFlop, SelectiveCopy, WordProblem
 
 __all__ = [
-    "Passkey",
     "BOS",
     "HALF",
-    "KVRecall",
     "MQAR",
     "PAD",
     "SEP",
@@ -51,15 +65,30 @@ __all__ = [
     "SPLITS",
     "TASK_COLUMNS",
     "Addition",
+    "BinaryAddition",
+    "BinaryMultiplication",
+    "BucketSort",
     "Copy",
+    "Counting",
+    "CycleNavigation",
+    "DuplicateString",
+    "FlipFlop",
+    "KVRecall",
+    "MissingDuplicate",
+    "ModularArithmetic",
     "NiahMultikey",
+    "OddsFirst",
     "Parity",
+    "Passkey",
     "Reverse",
+    "SelectiveCopy",
     "Sort",
+    "StackManipulation",
     "Task",
     "TaskAccuracy",
     "TaskItems",
     "VariableTracking",
+    "WordProblem",
     "build_task",
     "configure",
     "half_of",

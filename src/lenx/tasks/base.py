@@ -120,7 +120,7 @@ class Task:
         answers read from the input (MQAR: a value of the pairs), so no scored input stream is ever trained on."""
         rng = np.random.default_rng((seed, SPLITS[split], i, size or 0))
         if size is None:
-            size = int(rng.integers(self.min_size, self.train_size + 1))
+            size = self.train_draw_size(rng)
         for _ in range(64):
             ids, mask, *labels = self.draw(size, rng)  # labels: [] for a task whose answers stand in the sequence
             if self.eos:  # the answer ends here: the end token is an answer token (trained on and scored)
@@ -133,6 +133,10 @@ class Task:
             return out  # and so may validation (it draws training's sizes; a loss monitor)
         raise ConfigError(f"data.task: size {size} has too few distinct {self.name} instances to hold some out of "
                           "training; use a larger train_size")
+
+    def train_draw_size(self, rng: np.random.Generator) -> int:
+        """A training instance's size: uniform in [min_size, train_size] (a task may weight its sizes instead)."""
+        return int(rng.integers(self.min_size, self.train_size + 1))
 
     def seq_len(self) -> int:
         """The training length: the longest training instance minus one (the model reads all tokens but the last);

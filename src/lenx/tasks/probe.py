@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -178,14 +178,19 @@ class TaskAccuracy(Probe):
     sizes: null, or a set of sizes scored besides the multipliers (resolve_sizes: a list or `lo..hi`, e.g.
     `N+1..2N`). protocol: null, or a paper's task protocol (PROTOCOLS, configs/protocol/), which the probe holds
     the run to: kazemnejad needs greedy decoding, a set of sizes and an end token (data.task.eos: true); ruoss a
-    set of sizes."""
+    set of sizes.
+    task_options: null, or generator options of the run's task to score it under instead of its training ones (a
+    test distribution: flip_flop's p_ignore, selective_copy's blank_ratio), e.g. {p_ignore: 0.98}; the task's
+    vocabulary must stay the same, and its rows are named with them (flip_flop[p_ignore=0.98])."""
 
     columns = {"tasks": TASK_COLUMNS}
+    FIXED = ("_target_", "train_size", "min_size", "eos")  # what task_options may not change
     task_probe = True  # runs on task models (train.py skips probes that read a corpus there)
 
     def __init__(self, *, run: str | bool = "auto", multipliers: list[int], instances: int = 100, batch: int = 50,
                  decode: str = "teacher", seed: int = 0, positions: str = "contiguous",
-                 sizes: str | list[int] | None = None, protocol: str | None = None) -> None:
+                 sizes: str | list[int] | None = None, protocol: str | None = None,
+                 task_options: dict | None = None) -> None:
         if run not in ("auto", True, False):
             raise ConfigError(f"run must be auto, true or false, got {run!r}")
         if not multipliers and sizes is None:
@@ -213,6 +218,25 @@ class TaskAccuracy(Probe):
         self.when, self.multipliers, self.instances, self.batch = run, list(multipliers), instances, batch
         self.decode, self.seed, self.positions = decode, seed, positions
         self.sizes, self.protocol = sizes, protocol
+        if task_options is not None and (not isinstance(task_options, Mapping) or any(
+                not isinstance(k, str) or k in self.FIXED or not isinstance(v, (int, float, str, bool))
+                for k, v in task_options.items())):
+            raise ConfigError(f"task_options must be null or a mapping of the task's generator options to plain "
+                              f"values (not {', '.join(self.FIXED)}), got {task_options!r}")
+        self.task_options = dict(task_options or {})
+
+    def scored_task(self, cfg: dict) -> Task | None:
+        """The run's task, under task_options where given (named with them; its vocabulary unchanged)."""
+        task = build_task(cfg)
+        if task is None or not self.task_options:
+            return task
+        spec = {**cfg["data"]["task"], **self.task_options}
+        other = build_task({**cfg, "data": {**cfg["data"], "task": spec}})
+        if other.vocab != task.vocab:
+            raise ConfigError(f"task_options={self.task_options} change the {task.name} task's vocabulary; only "
+                              "options that keep it can score a trained model")
+        other.name = f"{task.name}[{','.join(f'{k}={v}' for k, v in sorted(self.task_options.items()))}]"
+        return other
 
     def check_task(self, task) -> list[int] | None:
         """What must hold of the run's task (checked before training, and again before scoring): the sizes
@@ -223,7 +247,7 @@ class TaskAccuracy(Probe):
         return resolve_sizes(self.sizes, task.train_size) if self.sizes is not None else None
 
     def run(self, model, run) -> Iterator[dict]:
-        task = build_task(run.cfg)
+        task = self.scored_task(run.cfg)
         if task is None or self.when is False:
             return
         sizes = self.check_task(task)
@@ -231,6 +255,7 @@ class TaskAccuracy(Probe):
         label = mode.name if mode is not None else "contiguous"
         done = frozenset((r.get("size_set") or "", r["size"]) for r in run.done(self.name)
                          if r.get("decode") == self.decode and r.get("eval_positions", "contiguous") == label
+                         and r.get("task", task.name) == task.name
                          and (r.get("protocol") or "") == (self.protocol or ""))
         yield from task_accuracy(model, task, multipliers=self.multipliers, instances=self.instances,
                                  batch=self.batch, decode=self.decode, device=run.device, seed=self.seed, skip=done,

@@ -44,14 +44,28 @@ class MQAR(Task):
     8192-token vocabulary puts an 8195-way output layer on a tiny model: a training step of d_model 64, 2 layers,
     batch 32 of 8 pairs took 1.86 s against 0.11 s with vocab 64 (one shared CPU thread, measured); a smaller
     `vocab` is a variant (the layout is unchanged; noise tokens repeat a pair's key more often, unlabelled as in
-    Zoology). Zoology's JRT option (num_passes) and its ar_extrapolate flavour are not here."""
+    Zoology). Zoology's JRT option (num_passes) is not here.
+
+    Zoology's extrapolation setting (`zoology/data/ar_extrapolate.py`, configs/data/mqar_extrapolate.yaml) is this
+    generator (its `_mqar`, every key asked; ARConfig's num_queries is not read) over a set of (input_seq_len,
+    pairs) configs, trained on few pairs and tested on more: its experiments (paper_configs/arxiv24_based_ablations,
+    01-26_extrap.py) train on 4, 8, 16 pairs in 64 tokens, 32 in 128 and 64 in 256 (100k/20k/20k/10k/5k
+    examples) and test those and 128 pairs in 512, 256 in 1024 tokens. Two options give it: `min_tokens`, a floor
+    on the length (L = max(min_tokens, tokens_per_pair x pairs): 64 and 4 per pair give those configs), and
+    `train_mix`, training sizes with weights (`4:100000,8:20000,...`) instead of uniform ones; scoring at
+    multiplier x train_size (64 pairs) is its 128- and 256-pair tests at 2x and 4x."""
 
     name = "mqar"
     sizes = "pairs"
 
     def __init__(self, *, train_size: int, min_size: int = 1, vocab: int = 8192, tokens_per_pair: int = 16,
-                 power_a: float = 0.01, random_non_queries: bool = True) -> None:
+                 power_a: float = 0.01, random_non_queries: bool = True, min_tokens: int = 0,
+                 train_mix: str = "") -> None:
         super().__init__(train_size=train_size, min_size=min_size)
+        self.min_tokens = check_int(min_tokens, "data.task.min_tokens", minimum=0)
+        if min_tokens % 2:  # Zoology asserts an even input_seq_len
+            raise ConfigError(f"data.task.min_tokens must be even (as Zoology's input_seq_len), got {min_tokens}")
+        self.mix = self.parse_mix(train_mix, min_size, train_size)
         self.vocab_tokens = check_int(vocab, "data.task.vocab", minimum=4)
         self.tokens_per_pair = check_int(tokens_per_pair, "data.task.tokens_per_pair", minimum=4)
         if tokens_per_pair % 2:  # Zoology asserts an even input_seq_len, and 4 tokens per pair at least (minimum=4)
@@ -66,6 +80,34 @@ class MQAR(Task):
         self._legacy = np.random.RandomState(0)
         if self.too_large(train_size):
             raise ConfigError(f"data.task: {self.too_large(train_size)}")
+
+    @staticmethod
+    def parse_mix(spec: str, lo: int, hi: int) -> tuple[list[int], list[float]] | None:
+        """`size:weight,...` as (sizes, probabilities), each size in [lo, hi]; "" -> None (uniform sizes)."""
+        if not isinstance(spec, str):
+            raise ConfigError(f"data.task.train_mix must be a string like 4:100000,8:20000, got {spec!r}")
+        if not spec.strip():
+            return None
+        try:
+            pairs = [(int(a), float(b)) for a, b in (item.split(":") for item in spec.split(","))]
+        except ValueError:
+            raise ConfigError(f"data.task.train_mix must be size:weight pairs joined by commas (e.g. "
+                              f"4:100000,8:20000), got {spec!r}") from None
+        if any(not lo <= n <= hi or w <= 0 for n, w in pairs) or len({n for n, _ in pairs}) != len(pairs):
+            raise ConfigError(f"data.task.train_mix={spec!r}: distinct sizes in [min_size, train_size] = [{lo}, {hi}]"
+                              " with positive weights")
+        total = sum(w for _, w in pairs)
+        return [n for n, _ in pairs], [w / total for _, w in pairs]
+
+    def train_draw_size(self, rng):
+        if self.mix is None:
+            return super().train_draw_size(rng)
+        sizes, p = self.mix
+        return sizes[int(rng.choice(len(sizes), p=p))]
+
+    def length(self, size: int) -> int:
+        """Zoology's input_seq_len for `size` pairs: tokens_per_pair x size, at least min_tokens."""
+        return max(self.min_tokens, self.tokens_per_pair * size)
 
     def symbols(self):
         half = self.vocab_tokens // 2
@@ -83,7 +125,7 @@ class MQAR(Task):
     def sample(self, size: int, rs: np.random.RandomState) -> tuple[list[int], list[bool], list[int]]:
         """One instance from a legacy RandomState, in Zoology's token ids (0 .. vocab - 1, not shifted): its inputs
         (L,), the answer mask and the labels (the inputs, but each query's value in the slot after it)."""
-        V, n, L = self.vocab_tokens, size, self.tokens_per_pair * size
+        V, n, L = self.vocab_tokens, size, self.length(size)
         ctx = 2 * n
         keys = rs.choice(np.arange(1, V // 2), replace=False, size=n)
         vals = rs.choice(np.arange(V // 2, V), replace=False, size=n)
@@ -107,7 +149,7 @@ class MQAR(Task):
         return [t + len(SPECIALS) for t in ids], mask, [t + len(SPECIALS) for t in labels]
 
     def max_len(self, size):
-        return 1 + self.tokens_per_pair * size
+        return 1 + self.length(size)
 
 
 class KVRecall(Task):
