@@ -1,0 +1,238 @@
+"""A task study as one sweep: tasks x schemes x position modes x seeds, from a grid file, with its wall time
+estimated (and printed) before any run starts.
+
+    python scripts/task_study.py GRID.yaml [--jobs 2] [--runs DIR] [--estimate] [--only-tasks ...] [--only-schemes ...]
+
+GRID.yaml (experiments/2026-12-07_task-separation/grid.yaml is one):
+    seeds: [0, 1, 2]
+    common: [model.d_model=64, ...]            # overrides of every run
+    tasks: {flip_flop: [data=flip_flop, data.task.train_size=16, trainer.max_steps=1500], ...}
+    schemes: {rope: [pos=rope], t5: {default: [pos=t5], copy: [pos=t5, pos.num_buckets=12]}, ...}
+    positions: {contiguous: [], randomized: [positions=randomized]}   # optional; default: contiguous only
+
+Each run is `python train.py <common> <task> <scheme> <positions> seed=<s> hydra.run.dir=<runs>/<task>/<name>_s<s>`
+(name: the scheme, `@<positions>` for a mode other than the first). The estimate, before anything runs: for each task
+two short timing runs of its first scheme (`--timing-steps`, twice that many), whose difference gives the task's time
+per step and whose remainder its fixed cost (start, scoring); for each other scheme one run of the first task, whose
+time per step over the first scheme's is the scheme's factor; the study's wall time is the sum over its runs of fixed
+cost + steps x time per step x factor, divided by the jobs. Timings are kept in <runs>/timings.json (a rerun reuses
+them). Runs go `--jobs` at a time (one thread each unless --threads); a run whose directory holds `.study_done` is
+skipped and one cut short resumes (train.py's resume=auto), so rerunning continues a study. At the end
+scripts/aggregate.py writes the tables (exact match and per-token accuracy with seed intervals and the maximum over
+seeds) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Run:
+    task: str
+    scheme: str
+    mode: str
+    seed: int
+    overrides: tuple[str, ...]
+    steps: int
+
+    def directory(self, runs: Path, first_mode: str) -> Path:
+        name = self.scheme if self.mode == first_mode else f"{self.scheme}@{self.mode}"
+        return runs / self.task / f"{name}_s{self.seed}"
+
+
+def _overrides(node, where: str) -> list[str]:
+    if node is None:
+        return []
+    if not isinstance(node, list) or not all(isinstance(o, str) for o in node):
+        raise SystemExit(f"task_study: {where} must be a list of overrides (strings), got {node!r}")
+    return list(node)
+
+
+def load_grid(path: Path) -> dict:
+    """The grid file, checked: one line per mistake, before anything runs."""
+    grid = yaml.safe_load(path.read_text())
+    if not isinstance(grid, dict):
+        raise SystemExit(f"task_study: {path} must be a mapping (seeds, common, tasks, schemes, positions)")
+    unknown = set(grid) - {"seeds", "common", "tasks", "schemes", "positions"}
+    if unknown:
+        raise SystemExit(f"task_study: {path}: unknown keys {sorted(unknown)} (seeds, common, tasks, schemes, positions)")
+    for key in ("tasks", "schemes"):
+        if not isinstance(grid.get(key), dict) or not grid[key]:
+            raise SystemExit(f"task_study: {path}: `{key}` must be a non-empty mapping of names to overrides")
+    for scheme, node in grid["schemes"].items():
+        if isinstance(node, dict) and set(node) - {"default"} - set(grid["tasks"]):
+            raise SystemExit(f"task_study: schemes.{scheme} names tasks the grid lacks: "
+                             f"{sorted(set(node) - {'default'} - set(grid['tasks']))}")
+    seeds = grid.setdefault("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise SystemExit(f"task_study: {path}: seeds must be a list of integers, got {seeds!r}")
+    for task, node in grid["tasks"].items():
+        over = _overrides(node, f"tasks.{task}")
+        if not any(o.startswith("trainer.max_steps=") for o in over):
+            raise SystemExit(f"task_study: tasks.{task} must set trainer.max_steps (the estimate reads it)")
+    return grid
+
+
+def scheme_overrides(node, scheme: str, task: str) -> list[str]:
+    """A scheme's overrides for a task: a list, or {default: [...], <task>: [...]}."""
+    if isinstance(node, dict):
+        if "default" not in node:
+            raise SystemExit(f"task_study: schemes.{scheme} as a mapping needs a `default` list")
+        return _overrides(node.get(task, node["default"]), f"schemes.{scheme}.{task}")
+    return _overrides(node, f"schemes.{scheme}")
+
+
+def plan_runs(grid: dict, tasks: list[str] | None = None, schemes: list[str] | None = None) -> list[Run]:
+    """Every run of the grid (or of the named tasks and schemes), in task order, then scheme, mode and seed."""
+    modes = grid.get("positions") or {"contiguous": []}
+    tasks = tasks or list(grid["tasks"])
+    schemes = schemes or list(grid["schemes"])
+    for name, known, what in ((tasks, grid["tasks"], "task"), (schemes, grid["schemes"], "scheme")):
+        missing = [n for n in name if n not in known]
+        if missing:
+            raise SystemExit(f"task_study: unknown {what}s {missing}; the grid has {list(known)}")
+    runs = []
+    for task, scheme, (mode, mode_over), seed in itertools.product(tasks, schemes, modes.items(), grid["seeds"]):
+        task_over = _overrides(grid["tasks"][task], f"tasks.{task}")
+        steps = int(next(o for o in reversed(task_over) if o.startswith("trainer.max_steps=")).split("=", 1)[1])
+        over = (*_overrides(grid.get("common"), "common"), *task_over,
+                *scheme_overrides(grid["schemes"][scheme], scheme, task), *_overrides(mode_over, f"positions.{mode}"),
+                f"seed={seed}")
+        runs.append(Run(task, scheme, mode, seed, over, steps))
+    return runs
+
+
+def estimate_seconds(runs: list[Run], per_task: dict[str, tuple[float, float]], factor: dict[str, float],
+                     jobs: int) -> float:
+    """The study's wall time: per run fixed + steps x per-step x the scheme's factor, over `jobs` parallel jobs.
+    per_task: task -> (fixed seconds, seconds per step) of the first scheme; factor: scheme -> its per-step time
+    over the first scheme's."""
+    total = sum(per_task[r.task][0] + r.steps * per_task[r.task][1] * factor.get(r.scheme, 1.0) for r in runs)
+    return total / max(1, jobs)
+
+
+def timed(overrides: list[str], out: Path, env: dict) -> float:
+    """Seconds a train.py run with these overrides takes (in `out`, replaced)."""
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={out}"], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise SystemExit(f"task_study: timing run failed ({' '.join(overrides)}):\n{proc.stderr[-2000:]}")
+    return time.time() - t0
+
+
+def measure(grid: dict, runs: list[Run], runs_dir: Path, steps: int, env: dict) -> tuple[dict, dict]:
+    """Timings (cached in runs_dir/timings.json): per task (fixed, per step) of the grid's first scheme, per scheme
+    its factor on the first task."""
+    cache_file = runs_dir / "timings.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {"tasks": {}, "schemes": {}}
+    first_scheme, first_task = runs[0].scheme, runs[0].task
+    seed0 = [r for r in runs if r.seed == runs[0].seed and r.mode == runs[0].mode]
+
+    def with_steps(run: Run, n: int) -> list[str]:
+        return [o for o in run.overrides if not o.startswith(("trainer.max_steps=", "eval.every_n_steps="))] + \
+            [f"trainer.max_steps={n}", "eval.every_n_steps=null"]
+
+    scratch = runs_dir / ".timing"
+    for run in [r for r in seed0 if r.scheme == first_scheme]:
+        if run.task not in cache["tasks"]:
+            a, b = (timed(with_steps(run, n), scratch / f"{run.task}_{n}", env) for n in (steps, 2 * steps))
+            per_step = max(b - a, 0.0) / steps
+            cache["tasks"][run.task] = [max(a - steps * per_step, 0.0), per_step]
+            print(f"task_study: {run.task}: {per_step * 1000:.0f} ms a step, {cache['tasks'][run.task][0]:.0f} s "
+                  "fixed", flush=True)
+    base = next(r for r in seed0 if r.task == first_task and r.scheme == first_scheme)
+    for run in [r for r in seed0 if r.task == first_task and r.scheme != first_scheme]:
+        if run.scheme not in cache["schemes"]:
+            fixed, per_step = cache["tasks"][first_task]
+            t = timed(with_steps(run, 2 * steps), scratch / f"{run.scheme}", env)
+            cache["schemes"][run.scheme] = max(t - fixed, 1e-3) / max(2 * steps * per_step, 1e-3)
+            print(f"task_study: {run.scheme}: {cache['schemes'][run.scheme]:.2f}x {base.scheme}'s time a step",
+                  flush=True)
+    cache_file.write_text(json.dumps(cache, indent=1))
+    subprocess.run(["rm", "-rf", str(scratch)], check=True)
+    return {k: tuple(v) for k, v in cache["tasks"].items()}, cache["schemes"]
+
+
+def execute(runs: list[Run], runs_dir: Path, first_mode: str, jobs: int, env: dict) -> None:
+    queue = [r for r in runs if not (r.directory(runs_dir, first_mode) / ".study_done").exists()]
+    running: dict = {}
+    print(f"task_study: {len(queue)} of {len(runs)} runs to go in {runs_dir}", flush=True)
+    while queue or running:
+        while queue and len(running) < jobs:
+            run = queue.pop(0)
+            out = run.directory(runs_dir, first_mode)
+            out.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "train.py", *run.overrides, f"hydra.run.dir={out}"]
+            log = open(out / "study.log", "a")
+            log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running[proc] = (out, log, time.time())
+        time.sleep(2)
+        for proc in [p for p in running if p.poll() is not None]:
+            out, log, t0 = running.pop(proc)
+            log.write(f"# rc {proc.returncode} after {time.time() - t0:.0f} s\n")
+            log.close()
+            if proc.returncode == 0:
+                (out / ".study_done").touch()
+            print(f"task_study: {out.relative_to(runs_dir)} rc {proc.returncode} after {time.time() - t0:.0f} s",
+                  flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("grid", type=Path)
+    ap.add_argument("--runs", default="multirun/task_study")
+    ap.add_argument("--out", default=None, help="where aggregate.py writes the tables (default: no aggregation)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    ap.add_argument("--timing-steps", type=int, default=50)
+    ap.add_argument("--estimate", action="store_true", help="measure and print the estimate, run nothing")
+    ap.add_argument("--only-tasks", nargs="*", default=None)
+    ap.add_argument("--only-schemes", nargs="*", default=None)
+    args = ap.parse_args()
+    grid = load_grid(args.grid)
+    runs = plan_runs(grid, args.only_tasks, args.only_schemes)
+    runs_dir = (ROOT / args.runs).resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
+    per_task, factor = measure(grid, runs, runs_dir, args.timing_steps, env)
+    todo = [r for r in runs if not (r.directory(runs_dir, runs[0].mode) / ".study_done").exists()]
+    seconds = estimate_seconds(todo, per_task, factor, args.jobs)
+    print(f"task_study: {len(runs)} runs ({len(grid['tasks'] if args.only_tasks is None else args.only_tasks)} tasks"
+          f" x {len(args.only_schemes or grid['schemes'])} schemes x {len(grid.get('positions') or [0])} position "
+          f"modes x {len(grid['seeds'])} seeds), {len(todo)} to go: estimated {seconds / 60:.0f} min wall with "
+          f"{args.jobs} jobs of {threads} thread(s)", flush=True)
+    if args.estimate:
+        return
+    start = time.time()
+    execute(runs, runs_dir, runs[0].mode, args.jobs, env)
+    wall = time.time() - start
+    line = f"wall time: {wall / 60:.0f} min ({wall:.0f} s; estimated {seconds / 60:.0f}) on {os.cpu_count()} " \
+           f"CPU cores, {args.jobs} jobs\n"
+    with open(runs_dir / "wall_time.txt", "a") as f:
+        f.write(line)
+    print(line, end="")
+    if args.out:
+        subprocess.run([sys.executable, "scripts/aggregate.py", str(runs_dir), "--out", args.out], cwd=ROOT,
+                       env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()

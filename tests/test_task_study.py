@@ -1,0 +1,84 @@
+"""scripts/task_study.py (issue 36): a task study's grid as runs, its checks, and the wall-time estimate printed
+before any run starts (a real timing and estimate on a two-run grid, slow)."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("task_study", ROOT / "scripts" / "task_study.py")
+task_study = importlib.util.module_from_spec(spec)
+sys.modules["task_study"] = task_study  # (its dataclass looks its module up)
+spec.loader.exec_module(task_study)
+
+GRID = """
+seeds: [0, 1]
+common: [model.d_model=16]
+tasks:
+  copy: [data=copy, trainer.max_steps=30]
+  parity: [data=parity, trainer.max_steps=60]
+schemes:
+  rope: [pos=rope]
+  t5: {default: [pos=t5], copy: [pos=t5, pos.num_buckets=8]}
+positions:
+  contiguous: []
+  randomized: [positions=randomized]
+"""
+
+
+def grid_file(tmp_path, text=GRID):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_grid_is_every_task_scheme_mode_and_seed_with_its_own_overrides(tmp_path):
+    grid = task_study.load_grid(grid_file(tmp_path))
+    runs = task_study.plan_runs(grid)
+    assert len(runs) == 2 * 2 * 2 * 2
+    t5_copy = [r for r in runs if r.task == "copy" and r.scheme == "t5"][0]
+    assert t5_copy.overrides == ("model.d_model=16", "data=copy", "trainer.max_steps=30", "pos=t5",
+                                 "pos.num_buckets=8", "seed=0")
+    t5_parity = [r for r in runs if r.task == "parity" and r.scheme == "t5" and r.mode == "randomized"][-1]
+    assert t5_parity.overrides[-3:] == ("pos=t5", "positions=randomized", "seed=1") and t5_parity.steps == 60
+    dirs = {r.directory(tmp_path, "contiguous").relative_to(tmp_path).as_posix() for r in runs}
+    assert "copy/rope_s0" in dirs and "parity/t5@randomized_s1" in dirs and len(dirs) == len(runs)
+    assert len(task_study.plan_runs(grid, ["parity"], ["rope"])) == 4
+
+
+def test_the_estimate_sums_each_run_over_the_jobs(tmp_path):
+    runs = task_study.plan_runs(task_study.load_grid(grid_file(tmp_path)))
+    per_task = {"copy": (10.0, 0.1), "parity": (20.0, 0.2)}  # fixed s, s a step
+    factor = {"rope": 1.0, "t5": 2.0}
+    # copy: 4 runs per scheme (2 modes x 2 seeds) of 30 steps; parity: 60 steps
+    want = 4 * (10 + 30 * 0.1) + 4 * (10 + 30 * 0.1 * 2) + 4 * (20 + 60 * 0.2) + 4 * (20 + 60 * 0.2 * 2)
+    assert task_study.estimate_seconds(runs, per_task, factor, jobs=2) == pytest.approx(want / 2)
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("tasks: {copy: [data=copy]}\nschemes: {rope: [pos=rope]}", "must set trainer.max_steps"),
+    ("tasks: {copy: [data=copy, trainer.max_steps=3]}\nschemes: {}", "`schemes` must be a non-empty mapping"),
+    ("tasks: {copy: [data=copy, trainer.max_steps=3]}\nschemes: {rope: pos=rope}", "schemes.rope must be a list"),
+    ("tasks: {copy: [data=copy, trainer.max_steps=3]}\nschemes: {t5: {sort: [pos=t5], default: []}}",
+     "names tasks the grid lacks"),
+    ("task: {}\n", "unknown keys"),
+])
+def test_a_bad_grid_is_one_line(tmp_path, text, msg):
+    with pytest.raises(SystemExit, match=msg):
+        task_study.plan_runs(task_study.load_grid(grid_file(tmp_path, text)))
+
+
+@pytest.mark.slow
+def test_the_estimate_is_printed_before_any_run(tmp_path):
+    """--estimate times the grid's tasks and schemes with short runs, prints the study's estimate and runs nothing."""
+    text = ("seeds: [0, 1, 2]\ncommon: [experiment=smoke, data.task.train_size=4, eval.probes.tasks.instances=10]\n"
+            "tasks: {copy: [data=copy, trainer.max_steps=100]}\nschemes: {rope: [pos=rope], alibi: [pos=alibi]}\n")
+    runs = tmp_path / "runs"
+    out = subprocess.run([sys.executable, "scripts/task_study.py", str(grid_file(tmp_path, text)), "--runs",
+                          str(runs), "--estimate", "--timing-steps", "4", "--jobs", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "6 runs (1 tasks x 2 schemes x 1 position modes x 3 seeds), 6 to go: estimated" in out.stdout
+    assert (runs / "timings.json").exists() and not (runs / "copy").exists()
