@@ -38,7 +38,7 @@ def test_the_grid_is_every_task_scheme_mode_and_seed_with_its_own_overrides(tmp_
     grid = task_study.load_grid(grid_file(tmp_path))
     runs = task_study.plan_runs(grid)
     assert len(runs) == 2 * 2 * 2 * 2
-    t5_copy = [r for r in runs if r.task == "copy" and r.scheme == "t5"][0]
+    t5_copy = next(r for r in runs if r.task == "copy" and r.scheme == "t5")
     assert t5_copy.overrides == ("model.d_model=16", "data=copy", "trainer.max_steps=30", "pos=t5",
                                  "pos.num_buckets=8", "seed=0")
     t5_parity = [r for r in runs if r.task == "parity" and r.scheme == "t5" and r.mode == "randomized"][-1]
@@ -78,7 +78,7 @@ def test_the_estimate_is_printed_before_any_run(tmp_path):
     runs = tmp_path / "runs"
     out = subprocess.run([sys.executable, "scripts/task_study.py", str(grid_file(tmp_path, text)), "--runs",
                           str(runs), "--estimate", "--timing-steps", "4", "--jobs", "1"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "6 runs (1 tasks x 2 schemes x 1 position modes x 3 seeds), 6 to go: estimated" in out.stdout
     assert (runs / "timings.json").exists() and not (runs / "copy").exists()
