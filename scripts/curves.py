@@ -57,7 +57,11 @@ def run_label(cfg: dict) -> str:
            "scaling": scaling_name(cfg)}
     scaling = extension_label(row)
     label = scheme_label(row)
-    return label if scaling == "none" else f"{label} {scaling}"
+    label = label if scaling == "none" else f"{label} {scaling}"
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    if data.get("task"):  # a task run: one curve per task (runs of two tasks never average together)
+        return f"{data.get('name') or choices.get('data', '?')}: {label}"
+    return label
 
 
 Series = dict[str, dict[int, float]]  # metric -> {step: value}
@@ -197,8 +201,8 @@ def markdown(summary: list[dict], columns: int = 8) -> str:
         text += [f"### {metric} (mean ± 95% CI over runs)", "",
                  "| scheme | runs | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(shown)]
         for label in sorted({r["label"] for r in rows}):
-            cells = [f"{by[label, s]['mean']:.3f} ± {by[label, s]['ci95']:.3f}" if (label, s) in by else ""
-                     for s in shown]
+            cells = [("" if (label, s) not in by else f"{by[label, s]['mean']:.3f}" if by[label, s]["runs"] < 2
+                      else f"{by[label, s]['mean']:.3f} ± {by[label, s]['ci95']:.3f}") for s in shown]  # (one run: no interval)
             runs = max(r["runs"] for r in rows if r["label"] == label)
             text.append(f"| {label} | {runs} | " + " | ".join(cells) + " |")
         text.append("")

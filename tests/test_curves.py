@@ -68,3 +68,18 @@ def test_a_model_with_attention_modifiers_is_its_own_curve(tmp_path):
     with open(tmp_path / "out" / "curves.csv") as f:
         ratio = {r["label"]: float(r["mean"]) for r in csv.DictReader(f) if r["metric"] == "ratio_16x/1x"}
     assert ratio == {"rope": pytest.approx(1.5), "rope+ssmax": pytest.approx(1.1)}
+
+
+def test_task_runs_of_two_tasks_are_two_curves(tmp_path):
+    """A sweep over tasks (calibration): each task's runs form their own curve, named by the task."""
+    for task, acc in (("copy", 0.9), ("parity", 0.5)):
+        path = tmp_path / f"{task}_s0"
+        (path / "logs").mkdir(parents=True)
+        cfg = {"seed": 0, "data": {"name": task, "task": {"_target_": "x"}}, "pos": {"_target_": "x"},
+               "choices": {"pos": "rope", "data": task}}
+        (path / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+        (path / "logs" / "metrics.csv").write_text(f"epoch,step,task/acc_1x,train/loss\n,9,{acc},\n0,9,,1.0\n")
+    curves.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    with open(tmp_path / "out" / "curves.csv") as f:
+        acc = {r["label"]: float(r["mean"]) for r in csv.DictReader(f) if r["metric"] == "task/acc_1x"}
+    assert acc == {"copy: rope": pytest.approx(0.9), "parity: rope": pytest.approx(0.5)}
