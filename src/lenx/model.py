@@ -266,11 +266,12 @@ class Decoder(nn.Module):
         return torch.cat(parts)[torch.argsort(order_B)]
 
     def param_counts(self) -> dict[str, int]:
-        """total; embedding: the token table, and the head where untied; non_embedding: the rest (Kaplan et al.
-        2020, arXiv:2001.08361, count N without embeddings)."""
+        """total; embedding: the token table, and the head where untied; positional: the scheme's own (tables,
+        projections, FIRE's MLP); non_embedding: the rest, as Kaplan et al. (2020, arXiv:2001.08361) count N."""
         total = sum(p.numel() for p in self.parameters())
         emb = self.tok.weight.numel() + (0 if self.head.weight is self.tok.weight else self.head.weight.numel())
-        return {"total": total, "embedding": emb, "non_embedding": total - emb}
+        positional = sum(p.numel() for p in self.pos.parameters())
+        return {"total": total, "embedding": emb, "positional": positional, "non_embedding": total - emb - positional}
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

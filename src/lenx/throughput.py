@@ -99,4 +99,5 @@ def param_line(model: nn.Module) -> str:
     c = model.param_counts()
     tied = model.head.weight is model.tok.weight
     return (f"parameters: {format_count(c['total'])} total, {format_count(c['non_embedding'])} non-embedding "
-            f"({format_count(c['embedding'])} embedding: token table{'' if tied else ' + untied head'})")
+            f"({format_count(c['embedding'])} embedding: token table{'' if tied else ' + untied head'}; "
+            f"{format_count(c['positional'])} the positional scheme's own)")
