@@ -156,10 +156,11 @@ def test_gpu_peaks_are_dense_bf16_by_name(name, tflops):
     assert throughput.gpu_peak_flops(name) == (None if tflops is None else tflops * 1e12)
 
 
-def _train_two_steps(compile: bool):
+def _train_two_steps(compile: bool, scheme: str = "rope", accelerator: str = "cpu", precision: str = "32-true",
+                     attention: str = "sdpa"):
     """A small Llama-style LenxModule through a Trainer, 2 steps on fixed batches; (losses, module, trainer)."""
     cfg = {"model": preset("llama_125m") | {"d_model": 64, "n_layers": 2, "n_heads": 2, "multiple_of": 32},
-           "pos": scheme_config("rope"), "data": {"name": "stdlib", "vocab_size": 128}, "seq_len": 32,
+           "pos": scheme_config(scheme), "attention": attention, "data": {"name": "stdlib", "vocab_size": 128}, "seq_len": 32,
            "batch_size": 4, "compile": compile, "seed": 0, "trainer": {"max_steps": 2},
            "optim": OmegaConf.to_container(OmegaConf.load(CONFIGS / "optim" / "adamw.yaml"))}
     losses = []
@@ -174,7 +175,7 @@ def _train_two_steps(compile: bool):
     data = [torch.randint(0, 128, (4, 33), generator=g) for _ in range(2)]
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, gradient_clip_val=1.0, callbacks=[Losses()],
-                        precision="32-true", accelerator="cpu", devices=1, log_every_n_steps=1)
+                        precision=precision, accelerator=accelerator, devices=1, log_every_n_steps=1)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
     return losses, module, trainer
 
@@ -194,6 +195,19 @@ def test_compiled_llama_trains_like_eager():
     fpt = throughput.flops_per_token(module.n_matmul, 2, 64, 32)
     assert bar["train/mfu"] == pytest.approx(bar["train/tokens_per_s"] * fpt / module.peak_flops, rel=1e-5)
     assert 0 < bar["train/mfu"] < 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scheme", ["rope", "alibi", "t5"])
+def test_compiled_bf16_training_on_cuda_matches_eager(scheme):
+    """On a GPU as gpu_study trains: bf16-mixed, attention=flex (FlexAttention for ALiBi and T5), compiled or not;
+    the losses agree to bf16's precision, and MFU is taken against the device's dense bf16 peak when known."""
+    eager, module, _ = _train_two_steps(False, scheme, "gpu", "bf16-mixed", "flex")
+    compiled, _, trainer = _train_two_steps(True, scheme, "gpu", "bf16-mixed", "flex")
+    assert compiled == pytest.approx(eager, rel=2e-2)
+    if module.peak_flops is not None:
+        assert 0 < trainer.progress_bar_metrics["train/mfu"] < 1
 
 
 # ------------------------------------------------------------------------------------------- the GPU study
