@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from lenx.checkpoint import scheme_config
 from lenx.errors import OutOfRangeError
+from lenx.throughput import matmul_peak  # noqa: F401  (benchmark.py imports it from here)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -104,18 +105,6 @@ def eval_point(model: torch.nn.Module, vocab: int, length: int, device, repeats:
         peak = max(peak, peak_mib(device))
         added = max(added, peak_mib(device) - base)
     return {"tokens_per_s": length / statistics.median(times), "peak_mib": peak, "added_mib": added}
-
-
-def matmul_peak(dtype, device, n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
 def scheme_list(arg: str) -> list[str]:

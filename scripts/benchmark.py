@@ -32,12 +32,24 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from benchlib import StepTimer, batches, config, eval_point, matmul_peak, median_spread, scheme_list, sync
+from benchlib import (
+    CONFIGS,
+    StepTimer,
+    batches,
+    config,
+    eval_point,
+    matmul_peak,
+    median_spread,
+    scheme_list,
+    sync,
+)
 from benchmark_tasks import print_task, task_row
+from omegaconf import OmegaConf
 
 import lenx.attention
-from lenx.hardware import cpu_has_fast_bf16
+from lenx.hardware import cpu_has_fast_bf16, resolve_precision
 from lenx.lit import LenxModule, RandomWindows, build_model
+from lenx.throughput import device_peak, model_flops_per_token
 
 
 def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
@@ -99,19 +111,90 @@ def lightning_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: b
 
 
 def flops_per_token(cfg: dict) -> float:
-    """6 N (forward + backward of the weights, unembedding included) + 12 n_layers T d (causal attention ~half)."""
-    m, T = cfg["model"], cfg["seq_len"]
-    n = build_model(cfg).num_params(non_embedding=True) + cfg["data"]["vocab_size"] * m["d_model"]
-    return 6 * n + 6 * m["n_layers"] * T * m["d_model"]
+    """lenx.throughput's count (PaLM's 6 N + 12 n_layers d T; docs/performance.md) for cfg's model."""
+    with torch.device("meta"):
+        return model_flops_per_token(build_model(cfg), cfg["seq_len"])
 
 
+def preset_config(preset: str, scheme: str, args, compile: bool) -> dict:
+    cfg = config(scheme, args.seq_len, args.batch, args.steps, compile=compile)
+    cfg["model"] = OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{preset}.yaml"))
+    cfg["data"]["vocab_size"] = args.vocab
+    cfg["attention"] = args.attention
+    return cfg
+
+
+def preset_rows(args, device) -> dict:
+    """Training tokens/s and MFU of each --preset with each scheme: the bare loop (lenx's model, AdamW, clipping) in
+    the precision training would use (CUDA: bf16 autocast; CPU: trainer.precision=auto's choice), eager and, per
+    --preset-compile, compiled; MFU against the device's peak (lenx.throughput.device_peak) in that precision."""
+    out = {}
+    for preset in args.preset.split(","):
+        probe = preset_config(preset, scheme_list(args.schemes)[0], args, False)
+        fpt = flops_per_token(probe)
+        tokens_per_step = args.batch * args.seq_len
+        if args.bf16 == "auto":
+            precision = resolve_precision("auto", "auto", fpt * tokens_per_step)
+        else:
+            precision = "bf16-mixed" if args.bf16 == "on" else "32-true"
+        autocast = precision == "bf16-mixed"
+        peak, what = device_peak(device, torch.bfloat16 if autocast else torch.float32)
+        if args.peak_tflops:
+            peak, what = args.peak_tflops * 1e12, f"--peak-tflops {args.peak_tflops}"
+        compiled = args.preset_compile == "on" or (args.preset_compile == "auto" and device.type == "cuda")
+        with torch.device("meta"):
+            counts = build_model(probe).param_counts()
+        row = {"flops_per_token": fpt, "params": counts, "precision": precision, "peak_flops": peak, "peak": what,
+               "seq_len": args.seq_len, "batch": args.batch, "attention": args.attention, "schemes": {}}
+        data = batches(probe, args.steps, device)
+        for s in scheme_list(args.schemes):
+            modes = {"eager": []} | ({"compiled": []} if compiled else {})
+            warm = {}
+            for _ in range(args.repeats):
+                for mode in modes:
+                    r = bare_loop(preset_config(preset, s, args, mode == "compiled"), data, args.warmup, autocast,
+                                  device)
+                    modes[mode].append(r["tokens_per_s"])
+                    warm.setdefault(mode, r["warmup_s"])
+            fpt_s = flops_per_token(preset_config(preset, s, args, False))
+            row["schemes"][s] = {mode: {"tokens_per_s": median_spread(v), "mfu": statistics.median(v) * fpt_s / peak
+                                        if peak else None, "first_warmup_s": warm[mode]} for mode, v in modes.items()}
+            print(f"[{preset}] {s} done", flush=True)
+        out[preset] = row
+    return out
+
+
+def print_presets(r: dict) -> None:
+    for preset, row in r.items():
+        c = row["params"]
+        print(f"\n{preset}: {c['total'] / 1e6:.1f} M parameters ({c['non_embedding'] / 1e6:.1f} M non-embedding), "
+              f"L {row['seq_len']}, batch {row['batch']}, {row['precision']}, attention={row['attention']}; "
+              f"{row['flops_per_token'] / 1e9:.3f} GFLOP a token (6N + 12 n_layers d T); MFU against {row['peak']}")
+        print(f"{'scheme':<15}{'mode':<10}{'tok/s':>12}{'spread':>9}{'MFU':>8}{'warm-up s':>11}")
+        for s, modes in row["schemes"].items():
+            for mode, v in modes.items():
+                t = v["tokens_per_s"]
+                mfu = "n/a" if v["mfu"] is None else f"{100 * v['mfu']:.1f}%"
+                spread = f"±{50 * (t['max'] - t['min']) / t['median']:.0f}%"
+                print(f"{s:<15}{mode:<10}{t['median']:>12.0f}{spread:>9}{mfu:>8}{v['first_warmup_s']:>11.1f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--schemes", default="all", help="'all' or a comma list of configs/pos names")
-    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=None, help="training length (default 128; 512 with --preset)")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--preset", default="", help="configs/model presets (comma list), e.g. llama_125m: tokens/s "
+                    "and MFU of each with each of --schemes, and nothing else")
+    ap.add_argument("--preset-compile", choices=["auto", "on", "off"], default="auto",
+                    help="with --preset: also time torch.compile (auto: on CUDA)")
+    ap.add_argument("--attention", choices=["auto", "sdpa", "flex", "reference"], default="auto",
+                    help="with --preset: lenx's attention setting (auto: flex on CUDA, sdpa on CPU, where "
+                    "FlexAttention has no backward)")
+    ap.add_argument("--vocab", type=int, default=32000, help="with --preset: the vocabulary (the presets' nominal "
+                    "counts assume 32000)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="with --preset: the device's peak, where "
+                    "lenx.throughput's table does not know the GPU")
     ap.add_argument("--steps", type=int, default=8, help="training steps per timed run, warm-up included")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
@@ -138,6 +221,8 @@ def main() -> None:
     ap.add_argument("--task-only", action="store_true", help="measure the task row only (about a minute)")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmark.json"))
     args = ap.parse_args()
+    if args.seq_len is None:
+        args.seq_len = 512 if args.preset else 128
     schemes, long_schemes = scheme_list(args.schemes), scheme_list(args.long_schemes)
     compile_schemes = scheme_list(args.compile_schemes)
     long_mults = [int(m) for m in args.long_multipliers.split(",")]
@@ -149,6 +234,17 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "fast_bf16": device.type == "cuda" or cpu_has_fast_bf16(), "args": vars(args) | {"out": str(args.out)}}
+    if args.preset:
+        if args.attention == "auto":
+            args.attention = "flex" if device.type == "cuda" else "sdpa"
+        report["args"]["attention"] = args.attention
+        report["presets"] = preset_rows(args, device)
+        report["wall_s"] = time.perf_counter() - t_start
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+        print_presets(report["presets"])
+        print(f"\nwritten: {args.out} ({report['wall_s']:.0f} s)")
+        return
     if args.task_only:
         report["task"] = task_row(args, device, bf16, args.out.parent)
         report["wall_s"] = time.perf_counter() - t_start
@@ -173,7 +269,9 @@ def main() -> None:
         for _ in range(args.overhead_repeats):  # interleaved, so drift hits both alike
             bare.append(bare_loop(base, long_data, args.warmup, autocast, device)["tokens_per_s"])
             lit.append(lightning_loop(base, long_data, args.warmup, autocast, device))
-        report[f"train_{name}"] = {"bare_tokens_per_s": median_spread(bare), "lightning_tokens_per_s":
+        report[f"train_{name}"] = {"precision": {"bare": "bf16 autocast" if autocast else "fp32 (no autocast)",
+                                                 "lightning": "bf16-mixed" if autocast else "32-true"},
+                                   "bare_tokens_per_s": median_spread(bare), "lightning_tokens_per_s":
                                    median_spread(lit), "lightning_over_bare": statistics.median(lit) /
                                    statistics.median(bare), "bare_fraction_of_matmul_peak":
                                    statistics.median(bare) * fpt / peaks[name]}
@@ -266,7 +364,8 @@ def print_report(r: dict) -> None:
     print(f"model FLOPs per training token: {r['flops_per_token'] / 1e6:.1f} M")
     for key in [k for k in r if k.startswith("train_")]:
         t = r[key]
-        print(f"{key}: bare {t['bare_tokens_per_s']['median']:.0f} tok/s "
+        print(f"{key} (bare: {t['precision']['bare']}, lightning: {t['precision']['lightning']}): bare "
+              f"{t['bare_tokens_per_s']['median']:.0f} tok/s "
               f"[{t['bare_tokens_per_s']['min']:.0f}-{t['bare_tokens_per_s']['max']:.0f}], lightning "
               f"{t['lightning_tokens_per_s']['median']:.0f} tok/s "
               f"[{t['lightning_tokens_per_s']['min']:.0f}-{t['lightning_tokens_per_s']['max']:.0f}] -> ratio "

@@ -263,8 +263,8 @@ def test_fire_piece_starts_are_counted_on_the_divided_values():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU")])])
 def test_flex_attention_equals_the_sdpa_paths(device):
     """attention=flex (FlexAttention, compiled; ~30 s of compilation per shape on a CPU): the same logits as the
     SDPA paths, and on CUDA the same gradients (FlexAttention has no backward on CPU: training there keeps SDPA),

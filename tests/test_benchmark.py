@@ -110,3 +110,23 @@ def test_benchmark_long_takes_schemes_with_attention_modifiers(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/benchmark_long.py", "--schemes", "rope+bogus", "--lengths", "64",
                           "--out", str(tmp_path / "x.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown attention modifier(s) ['bogus']" in bad.stderr
+
+
+def test_benchmark_preset_reports_tokens_per_s_and_mfu_per_scheme(tmp_path):
+    """--preset: the preset's model with each scheme, in the precision named, MFU = tokens/s x FLOPs per token /
+    the peak it names (CPU: measured here). Tiny shapes: the figures are not the point, the arithmetic is."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--preset", "llama_125m", "--schemes", "rope,alibi",
+                        "--seq-len", "8", "--batch", "1", "--steps", "2", "--warmup", "1", "--repeats", "1",
+                        "--bf16", "off", "--vocab", "512", "--out", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(out.read_text())["presets"]["llama_125m"]
+    assert row["precision"] == "32-true" and "float32 matmul peak" in row["peak"]
+    total = 84_953_856 + 2 * 512 * 768  # the preset's documented non-embedding count, and a 512-token vocabulary
+    assert row["params"]["total"] == total and row["flops_per_token"] == 6 * (total - 512 * 768) + 12 * 12 * 768 * 8
+    for s in ("rope", "alibi"):
+        v = row["schemes"][s]["eager"]
+        assert v["mfu"] == v["tokens_per_s"]["median"] * row["flops_per_token"] / row["peak_flops"]
+        assert "compiled" not in row["schemes"][s]  # --preset-compile auto: CUDA only
+    assert "MFU against CPU" in r.stdout and "llama_125m: 85.7 M parameters" in r.stdout

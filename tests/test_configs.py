@@ -47,7 +47,10 @@ def test_every_config_file_composes_and_instantiates(rel, tmp_path):
         for key, value in OmegaConf.to_container(OmegaConf.load(CONFIGS / rel)).items():
             assert resolved["pos"][key] == value, f"{rel} did not reach pos.{key}"
     check_config(resolved)
-    model = build_model(resolved)
+    with torch.device("meta"):  # the Llama presets (100-400 M parameters) are built on the meta device only
+        model = build_model(resolved)
+    if model.num_params() < 5e7:
+        model = build_model(resolved)
     assert model.num_params() > 0
     if rel.parts[0] == "trainer" and rel.stem == "fsdp" and not torch.cuda.is_available():
         strategy = instantiate(cfg.trainer.strategy)  # the Trainer itself needs a GPU for FSDP

@@ -20,6 +20,7 @@ import torch
 
 from lenx import data, positions
 from lenx.attention import Modifiers
+from lenx.block import BlockShape
 from lenx.configs import (  # noqa: F401  (CONFIG_DIR, config_names, named_config, scheme_config: public here too)
     CONFIG_DIR,
     config_names,
@@ -143,8 +144,13 @@ def safe_run_config(cfg: dict) -> dict:
     if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("model", "pos", "data")):
         raise CheckpointError("the checkpoint's config lacks its model / pos / data groups")
     model = cfg["model"]
-    for key in ("d_model", "n_layers", "n_heads", "mlp_ratio", "dropout", "bias", "tie_embeddings"):
+    for key in ("d_model", "n_layers", "n_heads", "mlp_ratio", "dropout", "bias", "tie_embeddings", "norm", "mlp",
+                "multiple_of"):
         _check_plain(model.get(key), f"model.{key}")
+    try:  # the block's norm and MLP: names of lenx's own, never code
+        BlockShape.from_config(model)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{e}; refusing to load") from None
     _check_plain(cfg.get("seq_len"), "seq_len")
     out = {**cfg, "data": safe_data_config(cfg["data"]),
            "pos": safe_pos_config(cfg["pos"], (cfg.get("choices") or {}).get("pos"))}
@@ -203,7 +209,8 @@ def build_model(cfg: dict) -> Decoder:
     model = Decoder(vocab_size=task.vocab_size if task else cfg["data"]["vocab_size"], train_len=cfg["seq_len"],
                    pos=instantiate_node(positions.table_size(cfg), "pos"),
                    d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"], mlp_ratio=m["mlp_ratio"],
-                   dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"], attn=cfg.get("attn"))
+                   dropout=m["dropout"], bias=m["bias"], tie_embeddings=m["tie_embeddings"], attn=cfg.get("attn"),
+                   **dataclasses.asdict(BlockShape.from_config(m)))  # gpt2 (the default) or llama: lenx.block
     model.attention = check_attention(cfg.get("attention", "sdpa"), "attention")
     model.position_offset = positions.eval_offset(cfg)  # SHAPE's evaluation offset (positions=offset), else 0
     return model

@@ -131,7 +131,10 @@ def load_hub(d: Mapping) -> dict[str, datasets.Dataset]:
         files = d["data_files"]
         fmt = d.get("data_format") or Path(next(iter(files.values())) if isinstance(files, Mapping)
                                           else files).suffix.lstrip(".").replace("jsonl", "json")
-        return dict(datasets.load_dataset(fmt, data_files=dict(files) if isinstance(files, Mapping) else files))
+        try:
+            return dict(datasets.load_dataset(fmt, data_files=dict(files) if isinstance(files, Mapping) else files))
+        except FileNotFoundError as e:  # one line: which file (or pattern) is missing
+            raise CorpusError(f"data.data_files: {e}") from None
     hub_id = d["hub_id"]
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
     hint = (f"the Hugging Face hub is unreachable, so dataset {hub_id!r} cannot be downloaded. Use data=stdlib "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lenx.block import BlockShape
 from lenx.checkpoint import read_checkpoint, rebuild
 from lenx.data import EOD_TOKEN, entry
 from lenx.errors import ConfigError
@@ -113,6 +114,9 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:
         on = ", ".join(f"attn.{k}" for k, v in cfg["attn"].items() if v)
         raise ConfigError(f"a model trained with attention modifiers ({on}) does not export to transformers: "
                           "GPT-NeoX and MPT have none of them")
+    if not BlockShape.from_config(cfg["model"]).is_default:  # GPT-NeoX's and MPT's blocks are LayerNorm + GELU
+        raise ConfigError(f"a model with model.norm={cfg['model'].get('norm')} and model.mlp={cfg['model'].get('mlp')}"
+                          " does not export: GPT-NeoX and MPT have LayerNorm and a GELU MLP (the gpt2 block) only")
     if cfg["model"].get("bias") or not cfg["model"].get("tie_embeddings", True):
         raise ConfigError("only models with bias=false and tied embeddings export (the lenx defaults)")
     config, weights = (_neox if arch == "gpt_neox" else _mpt)(model, cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from pathlib import Path
@@ -14,12 +15,14 @@ import torch.nn.functional as F
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset
 
-from lenx import positions
+from lenx import positions, throughput
 from lenx.checkpoint import build_model  # public here too (lenx.lit.build_model)
 from lenx.errors import ConfigError, LenxError
 from lenx.probes import Passkey, PasskeyWindows
 from lenx.results import atomic_write_bytes
 from lenx.tasks import Task, TaskItems, masked_loss, pad
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
@@ -59,6 +62,17 @@ class LenxModule(L.LightningModule):
         self.positions = positions.build(cfg)
         self.tokenizer_json: str | None = None  # set by train.run from the data cache
         self._last_step_time: float | None = None
+        # MFU (lenx.throughput): the matmul parameters N of 6 N + 12 n_layers d T, and the device's peak (on_fit_start)
+        self.n_matmul = throughput.matmul_params(self.model)
+        self.peak_flops: float | None = None
+
+    def on_fit_start(self) -> None:
+        # CUDA: the device's dense bf16 peak from lenx.throughput's table; CPU: the matmul peak measured now (~0.2 s)
+        # in the training precision's dtype, as scripts/benchmark.py compares it
+        dtype = torch.bfloat16 if str(self.trainer.precision).startswith("bf16") else torch.float32
+        self.peak_flops, what = throughput.device_peak(self.device, dtype)
+        if self.global_rank == 0:
+            log.info("MFU (train/mfu) against %s", what)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The tokenizer the model was trained with, bytes-identical, so scoring the checkpoint never depends on a
@@ -108,7 +122,12 @@ class LenxModule(L.LightningModule):
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
             if self._last_step_time is not None:  # wall time of the previous step: forward, backward and optimizer
                 ids_BT = batch_BT[0] if isinstance(batch_BT, (tuple, list)) else batch_BT  # tokens, padding included
-                self.log("train/tokens_per_s", ids_BT[:, 1:].numel() / (now - self._last_step_time))
+                tokens_per_s = ids_BT[:, 1:].numel() / (now - self._last_step_time)  # this process's (device's)
+                self.log("train/tokens_per_s", tokens_per_s, prog_bar=True)
+                if self.peak_flops:  # model FLOPs utilisation (lenx.throughput: PaLM's 6 N + 12 n_layers d T)
+                    fpt = throughput.flops_per_token(self.n_matmul, len(self.model.blocks), self.model.tok.embedding_dim,
+                                                     ids_BT.shape[1] - 1)
+                    self.log("train/mfu", tokens_per_s * fpt / self.peak_flops, prog_bar=True)
         self._last_step_time = now
         return loss
 

@@ -1,4 +1,4 @@
-"""A small pre-LN decoder-only transformer with a pluggable positional scheme: Attention, MLP, Block, Decoder.
+"""A small pre-norm decoder-only transformer with a pluggable positional scheme: Attention, Block, Decoder.
 
 How attention runs (fused causal kernel, masked chunks of queries, the mask's dtype) is lenx.attention's plan; what
 the positions contribute is the scheme's (lenx.pos). Positions (lenx.positions): the default 0..T-1, one vector
@@ -7,7 +7,8 @@ rows on the shared path), or a draw per attention layer (randomized positions, R
 Shapes: B batch, T sequence (queries), S keys, H heads, D head dim, C model width, V vocabulary.
 The model never limits the input length: only a learned position table may refuse a position (OutOfRangeError).
 Attention modifiers (config `attn`: scalable softmax, learned sinks; lenx.attention.Modifiers) are parameters of each
-layer's Attention and a part of the plan, composable with every scheme.
+layer's Attention and a part of the plan, composable with every scheme. The block's norms and MLP (GPT-2's or
+Llama's; config `model.norm`, `model.mlp`) are lenx.block's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenx import attention
+from lenx.block import GPT2, RESIDUAL_OUTPUTS, BlockShape
 from lenx.errors import ConfigError, check_int
 from lenx.hardware import denormals_flushed
 from lenx.pos.base import AttnContext, PositionalScheme
@@ -109,23 +111,16 @@ class Attention(nn.Module):
         return tuple(t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q_BTC, k_BTC, v_BTC))
 
 
-class MLP(nn.Sequential):
-    """Linear -> GELU -> Linear -> dropout (a Sequential, so checkpoints keep the keys mlp.0 and mlp.2)."""
-
-    def __init__(self, d_model: int, mlp_ratio: float, dropout: float, bias: bool) -> None:
-        hidden = int(mlp_ratio * d_model)
-        super().__init__(nn.Linear(d_model, hidden, bias=bias), nn.GELU(), nn.Linear(hidden, d_model, bias=bias),
-                         nn.Dropout(dropout))
-
-
 class Block(nn.Module):
+    """Pre-norm residual block; its norms and MLP are those `shape` describes (lenx.block: gpt2 or llama)."""
+
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float, bias: bool,
-                 modifiers: attention.Modifiers = attention.NO_MODIFIERS) -> None:
+                 modifiers: attention.Modifiers = attention.NO_MODIFIERS, shape: BlockShape = GPT2) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(d_model, bias=bias)
+        self.ln1 = shape.make_norm(d_model, bias)  # ln1 / ln2 whatever the norm: one set of key names
         self.attn = Attention(d_model, n_heads, dropout, bias, modifiers)
-        self.ln2 = nn.LayerNorm(d_model, bias=bias)
-        self.mlp = MLP(d_model, mlp_ratio, dropout, bias)
+        self.ln2 = shape.make_norm(d_model, bias)
+        self.mlp = shape.make_mlp(d_model, mlp_ratio, dropout, bias)
 
     def forward(self, x_BTC, pos, ctx, plan):
         x_BTC = x_BTC + self.attn(self.ln1(x_BTC), pos, ctx, plan)
@@ -133,12 +128,13 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Token embedding -> pos.embed -> n_layers pre-LN blocks -> LayerNorm -> tied unembedding."""
+    """Token embedding -> pos.embed -> n_layers pre-norm blocks -> final norm -> unembedding (tied by default).
+    `norm`, `mlp`, `multiple_of`: the block's shape (lenx.block.BlockShape; the defaults are GPT-2's)."""
 
     def __init__(self, *, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
                  pos: Callable[..., PositionalScheme], train_len: int, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, bias: bool = False, tie_embeddings: bool = True,
-                 attn: dict | None = None) -> None:
+                 attn: dict | None = None, norm: str = "layernorm", mlp: str = "gelu", multiple_of: int = 256) -> None:
         super().__init__()
         for name, v in dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                             train_len=train_len).items():
@@ -147,6 +143,7 @@ class Decoder(nn.Module):
             raise ConfigError(f"n_heads={n_heads} does not divide d_model={d_model}")
         # attention modifiers (config attn: lenx.modifiers.Modifiers), checked before anything is built
         modifiers = attention.Modifiers.from_config(attn)
+        shape = BlockShape(norm, mlp, multiple_of)
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = pos(d_model=d_model, n_heads=n_heads, head_dim=d_model // n_heads, train_len=train_len,
                        n_layers=n_layers)
@@ -162,15 +159,15 @@ class Decoder(nn.Module):
         # Where default positions start: SHAPE's evaluation offset K for positions=offset (lenx.positions), set by
         # checkpoint.build_model from the run's config; 0 otherwise. Schemes that are shift invariant ignore it.
         self.position_offset = 0
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias, self.layer_modifiers[n])
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio, dropout, bias, self.layer_modifiers[n], shape)
                                     for n in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model, bias=bias)
+        self.ln_f = shape.make_norm(d_model, bias)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.tok.weight
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layers)
-            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+            if name.endswith(RESIDUAL_OUTPUTS):
                 nn.init.normal_(p, std=0.02 / (2 * n_layers) ** 0.5)
 
     @staticmethod
@@ -267,6 +264,14 @@ class Decoder(nn.Module):
         sizes = torch.bincount(group_B, minlength=len(rows_GT)).tolist()
         parts = [self.forward(ids_bT, row_T) for ids_bT, row_T in zip(idx_BT[order_B].split(sizes), rows_GT)]
         return torch.cat(parts)[torch.argsort(order_B)]
+
+    def param_counts(self) -> dict[str, int]:
+        """total; embedding: the token table, and the head where untied; positional: the scheme's own (tables,
+        projections, FIRE's MLP); non_embedding: the rest, as Kaplan et al. (2020, arXiv:2001.08361) count N."""
+        total = sum(p.numel() for p in self.parameters())
+        emb = self.tok.weight.numel() + (0 if self.head.weight is self.tok.weight else self.head.weight.numel())
+        positional = sum(p.numel() for p in self.pos.parameters())
+        return {"total": total, "embedding": emb, "positional": positional, "non_embedding": total - emb - positional}
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

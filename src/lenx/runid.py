@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 # `compile` and `attention` change how the same function is computed, not what is trained: a run may resume with
 # them toggled.
-NOT_IDENTITY = ("hydra", "run_dir", "resume", "logger", "eval", "callbacks", "compile", "attention",
+NOT_IDENTITY = ("hydra", "run_dir", "resume", "logger", "eval", "callbacks", "compile", "attention", "budget",
                 "ckpt_keep_every")
 COSMETIC_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 

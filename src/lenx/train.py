@@ -27,6 +27,7 @@ from lenx.preflight import RunLock, check_writable
 from lenx.probes import passkey_task
 from lenx.results import atomic_write_text
 from lenx.scoring import Run, check_eval, probes_for, report, score
+from lenx.throughput import param_line
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
 
     L.seed_everything(cfg.seed, workers=True)
     module = LenxModule(cfg_dict)
+    log.info("%s", param_line(module.model))  # total and non-embedding (lenx.throughput)
     if task is None:
         module.tokenizer_json = (Path(prov["dir"]) / "tokenizer.json").read_text()
     if init_state is not None:  # fine-tuning (e.g. at a longer seq_len under a RoPE scaling): weights only

@@ -100,9 +100,10 @@ class FoPE(PositionalScheme):
         if not isinstance(learnable, bool):
             raise ConfigError(f"FoPE learnable must be true or false, got {learnable!r}")
         self.base, self.sigma, self.tables = float(base), float(sigma), layer_tables(shared, self.n_layers)
-        inv_freq_F = half_split_inv_freq(self.head_dim, self.base)
+        with torch.device("cpu"):  # which frequencies are kept is read from values: on the CPU, also when the model
+            inv_freq_F = half_split_inv_freq(self.head_dim, self.base)  # is built on the meta device (counting)
         kept_K = inv_freq_F[inv_freq_F >= 2 * math.pi / self.train_len]  # highest frequencies come first
-        self.register_buffer("inv_freq_K", kept_K, persistent=False)
+        self.register_buffer("inv_freq_K", kept_K.to(torch.empty(0).device), persistent=False)
         K, H = len(kept_K), self.n_heads
         self.out_pairs = M = min(K, self.head_dim // 4)
         std = self.sigma * math.sqrt(2 / ((K + H) * M)) if M else 0.0  # torch xavier_normal_ on (H, K, M)
