@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lenx import positions
+from lenx.checkpoint import build_model
 from lenx.errors import ConfigError, user_errors
 from lenx.throughput import format_count, gpu_peak_flops, model_flops_per_token
 
@@ -37,9 +38,6 @@ def grid_size(sweep_params: dict | None, task_overrides: list[str]) -> int:
 
 def estimate(cfg: dict, preset: str, runs: int = 1) -> dict:
     """The budget of `runs` runs of the resolved config `cfg` whose model preset is `preset` (config group choice)."""
-    # imported here: lenx.checkpoint imports the model and the schemes; this module stays light to import
-    from lenx.checkpoint import build_model
-
     b = cfg.get("budget") or {}
     assumed = (b.get("tokens_per_s") or {}).get(preset)
     if not assumed:
