@@ -108,6 +108,10 @@ class Abacus(PositionalScheme):
         self.register_buffer("digit_ids", torch.tensor(list(digit_ids or []), dtype=torch.long), persistent=False)
         self.table = nn.Embedding(max_places, self.d_model)
 
+    @property
+    def reads_positions(self) -> bool:
+        return False  # places come from the tokens: a shift or a draw of positions changes nothing
+
     def embed_tokens(self, x_BTC: torch.Tensor, idx_BT: torch.Tensor) -> torch.Tensor:
         if not len(self.digit_ids):
             raise ConfigError("pos=abacus needs the ids of its digit symbols: a task run (data=addition, ...) whose "
