@@ -54,11 +54,15 @@ def compose_train(overrides, run_dir):
 # (iRoPE: its temperature from position 15 on, so that it acts within the tests' lengths)
 SMALL_MODEL = {"rope_nope": {"nope_every": 2}, "rnope_swa": {"nope_every": 2},
                "irope": {"nope_every": 2, "temperature_floor": 16}}
+# Settings a scheme needs in every test model: Abacus reads which token ids are digits (a task run's vocabulary
+# or a corpus tokenizer's digit tokens set them; the tests' random tokens: ids 3-12)
+REQUIRED = {"abacus": {"digit_ids": list(range(3, 13))}}
 
 
 def small_model_overrides(scheme: str) -> list[str]:
-    """SMALL_MODEL's settings for `scheme` as Hydra overrides (pos.<key>=<value>)."""
-    return [f"pos.{k}={v}" for k, v in SMALL_MODEL.get(scheme, {}).items()]
+    """REQUIRED's and SMALL_MODEL's settings for `scheme` as Hydra overrides (pos.<key>=<value>)."""
+    settings = {**REQUIRED.get(scheme, {}), **SMALL_MODEL.get(scheme, {})}
+    return [f"pos.{k}={v}".replace(" ", "") for k, v in settings.items()]
 
 
 def make_model(scheme: str, *, train_len: int = 16, n_layers: int = 2, n_heads: int = 2, d_model: int = 32,
@@ -73,6 +77,6 @@ def make_model(scheme: str, *, train_len: int = 16, n_layers: int = 2, n_heads: 
     torch.manual_seed(0)
     cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
     cfg.pop("defaults", None)
-    cfg.update({**(SMALL_MODEL.get(scheme, {}) if n_layers < 4 else {}), **over})
+    cfg.update({**REQUIRED.get(scheme, {}), **(SMALL_MODEL.get(scheme, {}) if n_layers < 4 else {}), **over})
     return Decoder(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                    train_len=train_len, pos=instantiate(cfg)).eval()

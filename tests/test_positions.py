@@ -69,7 +69,7 @@ def test_every_scheme_trains_under_randomized_positions_and_scores_at_16x(scheme
         check_config(cfg)
     said = "has no effect" in caplog.text
     # schemes that read no positions say so
-    assert said == (scheme in ("none", "cope", "cpe", "fox", "fox_pro", "stickbreaking", "selective")), caplog.text
+    assert said == (scheme in ("none", "cope", "cpe", "fox", "fox_pro", "stickbreaking", "selective", "abacus")), caplog.text
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     for step in range(3):

@@ -106,12 +106,12 @@ def test_default_block_keeps_gpt2_keys():
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_llama_block_runs_every_scheme_with_and_without_qk_norm(scheme):
-    from conftest import SMALL_MODEL
+    from conftest import REQUIRED, SMALL_MODEL
     for qk_norm in (False, True):
         torch.manual_seed(0)
         model = Decoder(vocab_size=50, d_model=32, n_layers=2, n_heads=2, train_len=16, norm="rmsnorm",
                         mlp="swiglu", multiple_of=8, tie_embeddings=False, attn={"qk_norm": qk_norm},
-                        pos=_pos(scheme, **SMALL_MODEL.get(scheme, {})))
+                        pos=_pos(scheme, **REQUIRED.get(scheme, {}), **SMALL_MODEL.get(scheme, {})))
         logits = model(torch.randint(0, 50, (2, 16)))
         logits.float().logsumexp(-1).mean().backward()
         assert torch.isfinite(logits).all() and model.blocks[0].mlp.gate_up.weight.grad is not None

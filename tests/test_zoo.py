@@ -19,7 +19,7 @@ from lenx.model import Decoder
 from lenx.pos.bias import t5_relative_bucket
 
 # Schemes whose logits depend on i - j (and content) only, and the others; every scheme must be in one list.
-RELATIVE = ["alibi", "alibi_learned", "cope", "cpe", "deberta", "hope", "kerple_log", "kerple_power", "none",
+RELATIVE = ["abacus", "alibi", "alibi_learned", "cope", "cpe", "deberta", "hope", "kerple_log", "kerple_power", "none",
             "p_rope", "rope", "rope_partial", "sandwich", "shaw", "shaw_kv", "t5", "transformer_xl", "xpos",
             "fox", "fox_pro", "rnope_swa", "rope_nope", "selective", "stickbreaking"]
 NOT_RELATIVE = ["fire", "fope", "learned", "sinusoidal", "irope"]  # FIRE normalises by i; FoPE's cross terms;
@@ -27,7 +27,7 @@ NOT_RELATIVE = ["fire", "fope", "learned", "sinusoidal", "irope"]  # FIRE normal
 # Schemes that add logit terms (attention runs in query chunks), and those that keep SDPA's causal fast path.
 CHUNKED = ["alibi", "alibi_learned", "cope", "deberta", "fire", "kerple_log", "kerple_power", "sandwich",
            "shaw", "shaw_kv", "t5", "transformer_xl", "fox", "fox_pro", "selective"]
-FAST = ["cpe", "fope", "hope", "learned", "none", "p_rope", "rope", "rope_partial", "sinusoidal", "xpos", "rope_nope"]
+FAST = ["abacus", "cpe", "fope", "hope", "learned", "none", "p_rope", "rope", "rope_partial", "sinusoidal", "xpos", "rope_nope"]
 # A path of their own (tests/test_gated_attention.py): rnope_swa's windowed (irope's chunked) RoPE layers beside
 # fused NoPE layers, stick-breaking's explicit weights
 OWN_PATHS = ["irope", "rnope_swa", "stickbreaking"]

@@ -216,15 +216,15 @@ def ref_plain(pos, q, k):
     return content(q, k)
 
 
-def embed_sinusoidal(pos, x):
+def embed_sinusoidal(pos, x, idx):
     return x + pos.scale * torch.stack([sinusoid(float(p), C) for p in POS])
 
 
-def embed_learned(pos, x):
+def embed_learned(pos, x, idx):
     return x + pos.table.weight[POS]
 
 
-def embed_cpe(pos, x):
+def embed_cpe(pos, x, idx):
     w, b, n = pos.conv.weight[:, 0], pos.conv.bias, pos.kernel_size  # w: (C, n)
     out = x + b
     for t in range(T):
@@ -234,7 +234,22 @@ def embed_cpe(pos, x):
     return out
 
 
+def abacus_places_reference(mask):
+    """mcleish7/arithmetic abacus.py, Abacus.helper, as released: each digit's place in its run of digits."""
+    shifted = torch.cat([torch.zeros((mask.shape[0], 1), dtype=mask.dtype), mask[:, :-1]], dim=1)
+    starts = (shifted != mask) & mask
+    segment_ids = torch.cumsum(starts, dim=1)
+    index = torch.arange(mask.size(1)).repeat(mask.size(0), 1)
+    reset_index = torch.zeros_like(mask).long().scatter_add(1, segment_ids, index * starts.long())
+    return (index - reset_index.gather(1, segment_ids) + 1) * mask
+
+
+def embed_abacus(pos, x, idx):  # Abacus.forward in eval mode (k = 0): the table at each token's place
+    return x + pos.table.weight[abacus_places_reference(torch.isin(idx, pos.digit_ids))]
+
+
 REFERENCE = {  # scheme: (logits of the first layer, input embedding, extra config)
+    "abacus": (ref_plain, embed_abacus, {}),
     "none": (ref_plain, None, {}),
     "sinusoidal": (ref_plain, embed_sinusoidal, {}),
     "learned": (ref_plain, embed_learned, {}),
@@ -290,7 +305,7 @@ def test_parity_with_the_formula(scheme, monkeypatch):
     idx = torch.randint(0, 50, (2, T), generator=gen)
     model(idx, POS)
     if ref_embed is not None:  # the input embedding, then the first LayerNorm, by hand
-        x = ref_embed(model.pos, model.tok(idx))
+        x = ref_embed(model.pos, model.tok(idx), idx)
         torch.testing.assert_close(seen["x"], model.blocks[0].ln1(x), rtol=1e-5, atol=1e-5)
     q, k, v = attn.qkv(seen["x"]).view(2, T, 3, H, D).permute(2, 0, 3, 1, 4)
     logits = ref_logits(model.pos, q, k)

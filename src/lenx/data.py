@@ -288,3 +288,13 @@ def entry(cfg: Mapping) -> dict:
 
 def load_tokenizer(cfg: Mapping) -> Tokenizer:
     return Tokenizer.from_file(str(Path(entry(cfg)["dir"]) / "tokenizer.json"))
+
+
+def digit_ids(prov: Mapping, digits: str) -> list[int]:
+    """The ids of the tokens that are exactly one of `digits` in the run's tokenizer (pos=abacus on a corpus: the
+    BPE's single-digit tokens; a digit inside a longer token is not one)."""
+    tok = Tokenizer.from_file(str(Path(prov["dir"]) / "tokenizer.json"))
+    ids = [tok.token_to_id(d) for d in digits]
+    if not any(i is not None for i in ids):
+        raise ConfigError(f"pos=abacus: the tokenizer has no token for any of the digits {digits!r} (pos.digits)")
+    return [i for i in ids if i is not None]

@@ -192,7 +192,7 @@ class Decoder(nn.Module):
             pos_T, contiguous = torch.arange(T, device=idx_BT.device) + self.position_offset, False
         elif contiguous:
             pos_T = torch.arange(T, device=idx_BT.device)
-        x_BTC = self.drop(self.pos.embed(self.tok(idx_BT), pos_T))
+        x_BTC = self.drop(self.pos.embed_tokens(self.pos.embed(self.tok(idx_BT), pos_T), idx_BT))
         dtype = attention.compute_dtype(x_BTC)
         if draws is None:
             ctx = self.pos.context(pos_T, pos_T)  # once per forward, shared by every layer
@@ -252,7 +252,7 @@ class Decoder(nn.Module):
         elif plain and not reads_positions_in_attention(self.pos):  # NoPE, the absolute schemes: any row's
             ctx = self.pos.context(pos_BT[0], pos_BT[0])
         if ctx is not None:
-            x_BTC = self.drop(self.pos.embed(self.tok(idx_BT), pos_BT))
+            x_BTC = self.drop(self.pos.embed_tokens(self.pos.embed(self.tok(idx_BT), pos_BT), idx_BT))
             plan = attention.plan(self.pos, ctx, batch=len(idx_BT), dtype=attention.compute_dtype(x_BTC),
                                   contiguous=False, **self.plan_settings())
             if plan.path == "causal":

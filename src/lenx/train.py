@@ -65,6 +65,9 @@ def train_and_score(cfg: DictConfig, run_dir: Path) -> list[dict]:
         for split in dict.fromkeys(("train", cfg_dict["eval"]["split"])):
             cfg_dict = scoring_data(resumed, recorded, split)
     prov = cfg_dict["provenance"]
+    pos_cfg = cfg_dict.get("pos")
+    if task is None and isinstance(pos_cfg, dict) and "digit_ids" in pos_cfg and pos_cfg["digit_ids"] is None:
+        pos_cfg["digit_ids"] = data.digit_ids(prov, str(pos_cfg.get("digits", "")))  # pos=abacus on a corpus
     passkey = passkey_task(cfg_dict)  # data=passkey: refuses a seq_len too short for the task before training
     if task is None:  # the split holds the longest window
         check_eval(cfg_dict["eval"], len(data.load_tokens(cfg_dict, cfg_dict["eval"]["split"])), cfg.seq_len)

@@ -77,3 +77,53 @@ class Learned(PositionalScheme):
                 f"learned position table holds {self.max_positions} positions; position {last} is out of range"
             )
         return x_BTC + self.table(pos_T).to(x_BTC.dtype)  # a lookup takes (T,) or (B, T) as it is
+
+
+def abacus_places(digit_BT: torch.Tensor) -> torch.Tensor:
+    """Each token's place in its run of digits, 1 at the run's first token (0 for a non-digit), (B, T) long: the
+    distance back to the last non-digit before it, found with a running maximum (no loop over runs)."""
+    T = digit_BT.shape[-1]
+    t_T = torch.arange(T, device=digit_BT.device)
+    last_other_BT = torch.where(digit_BT, -1, t_T).cummax(-1).values  # the last non-digit at or before t (-1: none)
+    return torch.where(digit_BT, t_T - last_other_BT, 0)
+
+
+class Abacus(PositionalScheme):
+    """Abacus embeddings (McLeish et al. 2024, arXiv:2405.17399; mcleish7/arithmetic abacus.py): each digit token
+    gets a learned vector for its place in its number (1 for the number's first token: with numbers written least
+    significant digit first, data.task.order=reversed, as the authors require, place = significance), every other
+    token row 0; while training, every digit's place is shifted by one k uniform in 0..max_k per forward (the
+    authors' `random.randint(0, max_k)`, here torch's generator, seeded with the run), so that places past the
+    trained numbers' lengths have been trained. No other positional signal (the authors' Abacus + NoPE). The scheme
+    reads token ids (`embed_tokens`): the ids of the `digits` symbols come from a task run's vocabulary
+    (lenx.tasks.configure sets `digit_ids`). The table is initialised as lenx's other tables (N(0, 0.02)); the
+    authors' module leaves nn.Embedding's default, which their training code's own init may replace (not read)."""
+
+    def __init__(self, *, digits: str = "0123456789", digit_ids: list[int] | None = None, max_k: int = 99,
+                 max_places: int = 1024, **dims) -> None:
+        super().__init__(**dims)
+        if not isinstance(max_k, int) or max_k < 0 or not isinstance(max_places, int) or max_places <= max_k + 1:
+            raise ConfigError(f"abacus: max_k must be >= 0 and max_places > max_k + 1, got {max_k}, {max_places}")
+        self.digits, self.max_k, self.max_places = digits, max_k, max_places
+        self.register_buffer("digit_ids", torch.tensor(list(digit_ids or []), dtype=torch.long), persistent=False)
+        self.table = nn.Embedding(max_places, self.d_model)
+
+    @property
+    def reads_positions(self) -> bool:
+        return False  # places come from the tokens: a shift or a draw of positions changes nothing
+
+    def embed_tokens(self, x_BTC: torch.Tensor, idx_BT: torch.Tensor) -> torch.Tensor:
+        if not len(self.digit_ids):
+            raise ConfigError("pos=abacus needs the ids of its digit symbols: a task run (data=addition, ...) whose "
+                              "vocabulary has them (lenx.tasks.configure sets pos.digit_ids)")
+        places_BT = abacus_places(torch.isin(idx_BT, self.digit_ids))
+        if self.training and self.max_k:
+            k = int(torch.randint(0, self.max_k + 1, ()))
+            places_BT = torch.where(places_BT > 0, places_BT + k, places_BT)
+        if int(places_BT.max()) >= self.max_places:
+            raise OutOfRangeError(f"abacus: a number of {int(places_BT.max())} digits is past the table's "
+                                  f"{self.max_places} places (pos.max_places)")
+        return x_BTC + self.table(places_BT).to(x_BTC.dtype)
+
+    def extra_repr(self) -> str:
+        return f"digits={self.digits!r}, max_k={self.max_k}, max_places={self.max_places}"

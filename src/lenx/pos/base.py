@@ -140,6 +140,10 @@ class PositionalScheme(nn.Module):
         """Add position embeddings for positions (T,), or (B, T) one row per example, to x (B, T, C)."""
         return x_BTC
 
+    def embed_tokens(self, x_BTC: torch.Tensor, idx_BT: torch.Tensor) -> torch.Tensor:
+        """Add what the token ids (B, T) themselves place (Abacus: a digit's place in its number) to x (B, T, C)."""
+        return x_BTC
+
     def context(self, q_pos_T: torch.Tensor, k_pos_S: torch.Tensor) -> AttnContext:
         """The positional state of a forward pass over these query and key positions; it carries the positions.
         Under randomized positions drawn per attention layer (lenx.positions.Randomized) the Decoder calls it once

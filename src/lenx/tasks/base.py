@@ -185,6 +185,13 @@ def configure(cfg: dict) -> Task | None:
     if task is not None:
         check_trainable(task)
         cfg["data"]["vocab_size"], cfg["seq_len"] = task.vocab_size, task.seq_len()
+        pos = cfg.get("pos")
+        if isinstance(pos, Mapping) and "digit_ids" in pos and pos.get("digit_ids") is None:  # pos=abacus
+            ids = [task.id(s) for s in str(pos.get("digits", "")) if s in task.vocab]
+            if not ids:
+                raise ConfigError(f"pos=abacus: the {task.name} task has none of the digit symbols "
+                                  f"{pos.get('digits')!r} (pos.digits)")
+            pos["digit_ids"] = ids
     return task
 
 
