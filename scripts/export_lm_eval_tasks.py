@@ -12,8 +12,9 @@ the answer as continuation. lm-eval's `acc` is 1 where every answer token is the
 prefix: lenx's exact match (a fully right answer is its own greedy decoding); `perplexity` is per instance.
 
 The tasks are those of configs/data/ (their default settings), or with --ckpt the task a checkpoint was trained on,
-with its settings. mqar (answers are labels, not tokens of the sequence) and kv_recall (answers interleaved with
-the queries, not one continuation) have no single continuation to score and are not exported. Sizes a task
+with its settings. mqar (answers are labels, not tokens of the sequence), kv_recall (answers interleaved with
+the queries) and any other family whose answers are not one continuation at the end (flip-flop's reads, the word
+problems' labels; `not_exportable` checks held-out instances) are skipped with a line saying why. Sizes a task
 cannot draw are skipped with a note. Score with
   lenx-lm-eval --model lenx --model_args ckpt=<task run>/checkpoints/last.ckpt,max_length=<N> \\
       --include_path OUT_DIR --tasks lenx_copy
@@ -52,6 +53,19 @@ def render(task: Task, ids, mask) -> dict:
         raise ConfigError(f"{task.name}: its answers are not one continuation at the end of the instance")
     names = [task.vocab[t] for t in ids.tolist()]
     return {"context": " ".join(names[1:start]), "answer": " ".join(names[start:])}
+
+
+def not_exportable(task: Task, seed: int, draws: int = 16) -> str | None:
+    """Why a task's instances are no lm-eval `loglikelihood` documents (labels for answers, or answers that are not
+    one continuation at the end: flip-flop's reads), from `draws` held-out instances of its training size; None
+    when they are."""
+    for i in range(draws):
+        ids, mask, *labels = task.instance(seed, "eval", i, task.train_size)
+        if labels:
+            return "its answers are labels, not tokens of the sequence"
+        if not mask[int(mask.argmax()):].all():
+            return "its answers are not one continuation at the end of the instance"
+    return None
 
 
 def export(name: str, task: Task, out: Path, multipliers: list[int], instances: int, seed: int) -> list[str]:
@@ -118,9 +132,16 @@ def main(argv: list[str] | None = None) -> None:
         for n in chosen:
             if n in NOT_EXPORTED:
                 raise ConfigError(f"{n} is not exported: {NOT_EXPORTED[n]}")
+        tasks = {n: build_task(cfg) for n, cfg in chosen.items()}
+        for n, task in list(tasks.items()):
+            if why := not_exportable(task, args.seed):
+                if args.ckpt or args.tasks:  # asked for by name: one line
+                    raise ConfigError(f"{n} is not exported: {why}")
+                print(f"{n}: skipped ({why})")  # every family: the others are written
+                del tasks[n]
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        for n, cfg in chosen.items():
-            print("\n".join(export(n, build_task(cfg), args.out_dir, multipliers, args.instances, args.seed)))
+        for n, task in tasks.items():
+            print("\n".join(export(n, task, args.out_dir, multipliers, args.instances, args.seed)))
 
 
 if __name__ == "__main__":
