@@ -12,9 +12,10 @@ GRID.yaml (experiments/2026-12-07_task-separation/grid.yaml is one):
 
 Each run is `python train.py <common> <task> <scheme> <positions> seed=<s> hydra.run.dir=<runs>/<task>/<name>_s<s>`
 (name: the scheme, `@<positions>` for a mode other than the first). The estimate, before anything runs: for each task
-two short timing runs of its first scheme (`--timing-steps`, twice that many), whose difference gives the task's time
-per step and whose remainder its fixed cost (start, scoring); for each other scheme one run of the first task, whose
-time per step over the first scheme's is the scheme's factor; the study's wall time is the sum over its runs of fixed
+two short timing runs of its first scheme (`--timing-steps`, twice that many), the difference of whose training
+times (train.log's `trained in`) gives the task's time per step and the shorter one's wall time less its steps the
+fixed cost (start, scoring); for each other scheme one run of the first task, whose training time over the first
+scheme's is the scheme's factor; the study's wall time is the sum over its runs of fixed
 cost + steps x time per step x factor, divided by the jobs. Timings are kept in <runs>/timings.json (a rerun reuses
 them). Runs go `--jobs` at a time (one thread each unless --threads); a run whose directory holds `.study_done` is
 skipped and one cut short resumes (train.py's resume=auto), so rerunning continues a study. At the end
@@ -28,6 +29,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -124,20 +126,26 @@ def estimate_seconds(runs: list[Run], per_task: dict[str, tuple[float, float]], 
     return total / max(1, jobs)
 
 
-def timed(overrides: list[str], out: Path, env: dict) -> float:
-    """Seconds a train.py run with these overrides takes (in `out`, replaced)."""
+def timed(overrides: list[str], out: Path, env: dict) -> tuple[float, float]:
+    """(wall seconds, training seconds) of a train.py run with these overrides (in `out`, replaced): training as
+    train.py logs it (`trained in ...s`: the fit alone, without start-up and scoring)."""
     subprocess.run(["rm", "-rf", str(out)], check=True)
     t0 = time.time()
     proc = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={out}"], cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"task_study: timing run failed ({' '.join(overrides)}):\n{proc.stderr[-2000:]}")
-    return time.time() - t0
+    wall = time.time() - t0
+    found = re.search(r"trained in ([0-9.]+)s", (out / "train.log").read_text())
+    if not found:
+        raise SystemExit(f"task_study: timing run in {out} logged no training time (train.log)")
+    return wall, float(found.group(1))
 
 
 def measure(grid: dict, runs: list[Run], runs_dir: Path, steps: int, env: dict) -> tuple[dict, dict]:
-    """Timings (cached in runs_dir/timings.json): per task (fixed, per step) of the grid's first scheme, per scheme
-    its factor on the first task."""
+    """Timings (cached in runs_dir/timings.json): per task (fixed, per step) of the grid's first scheme, from the
+    training times of two runs of `steps` and 2 x `steps` steps (their difference: the first steps' warm-up cancels)
+    and the shorter run's wall time; per scheme its factor on the first task (a run of 2 x `steps` steps)."""
     cache_file = runs_dir / "timings.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {"tasks": {}, "schemes": {}}
     first_scheme, first_task = runs[0].scheme, runs[0].task
@@ -150,22 +158,21 @@ def measure(grid: dict, runs: list[Run], runs_dir: Path, steps: int, env: dict) 
     scratch = runs_dir / ".timing"
     for run in [r for r in seed0 if r.scheme == first_scheme]:
         if run.task not in cache["tasks"]:
-            a, b = (timed(with_steps(run, n), scratch / f"{run.task}_{n}", env) for n in (steps, 2 * steps))
-            per_step = max(b - a, 0.0) / steps
-            cache["tasks"][run.task] = [max(a - steps * per_step, 0.0), per_step]
+            (wall, a), (_, b) = (timed(with_steps(run, n), scratch / f"{run.task}_{n}", env) for n in (steps, 2 * steps))
+            per_step = max(b - a, 1e-3 * steps) / steps
+            cache["tasks"][run.task] = [max(wall - steps * per_step, 0.0), per_step, b]
             print(f"task_study: {run.task}: {per_step * 1000:.0f} ms a step, {cache['tasks'][run.task][0]:.0f} s "
                   "fixed", flush=True)
-    base = next(r for r in seed0 if r.task == first_task and r.scheme == first_scheme)
     for run in [r for r in seed0 if r.task == first_task and r.scheme != first_scheme]:
         if run.scheme not in cache["schemes"]:
-            fixed, per_step = cache["tasks"][first_task]
-            t = timed(with_steps(run, 2 * steps), scratch / f"{run.scheme}", env)
-            cache["schemes"][run.scheme] = max(t - fixed, 1e-3) / max(2 * steps * per_step, 1e-3)
-            print(f"task_study: {run.scheme}: {cache['schemes'][run.scheme]:.2f}x {base.scheme}'s time a step",
+            _, t = timed(with_steps(run, 2 * steps), scratch / f"{run.scheme}", env)
+            # over the first scheme's training time of as many steps on the first task (its timing run)
+            cache["schemes"][run.scheme] = t / cache["tasks"][first_task][2]
+            print(f"task_study: {run.scheme}: {cache['schemes'][run.scheme]:.2f}x {first_scheme}'s time a step",
                   flush=True)
     cache_file.write_text(json.dumps(cache, indent=1))
     subprocess.run(["rm", "-rf", str(scratch)], check=True)
-    return {k: tuple(v) for k, v in cache["tasks"].items()}, cache["schemes"]
+    return {k: (v[0], v[1]) for k, v in cache["tasks"].items()}, cache["schemes"]
 
 
 def execute(runs: list[Run], runs_dir: Path, first_mode: str, jobs: int, env: dict) -> None:
@@ -201,7 +208,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="where aggregate.py writes the tables (default: no aggregation)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
-    ap.add_argument("--timing-steps", type=int, default=50)
+    ap.add_argument("--timing-steps", type=int, default=100)
     ap.add_argument("--estimate", action="store_true", help="measure and print the estimate, run nothing")
     ap.add_argument("--only-tasks", nargs="*", default=None)
     ap.add_argument("--only-schemes", nargs="*", default=None)
