@@ -239,17 +239,13 @@ def main() -> None:
             args.attention = "flex" if device.type == "cuda" else "sdpa"
         report["args"]["attention"] = args.attention
         report["presets"] = preset_rows(args, device)
-        report["wall_s"] = time.perf_counter() - t_start
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
+        write_report(report, args.out, t_start)
         print_presets(report["presets"])
         print(f"\nwritten: {args.out} ({report['wall_s']:.0f} s)")
         return
     if args.task_only:
         report["task"] = task_row(args, device, bf16, args.out.parent)
-        report["wall_s"] = time.perf_counter() - t_start
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
+        write_report(report, args.out, t_start)
         print_task(report["task"])
         print(f"\nwritten: {args.out} ({report['wall_s']:.0f} s)")
         return
@@ -348,13 +344,18 @@ def main() -> None:
     if args.task:
         report["task"] = task_row(args, device, bf16, args.out.parent)
         print(f"[{time.perf_counter() - t_start:.0f} s] task row", flush=True)
-    report["wall_s"] = time.perf_counter() - t_start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(report, args.out, t_start)
     print_report(report)
     if "task" in report:
         print_task(report["task"])
     print(f"\nwritten: {args.out} ({report['wall_s']:.0f} s)")
+
+
+def write_report(report: dict, out: Path, t_start: float) -> None:
+    """The report with its wall time (since t_start), as JSON at `out`."""
+    report["wall_s"] = time.perf_counter() - t_start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
 
 
 def print_report(r: dict) -> None:
