@@ -144,6 +144,17 @@ def curve(r: dict) -> tuple:
     return scheme_label(r), extension_label(r), mode_label(r), r["train_len"], r.get("tokens_set", "")
 
 
+def split_models(rows: list[dict]) -> list[dict]:
+    """Where a table's rows come from more than one model (preset or shape: `model`, `model_shape`), each row's
+    scheme is named with its model (rope [tiny d128-L4-H4]), so that two sizes are never averaged as seeds of one;
+    rows of a single model are returned as they are."""
+    models = {(r.get("model", ""), r.get("model_shape", "")) for r in rows}
+    if len(models) < 2:
+        return rows
+    return [{**r, "pos": f"{r['pos']} [{' '.join(filter(None, (r.get('model', ''), r.get('model_shape', ''))))}]"}
+            for r in rows]
+
+
 def run_key(r: dict) -> tuple | None:
     """Which trained model a row measures: its run directory's name (from the checkpoint path, so a copied run
     directory or a re-scoring in another output directory is the same run), its seed and its checkpoint file (a
@@ -523,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def aggregate(root: Path, out: Path | None, ckpt: str | None) -> None:
     root = check_root(root, "a sweep directory (multirun/...), a run directory or an extrapolation.jsonl")
-    tables = {name: one_checkpoint(collect(root, name), ckpt, root, name) for name in NEEDS}
+    tables = {name: split_models(one_checkpoint(collect(root, name), ckpt, root, name)) for name in NEEDS}
     rows, task_rows = tables["extrapolation"], tables["tasks"]
     if not rows and not task_rows:
         picked = f" scored from a checkpoint named {ckpt}" if ckpt else ""

@@ -80,9 +80,9 @@ def test_a_copied_run_counts_once_and_different_tokens_are_never_averaged(tmp_pa
     assert "| rope | none | nonoverlapping (tokens t1) | 64 | 11.00 ± 12.71 |" in out
 
 
-def write_task_run(path, pos, seed, accs, status="ok"):
+def write_task_run(path, pos, seed, accs, status="ok", **extra):
     path.mkdir(parents=True)
-    rows = [{"task": "copy", "pos": pos, "scaling": "none", "decode": "teacher", "train_size": 8, "size": 8 * m,
+    rows = [{**extra, "task": "copy", "pos": pos, "scaling": "none", "decode": "teacher", "train_size": 8, "size": 8 * m,
              "multiplier": m, "mean_tokens": 18.0 * m, "accuracy": a, "token_accuracy": a, "instances": 100,
              "status": status if m > 1 else "ok", "seed": seed, "run_dir": str(path),
              "ckpt": str(path / "checkpoints" / "last.ckpt")} for m, a in zip([1, 2], accs)]
@@ -104,6 +104,25 @@ def test_task_accuracy_mean_ci_over_seeds(tmp_path):
     assert "| alibi | none | teacher | – | 0.90 ± 1.27, max 1.00 (2) | 0.40 ± 1.27, max 0.50 (2) |" in md
     assert "| learned | none | teacher | – | 0.90 (1) | out of range |" in md  # one run: no interval over seeds
     assert (tmp_path / "tasks_summary.png").stat().st_size > 1000
+
+
+def test_two_sizes_of_one_preset_are_never_averaged_as_seeds(tmp_path):
+    """The same preset resized by overrides (model.d_model=128) is another model: its rows get their own cells."""
+    write_task_run(tmp_path / "small0", "rope", 0, [0.2, 0.0], model="tiny", model_shape="d64-L2-H2")
+    write_task_run(tmp_path / "small1", "rope", 1, [0.4, 0.0], model="tiny", model_shape="d64-L2-H2")
+    write_task_run(tmp_path / "big0", "rope", 0, [1.0, 0.5], model="tiny", model_shape="d128-L4-H4")
+    aggregate.main([str(tmp_path)])
+    rows = {(r["pos"], r["multiplier"]): r for r in csv.DictReader((tmp_path / "tasks_summary.csv").open())}
+    small, big = rows[("rope [tiny d64-L2-H2]", "1")], rows[("rope [tiny d128-L4-H4]", "1")]
+    assert (small["runs"], float(small["accuracy_mean"])) == ("2", pytest.approx(0.3))
+    assert (big["runs"], float(big["accuracy_mean"])) == ("1", 1.0)
+    assert not any(pos == "rope" for pos, _ in rows)
+
+
+def test_a_run_is_stamped_with_its_shape_beside_its_preset():
+    from lenx.results import model_shape
+    assert model_shape({"d_model": 128, "n_layers": 4, "n_heads": 4, "mlp": "gelu"}) == "d128-L4-H4"
+    assert model_shape({}) == ""  # an exported HF model's rows: no lenx shape
 
 
 def test_task_tables_against_a_hand_computation(tmp_path):

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 COLUMNS = ["pos", "scaling", "extension", "positions", "mode", "eval_positions", "stride", "context", "train_len", "eval_len", "multiplier", "loss", "ppl", "ppl_ci_low",
-           "ppl_ci_high", "tokens", "windows", "status", "error", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash",
-           "targets_hash", "split", "git_sha", "dirty", "run_dir", "ckpt"]
+           "ppl_ci_high", "tokens", "windows", "status", "error", "seed", "model", "model_shape", "corpus", "corpus_hash",
+           "tokenizer_hash", "targets_hash", "split", "git_sha", "dirty", "run_dir", "ckpt"]
 PROBE_COLUMNS = ["pos", "scaling", "extension", "positions", "train_len", "multiplier", "distance", "seg_len", "trials", "nll_repeat",
                  "nll_control", "copy_gain", "status", "seed", "git_sha", "ckpt"]
 PASSKEY_COLUMNS = ["pos", "scaling", "extension", "positions", "train_len", "eval_len", "multiplier", "depth", "trials", "accuracy", "status",
@@ -26,7 +26,7 @@ POSITION_COLUMNS = ["pos", "scaling", "extension", "positions", "mode", "eval_po
                     "mean_nll", "tokens", "seed", "targets_hash", "git_sha", "ckpt"]
 
 
-PROVENANCE = ["pos", "scaling", "extension", "positions", "train_len", "seed", "model", "corpus", "corpus_hash", "tokenizer_hash", "split",
+PROVENANCE = ["pos", "scaling", "extension", "positions", "train_len", "seed", "model", "model_shape", "corpus", "corpus_hash", "tokenizer_hash", "split",
               "git_sha", "dirty", "run_dir", "ckpt"]
 
 
@@ -86,9 +86,18 @@ def stamp(cfg: dict, *, run_dir: Path, ckpt: str, split: str, choices: dict | No
             "scaling": scaling_name(cfg), "extension": cfg.get("extension") or "none",
             "positions": positions_name(cfg), "train_len": cfg["seq_len"],
             "seed": cfg.get("seed"),
-            "model": choices.get("model", ""), "corpus": prov.get("corpus", ""),
+            "model": choices.get("model", ""), "model_shape": model_shape(cfg.get("model") or {}),
+            "corpus": prov.get("corpus", ""),
             "corpus_hash": prov.get("corpus_hash", ""), "tokenizer_hash": prov.get("tokenizer_hash", ""),
             "split": split, "git_sha": sha, "dirty": dirty, "run_dir": str(run_dir), "ckpt": str(ckpt)}
+
+
+def model_shape(m: dict) -> str:
+    """The model's size as rows name it beside its preset (`model`): d_model, layers, heads (d64-L2-H2), so that a
+    preset resized by overrides (model.d_model=128) is never taken for the preset itself; "" where not known."""
+    if not all(k in m for k in ("d_model", "n_layers", "n_heads")):
+        return ""
+    return f"d{m['d_model']}-L{m['n_layers']}-H{m['n_heads']}"
 
 
 def git_state(where: Path | None = None) -> tuple[str, bool]:
