@@ -124,6 +124,27 @@ def test_training_sizes_are_uniform_up_to_train_size():
     assert counts.min() > 400 and set(sizes) == {1, 2, 3, 4}
 
 
+def test_a_curriculum_grows_the_largest_size_in_equal_stages_then_draws_every_size():
+    """data.task.curriculum=0.5 with sizes 1..4: four stages over the first half of training, each drawing sizes up
+    to its level (the first only size 1), then the full range; validation and evaluation are never cut."""
+    task = T.build_task({"data": {"task": {"_target_": "lenx.tasks.Copy", "train_size": 4, "alphabet": 8,
+                                           "curriculum": 0.5}}})
+    items = T.TaskItems(task, 4000, seed=0)
+    sizes = np.array([size_of("copy", names_of(task, items[i][0])) for i in range(4000)])
+    for stage, top in enumerate([1, 2, 3, 4]):  # items [stage*500, stage*500 + 500): progress stage/8 .. (stage+1)/8
+        got = sizes[stage * 500:(stage + 1) * 500]
+        assert got.max() == top and set(got) == set(range(1, top + 1)), (stage, set(got))
+    assert set(sizes[2000:]) == {1, 2, 3, 4} and np.bincount(sizes[2000:])[1:].min() > 400
+    # a resumed run's items are the same instances (each a pure function of its index and the training's length)
+    assert np.array_equal(T.TaskItems(task, 4000, seed=0, start=700)[0][0], items[700][0])
+    val = T.TaskItems(task, 400, seed=0, split="validation")
+    assert {size_of("copy", names_of(task, val[i][0])) for i in range(400)} == {1, 2, 3, 4}
+    assert task.curriculum_cap(None) == 4 and task.curriculum_cap(0.0) == 1 and task.curriculum_cap(0.49) == 4
+    # without a curriculum the training instances are exactly those drawn before the option existed
+    plain = T.Copy(train_size=4, alphabet=8)
+    assert all(np.array_equal(T.TaskItems(plain, 50, 0)[i][0], plain.instance(0, "train", i)[0]) for i in range(50))
+
+
 @pytest.mark.parametrize("kind", TASKS)
 def test_instances_are_pure_functions_of_seed_split_and_index(kind):
     task = TASKS[kind]
@@ -264,6 +285,8 @@ def test_too_large_sizes_are_reported_not_crashed():
     ({"_target_": "os.system", "command": "touch pwned"}, "os.system is not a lenx.tasks.Task"),  # never called
     ({"_target_": "lenx.tasks.build_task", "cfg": 1}, "is not a lenx.tasks.Task"),
     ({"_target_": "lenx.tasks.Copy", "train_size": {"_target_": "os.getpid"}}, "must be plain values"),
+    ({"_target_": "lenx.tasks.Copy", "train_size": 4, "curriculum": 2}, "curriculum must be a fraction"),
+    ({"_target_": "lenx.tasks.Copy", "train_size": 4, "curriculum": "half"}, "curriculum must be a fraction"),
 ])
 def test_bad_task_configs_are_one_line(spec, match):
     with pytest.raises(ConfigError, match=match):

@@ -41,6 +41,11 @@ class Task:
     name = ""
     sizes = "symbols"  # what the size counts (for messages)
     eos = False
+    # A curriculum over sizes (set by build_task from data.task.curriculum, default 0: none): over the first
+    # `curriculum` fraction of training the largest size drawn grows from min_size to train_size in equal stages,
+    # sizes below it drawn as the task draws them (Zaremba & Sutskever 2014, arXiv:1410.4615, the "naive"
+    # curriculum: each stage's instances are drawn from every size up to its level); after it, the full range.
+    curriculum = 0.0
     # lenx's tasks by class name, the `_target_` lenx.tasks.<name> that build_task accepts: the subclasses defined
     # in lenx.tasks (all imported by the package's __init__, which runs before this module can be used)
     registry: ClassVar[dict[str, type[Task]]] = {}
@@ -113,14 +118,21 @@ class Task:
     def qa(self, prompt: list[int], answer: list[int]) -> tuple[list[int], list[bool]]:
         return [*prompt, SEP, *answer], [False] * (len(prompt) + 1) + [True] * len(answer)
 
-    def instance(self, seed: int, split: str, i: int, size: int | None = None) -> tuple[np.ndarray, ...]:
+    def instance(self, seed: int, split: str, i: int, size: int | None = None,
+                 progress: float | None = None) -> tuple[np.ndarray, ...]:
         """(token ids, answer mask) of instance i of `split` (a pure function of the arguments), and its labels
         (T,) where the task's answers are labels only (`draw`). Training draws its size uniformly in
-        [min_size, train_size]; evaluation passes the size. The held-out split hashes the ids alone: labels are
+        [min_size, train_size] (under a curriculum, up to `curriculum_cap(progress)`, progress the fraction of
+        training done); evaluation passes the size. The held-out split hashes the ids alone: labels are
         answers read from the input (MQAR: a value of the pairs), so no scored input stream is ever trained on."""
         rng = np.random.default_rng((seed, SPLITS[split], i, size or 0))
         if size is None:
-            size = self.train_draw_size(rng)
+            size, cap = self.train_draw_size(rng), self.curriculum_cap(progress)
+            for _ in range(64):  # the task's own size distribution, cut at the stage's level
+                if size <= cap:
+                    break
+                size = self.train_draw_size(rng)
+            size = min(size, cap)
         for _ in range(64):
             ids, mask, *labels = self.draw(size, rng)  # labels: [] for a task whose answers stand in the sequence
             if self.eos:  # the answer ends here: the end token is an answer token (trained on and scored)
@@ -133,6 +145,14 @@ class Task:
             return out  # and so may validation (it draws training's sizes; a loss monitor)
         raise ConfigError(f"data.task: size {size} has too few distinct {self.name} instances to hold some out of "
                           "training; use a larger train_size")
+
+    def curriculum_cap(self, progress: float | None) -> int:
+        """The largest training size at `progress` (0..1) of training: train_size without a curriculum; with one,
+        min_size + the stage, train_size - min_size + 1 equal stages over the first `curriculum` of training."""
+        if not self.curriculum or progress is None:
+            return self.train_size
+        stages = self.train_size - self.min_size + 1
+        return min(self.train_size, self.min_size + int(stages * min(1.0, progress / self.curriculum)))
 
     def train_draw_size(self, rng: np.random.Generator) -> int:
         """A training instance's size: uniform in [min_size, train_size] (a task may weight its sizes instead)."""
@@ -169,11 +189,16 @@ def build_task(cfg: Mapping) -> Task | None:
     eos = params.pop("eos", False)  # every task takes it: set here rather than in each subclass's __init__
     if not isinstance(eos, bool):
         raise ConfigError(f"data.task.eos must be true or false, got {eos!r}")
+    curriculum = params.pop("curriculum", 0.0)  # likewise every task's (Task.curriculum)
+    if isinstance(curriculum, bool) or not isinstance(curriculum, (int, float)) or not 0 <= curriculum <= 1:
+        raise ConfigError(f"data.task.curriculum must be a fraction of training in [0, 1] (0: no curriculum), "
+                          f"got {curriculum!r}")
     try:
         task = cls(**params)
     except TypeError as e:  # an unknown or missing parameter
         raise ConfigError(f"data.task: {e}") from None
     task.eos = eos  # before anything reads the (cached) vocabulary
+    task.curriculum = curriculum
     return task
 
 
@@ -238,7 +263,9 @@ class TaskItems(torch.utils.data.Dataset):
         return self.n_items  # as RandomWindows: a resumed epoch ends at max_steps, not at n_items - start
 
     def __getitem__(self, i: int):
-        return self.task.instance(self.seed, self.split, i + self.start)
+        if self.split != "train":  # validation monitors the loss over every training size
+            return self.task.instance(self.seed, self.split, i + self.start)
+        return self.task.instance(self.seed, self.split, i + self.start, progress=(i + self.start) / self.n_items)
 
 
 def masked_loss(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, mask_BT: torch.Tensor,
