@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import math
 import re
@@ -471,6 +472,52 @@ def tasks_markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def task_separations(summary: list[dict]) -> list[dict]:
+    """Every pair of schemes (rows of one task, decode and protocol) whose seed means differ by more than the sum
+    of their 95% half-widths, per metric and multiplier beyond 1x: the criterion by which a task separates two
+    schemes (issue 36). Cells need an interval (two or more runs); the gap is better's mean minus worse's."""
+    out = []
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in summary:
+        if not r["size_set"] and r["multiplier"] != 1 and r["ok_runs"] > 1:
+            cells[(r["task"], r["decode"], r["protocol"], r["train_size"], r["multiplier"])].append(r)
+    for (task, decode, protocol, train_size, mult), rs in cells.items():
+        for metric, name in TASK_METRICS.items():
+            for a, b in itertools.combinations(rs, 2):
+                hi, lo = (a, b) if a[f"{metric}_mean"] >= b[f"{metric}_mean"] else (b, a)
+                gap, halves = hi[f"{metric}_mean"] - lo[f"{metric}_mean"], hi[f"{metric}_ci95"] + lo[f"{metric}_ci95"]
+                if gap > halves:
+                    out.append({"task": task, "decode": decode, "protocol": protocol, "train_size": train_size,
+                                "multiplier": mult, "metric": name, "better": label_of(hi), "worse": label_of(lo),
+                                "better_mean": hi[f"{metric}_mean"], "worse_mean": lo[f"{metric}_mean"], "gap": gap,
+                                "half_widths": halves})
+    return sorted(out, key=lambda r: (r["task"], r["metric"], r["multiplier"], -(r["gap"] - r["half_widths"])))
+
+
+def label_of(r: dict) -> str:
+    return r["pos"] if r["scaling"] == "none" else f"{r['pos']} ({r['scaling']})"
+
+
+def separations_markdown(seps: list[dict], summary: list[dict]) -> str:
+    """Per task, metric and multiplier: how many pairs of schemes are apart beyond their intervals, and the
+    widest (by gap less the half-widths); first, how many tasks separate any pair at 2x or 4x."""
+    tasks = list(dict.fromkeys(r["task"] for r in summary))
+    at = {r["task"] for r in seps if r["multiplier"] in (2, 4)}
+    lines = ["# Separations: pairs of schemes apart by more than the sum of their 95% half-widths over seeds", "",
+             f"Tasks with a separation at 2x or 4x (exact match or per-token accuracy): **{len(at)} of {len(tasks)}**"
+             + (f" ({', '.join(t for t in tasks if t in at)})" if at else ""), "",
+             "| task | metric | multiplier | pairs apart | widest (better > worse: means, gap - half-widths) |",
+             "|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in seps:
+        groups[(r["task"], r["metric"], r["multiplier"])].append(r)
+    for (task, metric, mult), rs in groups.items():
+        top = "; ".join(f"{r['better']} > {r['worse']} ({r['better_mean']:.2f} vs {r['worse_mean']:.2f}, "
+                        f"+{r['gap'] - r['half_widths']:.2f})" for r in rs[:3])
+        lines.append(f"| {task} | {metric} | {mult}x | {len(rs)} | {top} |")
+    return "\n".join(lines) + "\n"
+
+
 def tasks_figure(summary: list[dict], path: Path) -> None:
     """Exact match against the size multiplier, one panel per task, one line (with its interval) per scheme
     (a size set's mean is a table column, not a point)."""
@@ -546,6 +593,10 @@ def aggregate(root: Path, out: Path | None, ckpt: str | None) -> None:
         atomic_write_text(out / "tasks_summary.md", tasks_markdown(tasks))
         write_csv(out / "tasks_summary.csv", tasks)
         tasks_figure(tasks, out / "tasks_summary.png")
+        seps = task_separations(tasks)
+        atomic_write_text(out / "tasks_separations.md", separations_markdown(seps, tasks))
+        if seps:
+            write_csv(out / "tasks_separations.csv", seps)
         print(tasks_markdown(tasks))
         print(f"{len(task_rows)} task rows -> {out}/tasks_summary.{{md,csv,png}}")
     if not rows:

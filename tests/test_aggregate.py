@@ -119,6 +119,23 @@ def test_two_sizes_of_one_preset_are_never_averaged_as_seeds(tmp_path):
     assert not any(pos == "rope" for pos, _ in rows)
 
 
+def test_separations_are_pairs_apart_beyond_the_sum_of_their_half_widths(tmp_path):
+    """At 2x: rope's seeds 0.9, 1.0, 0.8 and alibi's 0.1, 0.2, 0.0 are apart (gap 0.8 > 2 x 0.248); fire's 0.5, 0.9,
+    0.1 overlap both; a single-run scheme has no interval and is never called apart."""
+    for pos, accs in {"rope": [0.9, 1.0, 0.8], "alibi": [0.1, 0.2, 0.0], "fire": [0.5, 0.9, 0.1]}.items():
+        for seed, a in enumerate(accs):
+            write_task_run(tmp_path / f"{pos}{seed}", pos, seed, [1.0, a])
+    write_task_run(tmp_path / "t50", "t5", 0, [1.0, 0.0])
+    aggregate.main([str(tmp_path)])
+    rows = list(csv.DictReader((tmp_path / "tasks_separations.csv").open()))
+    half = 4.303 * 0.1 / math.sqrt(3)  # the same spread (sd 0.1) for rope and alibi
+    assert [(r["metric"], r["better"], r["worse"], r["multiplier"]) for r in rows] == [
+        ("exact match", "rope", "alibi", "2"), ("per-token accuracy", "rope", "alibi", "2")]
+    assert float(rows[0]["gap"]) == pytest.approx(0.8) and float(rows[0]["half_widths"]) == pytest.approx(2 * half)
+    md = (tmp_path / "tasks_separations.md").read_text()
+    assert "**1 of 1** (copy)" in md and "| copy | exact match | 2x | 1 | rope > alibi (0.90 vs 0.10, +0.30) |" in md
+
+
 def test_a_run_is_stamped_with_its_shape_beside_its_preset():
     from lenx.results import model_shape
     assert model_shape({"d_model": 128, "n_layers": 4, "n_heads": 4, "mlp": "gelu"}) == "d128-L4-H4"
