@@ -113,3 +113,53 @@ def scheme_list(arg: str) -> list[str]:
     if unknown:
         raise SystemExit(f"benchmark: unknown scheme(s) {unknown}; known: {ALL_SCHEMES}")
     return names
+
+
+class PlainGPT(torch.nn.Module):
+    """A plain decoder of lenx's GPT-2 block shape (nanoGPT's model.py, with its learned position table, or
+    rotate-half RoPE as Llama's and litgpt's code apply it; no positions for "none"): token embedding, pre-LN
+    blocks (one qkv Linear, SDPA's causal kernel, GELU MLP), final LayerNorm, tied head. What the benchmark's
+    end-to-end comparison calls "a plain PyTorch loop of the same model and shape": no plan, no scheme hooks."""
+
+    def __init__(self, *, vocab_size: int, d_model: int, n_layers: int, n_heads: int, seq_len: int, pos: str,
+                 mlp_ratio: float = 4.0, bias: bool = False, rope_base: float = 10000.0) -> None:
+        super().__init__()
+        if pos not in ("none", "learned", "rope"):
+            raise ValueError(f"PlainGPT has pos none, learned or rope, not {pos}")
+        nn = torch.nn
+        self.n_heads, self.pos = n_heads, pos
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.wpe = nn.Embedding(seq_len, d_model) if pos == "learned" else None
+        hidden = int(mlp_ratio * d_model)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "ln1": nn.LayerNorm(d_model, bias=bias), "qkv": nn.Linear(d_model, 3 * d_model, bias=bias),
+            "proj": nn.Linear(d_model, d_model, bias=bias), "ln2": nn.LayerNorm(d_model, bias=bias),
+            "fc": nn.Linear(d_model, hidden, bias=bias), "out": nn.Linear(hidden, d_model, bias=bias)})
+            for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model, bias=bias)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head.weight = self.tok.weight
+        D = d_model // n_heads
+        inv = rope_base ** (-torch.arange(0, D, 2).float() / D)
+        ang = torch.arange(seq_len).float()[:, None] * inv[None]
+        self.register_buffer("cos", torch.cat([ang.cos()] * 2, -1), persistent=False)
+        self.register_buffer("sin", torch.cat([ang.sin()] * 2, -1), persistent=False)
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        T, half = x.shape[2], x.shape[-1] // 2
+        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * self.cos[:T].to(x.dtype) + rot * self.sin[:T].to(x.dtype)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        x = self.tok(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        for b in self.blocks:
+            q, k, v = b["qkv"](b["ln1"](x)).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+            if self.pos == "rope":
+                q, k = self.rotate(q), self.rotate(k)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + b["proj"](y.transpose(1, 2).reshape(B, T, -1))
+            x = x + b["out"](F.gelu(b["fc"](b["ln2"](x))))
+        return self.head(self.ln_f(x))

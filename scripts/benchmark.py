@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from benchlib import (
     CONFIGS,
+    PlainGPT,
     StepTimer,
     batches,
     config,
@@ -47,9 +49,12 @@ from benchmark_tasks import print_task, task_row
 from omegaconf import OmegaConf
 
 import lenx.attention
+from lenx.checkpoint import load_model
 from lenx.hardware import cpu_has_fast_bf16, resolve_precision
 from lenx.lit import LenxModule, RandomWindows, build_model
 from lenx.throughput import device_peak, model_flops_per_token
+
+ROOT = CONFIGS.parent
 
 
 def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
@@ -90,24 +95,97 @@ def lightning_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: b
     return (len(data) - warmup) * data[0][:, 1:].numel() / (timer.t1 - timer.t0)
 
 
+def timed_loop(model: torch.nn.Module, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> float:
+    """Tokens/s of a plain training loop of `model` (AdamW, clipping at 1, as train.py) after `warmup` steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for i, b in enumerate(data):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(b[:, :-1]).float().flatten(0, 1), b[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    return (len(data) - warmup) * data[0][:, 1:].numel() / (time.perf_counter() - t0)
 
 
+def train_py_seconds(overrides: list[str], run_dir: Path, threads: int) -> float:
+    """train.py's own training time (`trained in` in train.log: the fit, with its validation, checkpoints and
+    logging; no start-up, no scoring) of a run with these overrides, in a fresh `run_dir`."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    found = re.search(r"trained in ([0-9.]+)s", (run_dir / "train.log").read_text()) \
+        if (run_dir / "train.log").exists() else None
+    if proc.returncode or not found:
+        raise SystemExit(f"benchmark: train.py {' '.join(overrides)} failed (rc {proc.returncode}):\n"
+                         f"{proc.stderr[-2000:]}")
+    return float(found.group(1))
 
 
+def end_to_end(args, device) -> dict:
+    """train.py as a user runs it (`python train.py pos=<scheme>`: validation every 100 steps, checkpoints, CSV
+    logging, deterministic algorithms, clipping) against a plain PyTorch loop of the same model and shape
+    (benchlib.PlainGPT), at the same precision (trainer.precision=auto's choice unless --e2e-precision) and threads.
+    train.py's tokens/s is the difference of two run lengths (N and 2N steps: start-up, the sanity check and the
+    first steps' warm-up cancel); the loops' are timed in one process, interleaved over --e2e-repeats, beside
+    lenx's own model in the same bare loop, which splits the gap into the harness (train.py over lenx's loop) and
+    the model's kernels (lenx's loop over the plain one)."""
+    n, scheme, threads = args.e2e_steps, args.e2e_scheme, torch.get_num_threads()
+    common = [f"pos={scheme}", f"trainer.precision={args.e2e_precision}", "trainer.enable_progress_bar=false",
+              "eval.multipliers=[1]", "eval.tokens=4096", "eval.probes.probe=null"]  # (scoring: not timed)
+    runs = args.out.parent / "end_to_end"
+    times = {}
+    for r in range(args.e2e_repeats):
+        for steps in (n, 2 * n):
+            times.setdefault(steps, []).append(train_py_seconds(
+                [*common, f"trainer.max_steps={steps}"], runs / f"{scheme}_{steps}_{r}", threads))
+    ckpt = runs / f"{scheme}_{n}_0" / "checkpoints" / "last.ckpt"
+    _, cfg = load_model(ckpt)  # the run's own config: its vocabulary, shape and batch
+    m, L_, batch = cfg["model"], cfg["seq_len"], cfg["batch_size"]
+    with torch.device("meta"):  # the precision train.py took, as it takes it (lenx.train)
+        params = sum(p.numel() for p in build_model(cfg).parameters())
+    precision = resolve_precision(args.e2e_precision, cfg["trainer"]["accelerator"], 6 * params * batch * L_
+                                  * cfg["trainer"]["accumulate_grad_batches"])
+    per_step_s = (statistics.median(times[2 * n]) - statistics.median(times[n])) / n
+    autocast = precision.startswith("bf16")
+    data = batches({"data": cfg["data"], "batch_size": batch, "seq_len": L_}, args.warmup + n, device)
+    loops = {"plain": [], "lenx": []}
+    for _ in range(args.e2e_repeats):  # interleaved, so drift hits both alike
+        torch.manual_seed(0)
+        plain = PlainGPT(vocab_size=cfg["data"]["vocab_size"], d_model=m["d_model"], n_layers=m["n_layers"],
+                         n_heads=m["n_heads"], seq_len=L_, pos=scheme, mlp_ratio=m["mlp_ratio"], bias=m["bias"])
+        loops["plain"].append(timed_loop(plain.to(device).train(), data, args.warmup, autocast, device))
+        torch.manual_seed(0)
+        loops["lenx"].append(timed_loop(build_model(cfg).to(device).train(), data, args.warmup, autocast, device))
+    train_py = batch * L_ / per_step_s
+    plain, lenx = statistics.median(loops["plain"]), statistics.median(loops["lenx"])
+    return {"scheme": scheme, "precision": {"train.py": precision, "loops": "bf16 autocast" if autocast else "fp32"},
+            "threads": threads, "steps": [n, 2 * n], "train_py_seconds": times, "shape": {**m, "seq_len": L_,
+                                                                                           "batch_size": batch},
+            "train_py_tokens_per_s": train_py, "plain_tokens_per_s": median_spread(loops["plain"]),
+            "lenx_loop_tokens_per_s": median_spread(loops["lenx"]), "train_py_over_plain": train_py / plain,
+            "train_py_over_lenx_loop": train_py / lenx, "lenx_loop_over_plain": lenx / plain}
 
 
-
-
-
-
-
-
-
-
-
-
-
-
+def print_end_to_end(r: dict) -> None:
+    print(f"\nend to end, pos={r['scheme']}, {r['precision']['train.py']} (loops: {r['precision']['loops']}), "
+          f"{r['threads']} thread(s), d{r['shape']['d_model']} x {r['shape']['n_layers']} layers, batch "
+          f"{r['shape']['batch_size']} x {r['shape']['seq_len']}:")
+    print(f"  train.py (difference of {r['steps'][0]} and {r['steps'][1]} steps): {r['train_py_tokens_per_s']:.0f} tok/s")
+    print(f"  lenx's model, bare loop: {r['lenx_loop_tokens_per_s']['median']:.0f} tok/s; plain model "
+          f"(benchlib.PlainGPT): {r['plain_tokens_per_s']['median']:.0f} tok/s")
+    print(f"  train.py / plain {r['train_py_over_plain']:.2f}x = harness (train.py / lenx loop) "
+          f"{r['train_py_over_lenx_loop']:.2f}x * kernels (lenx loop / plain) {r['lenx_loop_over_plain']:.2f}x")
 
 
 def flops_per_token(cfg: dict) -> float:
@@ -219,6 +297,12 @@ def main() -> None:
     ap.add_argument("--task-warmup", type=int, default=10)
     ap.add_argument("--task-repeats", type=int, default=3)
     ap.add_argument("--task-only", action="store_true", help="measure the task row only (about a minute)")
+    ap.add_argument("--end-to-end", action="store_true", help="train.py as users run it against a plain PyTorch "
+                    "loop of the same model and shape, same precision (a few minutes), and nothing else")
+    ap.add_argument("--e2e-scheme", choices=["none", "learned", "rope"], default="rope")
+    ap.add_argument("--e2e-steps", type=int, default=100, help="train.py runs of N and 2N steps; the loops time N")
+    ap.add_argument("--e2e-repeats", type=int, default=2)
+    ap.add_argument("--e2e-precision", choices=["auto", "32-true", "bf16-mixed"], default="auto")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmark.json"))
     args = ap.parse_args()
     if args.seq_len is None:
@@ -241,6 +325,12 @@ def main() -> None:
         report["presets"] = preset_rows(args, device)
         write_report(report, args.out, t_start)
         print_presets(report["presets"])
+        print(f"\nwritten: {args.out} ({report['wall_s']:.0f} s)")
+        return
+    if args.end_to_end:
+        report["end_to_end"] = end_to_end(args, device)
+        write_report(report, args.out, t_start)
+        print_end_to_end(report["end_to_end"])
         print(f"\nwritten: {args.out} ({report['wall_s']:.0f} s)")
         return
     if args.task_only:

@@ -130,3 +130,41 @@ def test_benchmark_preset_reports_tokens_per_s_and_mfu_per_scheme(tmp_path):
         assert v["mfu"] == v["tokens_per_s"]["median"] * row["flops_per_token"] / row["peak_flops"]
         assert "compiled" not in row["schemes"][s]  # --preset-compile auto: CUDA only
     assert "MFU against CPU" in r.stdout and "llama_125m: 85.7 M parameters" in r.stdout
+
+
+@pytest.mark.parametrize("pos", ["none", "learned", "rope"])
+def test_the_plain_model_has_lenx_models_parameters_and_is_causal(pos):
+    """The end-to-end comparison's plain model (benchlib.PlainGPT) is the same model as lenx's of that shape: as
+    many parameters, and no output that reads a later token."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchlib import PlainGPT, config
+
+    from lenx.lit import build_model
+
+    cfg = config(pos, 32, 2, 1)
+    m = cfg["model"]
+    plain = PlainGPT(vocab_size=cfg["data"]["vocab_size"], d_model=m["d_model"], n_layers=m["n_layers"],
+                     n_heads=m["n_heads"], seq_len=32, pos=pos, mlp_ratio=m["mlp_ratio"], bias=m["bias"])
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(plain) == count(build_model(cfg))
+    idx = torch.randint(0, 100, (1, 32))
+    changed = idx.clone()
+    changed[0, 20:] = (changed[0, 20:] + 1) % 100
+    with torch.no_grad():
+        a, b = plain(idx), plain(changed)
+    assert torch.equal(a[0, :20], b[0, :20]) and not torch.allclose(a[0, 20:], b[0, 20:])
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end_times_train_py_against_a_plain_loop(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark.py", "--end-to-end", "--e2e-steps", "3", "--e2e-repeats",
+                        "1", "--warmup", "1", "--e2e-precision", "32-true", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    e = json.loads(out.read_text())["end_to_end"]
+    assert e["precision"] == {"train.py": "32-true", "loops": "fp32"} and e["steps"] == [3, 6]
+    assert math.isclose(e["train_py_over_plain"], e["train_py_over_lenx_loop"] * e["lenx_loop_over_plain"])
+    assert "harness (train.py / lenx loop)" in r.stdout
