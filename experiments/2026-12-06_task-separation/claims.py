@@ -1,0 +1,106 @@
+"""Each published length claim the task-separation study tests, set beside what it measured:
+`python experiments/2026-12-06_task-separation/claims.py results/task_separation_cpu/tasks_summary.csv`.
+
+A claim is a comparison "A generalises to longer inputs than B" on the tasks its paper names (all the study's tasks
+where it names none). Per task, multiplier (2x, 4x) and metric (exact match, per-token accuracy) a pair is
+`better` or `worse` where the means differ by more than the sum of the two 95% half-widths over seeds (the study's
+separation criterion, scripts/aggregate.py's tasks_separations), else `within`; B that cannot score there (a learned
+table past its rows: `out_of_range`) counts as `better` for A. A claim is **held** at this scale where A is better
+on at least one task and worse on none, **not held** where A is worse on some task, and **not separated** where
+every cell is within the intervals; a claim of "at least as well" (NoPE's) is held wherever A is worse nowhere. Writes claims.md beside the summary and prints it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+ALL = None  # every task of the study
+# (claim, paper, A, B, tasks): A is claimed to generalise to longer inputs than B
+CLAIMS = [
+    ("randomized positions beat the same encoding trained at 0..L-1", "Ruoss et al. 2023, arXiv:2305.16843",
+     "rope+randomized", "rope", ALL),
+    ("randomized positions beat the same encoding trained at 0..L-1", "Ruoss et al. 2023, arXiv:2305.16843",
+     "learned+randomized", "learned", ALL),
+    ("NoPE generalises at least as well as explicit encodings (decoder-only)", "Kazemnejad et al. 2023, "
+     "arXiv:2305.19466", "none", "sinusoidal", ALL),
+    ("", "", "none", "rope", ALL),
+    ("", "", "none", "alibi", ALL),
+    ("", "", "none", "t5", ALL),
+    ("the forgetting gate extrapolates where RoPE does not", "Lin et al. 2025 (FoX), arXiv:2503.02130", "fox",
+     "rope", ALL),
+    ("stick-breaking attention generalises to longer inputs than softmax attention", "Tan et al. 2025, "
+     "arXiv:2410.17980", "stickbreaking", "rope", ALL),
+    ("CoPE solves counting, selective copy and flip-flop out of distribution where position embeddings fail",
+     "Golovneva et al. 2024 (CoPE), arXiv:2405.18719", "cope", "rope", ["counting", "selective_copy", "flip_flop"]),
+    ("", "", "cope", "learned", ["counting", "selective_copy", "flip_flop"]),
+]
+METRICS = {"accuracy": "exact", "token_accuracy": "per token"}
+MULTIPLIERS = (2, 4)
+
+
+def read(path: Path) -> dict[tuple, dict]:
+    rows = {}
+    for r in csv.DictReader(path.open()):
+        if r["size_set"] or r["scaling"] != "none" or r["decode"] != "teacher":
+            continue
+        rows[(r["task"], r["pos"], float(r["multiplier"]))] = r
+    return rows
+
+
+def compare(a: dict | None, b: dict | None, metric: str) -> tuple[str, str]:
+    """(verdict, the cell's numbers) for A against B at one task, multiplier and metric."""
+    if a is None or b is None or a["status"] != "ok":
+        return "missing", "–"
+    mean_a, half_a = float(a[f"{metric}_mean"]), float(a[f"{metric}_ci95"])
+    if b["status"] == "out_of_range":
+        return "better", f"{mean_a:.2f} vs out of range"
+    if b["status"] != "ok":
+        return "missing", "–"
+    mean_b, half_b = float(b[f"{metric}_mean"]), float(b[f"{metric}_ci95"])
+    half = (0.0 if math.isnan(half_a) else half_a) + (0.0 if math.isnan(half_b) else half_b)
+    verdict = "better" if mean_a - mean_b > half else "worse" if mean_b - mean_a > half else "within"
+    return verdict, f"{mean_a:.2f}±{half_a:.2f} vs {mean_b:.2f}±{half_b:.2f}"
+
+
+def main(path: Path) -> str:
+    rows = read(path)
+    tasks = list(dict.fromkeys(t for t, _, _ in rows))
+    lines = ["# Published length claims at this scale (task-separation study)", "",
+             "Per claim: A against B on each task at 2x and 4x the training size, exact match and per-token "
+             "accuracy, mean ± 95% half-width over 3 seeds; **better** / **worse**: apart by more than the sum of "
+             "the half-widths. Verdict: held (better somewhere, worse nowhere), not held (worse somewhere), not "
+             "separated (within everywhere; for NoPE's claim of \"at least as well\", held).", ""]
+    claim, paper = "", ""
+    for text, cite, a, b, only in CLAIMS:
+        claim, paper = text or claim, cite or paper
+        counts = {"better": [], "worse": [], "within": []}
+        cells = []
+        for task in only or tasks:
+            for m in MULTIPLIERS:
+                for metric, name in METRICS.items():
+                    verdict, numbers = compare(rows.get((task, a, m)), rows.get((task, b, m)), metric)
+                    if verdict in counts:
+                        counts[verdict].append(f"{task} {m}x {name}")
+                    if verdict in ("better", "worse"):
+                        cells.append(f"{task} {m}x {name}: {verdict} ({numbers})")
+        better = {c.split()[0] for c in counts["better"]}
+        worse = {c.split()[0] for c in counts["worse"]}
+        at_least = a == "none"  # Kazemnejad et al.: NoPE at least as good as the explicit encodings
+        verdict = "not held" if worse else "held" if better or at_least else "not separated"
+        lines += [f"## {a} vs {b}: **{verdict}**", "", f"Claim ({paper}): {claim}.", "",
+                  f"Cells: {len(counts['better'])} better (tasks: {', '.join(sorted(better)) or 'none'}), "
+                  f"{len(counts['worse'])} worse (tasks: {', '.join(sorted(worse)) or 'none'}), "
+                  f"{len(counts['within'])} within the intervals.", ""]
+        lines += [f"- {c}" for c in cells] + [""]
+    text = "\n".join(lines)
+    (path.parent / "claims.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
+        raise SystemExit("usage: claims.py results/task_separation_cpu/tasks_summary.csv")
+    print(main(Path(sys.argv[1])))
