@@ -593,10 +593,11 @@ def aggregate(root: Path, out: Path | None, ckpt: str | None) -> None:
         atomic_write_text(out / "tasks_summary.md", tasks_markdown(tasks))
         write_csv(out / "tasks_summary.csv", tasks)
         tasks_figure(tasks, out / "tasks_summary.png")
-        seps = task_separations(tasks)
-        atomic_write_text(out / "tasks_separations.md", separations_markdown(seps, tasks))
-        if seps:
-            write_csv(out / "tasks_separations.csv", seps)
+        if any(r["ok_runs"] > 1 for r in tasks):  # seeds to make intervals of: which schemes they separate
+            seps = task_separations(tasks)
+            atomic_write_text(out / "tasks_separations.md", separations_markdown(seps, tasks))
+            if seps:
+                write_csv(out / "tasks_separations.csv", seps)
         print(tasks_markdown(tasks))
         print(f"{len(task_rows)} task rows -> {out}/tasks_summary.{{md,csv,png}}")
     if not rows:
