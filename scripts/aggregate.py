@@ -31,6 +31,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from lenx.errors import LenxError, user_errors
 from lenx.results import atomic_write_bytes, atomic_write_text, extension_label, mode_label, scheme_label
 from lenx.tasks.probe import PROTOCOLS, sizes_of_label
@@ -154,6 +156,56 @@ def split_models(rows: list[dict]) -> list[dict]:
         return rows
     return [{**r, "pos": f"{r['pos']} [{' '.join(filter(None, (r.get('model', ''), r.get('model_shape', ''))))}]"}
             for r in rows]
+
+
+# What trains a model (run_config.yaml): runs of one cell that differ here are different models, never seeds of one
+TRAINED = ("model", "pos", "positions", "attn", "data", "optim", "batch_size", "seq_len", "init_from", "compile",
+           "trainer.max_steps", "trainer.precision", "trainer.gradient_clip_val", "trainer.accumulate_grad_batches",
+           "provenance.corpus_hash", "provenance.tokenizer_hash")
+
+
+def flat(node, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict) and node:
+        return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: str(node)}
+
+
+def trained_config(r: dict, cache: dict) -> dict[str, str] | None:
+    """The training settings (TRAINED, flattened) of the run a row measures, from its run_config.yaml (the training
+    run's: beside the checkpoint); None where the file is missing or unreadable (a copied results file)."""
+    run = Path(r["ckpt"]).parent.parent if r.get("ckpt") else Path(r["run_dir"]) if r.get("run_dir") else None
+    if run is None:
+        return None
+    if run not in cache:
+        try:
+            cfg = yaml.safe_load((run / "run_config.yaml").read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            cfg = None
+        cache[run] = None if not isinstance(cfg, dict) else {
+            k: v for k, v in flat(cfg).items() if any(k == t or k.startswith(t + ".") for t in TRAINED)}
+    return cache[run]
+
+
+def split_configs(rows: list[dict]) -> list[dict]:
+    """Runs that a table would average as seeds of one scheme (same task, scheme, extension, training length) but
+    that were trained differently (a sweep over data.task.curriculum, pos.base, optim.lr, ...: their TRAINED
+    settings differ) get the differing settings in their scheme's name (rope [optim.lr=0.001]); runs alike but for
+    the seed are left as they are."""
+    cache: dict = {}
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[(r.get("task"), scheme_label(r), extension_label(r), r.get("train_len"))].append(i)
+    out = list(rows)
+    for idxs in groups.values():
+        confs = [trained_config(rows[i], cache) for i in idxs]
+        known = [c for c in confs if c is not None]
+        if len({tuple(sorted(c.items())) for c in known}) < 2:
+            continue
+        keys = sorted(k for k in {k for c in known for k in c} if len({c.get(k) for c in known}) > 1)
+        for i, c in zip(idxs, confs):
+            tag = ", ".join(f"{k}={c.get(k, 'unset')}" for k in keys) if c is not None else "run config unknown"
+            out[i] = {**rows[i], "pos": f"{rows[i]['pos']} [{tag}]"}
+    return out
 
 
 def run_key(r: dict) -> tuple | None:
@@ -581,7 +633,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def aggregate(root: Path, out: Path | None, ckpt: str | None) -> None:
     root = check_root(root, "a sweep directory (multirun/...), a run directory or an extrapolation.jsonl")
-    tables = {name: split_models(one_checkpoint(collect(root, name), ckpt, root, name)) for name in NEEDS}
+    tables = {name: split_configs(split_models(one_checkpoint(collect(root, name), ckpt, root, name)))
+              for name in NEEDS}
     rows, task_rows = tables["extrapolation"], tables["tasks"]
     if not rows and not task_rows:
         picked = f" scored from a checkpoint named {ckpt}" if ckpt else ""

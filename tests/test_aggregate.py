@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import yaml
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts" / "aggregate.py")
@@ -117,6 +118,31 @@ def test_two_sizes_of_one_preset_are_never_averaged_as_seeds(tmp_path):
     assert (small["runs"], float(small["accuracy_mean"])) == ("2", pytest.approx(0.3))
     assert (big["runs"], float(big["accuracy_mean"])) == ("1", 1.0)
     assert not any(pos == "rope" for pos, _ in rows)
+
+
+def test_runs_trained_differently_are_never_averaged_as_seeds(tmp_path):
+    """A sweep over a training setting (here the curriculum) is two models per scheme: named by the setting that
+    differs; seeds (and where they were written) are not a difference."""
+    def run(name, seed, curriculum, accs):
+        write_task_run(tmp_path / name, "rope", seed, accs)
+        task = {"_target_": "lenx.tasks.Copy", "train_size": 8, **({"curriculum": curriculum} if curriculum else {})}
+        (tmp_path / name / "run_config.yaml").write_text(yaml.safe_dump(
+            {"seed": seed, "run_dir": str(tmp_path / name), "data": {"task": task}, "model": {"d_model": 64},
+             "logger": {"save_dir": str(tmp_path / name)}, "trainer": {"max_steps": 100, "devices": 1}}))
+
+    run("plain0", 0, None, [0.2, 0.0])
+    run("plain1", 1, None, [0.4, 0.0])
+    run("cur0", 0, 0.5, [0.9, 0.1])
+    aggregate.main([str(tmp_path)])
+    rows = {(r["pos"], r["multiplier"]): r for r in csv.DictReader((tmp_path / "tasks_summary.csv").open())}
+    plain, cur = rows[("rope [data.task.curriculum=unset]", "1")], rows[("rope [data.task.curriculum=0.5]", "1")]
+    assert (plain["runs"], float(plain["accuracy_mean"])) == ("2", pytest.approx(0.3))
+    assert (cur["runs"], float(cur["accuracy_mean"])) == ("1", 0.9)
+    for name in ("cur0",):  # the same setting on both sides: one model, its seeds averaged as before
+        (tmp_path / name).rename(tmp_path.parent / f"{tmp_path.name}_{name}")
+    aggregate.main([str(tmp_path)])
+    assert [r["runs"] for r in csv.DictReader((tmp_path / "tasks_summary.csv").open())
+            if r["pos"] == "rope" and r["multiplier"] == "1"] == ["2"]
 
 
 def test_separations_are_pairs_apart_beyond_the_sum_of_their_half_widths(tmp_path):
