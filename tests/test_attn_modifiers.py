@@ -146,8 +146,9 @@ def test_modifiers_match_their_formulas_in_logits_and_gradients(scheme, mods, at
     ("alibi", {"sinks": True}, "features", "features"),
     ("t5", {"sinks": True}, "toeplitz", "toeplitz"),
     ("fire", {"sinks": True}, "chunk_mask", "chunk_mask"),
-    # SSMax: the Toeplitz view's rows scaled into one mask (ALiBi's channels are exact unscaled only)
-    ("alibi", {"ssmax": True}, "features", "toeplitz"),
+    # SSMax scoring on CPU: ALiBi's line as one channel pair per block of keys, merged by logsumexp; T5's table
+    # (not constant over the last half of the keys at its default 128 / these 64 tokens: the Toeplitz rows scaled)
+    ("alibi", {"ssmax": True}, "features", "banded"),
     ("t5", {"ssmax": True}, "toeplitz", "toeplitz"),
     ("shaw", {"ssmax": True}, "chunk_mask", "chunk_mask"),  # the chunk's mask rows scaled with its queries
     ("fire", {"ssmax": True, "sinks": True}, "chunk_mask", "chunk_mask"),
@@ -160,6 +161,36 @@ def test_the_plan_sends_modifiers_only_where_they_are_exact(scheme, mods, withou
         with torch.no_grad(), attention.traced() as seen:
             model(x)
         assert set(seen) == {path}
+
+
+@pytest.mark.parametrize("scheme", ["alibi", "t5"])
+@pytest.mark.parametrize("mods", [{"ssmax": True}, {"ssmax": True, "sinks": True}], ids=lambda m: "+".join(m))
+def test_ssmax_on_a_distance_table_scores_banded_as_its_formula(scheme, mods, monkeypatch):
+    """Scoring ALiBi or T5 with SSMax on CPU (path "banded"): the keys before a chunk through the fused kernel
+    without a mask (ALiBi's line as one channel pair, T5's constant last bucket as nothing), merged with the near
+    block by their logsumexps; equal to the formula over several chunks, with s_h of either sign and 0, at 240
+    tokens where T5's last bucket starts at distance 16 and ALiBi's slope 1/256 leaves far keys much of the weight."""
+    monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 240 * 40)  # 40 queries a chunk: six chunks
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
+    cfg.pop("defaults", None)
+    if scheme == "t5":
+        cfg.update(num_buckets=8, max_distance=16)
+    model = Decoder(vocab_size=50, d_model=32, n_layers=2, n_heads=4, train_len=16, pos=instantiate(cfg),
+                    attn=mods).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("ssmax_H"):
+                p.copy_(torch.tensor([1.3, 0.0, -0.4, 0.7]))
+            elif name.endswith("sink_H") or name.startswith("pos."):
+                p.normal_(generator=g)
+    x = torch.randint(0, 50, (2, 240), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), attention.traced() as seen:
+        got = model(x)
+        want = reference_forward(model, x, torch.arange(240))
+    assert set(seen) == {"banded"}, seen
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("scheme", ["rope", "t5"])

@@ -90,7 +90,7 @@ CHUNK_LOGITS = 1 << 25
 
 
 ATTENTION = ("sdpa", "flex", "reference")  # the `attention` setting (config, eval.attention)
-PATHS = ("causal", "features", "toeplitz", "flex", "chunk_mask", "chunk_values", "mask", "weights", "extended",
+PATHS = ("causal", "features", "toeplitz", "banded", "flex", "chunk_mask", "chunk_values", "mask", "weights", "extended",
          "stickbreaking")
 
 
@@ -125,6 +125,9 @@ class Plan:
     # The fused kernel gives each row's logsumexp (CPU scoring: no gradient, no dropout): the sinks may run on the
     # fused paths (modifiers.LSE_HOSTS)
     lse: bool = False
+    # Path "banded": keys at this distance or more from every query of a chunk take the bias's far form (ALiBi's
+    # line as channels: 1; a table constant from this distance on: T5's last bucket)
+    band: int | None = None
 
     def for_layer(self, pos: PositionalScheme, ctx: AttnContext) -> Plan:
         """The plan for ctx's layer: the whole mask built here when one chunk holds it, kept from the layer before
@@ -199,6 +202,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     if path == "features" and not hosts(path, modifiers, lse) and hosts("toeplitz", modifiers, lse) \
             and isinstance(ctx, DistanceContext) and contiguous and not learns(ctx):
         path = "toeplitz"  # ALiBi with SSMax: its table's rows scaled (its channels are exact unscaled only)
+    band = far_form(ctx) if path == "toeplitz" and modifiers.ssmax and lse and dtype == torch.float32 else None
+    if band is not None and hosts("banded", modifiers, lse):
+        path = "banded"  # scoring SSMax on a linear or tail-constant bias: far keys fused, only a band masked
     if modifiers.any and not hosts(path, modifiers, lse):
         # The fast paths hold a bias that cannot be scaled per query (a strided Toeplitz view, FlexAttention's
         # score_mod, ALiBi's channels: exact only unscaled) or a fused kernel whose normaliser is out of reach
@@ -212,7 +218,7 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
                 per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad,
-                lse=lse and modifiers.sinks, **mods)
+                lse=lse and modifiers.sinks, band=band if path == "banded" else None, **mods)
 
 
 def flex_hosts(pos: PositionalScheme, ctx: AttnContext, modifiers: Modifiers) -> bool:
@@ -226,6 +232,20 @@ def flex_hosts(pos: PositionalScheme, ctx: AttnContext, modifiers: Modifiers) ->
 
 
 # Which kernel: a bias given as data (lenx.pos.bias.DistanceContext) and the positions decide.
+def far_form(ctx: AttnContext) -> int | None:
+    """For path "banded": 1 where the bias is ALiBi's line (ctx.slopes_H: every key before a chunk as one channel
+    pair), the distance from which a bias table is constant where that is under half the keys (T5's last bucket),
+    else None (the Toeplitz path as it is)."""
+    if not isinstance(ctx, DistanceContext) or ctx.drawn_R is not None:
+        return None
+    if ctx.slopes_H is not None:
+        return 1
+    same_R = (ctx.bias_HR == ctx.bias_HR[:, -1:]).all(0)
+    tail = int(same_R.flip(0).int().cumprod(0).sum())  # the trailing run of distances equal to the last
+    start = ctx.bias_HR.shape[1] - tail
+    return start if 0 < start < len(ctx.k_pos_S) // 2 else None
+
+
 def channels_exact(ctx: AttnContext) -> bool:
     """Whether ctx's bias is linear in i - j (slopes given) at positions where its channels sum exactly."""
     if not isinstance(ctx, DistanceContext) or ctx.slopes_H is None or ctx.drawn_R is not None:
@@ -286,6 +306,8 @@ def attend(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, pos
             return attend_features(q_BHTD, k_BHSD, v_BHSD, pos, ctx, drop, plan, params)
         case "toeplitz":
             return attend_toeplitz(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop, params)
+        case "banded":
+            return attend_banded(q_BHTD, k_BHSD, v_BHSD, ctx, plan, params)
         case "chunk_mask" | "chunk_values":
             return attend_chunk_masks(q_BHTD, k_BHSD, v_BHSD, pos, ctx, plan, drop, params)
         case "mask" | "weights":
@@ -561,6 +583,62 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
         _ran("toeplitz")
         parts.append(fused(q_BHtD, k_rev[:, :, S - s:], v_rev[:, :, S - s:], plan, params,
                            attn_mask=mask, dropout_p=drop))
+    return torch.cat(parts, dim=2)
+
+
+def attend_banded(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, ctx: AttnContext, plan: Plan,
+                  params: ModifierParams) -> torch.Tensor:
+    """Scoring a distance bias with SSMax on CPU, default positions: per chunk of queries a..b-1, every logit
+    c_i (q.k / sqrt(D) + b(i - j)) with c_i = s_h log(i + 1) folded into the queries. ALiBi (b = -m d): b =
+    m (j - a) - m (i - a), so the keys before the chunk and the chunk's own (causal: a square block) each run the
+    fused kernel with one channel pair (c_i m_h).(j - a) and no mask, the row term -c_i m_h (i - a) added to each
+    block's logsumexp (the channel's rounding grows with a - j, where the weight decays as e^-c m (i - j)). A table
+    constant from distance plan.band on (T5's last bucket): the keys that far from every query run the fused kernel
+    on the scaled queries alone, c_i b_far added to its logsumexp; the rest with the Toeplitz view's rows scaled.
+    The blocks merge by their logsumexps (and the sinks rescale by the merged one)."""
+    flash = cpu_flash()
+    if flash is None or not isinstance(ctx, DistanceContext) or plan.band is None:
+        raise PlanError("the banded path needs CPU's fused kernel with its logsumexp and a distance bias")
+    B, H, T, D = q_BHTD.shape
+    S = k_BHSD.shape[2]
+    slopes_H = None if ctx.slopes_H is None else ctx.slopes_H.float()
+    k_rev, v_rev = (k_BHSD.flip(2), v_BHSD.flip(2)) if slopes_H is None else (None, None)
+    parts = []
+    for a in range(0, T, plan.rows):
+        b = min(T, a + plan.rows)
+        t = b - a
+        c_Ht = ssmax_scale(params, plan.log_n_T[a:b])
+        q_BHtD = q_BHTD[:, :, a:b].float() * (c_Ht[..., None] * D ** -0.5)
+        blocks = []
+        _ran("banded")
+        if slopes_H is not None:  # ALiBi: the chunk's block (causal), then the keys before it
+            cm_Ht = c_Ht * slopes_H[:, None]
+            q2 = torch.cat([cm_Ht[None, :, :, None].expand(B, H, t, 1), q_BHtD], -1)
+            row_Ht = -cm_Ht * torch.arange(t, device=q_BHTD.device, dtype=torch.float32)
+            for lo, hi, causal in ((a, b, True), (0, a, False)):
+                if hi == lo:
+                    continue
+                d_s = torch.arange(lo - a, hi - a, device=q_BHTD.device, dtype=torch.float32)
+                k2 = torch.cat([d_s[None, None, :, None].expand(B, H, hi - lo, 1), k_BHSD[:, :, lo:hi].float()], -1)
+                out, lse = flash(q2, k2, F.pad(v_BHSD[:, :, lo:hi].float(), (0, 1)), is_causal=causal, scale=1.0)
+                blocks.append((out[..., :D], lse + row_Ht))
+        else:  # a table constant from plan.band on: keys < f are that far from every query of the chunk
+            f = max(0, a - plan.band + 1)
+            with torch.autocast(q_BHTD.device.type, enabled=False):
+                mask = scale_rows(toeplitz_view(ctx.bias_HR, a, t, b, torch.float32)[..., :b - f], c_Ht)
+            blocks.append(flash(q_BHtD, k_rev[:, :, S - b:S - f].float(), v_rev[:, :, S - b:S - f].float(),
+                                attn_mask=mask, scale=1.0))
+            if f > 0:
+                out, lse = flash(q_BHtD, k_BHSD[:, :, :f].float(), v_BHSD[:, :, :f].float(), scale=1.0)
+                blocks.append((out, lse + c_Ht * ctx.bias_HR[:, -1].float()[:, None]))
+        out, lse = blocks[0]
+        for o2, l2 in blocks[1:]:  # softmax over both blocks' keys: each block's output weighted by its share
+            both = torch.logaddexp(lse, l2)
+            out = out * (lse - both).exp()[..., None] + o2 * (l2 - both).exp()[..., None]
+            lse = both
+        if plan.modifiers.sinks:
+            out = sink_rescale(out, lse, params.sink_H)
+        parts.append(out.to(v_BHSD.dtype))
     return torch.cat(parts, dim=2)
 
 

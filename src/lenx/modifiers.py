@@ -121,13 +121,13 @@ NO_MODIFIERS = Modifiers()
 # The paths that host each modifier exactly; `plan` never sends a modifier elsewhere, `attend` checks it.
 # SSMax: q scaled on "causal" (logits q.k alone), the chunk's mask rows and q on "toeplitz" and "chunk_mask"; FoX's gate as exact
 # channels (c_i, 1).(1, -c_j) of q and k on "features" (fp32 on CPU, as ALiBi's channels).
-HOSTS = {"ssmax": ("causal", "toeplitz", "chunk_mask", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
+HOSTS = {"ssmax": ("causal", "toeplitz", "banded", "chunk_mask", "mask", "weights", "extended"), "sinks": ("mask", "weights", "extended"),
          "forget": ("features", "mask", "weights", "extended", "flex"), "stickbreaking": ("weights", "stickbreaking"),
          "selective": ("mask", "weights"), "dape": ("mask", "weights"),
          "window": ("mask", "weights", "extended", "flex"), "chunk": ("mask", "weights", "extended", "flex")}
 # ... and the paths that host a modifier where the fused kernel gives each row's logsumexp (CPU scoring: no
 # gradient, no dropout): the sinks then rescale the fused output by sigmoid(lse - s_h) (`sink_rescale`)
-LSE_HOSTS = {"sinks": ("causal", "features", "toeplitz", "chunk_mask")}
+LSE_HOSTS = {"sinks": ("causal", "features", "toeplitz", "banded", "chunk_mask")}
 
 
 @dataclass(frozen=True)
