@@ -15,7 +15,8 @@ channels of q and k), "toeplitz" (SDPA with a strided Toeplitz view of a distanc
 `chunk_mask`, scoring at default positions), "chunk_values" (the same with Shaw-KV's value term from SDPA's row
 normalisers), "mask" (SDPA with a float mask), "weights" (an explicit softmax: value terms read the weights),
 "extended" (a training-free extension), "stickbreaking" (stick-breaking scoring at default positions: blocks of
-keys in reverse order, in place, stopping where the stick is spent).
+keys in reverse order, in place, stopping where the stick is spent), "banded" (scoring SSMax on ALiBi or T5 on CPU:
+the keys far from a chunk through the fused kernel without a mask, merged with the near block by logsumexp).
 Modifiers of attention itself (config `attn`, composable with every scheme; `Modifiers`) are part of the plan too:
 scalable softmax (Nakanishi 2025, arXiv:2501.19399) multiplies each query's whole logit vector (content and
 positional terms) by s_h log n, n the keys it sees, s_h learned per head; learned sinks (gpt-oss, transformers'
