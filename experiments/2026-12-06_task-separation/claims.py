@@ -36,6 +36,10 @@ CLAIMS = [
     ("CoPE solves counting, selective copy and flip-flop out of distribution where position embeddings fail",
      "Golovneva et al. 2024 (CoPE), arXiv:2405.18719", "cope", "rope", ["counting", "selective_copy", "flip_flop"]),
     ("", "", "cope", "learned", ["counting", "selective_copy", "flip_flop"]),
+    ("scalable softmax keeps attention focused at lengths beyond training", "Nakanishi 2025 (SSMax), "
+     "arXiv:2501.19399", "rope+ssmax", "rope", ALL),
+    ("RoPE layers with a window interleaved with full NoPE layers extrapolate better than RoPE everywhere",
+     "Yang et al. 2025 (RNoPE-SWA), arXiv:2501.18795", "rnope_swa", "rope", ALL),
 ]
 METRICS = {"accuracy": "exact", "token_accuracy": "per token"}
 MULTIPLIERS = (2, 4)
@@ -114,7 +118,9 @@ def main(path: Path) -> str:
         better = {c.split()[0] for c in counts["better"]}
         worse = {c.split()[0] for c in counts["worse"]}
         at_least = a == "none"  # Kazemnejad et al.: NoPE at least as good as the explicit encodings
-        verdict = "not held" if worse else "held" if better or at_least else "not separated"
+        compared = sum(map(len, counts.values()))
+        verdict = "not run" if not compared else "not held" if worse else "held" if better or at_least else \
+            "not separated"
         lines += [f"## {a} vs {b}: **{verdict}**", "", f"Claim ({paper}): {claim}.", "",
                   f"Cells: {len(counts['better'])} better (tasks: {', '.join(sorted(better)) or 'none'}), "
                   f"{len(counts['worse'])} worse (tasks: {', '.join(sorted(worse)) or 'none'}), "
