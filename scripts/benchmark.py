@@ -63,23 +63,7 @@ def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, 
     model = build_model(cfg).to(device).train()
     if cfg["compile"]:
         model.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    t_start = time.perf_counter()
-    for i, b in enumerate(data):
-        if i == warmup:
-            sync(device)
-            t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = F.cross_entropy(model(b[:, :-1]).float().flatten(0, 1), b[:, 1:].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    sync(device)
-    return {"tokens_per_s": (len(data) - warmup) * data[0][:, 1:].numel() / (time.perf_counter() - t0),
-            "warmup_s": t0 - t_start}
-
-
+    return timed_loop(model, data, warmup, autocast, device)
 
 
 def lightning_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> float:
@@ -95,9 +79,11 @@ def lightning_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: b
     return (len(data) - warmup) * data[0][:, 1:].numel() / (timer.t1 - timer.t0)
 
 
-def timed_loop(model: torch.nn.Module, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> float:
-    """Tokens/s of a plain training loop of `model` (AdamW, clipping at 1, as train.py) after `warmup` steps."""
+def timed_loop(model: torch.nn.Module, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
+    """A plain training loop of `model` (AdamW, clipping at 1, as train.py): tokens/s after `warmup` steps, and the
+    seconds those warm-up steps took (a compiled model's compilation)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    t_start = time.perf_counter()
     for i, b in enumerate(data):
         if i == warmup:
             sync(device)
@@ -109,7 +95,8 @@ def timed_loop(model: torch.nn.Module, data: list[torch.Tensor], warmup: int, au
         opt.step()
         opt.zero_grad(set_to_none=True)
     sync(device)
-    return (len(data) - warmup) * data[0][:, 1:].numel() / (time.perf_counter() - t0)
+    return {"tokens_per_s": (len(data) - warmup) * data[0][:, 1:].numel() / (time.perf_counter() - t0),
+            "warmup_s": t0 - t_start}
 
 
 def train_py_seconds(overrides: list[str], run_dir: Path, threads: int) -> float:
@@ -164,9 +151,11 @@ def end_to_end(args, device) -> dict:
         torch.manual_seed(0)
         plain = PlainGPT(vocab_size=cfg["data"]["vocab_size"], d_model=m["d_model"], n_layers=m["n_layers"],
                          n_heads=m["n_heads"], seq_len=L_, pos=scheme, mlp_ratio=m["mlp_ratio"], bias=m["bias"])
-        loops["plain"].append(timed_loop(plain.to(device).train(), data, args.warmup, autocast, device))
+        loops["plain"].append(timed_loop(plain.to(device).train(), data, args.warmup, autocast, device)
+                              ["tokens_per_s"])
         torch.manual_seed(0)
-        loops["lenx"].append(timed_loop(build_model(cfg).to(device).train(), data, args.warmup, autocast, device))
+        loops["lenx"].append(timed_loop(build_model(cfg).to(device).train(), data, args.warmup, autocast, device)
+                             ["tokens_per_s"])
     train_py = batch * L_ / per_step_s
     plain, lenx = statistics.median(loops["plain"]), statistics.median(loops["lenx"])
     return {"scheme": scheme, "precision": {"train.py": precision, "loops": "bf16 autocast" if autocast else "fp32"},

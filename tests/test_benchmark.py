@@ -147,8 +147,7 @@ def test_the_plain_model_has_lenx_models_parameters_and_is_causal(pos):
     m = cfg["model"]
     plain = PlainGPT(vocab_size=cfg["data"]["vocab_size"], d_model=m["d_model"], n_layers=m["n_layers"],
                      n_heads=m["n_heads"], seq_len=32, pos=pos, mlp_ratio=m["mlp_ratio"], bias=m["bias"])
-    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
-    assert count(plain) == count(build_model(cfg))
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in build_model(cfg).parameters())
     idx = torch.randint(0, 100, (1, 32))
     changed = idx.clone()
     changed[0, 20:] = (changed[0, 20:] + 1) % 100

@@ -24,20 +24,22 @@ CLAIMS = [
      "rope+randomized", "rope", ALL),
     ("randomized positions beat the same encoding trained at 0..L-1", "Ruoss et al. 2023, arXiv:2305.16843",
      "learned+randomized", "learned", ALL),
-    ("NoPE generalises at least as well as explicit encodings (decoder-only)", "Kazemnejad et al. 2023, "
-     "arXiv:2305.19466", "none", "sinusoidal", ALL),
+    ("NoPE generalises at least as well as explicit encodings (decoder-only)", ("Kazemnejad et al. 2023, "
+                                                                                 "arXiv:2305.19466"), "none", "sinusoidal", ALL),
     ("", "", "none", "rope", ALL),
     ("", "", "none", "alibi", ALL),
     ("", "", "none", "t5", ALL),
     ("the forgetting gate extrapolates where RoPE does not", "Lin et al. 2025 (FoX), arXiv:2503.02130", "fox",
      "rope", ALL),
-    ("stick-breaking attention generalises to longer inputs than softmax attention", "Tan et al. 2025, "
-     "arXiv:2410.17980", "stickbreaking", "rope", ALL),
+    ("stick-breaking attention generalises to longer inputs than softmax attention", ("Tan et al. 2025, "
+                                                                                       "arXiv:2410.17980"),
+     "stickbreaking", "rope", ALL),
     ("CoPE solves counting, selective copy and flip-flop out of distribution where position embeddings fail",
      "Golovneva et al. 2024 (CoPE), arXiv:2405.18719", "cope", "rope", ["counting", "selective_copy", "flip_flop"]),
     ("", "", "cope", "learned", ["counting", "selective_copy", "flip_flop"]),
-    ("scalable softmax keeps attention focused at lengths beyond training", "Nakanishi 2025 (SSMax), "
-     "arXiv:2501.19399", "rope+ssmax", "rope", ALL),
+    ("scalable softmax keeps attention focused at lengths beyond training", ("Nakanishi 2025 (SSMax), "
+                                                                                         "arXiv:2501.19399"),
+     "rope+ssmax", "rope", ALL),
     ("RoPE layers with a window interleaved with full NoPE layers extrapolate better than RoPE everywhere",
      "Yang et al. 2025 (RNoPE-SWA), arXiv:2501.18795", "rnope_swa", "rope", ALL),
 ]
@@ -98,10 +100,10 @@ def main(path: Path) -> str:
     rows = read(path)
     tasks = list(dict.fromkeys(t for t, _, _ in rows))
     lines = ["# Published length claims at this scale (task-separation study)", "",
-             "Per claim: A against B on each task at 2x and 4x the training size, exact match and per-token "
-             "accuracy, mean ± 95% half-width over 3 seeds; **better** / **worse**: apart by more than the sum of "
-             "the half-widths. Verdict: held (better somewhere, worse nowhere), not held (worse somewhere), not "
-             "separated (within everywhere; for NoPE's claim of \"at least as well\", held).", ""]
+             ("Per claim: A against B on each task at 2x and 4x the training size, exact match and per-token "
+              "accuracy, mean ± 95% half-width over 3 seeds; **better** / **worse**: apart by more than the sum of "
+              "the half-widths. Verdict: held (better somewhere, worse nowhere), not held (worse somewhere), not "
+              "separated (within everywhere; for NoPE's claim of \"at least as well\", held)."), ""]
     claim, paper = "", ""
     for text, cite, a, b, only in CLAIMS:
         claim, paper = text or claim, cite or paper
@@ -122,9 +124,9 @@ def main(path: Path) -> str:
         verdict = "not run" if not compared else "not held" if worse else "held" if better or at_least else \
             "not separated"
         lines += [f"## {a} vs {b}: **{verdict}**", "", f"Claim ({paper}): {claim}.", "",
-                  f"Cells: {len(counts['better'])} better (tasks: {', '.join(sorted(better)) or 'none'}), "
-                  f"{len(counts['worse'])} worse (tasks: {', '.join(sorted(worse)) or 'none'}), "
-                  f"{len(counts['within'])} within the intervals.", ""]
+                  (f"Cells: {len(counts['better'])} better (tasks: {', '.join(sorted(better)) or 'none'}), "
+                   f"{len(counts['worse'])} worse (tasks: {', '.join(sorted(worse)) or 'none'}), "
+                   f"{len(counts['within'])} within the intervals."), ""]
         lines += [f"- {c}" for c in cells] + [""]
     lines += ["# Every scheme on every task (mean ± 95% half-width over seeds; the best of each task in bold)", ""]
     for mult in MULTIPLIERS:
