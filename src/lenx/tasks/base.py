@@ -263,9 +263,9 @@ class TaskItems(torch.utils.data.Dataset):
         return self.n_items  # as RandomWindows: a resumed epoch ends at max_steps, not at n_items - start
 
     def __getitem__(self, i: int):
-        if self.split != "train":  # validation monitors the loss over every training size
-            return self.task.instance(self.seed, self.split, i + self.start)
-        return self.task.instance(self.seed, self.split, i + self.start, progress=(i + self.start) / self.n_items)
+        # training follows the curriculum (its progress); validation monitors the loss over every training size
+        progress = (i + self.start) / self.n_items if self.split == "train" else None
+        return self.task.instance(self.seed, self.split, i + self.start, progress=progress)
 
 
 def masked_loss(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, mask_BT: torch.Tensor,
