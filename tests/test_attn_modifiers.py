@@ -165,12 +165,15 @@ def test_the_plan_sends_modifiers_only_where_they_are_exact(scheme, mods, withou
 
 @pytest.mark.parametrize("scheme", ["alibi", "t5"])
 @pytest.mark.parametrize("mods", [{"ssmax": True}, {"ssmax": True, "sinks": True}], ids=lambda m: "+".join(m))
-def test_ssmax_on_a_distance_table_scores_banded_as_its_formula(scheme, mods, monkeypatch):
+@pytest.mark.parametrize("T, rows", [(240, 40), (1024, 1024)], ids=["six_chunks", "one_chunk"])
+def test_ssmax_on_a_distance_table_scores_banded_as_its_formula(scheme, mods, T, rows, monkeypatch):
     """Scoring ALiBi or T5 with SSMax on CPU (path "banded"): the keys before a chunk through the fused kernel
     without a mask (ALiBi's line as one channel pair, T5's constant last bucket as nothing), merged with the near
-    block by their logsumexps; equal to the formula over several chunks, with s_h of either sign and 0, at 240
-    tokens where T5's last bucket starts at distance 16 and ALiBi's slope 1/256 leaves far keys much of the weight."""
-    monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 240 * 40)  # 40 queries a chunk: six chunks
+    block by their logsumexps; equal to the formula over six chunks of 40 queries, with s_h of either sign and 0, at
+    240 tokens where T5's last bucket starts at distance 16 and ALiBi's slope 1/256 leaves far keys much of the
+    weight; and over one chunk of 1024, where ALiBi's line as a channel inside the chunk's own block would round at
+    ulp(c m t) ~ 2e-4 on its heaviest keys (an error of ~5e-5 in the output, which the tolerance catches)."""
+    monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * T * rows)  # `rows` queries a chunk
     torch.manual_seed(0)
     cfg = OmegaConf.load(CONFIGS / "pos" / f"{scheme}.yaml")
     cfg.pop("defaults", None)
@@ -185,12 +188,34 @@ def test_ssmax_on_a_distance_table_scores_banded_as_its_formula(scheme, mods, mo
                 p.copy_(torch.tensor([1.3, 0.0, -0.4, 0.7]))
             elif name.endswith("sink_H") or name.startswith("pos."):
                 p.normal_(generator=g)
-    x = torch.randint(0, 50, (2, 240), generator=torch.Generator().manual_seed(2))
+    x = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(2))
     with torch.no_grad(), attention.traced() as seen:
         got = model(x)
-        want = reference_forward(model, x, torch.arange(240))
+        want = reference_forward(model, x, torch.arange(T))
     assert set(seen) == {"banded"}, seen
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=3e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheme, mods, path, small", [
+    ("kerple_log", {"ssmax": True}, "toeplitz", True),  # the view's rows scaled: written per chunk
+    ("kerple_log", None, "toeplitz", False),  # the unscaled view: nothing written
+    ("rope", {"selective": True}, "mask", True),
+    ("alibi", {"dape": True}, "mask", True),
+])
+def test_cpu_scoring_chunks_what_it_writes_by_the_smaller_budget(scheme, mods, path, small):
+    """CPU scoring on a path that writes each chunk's logits or mask: chunks of CPU_WRITTEN_LOGITS (near the
+    caches); the unscaled Toeplitz view, a gradient, or another device: CHUNK_LOGITS."""
+    model = build(scheme, mods)
+    S = 4096
+    per_pair = 4 * (16 if mods and mods.get("dape") else 1)  # DAPE: its MLP's 32 values per pair of heads
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):  # (a learned bias's table carries a gradient: the mask path)
+            ctx = model.pos.context(torch.arange(S), torch.arange(S))
+        plan = attention.plan(model.pos, ctx, batch=1, dtype=torch.float32, contiguous=True, grad=grad,
+                              modifiers=model.modifiers)
+        budget = attention.CPU_WRITTEN_LOGITS if small and not grad else attention.CHUNK_LOGITS
+        assert (plan.path, plan.rows) == (path if not grad else plan.path, budget // (per_pair * S))
+    assert attention.CPU_WRITTEN_LOGITS < attention.CHUNK_LOGITS
 
 
 @pytest.mark.parametrize("scheme", ["rope", "t5"])

@@ -42,6 +42,16 @@ CLAIMS = [
      "rope+ssmax", "rope", ALL),
     ("RoPE layers with a window interleaved with full NoPE layers extrapolate better than RoPE everywhere",
      "Yang et al. 2025 (RNoPE-SWA), arXiv:2501.18795", "rnope_swa", "rope", ALL),
+    ("Llama 4's iRoPE (NoPE layers with attention-temperature tuning among chunked RoPE layers) generalises beyond "
+     "the training length", "Meta 2025, Llama 4 (no paper; transformers' Llama4TextAttention)", "irope", "rope", ALL),
+    ("removing RoPE's lowest frequencies (p-RoPE) gives channels that stay robust over long contexts",
+     "Barbero et al. 2025, arXiv:2410.06205", "p_rope", "rope", ALL),
+    ("HoPE (only full-period frequencies rotate) extrapolates better than RoPE", "Chen et al. 2025 (HoPE), "
+     "arXiv:2410.21216", "hope", "rope", ALL),
+    ("DAPE's data-adaptive bias extrapolates better than its static bias (DAPE-Kerple vs Kerple)",
+     "Zheng et al. 2024 (DAPE), arXiv:2405.14722", "kerple_log+dape", "kerple_log", ALL),
+    ("no published length claim for learned sinks in full attention (gpt-oss); beside RoPE for completeness",
+     "OpenAI 2025, gpt-oss (transformers' modeling_gpt_oss.py)", "rope+sinks", "rope", ALL),
 ]
 METRICS = {"accuracy": "exact", "token_accuracy": "per token"}
 MULTIPLIERS = (2, 4)

@@ -88,6 +88,13 @@ from lenx.pos.bias import DistanceContext
 # of a chunk's fp32 (B, H, t, S) tensors to 128 MiB at any length (a dense fp32 bias at 8192 tokens is 1 GiB
 # per 4 heads) and still gives SDPA enough query rows to fill a GPU (2^20 ran 4x slower at 8192 on an H100).
 CHUNK_LOGITS = 1 << 25
+# CPU scoring on the paths that write each chunk's (B, H, t, s) logits or mask ("mask", "weights", the schemes' chunk
+# masks, a Toeplitz view's rows scaled by SSMax): chunks of at most 2^21 logits (8 MiB in fp32), whose tensors stay
+# near the caches between their writes and SDPA's read. At 8192 tokens on 2 CPU cores (AVX-512, one thread) this
+# ran KERPLE and Sandwich with SSMax 2.3-2.5x, selective attention and DAPE 2.1x, Transformer-XL 1.2x faster than
+# 2^25 (results/benchmarks/mechanisms_35/chunks.md); smaller chunks lost to their per-chunk overhead (2^18: KERPLE
+# with SSMax 1.9x slower than 2^20), and the unscaled Toeplitz view (nothing written) ran best at 2^25.
+CPU_WRITTEN_LOGITS = 1 << 21
 
 
 ATTENTION = ("sdpa", "flex", "reference")  # the `attention` setting (config, eval.attention)
@@ -104,7 +111,7 @@ class Plan:
     """How attention runs over one forward's context (the same for every layer, the mask aside)."""
 
     path: str  # one of PATHS (the module docstring)
-    rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS)
+    rows: int  # queries per chunk (a chunk's B x H x rows x S logits stay within CHUNK_LOGITS; CPU_WRITTEN_LOGITS)
     # Default positions (query i and key j at positions i and j): a chunk reads only the keys up to its last query
     # (the rest are future keys of all its queries), and a distance bias is a Toeplitz matrix.
     contiguous: bool
@@ -215,7 +222,9 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     exact = pos.adds_logits or pos.adds_values or modifiers.stickbreaking
     # DAPE's MLP holds DAPE_WIDTH values per pair (2H inputs): fewer queries per chunk
     per_pair = pos.n_heads * max(1, 2 * DAPE_WIDTH // pos.n_heads) if modifiers.dape else pos.n_heads
-    return Plan(path=path, rows=max(1, CHUNK_LOGITS // (batch * per_pair * S)), contiguous=contiguous,
+    writes = path in ("mask", "weights", "chunk_mask", "chunk_values") or (path == "toeplitz" and modifiers.ssmax)
+    budget = min(CHUNK_LOGITS, CPU_WRITTEN_LOGITS) if writes and device == "cpu" and not grad else CHUNK_LOGITS
+    return Plan(path=path, rows=max(1, budget // (batch * per_pair * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,
                 per_layer=pos.adds_bias and pos.tables > 1, q_scale_T=q_scale_T, fast=fast and not grad,
@@ -590,48 +599,44 @@ def attend_toeplitz(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Te
 def attend_banded(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Tensor, ctx: AttnContext, plan: Plan,
                   params: ModifierParams) -> torch.Tensor:
     """Scoring a distance bias with SSMax on CPU, default positions: per chunk of queries a..b-1, every logit
-    c_i (q.k / sqrt(D) + b(i - j)) with c_i = s_h log(i + 1) folded into the queries. ALiBi (b = -m d): b =
-    m (j - a) - m (i - a), so the keys before the chunk and the chunk's own (causal: a square block) each run the
-    fused kernel with one channel pair (c_i m_h).(j - a) and no mask, the row term -c_i m_h (i - a) added to each
-    block's logsumexp (the channel's rounding grows with a - j, where the weight decays as e^-c m (i - j)). A table
-    constant from distance plan.band on (T5's last bucket): the keys that far from every query run the fused kernel
-    on the scaled queries alone, c_i b_far added to its logsumexp; the rest with the Toeplitz view's rows scaled.
-    The blocks merge by their logsumexps (and the sinks rescale by the merged one)."""
+    c_i (q.k / sqrt(D) + b(i - j)) with c_i = s_h log(i + 1) folded into the queries. The near keys f..b-1 run the
+    fused kernel with the Toeplitz view's rows scaled as the mask (exact); the far keys 0..f-1 without a mask:
+    ALiBi (f = a, b = -m d = m (j - a) - m (i - a)) with one channel pair (c_i m_h).(j - a), the row term
+    -c_i m_h (i - a) added to the block's logsumexp (both round at ulp(c m (a - j)) or ulp(c m (i - a)), where the
+    weight has decayed by e^-c m (i - j) against the near keys'; a channel inside the chunk's own block would round
+    at ulp(c m t) on its heaviest keys); a table constant from distance plan.band on (T5's last bucket: f = a -
+    band + 1) on the scaled queries alone, c_i b_far added to its logsumexp. The blocks merge by their
+    logsumexps (and the sinks rescale by the merged one)."""
     flash = cpu_flash()
     if flash is None or not isinstance(ctx, DistanceContext) or plan.band is None:
         raise PlanError("the banded path needs CPU's fused kernel with its logsumexp and a distance bias")
     B, H, T, D = q_BHTD.shape
     S = k_BHSD.shape[2]
     slopes_H = None if ctx.slopes_H is None else ctx.slopes_H.float()
-    k_rev, v_rev = (k_BHSD.flip(2), v_BHSD.flip(2)) if slopes_H is None else (None, None)
+    k_rev, v_rev = k_BHSD.flip(2), v_BHSD.flip(2)  # key S - 1 - c at c, as the Toeplitz view reads them
     parts = []
     for a in range(0, T, plan.rows):
         b = min(T, a + plan.rows)
         t = b - a
         c_Ht = ssmax_scale(params, plan.log_n_T[a:b])
         q_BHtD = q_BHTD[:, :, a:b].float() * (c_Ht[..., None] * D ** -0.5)
-        blocks = []
+        f = a if slopes_H is not None else max(0, a - plan.band + 1)  # the near keys: f..b-1
         _ran("banded")
-        if slopes_H is not None:  # ALiBi: the chunk's block (causal), then the keys before it
+        with torch.autocast(q_BHTD.device.type, enabled=False):
+            mask = scale_rows(toeplitz_view(ctx.bias_HR, a, t, b, torch.float32)[..., :b - f], c_Ht)
+        blocks = [flash(q_BHtD, k_rev[:, :, S - b:S - f].float(), v_rev[:, :, S - b:S - f].float(), attn_mask=mask,
+                        scale=1.0)]
+        if f > 0 and slopes_H is not None:  # ALiBi's keys before the chunk: one channel pair, centred at a
             cm_Ht = c_Ht * slopes_H[:, None]
             q2 = torch.cat([cm_Ht[None, :, :, None].expand(B, H, t, 1), q_BHtD], -1)
+            d_s = torch.arange(-f, 0, device=q_BHTD.device, dtype=torch.float32)
+            k2 = torch.cat([d_s[None, None, :, None].expand(B, H, f, 1), k_BHSD[:, :, :f].float()], -1)
+            out, lse = flash(q2, k2, F.pad(v_BHSD[:, :, :f].float(), (0, 1)), scale=1.0)
             row_Ht = -cm_Ht * torch.arange(t, device=q_BHTD.device, dtype=torch.float32)
-            for lo, hi, causal in ((a, b, True), (0, a, False)):
-                if hi == lo:
-                    continue
-                d_s = torch.arange(lo - a, hi - a, device=q_BHTD.device, dtype=torch.float32)
-                k2 = torch.cat([d_s[None, None, :, None].expand(B, H, hi - lo, 1), k_BHSD[:, :, lo:hi].float()], -1)
-                out, lse = flash(q2, k2, F.pad(v_BHSD[:, :, lo:hi].float(), (0, 1)), is_causal=causal, scale=1.0)
-                blocks.append((out[..., :D], lse + row_Ht))
-        else:  # a table constant from plan.band on: keys < f are that far from every query of the chunk
-            f = max(0, a - plan.band + 1)
-            with torch.autocast(q_BHTD.device.type, enabled=False):
-                mask = scale_rows(toeplitz_view(ctx.bias_HR, a, t, b, torch.float32)[..., :b - f], c_Ht)
-            blocks.append(flash(q_BHtD, k_rev[:, :, S - b:S - f].float(), v_rev[:, :, S - b:S - f].float(),
-                                attn_mask=mask, scale=1.0))
-            if f > 0:
-                out, lse = flash(q_BHtD, k_BHSD[:, :, :f].float(), v_BHSD[:, :, :f].float(), scale=1.0)
-                blocks.append((out, lse + c_Ht * ctx.bias_HR[:, -1].float()[:, None]))
+            blocks.append((out[..., :D], lse + row_Ht))
+        elif f > 0:  # keys at least plan.band from every query of the chunk: the table's last value
+            out, lse = flash(q_BHtD, k_BHSD[:, :, :f].float(), v_BHSD[:, :, :f].float(), scale=1.0)
+            blocks.append((out, lse + c_Ht * ctx.bias_HR[:, -1].float()[:, None]))
         out, lse = blocks[0]
         for o2, l2 in blocks[1:]:  # softmax over both blocks' keys: each block's output weighted by its share
             both = torch.logaddexp(lse, l2)
