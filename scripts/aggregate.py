@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from lenx.errors import LenxError, user_errors
-from lenx.results import atomic_write_bytes, atomic_write_text, extension_label, mode_label, scheme_label
+from lenx.results import atomic_write_bytes, atomic_write_text, extension_label, mode_label, model_shape, scheme_label
 from lenx.tasks.probe import PROTOCOLS, sizes_of_label
 
 # two-sided 95% Student t quantiles for n - 1 degrees of freedom (n seeds); large n -> 1.96
@@ -116,7 +116,11 @@ def read_results(root: Path, name: str = "extrapolation", needs: dict | None = N
 
 
 def collect(root: Path, name: str = "extrapolation") -> list[dict]:
-    return read_results(root, name)
+    """read_results, each row with `_dir`: the directory its file was read from (where its run_config.yaml is
+    when the run directory has moved since it was written: the row's ckpt and run_dir name the old place)."""
+    root = check_root(root, "a sweep or run directory, or a .jsonl file of results")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob(f"{name}.jsonl") if p.is_file())
+    return [{**r, "_dir": str(f.parent)} for f in files for r in read_results(f, name)]
 
 
 LENX_CKPT = re.compile(r"(last|step\d+)\.ckpt")  # the checkpoints train.py writes: last, and ckpt_keep_every's
@@ -150,11 +154,21 @@ def curve(r: dict) -> tuple:
 def split_models(rows: list[dict]) -> list[dict]:
     """Where a table's rows come from more than one model (preset or shape: `model`, `model_shape`), each row's
     scheme is named with its model (rope [tiny d128-L4-H4]), so that two sizes are never averaged as seeds of one;
-    rows of a single model are returned as they are."""
-    models = {(r.get("model", ""), r.get("model_shape", "")) for r in rows}
+    rows of a single model are returned as they are. A row written before rows carried `model_shape` takes it from
+    its run's run_config.yaml where that is at hand (so that it is not taken for another model)."""
+    cache: dict = {}
+
+    def shape(r: dict) -> str:
+        if r.get("model_shape"):
+            return r["model_shape"]
+        conf = trained_config(r, cache) or {}
+        return model_shape({k.split(".", 1)[1]: v for k, v in conf.items() if k.startswith("model.")})
+
+    rows = [{**r, "model_shape": shape(r)} for r in rows]
+    models = {(r.get("model", ""), r["model_shape"]) for r in rows}
     if len(models) < 2:
         return rows
-    return [{**r, "pos": f"{r['pos']} [{' '.join(filter(None, (r.get('model', ''), r.get('model_shape', ''))))}]"}
+    return [{**r, "pos": f"{r['pos']} [{' '.join(filter(None, (r.get('model', ''), r['model_shape'])))}]"}
             for r in rows]
 
 
@@ -173,7 +187,8 @@ def flat(node, prefix: str = "") -> dict[str, str]:
 def trained_config(r: dict, cache: dict) -> dict[str, str] | None:
     """The training settings (TRAINED, flattened) of the run a row measures, from its run_config.yaml (the training
     run's: beside the checkpoint); None where the file is missing or unreadable (a copied results file)."""
-    run = Path(r["ckpt"]).parent.parent if r.get("ckpt") else Path(r["run_dir"]) if r.get("run_dir") else None
+    places = [Path(r["ckpt"]).parent.parent if r.get("ckpt") else None, r.get("run_dir"), r.get("_dir")]
+    run = next((Path(p) for p in places if p and (Path(p) / "run_config.yaml").is_file()), None)
     if run is None:
         return None
     if run not in cache:

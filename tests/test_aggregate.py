@@ -120,6 +120,28 @@ def test_two_sizes_of_one_preset_are_never_averaged_as_seeds(tmp_path):
     assert not any(pos == "rope" for pos, _ in rows)
 
 
+def test_a_row_without_its_shape_takes_it_from_its_run_config(tmp_path):
+    """Rows written before rows carried model_shape, beside rows that carry it: the same model where the run
+    config says so (one cell, plain name), another where it does not."""
+    write_task_run(tmp_path / "old0", "rope", 0, [0.2, 0.0], model="tiny")  # no model_shape
+    write_task_run(tmp_path / "new1", "rope", 1, [0.4, 0.0], model="tiny", model_shape="d64-L2-H2")
+    shape = {"model": {"d_model": 64, "n_layers": 2, "n_heads": 2}}
+    for run in ("old0", "new1"):
+        (tmp_path / run / "run_config.yaml").write_text(yaml.safe_dump(shape))
+    aggregate.main([str(tmp_path)])
+    rows = {(r["pos"], r["multiplier"]): r for r in csv.DictReader((tmp_path / "tasks_summary.csv").open())}
+    assert (rows[("rope", "1")]["runs"], float(rows[("rope", "1")]["accuracy_mean"])) == ("2", pytest.approx(0.3))
+    (tmp_path / "moved").mkdir()  # a run directory moved since its rows were written: its config where they are
+    (tmp_path / "old0").rename(tmp_path / "moved" / "old0")
+    aggregate.main([str(tmp_path)])
+    rows = {(r["pos"], r["multiplier"]): r for r in csv.DictReader((tmp_path / "tasks_summary.csv").open())}
+    assert rows[("rope", "1")]["runs"] == "2"
+    (tmp_path / "moved" / "old0" / "run_config.yaml").write_text(yaml.safe_dump({"model": {**shape["model"], "d_model": 128}}))
+    aggregate.main([str(tmp_path)])
+    names = {r["pos"] for r in csv.DictReader((tmp_path / "tasks_summary.csv").open())}
+    assert names == {"rope [tiny d128-L2-H2]", "rope [tiny d64-L2-H2]"}
+
+
 def test_runs_trained_differently_are_never_averaged_as_seeds(tmp_path):
     """A sweep over a training setting (here the curriculum) is two models per scheme: named by the setting that
     differs; seeds (and where they were written) are not a difference."""
