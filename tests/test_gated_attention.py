@@ -26,7 +26,7 @@ from conftest import CONFIGS
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lenx import attention
+from lenx import attention, blockwise
 from lenx.errors import ConfigError
 from lenx.model import Decoder
 from lenx.results import attn_label
@@ -214,7 +214,7 @@ def test_stick_breaking_scoring_path_equals_the_weights_path(scheme, attn, monke
     """Scoring at default positions runs keys in reverse order, in place (path "stickbreaking"); the weights path
     (training, `attention=reference`) gives the same logits, chunked or not."""
     model = build(scheme, attn)
-    monkeypatch.setattr(attention, "SB_BLOCK", 16)  # several blocks of keys per query, the stick carried over
+    monkeypatch.setattr(blockwise, "SB_BLOCK", 16)  # several blocks of keys per query, the stick carried over
     x = torch.randint(0, 50, (2, 70), generator=torch.Generator().manual_seed(3))
     for rows in (None, 9):
         if rows:
@@ -236,7 +236,7 @@ def test_stick_breaking_scoring_path_equals_the_weights_path(scheme, attn, monke
 def test_stick_breaking_blocks_are_exact(monkeypatch):
     """Blocks of 8 queries x 8 keys over 70 tokens: the weights path's logits."""
     model = build("stickbreaking")
-    monkeypatch.setattr(attention, "SB_BLOCK", 8)
+    monkeypatch.setattr(blockwise, "SB_BLOCK", 8)
     x = torch.randint(0, 50, (2, 70), generator=torch.Generator().manual_seed(4))
     with torch.no_grad(), attention.traced() as seen:
         fast = model(x)
@@ -251,7 +251,7 @@ def test_stick_breaking_stops_where_the_stick_is_spent(monkeypatch):
     """Every logit 8 (q = k = 2 * ones, D = 4: 16 / sqrt(4)): each key spends log(1 - sigmoid(8)) = -8.0003 of
     the stick, so past ~15 keys every weight is exp(< -110) = 0 in fp32: the blocks stop there, and the output is
     the exact one."""
-    monkeypatch.setattr(attention, "SB_BLOCK", 8)
+    monkeypatch.setattr(blockwise, "SB_BLOCK", 8)
     T_, D = 120, 4
     q = torch.full((1, 1, T_, D), 2.0)
     v = torch.randn(1, 1, T_, D, generator=torch.Generator().manual_seed(5))

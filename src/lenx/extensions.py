@@ -13,7 +13,8 @@ path, so the logits equal `none` exactly): `logn`, `lm_infinite` and `streaming`
 `rerope` while their windows cover every distance. Remapped distances need a scheme whose positional terms are
 a function of the distance: the rotary schemes (rope, rope_partial, xpos) and the distance biases (alibi,
 alibi_learned, t5, kerple_*, sandwich); windows and sinks also apply to NoPE; `logn` applies to every scheme.
-Anything else is refused with one line.
+Anything else is refused with one line. Attention's path under such an extension, "extended", is
+lenx.attn_paths.attend_extended.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import torch
 # an `extensions=[...]` entry is built where configs are read (lenx.configs.build_extension), public here too
 from lenx.configs import build_extension as build  # noqa: F401
 from lenx.errors import ConfigError, check_int
-from lenx.modifiers import check_extended
+from lenx.modifiers import (
+    check_extended,
+)
 from lenx.pos.base import PositionalScheme
 from lenx.pos.bias import DistanceBias
 from lenx.pos.rope import Rotary
@@ -122,7 +125,7 @@ class ReRoPE(Extension):
     name = "rerope"
     remaps = True
 
-    def __init__(self, *, window: float | int = 0.125, logn: bool = True) -> None:
+    def __init__(self, *, window: float = 0.125, logn: bool = True) -> None:
         if not isinstance(logn, bool):
             raise ConfigError(f"rerope logn must be true or false, got {logn!r}")
         self.window, self.logn = window, logn
@@ -154,7 +157,7 @@ class SelfExtend(Extension):
     name = "self_extend"
     remaps = True
 
-    def __init__(self, *, window: float | int = 0.25, group: int | None = None) -> None:
+    def __init__(self, *, window: float = 0.25, group: int | None = None) -> None:
         if group is not None:
             check_int(group, "self_extend.group")
         self.window, self.group = window, group
@@ -197,7 +200,7 @@ class LMInfinite(Extension):
     name = "lm_infinite"
     remaps = windows = True
 
-    def __init__(self, *, n_global: int = 10, window: float | int = 1.0, limit: float | int = 1.0) -> None:
+    def __init__(self, *, n_global: int = 10, window: float = 1.0, limit: float = 1.0) -> None:
         check_int(n_global, "lm_infinite.n_global", minimum=0)
         self.n_global, self.window, self.limit = n_global, window, limit
 
@@ -232,7 +235,7 @@ class Streaming(Extension):
     name = "streaming"
     remaps = windows = True
 
-    def __init__(self, *, sinks: int = 4, cache: float | int = 1.0) -> None:
+    def __init__(self, *, sinks: int = 4, cache: float = 1.0) -> None:
         check_int(sinks, "streaming.sinks", minimum=0)
         self.sinks, self.cache = sinks, cache
 

@@ -4,13 +4,16 @@ A bias of the distance from its per-head table (a Toeplitz copy, or a strided vi
 nothing of the mask's size), a linear bias as exact extra channels of q and k, content terms placed by distance in
 one buffer read through a strided view (the relative shift), and the workspace that a scheme's chunk masks reuse.
 lenx.attention chooses among them (its plan); schemes call the layout helpers from their one fast hook
-(`chunk_mask`). Depends on torch alone.
+(`chunk_mask`). Also `traced` (records the kernels that ran, for the tests) and `PlanError` (a kernel sent where it
+cannot run). Depends on torch alone.
 Shapes: B batch, H heads, T / t queries (of a chunk), S / s keys, R distances, D head dim.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -127,3 +130,27 @@ def by_distance(desc_BHtR: torch.Tensor, s: int, work: Workspace | None = None) 
 def cpu_flash():
     """CPU's fused flash kernel, which returns each row's logsumexp (torch >= 2.3), or None."""
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+class PlanError(RuntimeError):
+    """A kernel that cannot run where the plan sent it: a bug in `plan`, never a reason to take another path."""
+
+
+_TRACE: list[list[str]] = []  # the open `traced()` blocks' records
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[list[str]]:
+    """Within it, every kernel that runs appends its path to the list yielded (once per call, or per chunk where a
+    path runs chunk by chunk): tests assert that what ran is what the plan said. Observes only."""
+    seen: list[str] = []
+    _TRACE.append(seen)
+    try:
+        yield seen
+    finally:
+        _TRACE.remove(seen)
+
+
+def _ran(path: str) -> None:
+    for seen in _TRACE:
+        seen.append(path)

@@ -212,7 +212,7 @@ class Decoder(nn.Module):
                                                  extension=self.extension, **self.plan_settings(layer))
                 ctx_l = ctx.at_layer(layer)
                 # the whole mask, where one chunk holds it: once per forward and kind of layer
-                plans[kind] = plan = plans[kind].for_layer(self.pos, ctx_l)
+                plans[kind] = plan = attention.for_layer(plans[kind], self.pos, ctx_l)
                 x_BTC = block(x_BTC, self.pos, ctx_l, plan)
         return self.head(self.ln_f(x_BTC))
 
