@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from aggregate import NUMBER, TEXT, read_results
+from tables_io import NUMBER, TEXT, read_results
 
 from lenx.errors import LenxError, user_errors
 from lenx.extrapolation import block_run, bootstrap_indices

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import yaml
-from aggregate import _plt, check_root, mean_ci, out_dir, read_text, save_png, write_csv
+from tables_io import _plt, check_root, mean_ci, out_dir, read_text, save_png, write_csv
 
 from lenx.errors import LenxError, user_errors
 from lenx.results import (

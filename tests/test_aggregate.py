@@ -4,11 +4,13 @@ import csv
 import importlib.util
 import json
 import math
+import sys
 
 import pytest
 import yaml
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "scripts"))  # aggregate.py reads through its siblings (tables_io, task_tables)
 spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts" / "aggregate.py")
 aggregate = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(aggregate)

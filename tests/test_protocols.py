@@ -193,6 +193,7 @@ def test_a_protocol_run_end_to_end_and_its_table(tmp_path, monkeypatch):
     assert {(r["protocol"], r["decode"]) for r in rows} == {("kazemnejad", "greedy")}
     run(cfg)  # finished and scored: nothing new
     assert len((tmp_path / "run" / "tasks.jsonl").read_text().splitlines()) == 4
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # aggregate.py reads through its siblings (tables_io, ...)
     spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts" / "aggregate.py")
     aggregate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(aggregate)
