@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from lenx.checkpoint import scheme_config
 from lenx.errors import OutOfRangeError
+from lenx.lit import build_model
 from lenx.throughput import matmul_peak  # noqa: F401  (benchmark.py imports it from here)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -163,3 +164,32 @@ class PlainGPT(torch.nn.Module):
             x = x + b["proj"](y.transpose(1, 2).reshape(B, T, -1))
             x = x + b["out"](F.gelu(b["fc"](b["ln2"](x))))
         return self.head(self.ln_f(x))
+
+
+def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
+    """Plain PyTorch: the lenx model (compiled if cfg says so), AdamW, clipping; tokens/s after `warmup` steps."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    if cfg["compile"]:
+        model.compile()
+    return timed_loop(model, data, warmup, autocast, device)
+
+
+def timed_loop(model: torch.nn.Module, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
+    """A plain training loop of `model` (AdamW, clipping at 1, as train.py): tokens/s after `warmup` steps, and the
+    seconds those warm-up steps took (a compiled model's compilation)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    t_start = time.perf_counter()
+    for i, b in enumerate(data):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(b[:, :-1]).float().flatten(0, 1), b[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    return {"tokens_per_s": (len(data) - warmup) * data[0][:, 1:].numel() / (time.perf_counter() - t0),
+            "warmup_s": t0 - t_start}

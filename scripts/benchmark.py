@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -32,38 +31,27 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from benchlib import (
     CONFIGS,
-    PlainGPT,
     StepTimer,
+    bare_loop,
     batches,
     config,
     eval_point,
     matmul_peak,
     median_spread,
     scheme_list,
-    sync,
 )
+from benchmark_e2e import end_to_end, print_end_to_end
 from benchmark_tasks import print_task, task_row
 from omegaconf import OmegaConf
 
 import lenx.attention
-from lenx.checkpoint import load_model
 from lenx.hardware import cpu_has_fast_bf16, resolve_precision
 from lenx.lit import LenxModule, RandomWindows, build_model
 from lenx.throughput import device_peak, model_flops_per_token
 
 ROOT = CONFIGS.parent
-
-
-def bare_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
-    """Plain PyTorch: the lenx model (compiled if cfg says so), AdamW, clipping; tokens/s after `warmup` steps."""
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device).train()
-    if cfg["compile"]:
-        model.compile()
-    return timed_loop(model, data, warmup, autocast, device)
 
 
 def lightning_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> float:
@@ -77,104 +65,6 @@ def lightning_loop(cfg: dict, data: list[torch.Tensor], warmup: int, autocast: b
     module.configure_optimizers = lambda: torch.optim.AdamW(module.parameters(), lr=1e-3)  # same as bare loop
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([b.cpu() for b in data], batch_size=None))
     return (len(data) - warmup) * data[0][:, 1:].numel() / (timer.t1 - timer.t0)
-
-
-def timed_loop(model: torch.nn.Module, data: list[torch.Tensor], warmup: int, autocast: bool, device) -> dict:
-    """A plain training loop of `model` (AdamW, clipping at 1, as train.py): tokens/s after `warmup` steps, and the
-    seconds those warm-up steps took (a compiled model's compilation)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    t_start = time.perf_counter()
-    for i, b in enumerate(data):
-        if i == warmup:
-            sync(device)
-            t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = F.cross_entropy(model(b[:, :-1]).float().flatten(0, 1), b[:, 1:].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    sync(device)
-    return {"tokens_per_s": (len(data) - warmup) * data[0][:, 1:].numel() / (time.perf_counter() - t0),
-            "warmup_s": t0 - t_start}
-
-
-def train_py_seconds(overrides: list[str], run_dir: Path, threads: int) -> float:
-    """train.py's own training time (`trained in` in train.log: the fit, with its validation, checkpoints and
-    logging; no start-up, no scoring) of a run with these overrides, in a fresh `run_dir`."""
-    import re
-    import shutil
-    import subprocess
-    import sys
-
-    shutil.rmtree(run_dir, ignore_errors=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False)
-    found = re.search(r"trained in ([0-9.]+)s", (run_dir / "train.log").read_text()) \
-        if (run_dir / "train.log").exists() else None
-    if proc.returncode or not found:
-        raise SystemExit(f"benchmark: train.py {' '.join(overrides)} failed (rc {proc.returncode}):\n"
-                         f"{proc.stderr[-2000:]}")
-    return float(found.group(1))
-
-
-def end_to_end(args, device) -> dict:
-    """train.py as a user runs it (`python train.py pos=<scheme>`: validation every 100 steps, checkpoints, CSV
-    logging, deterministic algorithms, clipping) against a plain PyTorch loop of the same model and shape
-    (benchlib.PlainGPT), at the same precision (trainer.precision=auto's choice unless --e2e-precision) and threads.
-    train.py's tokens/s is the difference of two run lengths (N and 2N steps: start-up, the sanity check and the
-    first steps' warm-up cancel); the loops' are timed in one process, interleaved over --e2e-repeats, beside
-    lenx's own model in the same bare loop, which splits the gap into the harness (train.py over lenx's loop) and
-    the model's kernels (lenx's loop over the plain one)."""
-    n, scheme, threads = args.e2e_steps, args.e2e_scheme, torch.get_num_threads()
-    common = [f"pos={scheme}", f"trainer.precision={args.e2e_precision}", "trainer.enable_progress_bar=false",
-              "eval.multipliers=[1]", "eval.tokens=4096", "eval.probes.probe=null"]  # (scoring: not timed)
-    runs = args.out.parent / "end_to_end"
-    times = {}
-    for r in range(args.e2e_repeats):
-        for steps in (n, 2 * n):
-            times.setdefault(steps, []).append(train_py_seconds(
-                [*common, f"trainer.max_steps={steps}"], runs / f"{scheme}_{steps}_{r}", threads))
-    ckpt = runs / f"{scheme}_{n}_0" / "checkpoints" / "last.ckpt"
-    _, cfg = load_model(ckpt)  # the run's own config: its vocabulary, shape and batch
-    m, L_, batch = cfg["model"], cfg["seq_len"], cfg["batch_size"]
-    with torch.device("meta"):  # the precision train.py took, as it takes it (lenx.train)
-        params = sum(p.numel() for p in build_model(cfg).parameters())
-    precision = resolve_precision(args.e2e_precision, cfg["trainer"]["accelerator"], 6 * params * batch * L_
-                                  * cfg["trainer"]["accumulate_grad_batches"])
-    per_step_s = (statistics.median(times[2 * n]) - statistics.median(times[n])) / n
-    autocast = precision.startswith("bf16")
-    data = batches({"data": cfg["data"], "batch_size": batch, "seq_len": L_}, args.warmup + n, device)
-    loops = {"plain": [], "lenx": []}
-    for _ in range(args.e2e_repeats):  # interleaved, so drift hits both alike
-        torch.manual_seed(0)
-        plain = PlainGPT(vocab_size=cfg["data"]["vocab_size"], d_model=m["d_model"], n_layers=m["n_layers"],
-                         n_heads=m["n_heads"], seq_len=L_, pos=scheme, mlp_ratio=m["mlp_ratio"], bias=m["bias"])
-        loops["plain"].append(timed_loop(plain.to(device).train(), data, args.warmup, autocast, device)
-                              ["tokens_per_s"])
-        torch.manual_seed(0)
-        loops["lenx"].append(timed_loop(build_model(cfg).to(device).train(), data, args.warmup, autocast, device)
-                             ["tokens_per_s"])
-    train_py = batch * L_ / per_step_s
-    plain, lenx = statistics.median(loops["plain"]), statistics.median(loops["lenx"])
-    return {"scheme": scheme, "precision": {"train.py": precision, "loops": "bf16 autocast" if autocast else "fp32"},
-            "threads": threads, "steps": [n, 2 * n], "train_py_seconds": times, "shape": {**m, "seq_len": L_,
-                                                                                           "batch_size": batch},
-            "train_py_tokens_per_s": train_py, "plain_tokens_per_s": median_spread(loops["plain"]),
-            "lenx_loop_tokens_per_s": median_spread(loops["lenx"]), "train_py_over_plain": train_py / plain,
-            "train_py_over_lenx_loop": train_py / lenx, "lenx_loop_over_plain": lenx / plain}
-
-
-def print_end_to_end(r: dict) -> None:
-    print(f"\nend to end, pos={r['scheme']}, {r['precision']['train.py']} (loops: {r['precision']['loops']}), "
-          f"{r['threads']} thread(s), d{r['shape']['d_model']} x {r['shape']['n_layers']} layers, batch "
-          f"{r['shape']['batch_size']} x {r['shape']['seq_len']}:")
-    print(f"  train.py (difference of {r['steps'][0]} and {r['steps'][1]} steps): {r['train_py_tokens_per_s']:.0f} tok/s")
-    print(f"  lenx's model, bare loop: {r['lenx_loop_tokens_per_s']['median']:.0f} tok/s; plain model "
-          f"(benchlib.PlainGPT): {r['plain_tokens_per_s']['median']:.0f} tok/s")
-    print(f"  train.py / plain {r['train_py_over_plain']:.2f}x = harness (train.py / lenx loop) "
-          f"{r['train_py_over_lenx_loop']:.2f}x * kernels (lenx loop / plain) {r['lenx_loop_over_plain']:.2f}x")
 
 
 def flops_per_token(cfg: dict) -> float:
@@ -484,8 +374,6 @@ def print_report(r: dict) -> None:
                   f"{b['added_mib']:>7.0f}{b['peak_mib']:>10.0f}{v['growth']:>13.2f}{over:>13}")
     print(f"\ndata path: {r['data_windows_per_s']:.0f} windows/s = {r['data_tokens_per_s'] / 1e6:.1f} M tokens/s, "
           f"{r['data_over_training']:.0f}x the fp32 training rate")
-
-
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import batches, config, eval_point, scheme_list
-from benchmark import bare_loop
+from benchlib import bare_loop, batches, config, eval_point, scheme_list
 
 from lenx.checkpoint import load_model
 from lenx.errors import OutOfRangeError
