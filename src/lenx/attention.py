@@ -97,7 +97,7 @@ CHUNK_LOGITS = 1 << 25
 # masks, a Toeplitz view's rows scaled by SSMax): chunks of at most 2^21 logits (8 MiB in fp32), whose tensors stay
 # near the caches between their writes and SDPA's read. At 8192 tokens on 2 CPU cores (AVX-512, one thread) this
 # ran KERPLE and Sandwich with SSMax 2.3-2.5x, selective attention and DAPE 2.1x, Transformer-XL 1.2x faster than
-# 2^25 (results/benchmarks/mechanisms_35/chunks.md); smaller chunks lost to their per-chunk overhead (2^18: KERPLE
+# 2^25 (results/benchmarks/mechanisms_35/README.md, "Fourth round"); smaller chunks lost to their per-chunk overhead (2^18: KERPLE
 # with SSMax 1.9x slower than 2^20), and the unscaled Toeplitz view (nothing written) ran best at 2^25.
 CPU_WRITTEN_LOGITS = 1 << 21
 

@@ -1,10 +1,10 @@
 """The kernels behind attention's plan (lenx.attention decides the path; these execute it, and never re-route: a
 kernel that cannot run where the plan sent it raises `PlanError`): the fused paths ("features": ALiBi's bias and
-FoX's gate as channels of q and k; "toeplitz": a strided view of a distance bias over reversed keys; "banded":
-SSMax on ALiBi or T5 by blocks of keys; "chunk_mask" / "chunk_values": each chunk's mask from the scheme;
-"flex": FlexAttention's score_mod), the extensions' path ("extended"), `fused` (SDPA, or CPU's flash kernel
-where sinks rescale its output), and `Plan`, what attention's plan decided (lenx.blockwise holds the block-wise
-scoring paths, lenx.kernels `traced` and `PlanError`). Shapes: B batch, T queries, t a chunk of them, S keys,
+FoX's gate as channels of q and k; "toeplitz": a strided view of a distance bias over reversed keys;
+"chunk_mask" / "chunk_values": each chunk's mask from the scheme; "flex": FlexAttention's score_mod), the
+extensions' path ("extended"), `fused` (SDPA, or CPU's flash kernel where sinks rescale its output), and `Plan`,
+what attention's plan decided (lenx.blockwise holds the block-wise scoring paths "stickbreaking" and "banded",
+lenx.kernels `traced` and `PlanError`). Shapes: B batch, T queries, t a chunk of them, S keys,
 s the keys a chunk reads, H heads, D head dim.
 """
 
