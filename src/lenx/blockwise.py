@@ -1,8 +1,8 @@
 """Scoring kernels that run keys in blocks and combine the blocks exactly (attention's plan sends them there; they
 never re-route): "stickbreaking" (stick-breaking attention, Tan et al. 2025, arXiv:2410.17980: blocks of keys in
 reverse order, the stick carried over and an exact early stop) and "banded" (scalable softmax, Nakanishi 2025,
-arXiv:2501.19399, on ALiBi or T5: the
-near keys with a scaled mask, the far ones through the fused kernel without one, merged by their logsumexps).
+arXiv:2501.19399, on ALiBi or T5: the near keys with a scaled mask, the far ones through the fused kernel without
+one, merged by their logsumexps).
 Shapes: B batch, T queries, t a chunk of them, S keys, s the keys a chunk reads, H heads, D head dim.
 """
 
