@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def aggregate(root: Path, out: Path | None, ckpt: str | None) -> None:
     root = check_root(root, "a sweep directory (multirun/...), a run directory or an extrapolation.jsonl")
-    tables = {name: split_configs(split_models(one_checkpoint(collect(root, name), ckpt, root, name)))
-              for name in NEEDS}
+    configs: dict = {}  # each run's training settings, read once for both splits
+    tables = {name: split_configs(split_models(one_checkpoint(collect(root, name), ckpt, root, name), configs),
+                                  configs) for name in NEEDS}
     rows, task_rows = tables["extrapolation"], tables["tasks"]
     if not rows and not task_rows:
         picked = f" scored from a checkpoint named {ckpt}" if ckpt else ""

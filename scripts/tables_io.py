@@ -147,12 +147,13 @@ def curve(r: dict) -> tuple:
     return scheme_label(r), extension_label(r), mode_label(r), r["train_len"], r.get("tokens_set", "")
 
 
-def split_models(rows: list[dict]) -> list[dict]:
+def split_models(rows: list[dict], cache: dict | None = None) -> list[dict]:
     """Where a table's rows come from more than one model (preset or shape: `model`, `model_shape`), each row's
     scheme is named with its model (rope [tiny d128-L4-H4]), so that two sizes are never averaged as seeds of one;
     rows of a single model are returned as they are. A row written before rows carried `model_shape` takes it from
-    its run's run_config.yaml where that is at hand (so that it is not taken for another model)."""
-    cache: dict = {}
+    its run's run_config.yaml where that is at hand (so that it is not taken for another model). `cache`: run
+    directory -> its training settings (trained_config's), shared with split_configs so each file is read once."""
+    cache = {} if cache is None else cache
 
     def shape(r: dict) -> str:
         if r.get("model_shape"):
@@ -197,12 +198,12 @@ def trained_config(r: dict, cache: dict) -> dict[str, str] | None:
     return cache[run]
 
 
-def split_configs(rows: list[dict]) -> list[dict]:
+def split_configs(rows: list[dict], cache: dict | None = None) -> list[dict]:
     """Runs that a table would average as seeds of one scheme (same task, scheme, extension, training length) but
     that were trained differently (a sweep over data.task.curriculum, pos.base, optim.lr, ...: their TRAINED
     settings differ) get the differing settings in their scheme's name (rope [optim.lr=0.001]); runs alike but for
     the seed are left as they are."""
-    cache: dict = {}
+    cache = {} if cache is None else cache
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         groups[(r.get("task"), scheme_label(r), extension_label(r), r.get("train_len"))].append(i)
