@@ -3,24 +3,28 @@ estimated (and printed) before any run starts.
 
     python scripts/task_study.py GRID.yaml [--jobs 2] [--runs DIR] [--estimate] [--only-tasks ...] [--only-schemes ...]
 
-GRID.yaml (experiments/2026-12-07_task-separation/grid.yaml is one):
+GRID.yaml (experiments/2026-12-06_task-separation/grid.yaml is one):
     seeds: [0, 1, 2]
     common: [model.d_model=64, ...]            # overrides of every run
     tasks: {flip_flop: [data=flip_flop, data.task.train_size=16, trainer.max_steps=1500], ...}
     schemes: {rope: [pos=rope], t5: {default: [pos=t5], copy: [pos=t5, pos.num_buckets=12]}, ...}
     positions: {contiguous: [], randomized: [positions=randomized]}   # optional; default: contiguous only
 
-Each run is `python train.py <common> <task> <scheme> <positions> seed=<s> hydra.run.dir=<runs>/<task>/<name>_s<s>`
-(name: the scheme, `@<positions>` for a mode other than the first). The estimate, before anything runs: for each task
-two short timing runs of its first scheme (`--timing-steps`, twice that many), the difference of whose training
-times (train.log's `trained in`) gives the task's time per step and the shorter one's wall time less its steps the
-fixed cost (start, scoring); for each other scheme one run of the first task, whose training time over the first
-scheme's is the scheme's factor; the study's wall time is the sum over its runs of fixed
-cost + steps x time per step x factor, divided by the jobs. Timings are kept in <runs>/timings.json (a rerun reuses
-them). Runs go `--jobs` at a time (one thread each unless --threads); a run whose directory holds `.study_done` is
-skipped and one cut short resumes (train.py's resume=auto), so rerunning continues a study. At the end
-scripts/aggregate.py writes the tables (exact match and per-token accuracy with seed intervals and the maximum over
-seeds) to --out.
+Each run is train.py with `<common> <task> <scheme> <positions> seed=<s>` in <runs>/<task>/<name>_s<s> (name: the
+scheme, `@<positions>` for a mode other than the first); a scheme's seeds on a task run as one Hydra multirun
+(`train.py -m ... seed=0,1,2 hydra.sweep.dir=<runs>/<task> hydra.sweep.subdir=<name>_s${seed}`, output in
+<runs>/<task>/<name>.study.log), so its start-up is paid once, not once per seed. The estimate, before anything
+runs: for each task two short timing runs of its first scheme (`--timing-steps`, twice that many), the difference of
+whose training times (train.log's `trained in`) gives the task's time per step and the shorter one's wall time less
+its steps the fixed cost (start, scoring); for each other scheme one run of the first task, whose training time over
+the first scheme's is the scheme's factor; the study's wall time is the sum over its runs of fixed cost + steps x
+time per step x factor, divided by the jobs (the fixed cost measured with one process per run: the estimate is high
+by the start-ups the multiruns save, ~10 s a run after the first of each: cycle_navigation, rope, 3 seeds of 800
+steps took 43 s as one multirun and 63 s as three processes). Timings are kept in <runs>/timings.json (a rerun
+reuses them). Processes go `--jobs` at a time (one thread each unless --threads); a run whose directory holds
+`.study_done` (set once it has written tasks.jsonl) is skipped and one cut short resumes (train.py's resume=auto),
+so rerunning continues a study. At the end scripts/aggregate.py writes the tables (exact match and per-token
+accuracy with seed intervals and the maximum over seeds) to --out.
 """
 
 from __future__ import annotations
@@ -50,9 +54,12 @@ class Run:
     overrides: tuple[str, ...]
     steps: int
 
+    def name(self, first_mode: str) -> str:
+        """The scheme, with `@<mode>` for a position mode other than the grid's first."""
+        return self.scheme if self.mode == first_mode else f"{self.scheme}@{self.mode}"
+
     def directory(self, runs: Path, first_mode: str) -> Path:
-        name = self.scheme if self.mode == first_mode else f"{self.scheme}@{self.mode}"
-        return runs / self.task / f"{name}_s{self.seed}"
+        return runs / self.task / f"{self.name(first_mode)}_s{self.seed}"
 
 
 def _overrides(node, where: str) -> list[str]:
@@ -175,30 +182,51 @@ def measure(grid: dict, runs: list[Run], runs_dir: Path, steps: int, env: dict) 
     return {k: (v[0], v[1]) for k, v in cache["tasks"].items()}, cache["schemes"]
 
 
+def units(runs: list[Run]) -> list[list[Run]]:
+    """The runs grouped by task, scheme and position mode (their seeds), in the runs' order: one process each."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.task, r.scheme, r.mode), []).append(r)
+    return list(groups.values())
+
+
+def unit_command(unit: list[Run], runs_dir: Path, first_mode: str) -> list[str]:
+    """One Hydra multirun over a unit's seeds (its runs' overrides but the seed are the same), each seed's job in
+    the directory `Run.directory` names: train.py runs them one after another in one process, so the start-up
+    (imports: ~5 s of a ~40 s run) is paid once per unit, as Hydra's basic launcher runs a sweep."""
+    return [sys.executable, "train.py", "-m", *unit[0].overrides[:-1], f"seed={','.join(str(r.seed) for r in unit)}",
+            f"hydra.sweep.dir={runs_dir / unit[0].task}", f"hydra.sweep.subdir='{unit[0].name(first_mode)}_s${{seed}}'"]
+
+
 def execute(runs: list[Run], runs_dir: Path, first_mode: str, jobs: int, env: dict) -> None:
-    queue = [r for r in runs if not (r.directory(runs_dir, first_mode) / ".study_done").exists()]
-    running: dict = {}
-    print(f"task_study: {len(queue)} of {len(runs)} runs to go in {runs_dir}", flush=True)
+    """The runs not yet done, `jobs` units (a scheme's seeds on a task: `unit_command`) at a time; a run is done
+    (`.study_done`) once it has written its scores (tasks.jsonl), whatever became of the unit's later seeds."""
+    todo = [r for r in runs if not (r.directory(runs_dir, first_mode) / ".study_done").exists()]
+    queue, running = units(todo), {}
+    print(f"task_study: {len(todo)} of {len(runs)} runs to go in {runs_dir}, {len(queue)} processes", flush=True)
     while queue or running:
         while queue and len(running) < jobs:
-            run = queue.pop(0)
-            out = run.directory(runs_dir, first_mode)
-            out.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "train.py", *run.overrides, f"hydra.run.dir={out}"]
-            log = open(out / "study.log", "a")  # noqa: SIM115  (open while the run is: closed when it ends)
+            unit = queue.pop(0)
+            cmd = unit_command(unit, runs_dir, first_mode)
+            log_path = runs_dir / unit[0].task / f"{unit[0].name(first_mode)}.study.log"  # the unit's output
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "a")  # noqa: SIM115  (open while the unit runs: closed when it ends)
             log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
             log.flush()
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            running[proc] = (out, log, time.time())
+            running[proc] = (unit, log, time.time())
         time.sleep(0.2)  # (a run takes ~30 s: a 2 s poll left the core idle ~1 s a run, 2-3 % of a study)
         for proc in [p for p in running if p.poll() is not None]:
-            out, log, t0 = running.pop(proc)
+            unit, log, t0 = running.pop(proc)
             log.write(f"# rc {proc.returncode} after {time.time() - t0:.0f} s\n")
             log.close()
-            if proc.returncode == 0:
-                (out / ".study_done").touch()
-            print(f"task_study: {out.relative_to(runs_dir)} rc {proc.returncode} after {time.time() - t0:.0f} s",
-                  flush=True)
+            for run in unit:
+                out = run.directory(runs_dir, first_mode)
+                done = (out / "tasks.jsonl").is_file()
+                if done:
+                    (out / ".study_done").touch()
+                print(f"task_study: {out.relative_to(runs_dir)} {'done' if done else 'not done'} (its process: rc "
+                      f"{proc.returncode} after {time.time() - t0:.0f} s for {len(unit)} runs)", flush=True)
 
 
 def main() -> None:

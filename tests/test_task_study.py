@@ -82,3 +82,48 @@ def test_the_estimate_is_printed_before_any_run(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "6 runs (1 tasks x 2 schemes x 1 position modes x 3 seeds), 6 to go: estimated" in out.stdout
     assert (runs / "timings.json").exists() and not (runs / "copy").exists()
+
+
+def test_a_unit_is_one_process_over_its_seeds(tmp_path):
+    """A scheme's seeds on a task (in one position mode) are one Hydra multirun, each seed's job in the run's own
+    directory; the command keeps every override but the seed."""
+    runs = task_study.plan_runs(task_study.load_grid(grid_file(tmp_path)))
+    units = task_study.units(runs)
+    assert len(units) == 2 * 2 * 2 and all(len(u) == 2 for u in units)  # tasks x schemes x modes, 2 seeds each
+    unit = next(u for u in units if (u[0].task, u[0].scheme, u[0].mode) == ("copy", "t5", "randomized"))
+    cmd = task_study.unit_command(unit, tmp_path / "runs", "contiguous")
+    assert cmd[1:3] == ["train.py", "-m"] and "seed=0,1" in cmd and not any(c in ("seed=0", "seed=1") for c in cmd)
+    assert "pos.num_buckets=8" in cmd and "positions=randomized" in cmd
+    assert f"hydra.sweep.dir={tmp_path / 'runs' / 'copy'}" in cmd
+    assert "hydra.sweep.subdir='t5@randomized_s${seed}'" in cmd
+
+
+@pytest.mark.slow
+def test_a_study_runs_its_units_marks_each_run_and_resumes(tmp_path):
+    """A real study of one task, one scheme, two seeds: one process writes both runs where Run.directory says, each
+    marked done; with one run's scores removed, a rerun runs that seed alone."""
+    text = ("seeds: [0, 1]\ncommon: [experiment=smoke, data.task.train_size=4, eval.probes.tasks.instances=5, "
+            "'eval.probes.tasks.multipliers=[1]']\ntasks: {copy: [data=copy, trainer.max_steps=4]}\n"
+            "schemes: {rope: [pos=rope]}\n")
+    runs = tmp_path / "runs"
+
+    def study():
+        out = subprocess.run([sys.executable, "scripts/task_study.py", str(grid_file(tmp_path, text)), "--runs",
+                              str(runs), "--timing-steps", "2", "--jobs", "1"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=900, check=False)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return out.stdout
+
+    printed = study()
+    assert "2 of 2 runs to go" in printed and "1 processes" in printed
+    for seed in (0, 1):
+        assert (runs / "copy" / f"rope_s{seed}" / "tasks.jsonl").is_file()
+        assert (runs / "copy" / f"rope_s{seed}" / ".study_done").exists()
+    log = (runs / "copy" / "rope.study.log").read_text()
+    assert log.count("train.py -m") == 1 and "seed=0,1" in log
+    (runs / "copy" / "rope_s1" / ".study_done").unlink()
+    (runs / "copy" / "rope_s1" / "tasks.jsonl").unlink()
+    assert "1 of 2 runs to go" in study()
+    cmds = [x for x in (runs / "copy" / "rope.study.log").read_text().splitlines() if x.startswith("# ") and "-m" in x]
+    assert len(cmds) == 2 and " seed=1 " in cmds[-1]
+    assert (runs / "copy" / "rope_s1" / ".study_done").exists()
