@@ -193,7 +193,8 @@ def units(runs: list[Run]) -> list[list[Run]]:
 def unit_command(unit: list[Run], runs_dir: Path, first_mode: str) -> list[str]:
     """One Hydra multirun over a unit's seeds (its runs' overrides but the seed are the same), each seed's job in
     the directory `Run.directory` names: train.py runs them one after another in one process, so the start-up
-    (imports: ~5 s of a ~40 s run) is paid once per unit, as Hydra's basic launcher runs a sweep."""
+    (imports, set-up, exit: ~10 s of a ~40 s run, measured as in the module docstring) is paid once per unit, as
+    Hydra's basic launcher runs a sweep. The seed is each run's last override (`plan_runs`)."""
     return [sys.executable, "train.py", "-m", *unit[0].overrides[:-1], f"seed={','.join(str(r.seed) for r in unit)}",
             f"hydra.sweep.dir={runs_dir / unit[0].task}", f"hydra.sweep.subdir='{unit[0].name(first_mode)}_s${{seed}}'"]
 
