@@ -16,12 +16,12 @@ scheme, `@<positions>` for a mode other than the first); a scheme's seeds on a t
 <runs>/<task>/<name>.study.log), so its start-up is paid once, not once per seed. The estimate, before anything
 runs: for each task two short timing runs of its first scheme (`--timing-steps`, twice that many), the difference of
 whose training times (train.log's `trained in`) gives the task's time per step and the shorter one's wall time less
-its steps the fixed cost (start, scoring); for each other scheme one run of the first task, whose training time over
-the first scheme's is the scheme's factor; the study's wall time is the sum over its runs of fixed cost + steps x
-time per step x factor, divided by the jobs (the fixed cost measured with one process per run: the estimate is high
-by the start-ups the multiruns save, ~10 s a run after the first of each: cycle_navigation, rope, 3 seeds of 800
-steps took 43 s as one multirun and 63 s as three processes). Timings are kept in <runs>/timings.json (a rerun
-reuses them). Processes go `--jobs` at a time (one thread each unless --threads); a run whose directory holds
+its steps the fixed cost (start, scoring), of which the start-up is the time from the process's start to
+train.log's first line; for each other scheme one run of the first task, whose training time over the first
+scheme's is the scheme's factor; the study's wall time is the sum over its runs of fixed cost + steps x time per
+step x factor, less the start-up for each run after the first of its multirun, divided by the jobs
+(cycle_navigation, rope, 3 seeds of 800 steps took 43 s as one multirun and 63 s as three processes). Timings are
+kept in <runs>/timings.json (a rerun reuses them). Processes go `--jobs` at a time (one thread each unless --threads); a run whose directory holds
 `.study_done` (set once it has written tasks.jsonl) is skipped and one cut short resumes (train.py's resume=auto),
 so rerunning continues a study. At the end scripts/aggregate.py writes the tables (exact match and per-token
 accuracy with seed intervals and the maximum over seeds) to --out.
@@ -124,18 +124,24 @@ def plan_runs(grid: dict, tasks: list[str] | None = None, schemes: list[str] | N
     return runs
 
 
-def estimate_seconds(runs: list[Run], per_task: dict[str, tuple[float, float]], factor: dict[str, float],
+def estimate_seconds(runs: list[Run], per_task: dict[str, tuple[float, ...]], factor: dict[str, float],
                      jobs: int) -> float:
-    """The study's wall time: per run fixed + steps x per-step x the scheme's factor, over `jobs` parallel jobs.
-    per_task: task -> (fixed seconds, seconds per step) of the first scheme; factor: scheme -> its per-step time
-    over the first scheme's."""
-    total = sum(per_task[r.task][0] + r.steps * per_task[r.task][1] * factor.get(r.scheme, 1.0) for r in runs)
+    """The study's wall time: per run fixed + steps x per-step x the scheme's factor, over `jobs` parallel jobs; a
+    unit's runs after its first (its other seeds, `units`: one process) without the start-up the process pays once.
+    per_task: task -> (fixed seconds, seconds per step[, start-up seconds]) of the first scheme; factor: scheme ->
+    its per-step time over the first scheme's."""
+    total = 0.0
+    for unit in units(runs):
+        for k, r in enumerate(unit):
+            fixed, per_step, *startup = per_task[r.task]
+            total += fixed - (startup[0] if k and startup else 0.0) + r.steps * per_step * factor.get(r.scheme, 1.0)
     return total / max(1, jobs)
 
 
-def timed(overrides: list[str], out: Path, env: dict) -> tuple[float, float]:
-    """(wall seconds, training seconds) of a train.py run with these overrides (in `out`, replaced): training as
-    train.py logs it (`trained in ...s`: the fit alone, without start-up and scoring)."""
+def timed(overrides: list[str], out: Path, env: dict) -> tuple[float, float, float]:
+    """(wall seconds, training seconds, start-up seconds) of a train.py run with these overrides (in `out`,
+    replaced): training as train.py logs it (`trained in ...s`: the fit alone, without start-up and scoring); the
+    start-up from the process's start to train.log's first line (imports, Hydra's composition)."""
     subprocess.run(["rm", "-rf", str(out)], check=True)
     t0 = time.time()
     proc = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={out}"], cwd=ROOT, env=env,
@@ -143,10 +149,14 @@ def timed(overrides: list[str], out: Path, env: dict) -> tuple[float, float]:
     if proc.returncode:
         raise SystemExit(f"task_study: timing run failed ({' '.join(overrides)}):\n{proc.stderr[-2000:]}")
     wall = time.time() - t0
-    found = re.search(r"trained in ([0-9.]+)s", (out / "train.log").read_text())
+    text = (out / "train.log").read_text()
+    found = re.search(r"trained in ([0-9.]+)s", text)
     if not found:
         raise SystemExit(f"task_study: timing run in {out} logged no training time (train.log)")
-    return wall, float(found.group(1))
+    first = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]", text)
+    startup = (time.mktime(time.strptime(first.group(1), "%Y-%m-%d %H:%M:%S")) + int(first.group(2)) / 1000 - t0
+               if first else 0.0)
+    return wall, float(found.group(1)), min(max(startup, 0.0), wall)
 
 
 def measure(grid: dict, runs: list[Run], runs_dir: Path, steps: int, env: dict) -> tuple[dict, dict]:
@@ -165,11 +175,13 @@ def measure(grid: dict, runs: list[Run], runs_dir: Path, steps: int, env: dict) 
     scratch = runs_dir / ".timing"
     for run in [r for r in seed0 if r.scheme == first_scheme]:
         if run.task not in cache["tasks"]:
-            (wall, a), (_, b) = (timed(with_steps(run, n), scratch / f"{run.task}_{n}", env) for n in (steps, 2 * steps))
+            (wall, a, startup), (_, b, _) = (timed(with_steps(run, n), scratch / f"{run.task}_{n}", env)
+                                             for n in (steps, 2 * steps))
             per_step = max(b - a, 1e-3 * steps) / steps
-            cache["tasks"][run.task] = [max(wall - steps * per_step, 0.0), per_step, b]
-            print(f"task_study: {run.task}: {per_step * 1000:.0f} ms a step, {cache['tasks'][run.task][0]:.0f} s "
-                  "fixed", flush=True)
+            fixed = max(wall - steps * per_step, 0.0)
+            cache["tasks"][run.task] = [fixed, per_step, b, min(startup, fixed)]
+            print(f"task_study: {run.task}: {per_step * 1000:.0f} ms a step, {fixed:.0f} s fixed ({startup:.0f} s of "
+                  "it start-up)", flush=True)
     for run in [r for r in seed0 if r.task == first_task and r.scheme != first_scheme]:
         if run.scheme not in cache["schemes"]:
             _, t = timed(with_steps(run, 2 * steps), scratch / f"{run.scheme}", env)
@@ -179,7 +191,7 @@ def measure(grid: dict, runs: list[Run], runs_dir: Path, steps: int, env: dict) 
                   flush=True)
     cache_file.write_text(json.dumps(cache, indent=1))
     subprocess.run(["rm", "-rf", str(scratch)], check=True)
-    return {k: (v[0], v[1]) for k, v in cache["tasks"].items()}, cache["schemes"]
+    return {k: (v[0], v[1], *v[3:4]) for k, v in cache["tasks"].items()}, cache["schemes"]
 
 
 def units(runs: list[Run]) -> list[list[Run]]:

@@ -57,6 +57,18 @@ def test_the_estimate_sums_each_run_over_the_jobs(tmp_path):
     assert task_study.estimate_seconds(runs, per_task, factor, jobs=2) == pytest.approx(want / 2)
 
 
+def test_the_estimate_pays_a_start_up_once_per_multirun(tmp_path):
+    runs = task_study.plan_runs(task_study.load_grid(grid_file(tmp_path)))
+    plain = {"copy": (10.0, 0.1), "parity": (20.0, 0.2)}
+    with_startup = {"copy": (10.0, 0.1, 6.0), "parity": (20.0, 0.2, 5.0)}
+    factor = {"rope": 1.0, "t5": 2.0}
+    # 2 schemes x 2 modes per task: 4 multiruns of 2 seeds each, each saving one start-up
+    saved = 4 * 6.0 + 4 * 5.0
+    assert len(task_study.units(runs)) == 8 and all(len(u) == 2 for u in task_study.units(runs))
+    assert task_study.estimate_seconds(runs, with_startup, factor, jobs=2) == pytest.approx(
+        task_study.estimate_seconds(runs, plain, factor, jobs=2) - saved / 2)
+
+
 @pytest.mark.parametrize("text, msg", [
     ("tasks: {copy: [data=copy]}\nschemes: {rope: [pos=rope]}", "must set trainer.max_steps"),
     ("tasks: {copy: [data=copy, trainer.max_steps=3]}\nschemes: {}", "`schemes` must be a non-empty mapping"),
