@@ -82,6 +82,26 @@ def test_a_bad_grid_is_one_line(tmp_path, text, msg):
         task_study.plan_runs(task_study.load_grid(grid_file(tmp_path, text)))
 
 
+def test_timings_are_measured_once_and_cached(tmp_path, monkeypatch):
+    """measure: a task's per step from two runs' training times, its fixed cost and start-up from the shorter run;
+    a scheme's factor over the first scheme's training time on the first task; all kept in timings.json."""
+    calls = []
+
+    def fake_timed(overrides, out, env):  # (wall, training, start-up) as train.py's log gives them
+        steps = int(next(o for o in overrides if o.startswith("trainer.max_steps=")).split("=")[1])
+        per_step = {"pos=rope": 0.1, "pos=t5": 0.3}[next(o for o in overrides if o.startswith("pos="))]
+        calls.append(out.name)
+        return 12.0 + steps * per_step, 1.0 + steps * per_step, 5.0
+
+    monkeypatch.setattr(task_study, "timed", fake_timed)
+    runs = task_study.plan_runs(task_study.load_grid(grid_file(tmp_path)))
+    per_task, factor = task_study.measure({}, runs, tmp_path, 10, {})
+    assert per_task["copy"] == pytest.approx((12.0, 0.1, 5.0)) == per_task["parity"]
+    assert factor["t5"] == pytest.approx((1 + 20 * 0.3) / (1 + 20 * 0.1))
+    n = len(calls)
+    assert task_study.measure({}, runs, tmp_path, 10, {}) == (per_task, factor) and len(calls) == n  # cached
+
+
 @pytest.mark.slow
 def test_the_estimate_is_printed_before_any_run(tmp_path):
     """--estimate times the grid's tasks and schemes with short runs, prints the study's estimate and runs nothing."""
