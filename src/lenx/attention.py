@@ -69,6 +69,8 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     ModifierParams,
     Modifiers,
     check_extended,
+    dape_fuses,
+    dape_mask,
     dape_term,
     forget_bias,
     forget_channels,
@@ -190,8 +192,11 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
         # (stick-breaking: the explicit path, its weights are no softmax)
         path = "weights" if pos.adds_values or modifiers.stickbreaking else "mask"
     exact = pos.adds_logits or pos.adds_values or modifiers.stickbreaking
-    # DAPE's MLP holds DAPE_WIDTH values per pair (2H inputs): fewer queries per chunk
-    per_pair = pos.n_heads * max(1, 2 * DAPE_WIDTH // pos.n_heads) if modifiers.dape else pos.n_heads
+    # DAPE's MLP holds DAPE_WIDTH values per pair (2H inputs): fewer queries per chunk; as the compiled kernel
+    # (CPU scoring, lenx.modifiers.dape_fused) only its 2H input planes
+    per_pair = pos.n_heads
+    if modifiers.dape:
+        per_pair = 2 * pos.n_heads if dape_fuses(device, grad) else pos.n_heads * max(1, 2 * DAPE_WIDTH // pos.n_heads)
     writes = path in ("mask", "weights", "chunk_mask", "chunk_values") or (path == "toeplitz" and modifiers.ssmax)
     budget = min(CHUNK_LOGITS, CPU_WRITTEN_LOGITS) if writes and device == "cpu" and not grad else CHUNK_LOGITS
     return Plan(path=path, rows=max(1, budget // (batch * per_pair * S)), contiguous=contiguous,
@@ -288,8 +293,7 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         if mods.dape:  # + MLP([x, a]): x the content logits (with the scheme's content terms), a the bias
             x_BHts = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5
             x_BHts = x_BHts if extra is None else x_BHts + extra
-            a_Hts = mask_Hts.float().masked_fill(mask_Hts == float("-inf"), 0.0)
-            mask_Hts = mask_Hts.float() + dape_term(x_BHts, a_Hts, params.dape)
+            mask_Hts = dape_mask(x_BHts, mask_Hts, params.dape)
         if extra is not None:
             mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
         if mods.window is not None or mods.chunk is not None:  # keys outside the window or chunk hidden

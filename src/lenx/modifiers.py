@@ -12,6 +12,7 @@ Shapes: B batch, H heads, T queries, t queries (of a chunk), s keys.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -214,7 +215,7 @@ def selective_penalty(z0_Bts: torch.Tensor, ctx: AttnContext, carry_BS: torch.Te
     earlier chunk's queries, (B, S) over all keys) and the carry for the next chunk. z0: the first head's fp32
     logits for the chunk (B, t, s), -inf on hidden keys. As x-transformers' selective_attn: relu, the first key's
     column and each query's own key zeroed, shifted one query down, cumulative over queries. F: (B, t, s)."""
-    t, s = z0_Bts.shape[-2:]
+    s = z0_Bts.shape[-1]
     own_ts = ctx.k_pos_S[None, :] == ctx.q_pos_T[:, None]
     gate = F.relu(z0_Bts.masked_fill(own_ts | (z0_Bts == float("-inf")), 0.0))
     gate = torch.cat([gate[..., :1] * 0.0, gate[..., 1:]], dim=-1)  # the first token is never masked
@@ -233,6 +234,68 @@ def dape_term(x_BHts: torch.Tensor, a_Hts: torch.Tensor, mlp: tuple[torch.Tensor
     a_BHts = a_Hts.expand(x_BHts.shape[0], x_BHts.shape[1], *x_BHts.shape[2:])
     feats = torch.cat([x_BHts, a_BHts], dim=1).permute(0, 2, 3, 1)  # (B, t, s, 2H)
     return (F.leaky_relu(feats @ w1 + b1) @ w2 + b2).permute(0, 3, 1, 2)
+
+
+def dape_mask(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The chunk's mask plus DAPE's MLP([x, a]), fp32 (B, H, t, s), a the mask with its hidden keys (-inf) at 0:
+    `dape_term` (the authors' form: a concatenation and two matmuls), or, scoring a large chunk on CPU, the same
+    MLP as one compiled pointwise kernel (`dape_fused`)."""
+    if dape_fuses(x_BHts.device.type, torch.is_grad_enabled()) and mask_Hts.dim() == 3 \
+            and x_BHts.shape[-1] >= DAPE_FUSED_KEYS:
+        out = dape_fused(x_BHts, mask_Hts, mlp)
+        if out is not None:
+            return out
+    a_Hts = mask_Hts.float().masked_fill(mask_Hts == float("-inf"), 0.0)
+    return mask_Hts.float() + dape_term(x_BHts, a_Hts, mlp)
+
+
+# DAPE's MLP costs 4-5x the fused attention it modifies when run as the authors run it (a (B, t, s, 2H) concatenation
+# and two matmuls of inner size 2H and 32: memory-bound, the (B, t, s, 32) hidden layer written and read back). As
+# one pointwise kernel (each pair's 2H inputs, 32 hidden units and H outputs in registers) it reads 2H planes and
+# writes H: Inductor (torch.compile) generates it on CPU from the unrolled form below, its fusion limits raised so
+# that nothing in between is written. Scoring only (no gradient) on CPU, over chunks of DAPE_FUSED_KEYS keys or more
+# (long contexts; the tests' short ones keep the eager form): the first call compiles (~1-2 minutes on 2 cores,
+# then cached on disk by Inductor); a failure to compile (no C++ compiler) falls back to `dape_term` with one warning.
+DAPE_FUSED_KEYS = 2048
+DAPE_FUSED: dict = {"on": True, "fn": None}
+
+
+def dape_fuses(device: str, grad: bool) -> bool:
+    """Whether DAPE's MLP may run as the compiled kernel here (CPU scoring, compiling not failed before)."""
+    return DAPE_FUSED["on"] and device == "cpu" and not grad
+_DAPE_INDUCTOR = {"max_fusion_size": 100_000, "realize_opcount_threshold": 100_000, "realize_reads_threshold": 100_000,
+                  "realize_acc_reads_threshold": 100_000}
+
+
+def dape_unrolled(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                  w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """`dape_mask`'s value written per hidden unit and head (what Inductor fuses into one kernel): pre_m = b1_m +
+    sum_h w1[h, m] x_h + w1[H + h, m] a_h, out_h = mask_h + b2_h + sum_m w2[m, h] leaky_relu(pre_m)."""
+    H = x_BHts.shape[1]
+    a_Hts = mask_Hts.masked_fill(mask_Hts == float("-inf"), 0.0)
+    xs, avs, outs = [x_BHts[:, h] for h in range(H)], [a_Hts[h] for h in range(H)], [None] * H
+    for m in range(w1.shape[1]):
+        pre = b1[m] + xs[0] * w1[0, m]
+        for h in range(1, H):
+            pre = pre + xs[h] * w1[h, m]
+        for h in range(H):
+            pre = pre + avs[h] * w1[H + h, m]
+        act = F.leaky_relu(pre)
+        outs = [act * w2[m, h] if o is None else o + act * w2[m, h] for h, o in enumerate(outs)]
+    return torch.stack([mask_Hts[h] + b2[h] + o for h, o in enumerate(outs)], dim=1)
+
+
+def dape_fused(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """`dape_unrolled` compiled (one kernel, dynamic shapes: every chunk's size), or None where it cannot be."""
+    if DAPE_FUSED["fn"] is None:
+        DAPE_FUSED["fn"] = torch.compile(dape_unrolled, dynamic=True, options=_DAPE_INDUCTOR)
+    try:
+        return DAPE_FUSED["fn"](x_BHts.float(), mask_Hts.float(), *(p.float() for p in mlp))
+    except Exception as e:  # noqa: BLE001  (Inductor's failures have no common type; the eager form is exact)
+        DAPE_FUSED["on"] = False
+        warnings.warn(f"lenx: DAPE's MLP could not be compiled ({type(e).__name__}: {str(e)[:200]}); scoring "
+                      "runs it as the authors' matmuls (slower)", stacklevel=2)
+        return None
 
 
 def stick_breaking(logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
