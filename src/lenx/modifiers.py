@@ -258,13 +258,13 @@ def dape_mask(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Ten
 # then cached on disk by Inductor); a failure to compile (no C++ compiler) falls back to `dape_term` with one warning.
 DAPE_FUSED_KEYS = 2048
 DAPE_FUSED: dict = {"on": True, "fn": None}
+_DAPE_INDUCTOR = {"max_fusion_size": 100_000, "realize_opcount_threshold": 100_000, "realize_reads_threshold": 100_000,
+                  "realize_acc_reads_threshold": 100_000}
 
 
 def dape_fuses(device: str, grad: bool) -> bool:
     """Whether DAPE's MLP may run as the compiled kernel here (CPU scoring, compiling not failed before)."""
     return DAPE_FUSED["on"] and device == "cpu" and not grad
-_DAPE_INDUCTOR = {"max_fusion_size": 100_000, "realize_opcount_threshold": 100_000, "realize_reads_threshold": 100_000,
-                  "realize_acc_reads_threshold": 100_000}
 
 
 def dape_unrolled(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
@@ -291,7 +291,7 @@ def dape_fused(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Te
         DAPE_FUSED["fn"] = torch.compile(dape_unrolled, dynamic=True, options=_DAPE_INDUCTOR)
     try:
         return DAPE_FUSED["fn"](x_BHts.float(), mask_Hts.float(), *(p.float() for p in mlp))
-    except Exception as e:  # noqa: BLE001  (Inductor's failures have no common type; the eager form is exact)
+    except Exception as e:  # noqa: BLE001  (Inductor's failures have no common type; the eager form computes the same)
         DAPE_FUSED["on"] = False
         warnings.warn(f"lenx: DAPE's MLP could not be compiled ({type(e).__name__}: {str(e)[:200]}); scoring "
                       "runs it as the authors' matmuls (slower)", stacklevel=2)
