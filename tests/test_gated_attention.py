@@ -1,4 +1,6 @@
-"""FoX's forget gate, stick-breaking attention, training-time windows and the RoPE/NoPE hybrids (issue 35).
+"""FoX's forget gate, stick-breaking attention, training-time windows and the RoPE/NoPE hybrids (issue 35; selective
+attention and DAPE: tests/test_selective_dape.py; windows and hybrids: tests/test_hybrids.py, with this file's models
+and reference forward).
 
 Each reference below is written out from the authors' released code, not from lenx's formulas:
 - FoX (zhixuan-lin/forgetting-transformer, ForgettingAttentionLayer.forward with fgate_type "full", no RoPE, no
@@ -78,37 +80,6 @@ def sb_reference(q, k, v):
     return o + rem[..., None] * v
 
 
-def xt_selective_attn(sim):
-    """x-transformers' selective_attn(sim) (sim_head_gate None: the first head; no_mask_sos True), verbatim in
-    behaviour; sim (B, H, i, j) already causally masked."""
-    i, j = sim.shape[-2:]
-    gate = F.relu(sim[:, 0])
-    gate = gate.clone()
-    gate[..., -i] = 0.0
-    eye = torch.eye(i)
-    if j > i:
-        eye = F.pad(eye, (j - i, 0), value=1.0)
-    gate = (1.0 - eye) * gate
-    gate = F.pad(gate, (0, 0, 1, -1), value=0.0)
-    gate = gate.cumsum(dim=-2)
-    return sim - gate[:, None]
-
-
-def selective_layer(attn, h, layer, q, k, v):
-    T_ = q.shape[2]
-    sim = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    sim = sim.masked_fill(torch.ones(T_, T_, dtype=torch.bool).triu(1), -torch.finfo(sim.dtype).max)
-    return xt_selective_attn(sim).softmax(-1) @ v
-
-
-def window_reference(q, k, v, pos_T, window):
-    """Softmax attention with transformers' sliding-window causal mask (by position)."""
-    d = pos_T[:, None] - pos_T[None, :]
-    visible = (d >= 0) & (d < window)
-    z = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~visible, float("-inf"))
-    return z.softmax(-1) @ v
-
-
 def reference_forward(model, idx_BT, pos_T, layer_attention):
     """The model's forward with each layer's attention replaced by `layer_attention(block.attn, x, layer, ...)`."""
     x = model.pos.embed(model.tok(idx_BT), pos_T)
@@ -154,8 +125,8 @@ def check_parity(model, layer_attention, pos_T, paths):
     loss_of(reference_forward(model, x, ref_pos, layer_attention)).backward()
     want_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert got_g.keys() == want_g.keys()
-    for name in got_g:
-        torch.testing.assert_close(got_g[name], want_g[name], atol=5e-5, rtol=1e-4, msg=name)
+    for name, grad in got_g.items():
+        torch.testing.assert_close(grad, want_g[name], atol=5e-5, rtol=1e-4, msg=name)
     return got_g
 
 
@@ -277,144 +248,10 @@ def test_stick_breaking_in_chunks_equals_one_chunk(monkeypatch):
         torch.testing.assert_close(model(x), whole, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-@pytest.mark.parametrize("at", ["default", "gapped"])
-def test_selective_attention_matches_x_transformers(at, chunked, monkeypatch):
-    if chunked:  # 5 queries per chunk: F carried over the chunks before
-        monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * T * 5)
-    check_parity(build("selective"), selective_layer, None if at == "default" else GAPPED, {"mask"})
-
-
-def test_selective_on_rope_and_with_the_weights_path():
-    """attn.selective on RoPE: z^0 is the first head's rotated logits; stick-breaking's path hosts it too."""
-    model = build("rope", {"selective": True})
-    check_parity(model, selective_layer, None, {"mask"})
-    model = build("shaw_kv", {"selective": True})
-    with torch.no_grad(), attention.traced() as seen:
-        out = model(torch.randint(0, 50, (1, T)))
-    assert set(seen) == {"weights"} and torch.isfinite(out).all()
-
-
-def authors_alibi_dape(x, slopes, mlp2):
-    """AliBi_DAPE.forward(x) for x (B, H, T, T) = q.k / sqrt(D), as the authors' module computes it."""
-    T_ = x.shape[-1]
-    a = -torch.tril(torch.arange(T_).view(T_, 1).repeat(1, T_) + torch.arange(0, -T_, -1)).to(x.dtype)
-    a = a * slopes.view(-1, 1, 1)
-    x_a_bias = torch.cat((x, torch.tile(a, (x.shape[0], 1, 1, 1))), dim=1)
-    x_a_bias = mlp2(torch.permute(x_a_bias, (0, 2, 3, 1))).permute(0, 3, 1, 2)
-    return x + a + x_a_bias
-
-
-def test_dape_matches_the_authors_alibi_dape():
-    from lenx.pos.bias import alibi_slopes
-
-    model = build("alibi", {"dape": True})
-    mlps = []
-    for block in model.blocks:  # the authors' nn.Sequential, holding this layer's weights
-        mlp2 = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.LeakyReLU(), torch.nn.Linear(32, 4))
-        a = block.attn
-        mlp2[0].weight, mlp2[0].bias = torch.nn.Parameter(a.dape_w1.T), a.dape_b1
-        mlp2[2].weight, mlp2[2].bias = torch.nn.Parameter(a.dape_w2.T), a.dape_b2
-        mlps.append(mlp2)
-    slopes = alibi_slopes(4)
-
-    def layer(attn, h, n, q, k, v):
-        x = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        z = authors_alibi_dape(x, slopes, mlps[n]).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1),
-                                                                float("-inf"))
-        return z.softmax(-1) @ v
-    x = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad(), attention.traced() as seen:
-        got = model(x)
-        want = reference_forward(model, x, torch.arange(T), layer)
-    assert set(seen) == {"mask"}
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
-    # gradients reach the MLP (lenx's raw parameters; the reference's transposed copies are other tensors)
-    model.train()
-    loss_of(model(x)).backward()
-    assert all(model.blocks[n].attn.dape_w1.grad.abs().sum() > 0 for n in range(2))
-
-
-@pytest.mark.parametrize("scheme", ["kerple_log", "fire"])
-@pytest.mark.parametrize("at", ["default", "gapped"])
-def test_dape_on_kerple_and_fire_is_the_same_function_of_their_bias(scheme, at):
-    """KERPLE and FIRE as the authors' _DAPE modules: x + a + mlp2(cat(x, a)), a the scheme's bias (0 ahead)."""
-    model = build(scheme, {"dape": True})
-    pos_T = None if at == "default" else GAPPED
-    ref_pos = torch.arange(T) if pos_T is None else pos_T
-    ctx = model.pos.context(ref_pos, ref_pos)
-
-    def layer(attn, h, n, q, k, v):
-        c = ctx.at_layer(n)
-        future = ref_pos[None, :] > ref_pos[:, None]
-        a = model.pos.bias(c, None, torch.float32).float().masked_fill(future, 0.0)
-        x = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        feats = torch.cat((x, torch.tile(a, (x.shape[0], 1, 1, 1))), dim=1).permute(0, 2, 3, 1)
-        mlp = F.leaky_relu(feats @ attn.dape_w1 + attn.dape_b1) @ attn.dape_w2 + attn.dape_b2
-        z = (x + a + mlp.permute(0, 3, 1, 2)).masked_fill(future, float("-inf"))
-        return z.softmax(-1) @ v
-    check_parity(model, layer, pos_T, {"mask"})
-
-
-def test_dape_init_is_pytorchs_linear_default():
-    model = build("alibi", {"dape": True})
-    w1 = model.blocks[0].attn.dape_w1
-    bound = 8 ** -0.5  # U(+-1/sqrt(fan_in)), fan_in 2H = 8: the authors' nn.Linear
-    assert w1.shape == (8, 32) and w1.abs().max() <= bound and w1.abs().max() > 0.8 * bound
-
-
 def test_fox_with_rope_adds_the_gate_to_the_rotated_logits():
     """attn.forget on another scheme: RoPE's rotation, then the authors' decay bias (FoX with use_rope=True)."""
     model = build("rope", {"forget": True})
     check_parity(model, fox_layer, None, {"features"})
-
-
-@pytest.mark.parametrize("at", ["default", "gapped"])
-def test_a_trained_window_is_the_sliding_window_mask(at):
-    model = build("rope", {"window": 5})
-    pos_T = None if at == "default" else GAPPED
-    ref_pos = torch.arange(T) if pos_T is None else pos_T
-    check_parity(model, lambda a, h, n, q, k, v: window_reference(q, k, v, ref_pos, 5), pos_T, {"mask"})
-
-
-def test_rnope_swa_rotates_and_windows_three_layers_of_four():
-    """Cohere2's pattern (sliding_window_pattern 4) and SmolLM3's no_rope_layers: layers 0-2 RoPE with the window,
-    layer 3 NoPE with full attention."""
-    model = build("rnope_swa", n_layers=4)
-    window = model.pos.window
-    assert window == 8  # window_fraction 0.5 of the training length 16
-    assert [m.window for m in model.layer_modifiers] == [8, 8, 8, None]
-    rotates = [(i + 1) % 4 != 0 for i in range(4)]  # SmolLM3Config: no_rope_layers[i] = int((i + 1) % 4 != 0)
-
-    def layer(attn, h, n, q, k, v):
-        if rotates[n]:
-            return window_reference(q, k, v, torch.arange(T), window)
-        z = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(
-            torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-        return z.softmax(-1) @ v
-    x = torch.randint(0, 50, (1, T))
-    with torch.no_grad():
-        q = torch.randn(1, 4, T, 8)
-        ctx = model.pos.context(torch.arange(T), torch.arange(T))
-        assert torch.equal(model.pos.rotate(q, q, ctx.at_layer(3))[0], q)
-        assert not torch.equal(model.pos.rotate(q, q, ctx.at_layer(0))[0], q)
-    check_parity(model, layer, None, {"mask", "causal"})
-    with torch.no_grad(), attention.traced() as seen:
-        model(x)
-    assert seen == ["mask", "mask", "mask", "causal"]
-
-
-def test_rope_nope_has_no_window_and_stays_fused():
-    model = build("rope_nope", n_layers=4)
-    assert all(m.window is None for m in model.layer_modifiers)
-    with torch.no_grad(), attention.traced() as seen:
-        model(torch.randint(0, 50, (1, T)))
-    assert seen == ["causal"] * 4
-
-
-def test_window_counts_visible_keys_for_ssmax():
-    ctx = attention.AttnContext(q_pos_T=torch.arange(6), k_pos_S=torch.arange(6))
-    torch.testing.assert_close(attention.visible_log_n(ctx, 3), torch.log(torch.tensor([1.0, 2, 3, 3, 3, 3])))
 
 
 @pytest.mark.parametrize("attn, msg", [
@@ -426,15 +263,6 @@ def test_window_counts_visible_keys_for_ssmax():
 def test_bad_modifiers_are_one_config_error(attn, msg):
     with pytest.raises(ConfigError, match=msg):
         build("rope", attn)
-
-
-def test_hybrid_settings_are_checked():
-    with pytest.raises(ConfigError, match="set window .* or window_fraction"):
-        build("rnope_swa", n_layers=4, window=4)
-    with pytest.raises(ConfigError, match="leaves no NoPE layer"):
-        build("rope_nope", n_layers=2)
-    with pytest.raises(ConfigError, match="disagree"):
-        build("rnope_swa", {"window": 3}, n_layers=4)
 
 
 def test_stick_breaking_refuses_a_remapping_extension():
@@ -450,62 +278,6 @@ def test_rows_name_the_mechanisms():
     assert attn_label({"attn": {"forget": True, "window": 32, "ssmax": False}}) == "+forget+window32"
     assert attn_label({"attn": {"forget": False, "window": None}}) == ""
     assert attention.Modifiers(forget=True, window=32).label == "+forget+window32"
-
-
-class NoOpWindowing:
-    """An extension that windows nothing (every key visible) but is active: it sends attention down the
-    "extended" path, whose forget gate and trained window must then equal the float-mask path's."""
-
-    name, remaps, windows, window_tokens = "noop", False, True, None
-
-    def for_input(self, q_pos_T, k_pos_S):
-        return self
-
-    def active(self, q_pos_T, k_pos_S):
-        return True
-
-    def q_scale(self, q_pos_T):
-        return None
-
-    def pairs(self, i_t, j_s):
-        from lenx.extensions import Pairs
-
-        return Pairs()
-
-    def key_range(self, a, b):
-        return None
-
-
-@pytest.mark.parametrize("attn", [{"forget": True}, {"window": 5}, {"forget": True, "window": 5, "ssmax": True}])
-def test_the_extended_path_hosts_the_forget_gate_and_the_window(attn):
-    model = build("rope", attn)
-    x = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(6))
-    with torch.no_grad(), attention.traced() as seen:
-        plain = model(x)
-    assert set(seen) == ({"features"} if attn == {"forget": True} else {"mask"})
-    model.extension = NoOpWindowing()
-    with torch.no_grad(), attention.traced() as seen:
-        extended = model(x)
-    assert set(seen) == {"extended"}
-    torch.testing.assert_close(extended, plain, atol=2e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("scheme", ["stickbreaking", "selective"])
-def test_mechanisms_without_an_extended_path_refuse_a_windowing_extension(scheme):
-    model = build(scheme)
-    model.extension = NoOpWindowing()
-    with torch.no_grad(), pytest.raises(ConfigError, match="extension noop does not apply to a model trained with"):
-        model(torch.randint(0, 50, (1, 20)))
-
-
-def test_evaluate_refuses_such_an_extension_before_scoring():
-    from lenx.extensions import SelfExtend, check_applies
-
-    model = build("rope", {"stickbreaking": True})
-    ext = SelfExtend(group=2, window=4).resolve(16)
-    with pytest.raises(ConfigError, match="extension self_extend does not apply to a model trained with stickbreaking"):
-        check_applies(ext, model.pos, "rope", model.layer_modifiers)
-    check_applies(ext, model.pos, "rope", build("rope", {"forget": True}).layer_modifiers)  # FoX's gate: hosted
 
 
 def group_rms(x, weight, H, eps):
@@ -585,54 +357,3 @@ def test_flexattention_runs_the_forget_gate_and_the_window(scheme, attn):
             got = model(x)
     assert "flex" in seen and set(seen) <= {"flex", "causal"}, seen
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
-
-
-def llama4_reference(q, k, v, pos_T, chunk):
-    """transformers' chunked attention: causal_mask_function & chunked_overlay (left_padding 0), by position."""
-    d = pos_T[:, None] - pos_T[None, :]
-    visible = (d >= 0) & (pos_T[None, :] // chunk == pos_T[:, None] // chunk)
-    z = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~visible, float("-inf"))
-    return z.softmax(-1) @ v
-
-
-@pytest.mark.parametrize("at", ["default", "gapped"])
-def test_irope_chunks_its_rope_layers_and_tunes_the_nope_temperature(at):
-    """Llama 4's pattern: layers 0-2 RoPE with chunked attention (chunk_fraction 0.5 of 16: chunks of 8), layer 3
-    NoPE, full attention, queries times Llama4TextAttention's attn_scales (floor_scale 4 here, so that it acts)."""
-    model = build("irope", n_layers=4, temperature_floor=4, temperature_scale=0.3)
-    assert [m.chunk for m in model.layer_modifiers] == [8, 8, 8, None]
-    pos_T = None if at == "default" else GAPPED
-    ref_pos = torch.arange(T) if pos_T is None else pos_T
-
-    def layer(attn, h, n, q, k, v):
-        if n < 3:
-            return llama4_reference(q, k, v, ref_pos, 8)
-        # full causal attention (the queries come scaled by the scheme's `rotate`, whose scale is checked
-        # against Llama4TextAttention's formula below)
-        z = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(ref_pos[None, :] > ref_pos[:, None],
-                                                                            float("-inf"))
-        return z.softmax(-1) @ v
-    check_parity(model, layer, pos_T, {"mask", "causal"})
-    q = torch.ones(1, 1, 6, 4)
-    ctx = model.pos.context(torch.tensor([0, 2, 3, 7, 8, 20]), torch.tensor([0, 2, 3, 7, 8, 20]))
-    scaled = model.pos.rotate(q, q, ctx.at_layer(3))[0][0, 0, :, 0]
-    # log1p(floor((p + 1) / 4)) * 0.3 + 1 at p = 0, 2, 3, 7, 8, 20: floors 0, 0, 1, 2, 2, 5
-    want = torch.log1p(torch.tensor([0.0, 0, 1, 2, 2, 5])) * 0.3 + 1
-    torch.testing.assert_close(scaled, want)
-
-
-def test_chunked_attention_as_a_modifier_and_its_label():
-    model = build("rope", {"chunk": 5})
-    check_parity(model, lambda a, h, n, q, k, v: llama4_reference(q, k, v, torch.arange(T), 5), None, {"mask"})
-    assert attention.Modifiers(chunk=5).label == "+chunk5" and attn_label({"attn": {"chunk": 5}}) == "+chunk5"
-    ctx = attention.AttnContext(q_pos_T=torch.arange(7), k_pos_S=torch.arange(7))
-    torch.testing.assert_close(attention.visible_log_n(ctx, None, 3), torch.log(torch.tensor([1.0, 2, 3, 1, 2, 3, 1])))
-    with pytest.raises(ConfigError, match="not both"):
-        build("irope", n_layers=4, window=4)
-
-
-def test_row_names_equal_the_modifiers_label_for_a_composed_config(tmp_path):
-    from conftest import compose_train
-
-    cfg = OmegaConf.to_container(compose_train(["attn.ssmax=true", "attn.forget=true", "attn.chunk=8"], tmp_path))
-    assert attn_label(cfg) == attention.Modifiers.from_config(cfg["attn"]).label == "+ssmax+forget+chunk8"
