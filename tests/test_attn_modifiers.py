@@ -18,7 +18,7 @@ from conftest import CONFIGS, compose_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lenx import attention, modifiers
+from lenx import attention
 from lenx.errors import CheckpointError, ConfigError
 from lenx.model import Decoder
 
@@ -218,62 +218,6 @@ def test_cpu_scoring_chunks_what_it_writes_by_the_smaller_budget(scheme, mods, p
         budget = attention.CPU_WRITTEN_LOGITS if small and not grad else attention.CHUNK_LOGITS
         assert (plan.path, plan.rows) == (path if not grad else plan.path, budget // (per_pair * S))
     assert attention.CPU_WRITTEN_LOGITS < attention.CHUNK_LOGITS
-
-
-def dape_inputs(H: int = 4, t: int = 24, s: int = 40):
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(1, H, t, s, generator=g)
-    mask = torch.randn(H, t, s, generator=g).masked_fill(torch.ones(t, s, dtype=torch.bool).triu(s - t + 1),
-                                                          float("-inf"))  # causal: future keys hidden
-    mlp = (torch.randn(2 * H, 32, generator=g) / 3, torch.randn(32, generator=g) / 3,
-           torch.randn(32, H, generator=g) / 6, torch.randn(H, generator=g) / 6)
-    return x, mask, mlp
-
-
-def test_dape_falls_back_to_the_authors_matmuls_where_its_kernel_cannot_compile(monkeypatch):
-    """A failed compile (no C++ compiler, an Inductor error): one warning, the eager form's value, and no retry."""
-    calls = []
-
-    def broken(*args):
-        calls.append(1)
-        raise RuntimeError("no compiler")
-
-    monkeypatch.setattr(modifiers, "DAPE_FUSED", {"on": True, "fn": broken})
-    monkeypatch.setattr(modifiers, "DAPE_FUSED_KEYS", 8)
-    x, mask, mlp = dape_inputs()
-    want = mask + modifiers.dape_term(x, mask.masked_fill(mask == float("-inf"), 0.0), mlp)
-    with torch.no_grad(), pytest.warns(UserWarning, match="could not be compiled"):
-        got = modifiers.dape_mask(x, mask, mlp)
-    torch.testing.assert_close(got, want)
-    with torch.no_grad():
-        modifiers.dape_mask(x, mask, mlp)
-    assert len(calls) == 1 and not modifiers.DAPE_FUSED["on"]
-
-
-def test_dape_unrolled_is_the_authors_mlp():
-    """The form the kernel is compiled from, run eagerly: the authors' concatenation and matmuls' value, hidden
-    keys kept hidden."""
-    x, mask, mlp = dape_inputs()
-    want = mask + modifiers.dape_term(x, mask.masked_fill(mask == float("-inf"), 0.0), mlp)
-    got = modifiers.dape_unrolled(x, mask, *mlp)
-    assert torch.equal(torch.isinf(got), torch.isinf(want))
-    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
-
-
-@pytest.mark.slow
-def test_dape_scores_long_chunks_through_its_compiled_kernel(monkeypatch):
-    """Scoring chunks of DAPE_FUSED_KEYS keys or more (lowered here) runs the compiled kernel, with the eager
-    model's logits (one compile, ~1-2 min on 2 cores; Inductor caches it on disk)."""
-    monkeypatch.setattr(modifiers, "DAPE_FUSED", {"on": True, "fn": None})
-    monkeypatch.setattr(modifiers, "DAPE_FUSED_KEYS", 16)
-    model = build("alibi", {"dape": True}, n_heads=2)
-    x = torch.randint(0, 50, (1, 96), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        got = model(x)
-        assert modifiers.DAPE_FUSED["fn"] is not None and modifiers.DAPE_FUSED["on"]  # compiled and ran
-        monkeypatch.setitem(modifiers.DAPE_FUSED, "on", False)
-        want = model(x)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("scheme", ["rope", "t5"])
