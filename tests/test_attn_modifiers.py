@@ -200,7 +200,7 @@ def test_ssmax_on_a_distance_table_scores_banded_as_its_formula(scheme, mods, T,
     ("kerple_log", {"ssmax": True}, "toeplitz", True),  # the view's rows scaled: written per chunk
     ("kerple_log", None, "toeplitz", False),  # the unscaled view: nothing written
     ("rope", {"selective": True}, "mask", True),
-    ("alibi", {"dape": True}, "mask", True),
+    ("alibi", {"dape": True}, "weights", True),  # its compiled MLP's logits softmaxed (the mask path with a gradient)
 ])
 def test_cpu_scoring_chunks_what_it_writes_by_the_smaller_budget(scheme, mods, path, small):
     """CPU scoring on a path that writes each chunk's logits or mask: chunks of CPU_WRITTEN_LOGITS (near the

@@ -164,14 +164,17 @@ def test_dape_unrolled_is_the_authors_mlp():
 
 @pytest.mark.slow
 def test_dape_scores_long_chunks_through_its_compiled_kernel(monkeypatch):
-    """Scoring chunks of DAPE_FUSED_KEYS keys or more (lowered here) runs the compiled kernel, with the eager
-    model's logits (one compile, ~1-2 min on 2 cores; Inductor caches it on disk)."""
+    """Scoring over DAPE_FUSED_KEYS keys or more (lowered here) runs the compiled kernel on the weights path, with
+    the eager model's logits (the authors' matmuls on the mask path); one compile, ~1-2 min on 2 cores, then
+    cached on disk by Inductor."""
     monkeypatch.setattr(modifiers, "DAPE_FUSED", {"on": True, "fn": None})
     monkeypatch.setattr(modifiers, "DAPE_FUSED_KEYS", 16)
     model = build("alibi", {"dape": True})
     x = torch.randint(0, 50, (1, 96), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        got = model(x)
+        with attention.traced() as seen:
+            got = model(x)
+        assert set(seen) == {"weights"}  # the MLP's logits softmaxed, no recompute
         assert modifiers.DAPE_FUSED["fn"] is not None and modifiers.DAPE_FUSED["on"]  # compiled and ran
         monkeypatch.setitem(modifiers.DAPE_FUSED, "on", False)
         want = model(x)

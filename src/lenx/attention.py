@@ -185,18 +185,22 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     band = far_form(ctx) if path == "toeplitz" and modifiers.ssmax and lse and dtype == torch.float32 else None
     if band is not None and hosts("banded", modifiers, lse):
         path = "banded"  # scoring SSMax on a linear or tail-constant bias: far keys fused, only a band masked
+    # DAPE's MLP as the compiled kernel: CPU scoring over DAPE_FUSED_KEYS keys or more (lenx.modifiers.dape_fused)
+    fused_dape = modifiers.dape and dape_fuses(device, grad, S)
     if modifiers.any and not hosts(path, modifiers, lse):
         # The fast paths hold a bias that cannot be scaled per query (a strided Toeplitz view, FlexAttention's
         # score_mod, ALiBi's channels: exact only unscaled) or a fused kernel whose normaliser is out of reach
         # (sinks, where it gives no logsumexp): the general path, which builds each chunk's logits, runs the modifiers exactly
         # (stick-breaking: the explicit path, its weights are no softmax)
         path = "weights" if pos.adds_values or modifiers.stickbreaking else "mask"
+        if fused_dape:
+            path = "weights"  # the chunk's content logits are built for the MLP anyway: softmax them, no recompute
     exact = pos.adds_logits or pos.adds_values or modifiers.stickbreaking
     # DAPE's MLP holds DAPE_WIDTH values per pair (2H inputs): fewer queries per chunk; as the compiled kernel
     # (CPU scoring, lenx.modifiers.dape_fused) only its 2H input planes
     per_pair = pos.n_heads
     if modifiers.dape:
-        per_pair = 2 * pos.n_heads if dape_fuses(device, grad) else pos.n_heads * max(1, 2 * DAPE_WIDTH // pos.n_heads)
+        per_pair = 2 * pos.n_heads if fused_dape else pos.n_heads * max(1, 2 * DAPE_WIDTH // pos.n_heads)
     writes = path in ("mask", "weights", "chunk_mask", "chunk_values") or (path == "toeplitz" and modifiers.ssmax)
     budget = min(CHUNK_LOGITS, CPU_WRITTEN_LOGITS) if writes and device == "cpu" and not grad else CHUNK_LOGITS
     return Plan(path=path, rows=max(1, budget // (batch * per_pair * S)), contiguous=contiguous,
@@ -290,9 +294,10 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         if mask_Hts is None:
             mask_Hts = positional_mask(pos, ctx, q_start if plan.contiguous else None, plan.dtype, plan.fast)
         extra = pos.score(q_BHtD.float(), k_BHsD.float(), ctx) if pos.adds_logits else None
+        qk_BHts = None  # q.k / sqrt(D), where built here (DAPE's input): the weights path reads it, no recompute
         if mods.dape:  # + MLP([x, a]): x the content logits (with the scheme's content terms), a the bias
-            x_BHts = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5
-            x_BHts = x_BHts if extra is None else x_BHts + extra
+            qk_BHts = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5
+            x_BHts = qk_BHts if extra is None else qk_BHts + extra
             mask_Hts = dape_mask(x_BHts, mask_Hts, params.dape)
         if extra is not None:
             mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
@@ -325,7 +330,9 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         return F.scaled_dot_product_attention(q_BHtD, k_BHsD, v_BHsD, attn_mask=mask_BHts.to(q_BHtD.dtype),
                                               dropout_p=drop)
     with torch.autocast(q_BHtD.device.type, enabled=False):  # Shaw's value terms need the weights themselves
-        logits = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5 + mask_Hts
+        if qk_BHts is None:
+            qk_BHts = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5
+        logits = qk_BHts + mask_Hts
         if mods.stickbreaking:  # the keys before each query only (attend_current=False); the remainder on v_i
             hidden = (logits == float("-inf")) | (ctx.k_pos_S[None, :] == ctx.q_pos_T[:, None])
             weights, rem_BHt = stick_breaking(logits, hidden)

@@ -240,8 +240,7 @@ def dape_mask(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Ten
     """The chunk's mask plus DAPE's MLP([x, a]), fp32 (B, H, t, s), a the mask with its hidden keys (-inf) at 0:
     `dape_term` (the authors' form: a concatenation and two matmuls), or, scoring a large chunk on CPU, the same
     MLP as one compiled pointwise kernel (`dape_fused`)."""
-    if dape_fuses(x_BHts.device.type, torch.is_grad_enabled()) and mask_Hts.dim() == 3 \
-            and x_BHts.shape[-1] >= DAPE_FUSED_KEYS:
+    if dape_fuses(x_BHts.device.type, torch.is_grad_enabled(), x_BHts.shape[-1]) and mask_Hts.dim() == 3:
         out = dape_fused(x_BHts, mask_Hts, mlp)
         if out is not None:
             return out
@@ -256,15 +255,16 @@ def dape_mask(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Ten
 # that nothing in between is written. Scoring only (no gradient) on CPU, over chunks of DAPE_FUSED_KEYS keys or more
 # (long contexts; the tests' short ones keep the eager form): the first call compiles (~1-2 minutes on 2 cores,
 # then cached on disk by Inductor); a failure to compile (no C++ compiler) falls back to `dape_term` with one warning.
-DAPE_FUSED_KEYS = 2048
+DAPE_FUSED_KEYS = 512
 DAPE_FUSED: dict = {"on": True, "fn": None}
 _DAPE_INDUCTOR = {"max_fusion_size": 100_000, "realize_opcount_threshold": 100_000, "realize_reads_threshold": 100_000,
                   "realize_acc_reads_threshold": 100_000}
 
 
-def dape_fuses(device: str, grad: bool) -> bool:
-    """Whether DAPE's MLP may run as the compiled kernel here (CPU scoring, compiling not failed before)."""
-    return DAPE_FUSED["on"] and device == "cpu" and not grad
+def dape_fuses(device: str, grad: bool, keys: int) -> bool:
+    """Whether DAPE's MLP runs as the compiled kernel here: CPU scoring over DAPE_FUSED_KEYS keys or more,
+    compiling not failed before."""
+    return DAPE_FUSED["on"] and device == "cpu" and not grad and keys >= DAPE_FUSED_KEYS
 
 
 def dape_unrolled(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
