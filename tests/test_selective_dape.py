@@ -143,20 +143,20 @@ def test_dape_falls_back_to_the_authors_matmuls_where_its_kernel_cannot_compile(
     monkeypatch.setattr(modifiers, "DAPE_FUSED", {"on": True, "fn": broken})
     monkeypatch.setattr(modifiers, "DAPE_FUSED_KEYS", 8)
     x, mask, mlp = dape_inputs()
-    want = mask + modifiers.dape_term(x, mask.masked_fill(mask == float("-inf"), 0.0), mlp)
+    want = x + mask + modifiers.dape_term(x, mask.masked_fill(mask == float("-inf"), 0.0), mlp)
     with torch.no_grad(), pytest.warns(UserWarning, match="could not be compiled"):
-        got = modifiers.dape_mask(x, mask, mlp)
+        got = modifiers.dape_logits(x, mask, mlp)
     torch.testing.assert_close(got, want)
     with torch.no_grad():
-        modifiers.dape_mask(x, mask, mlp)
+        modifiers.dape_logits(x, mask, mlp)
     assert len(calls) == 1 and not modifiers.DAPE_FUSED["on"]
 
 
 def test_dape_unrolled_is_the_authors_mlp():
-    """The form the kernel is compiled from, run eagerly: the authors' concatenation and matmuls' value, hidden
-    keys kept hidden."""
+    """The form the kernel is compiled from, run eagerly: x + a + the authors' concatenation and matmuls' value,
+    hidden keys kept hidden."""
     x, mask, mlp = dape_inputs()
-    want = mask + modifiers.dape_term(x, mask.masked_fill(mask == float("-inf"), 0.0), mlp)
+    want = x + mask + modifiers.dape_term(x, mask.masked_fill(mask == float("-inf"), 0.0), mlp)
     got = modifiers.dape_unrolled(x, mask, *mlp)
     assert torch.equal(torch.isinf(got), torch.isinf(want))
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)

@@ -70,6 +70,7 @@ from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifier
     Modifiers,
     check_extended,
     dape_fuses,
+    dape_logits,
     dape_mask,
     dape_term,
     forget_bias,
@@ -294,11 +295,15 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         if mask_Hts is None:
             mask_Hts = positional_mask(pos, ctx, q_start if plan.contiguous else None, plan.dtype, plan.fast)
         extra = pos.score(q_BHtD.float(), k_BHsD.float(), ctx) if pos.adds_logits else None
-        qk_BHts = None  # q.k / sqrt(D), where built here (DAPE's input): the weights path reads it, no recompute
+        has_content = False  # the weights path's mask_Hts holds the whole logits (q.k / sqrt(D), content terms)
         if mods.dape:  # + MLP([x, a]): x the content logits (with the scheme's content terms), a the bias
-            qk_BHts = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5
-            x_BHts = qk_BHts if extra is None else qk_BHts + extra
-            mask_Hts = dape_mask(x_BHts, mask_Hts, params.dape)
+            # q scaled before the product (t x D values, not t x s logits): the same up to one rounding
+            x_BHts = (q_BHtD.float() * q_BHtD.shape[-1] ** -0.5) @ k_BHsD.float().transpose(-1, -2)
+            x_BHts = x_BHts if extra is None else x_BHts + extra
+            if plan.path == "weights":  # x + a + MLP: the logits are built for the MLP anyway, not recomputed
+                mask_Hts, has_content, extra = dape_logits(x_BHts, mask_Hts, params.dape), True, None
+            else:
+                mask_Hts = dape_mask(x_BHts, mask_Hts, params.dape)
         if extra is not None:
             mask_Hts = mask_Hts + extra  # (B, H, t, s) for content-dependent schemes
         if mods.window is not None or mods.chunk is not None:  # keys outside the window or chunk hidden
@@ -330,9 +335,8 @@ def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor
         return F.scaled_dot_product_attention(q_BHtD, k_BHsD, v_BHsD, attn_mask=mask_BHts.to(q_BHtD.dtype),
                                               dropout_p=drop)
     with torch.autocast(q_BHtD.device.type, enabled=False):  # Shaw's value terms need the weights themselves
-        if qk_BHts is None:
-            qk_BHts = q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5
-        logits = qk_BHts + mask_Hts
+        logits = mask_Hts if has_content else \
+            q_BHtD.float() @ k_BHsD.float().transpose(-1, -2) / q_BHtD.shape[-1] ** 0.5 + mask_Hts
         if mods.stickbreaking:  # the keys before each query only (attend_current=False); the remainder on v_i
             hidden = (logits == float("-inf")) | (ctx.k_pos_S[None, :] == ctx.q_pos_T[:, None])
             weights, rem_BHt = stick_breaking(logits, hidden)

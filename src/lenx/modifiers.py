@@ -237,15 +237,21 @@ def dape_term(x_BHts: torch.Tensor, a_Hts: torch.Tensor, mlp: tuple[torch.Tensor
 
 
 def dape_mask(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The chunk's mask plus DAPE's MLP([x, a]), fp32 (B, H, t, s), a the mask with its hidden keys (-inf) at 0:
-    `dape_term` (the authors' form: a concatenation and two matmuls), or, scoring a large chunk on CPU, the same
-    MLP as one compiled pointwise kernel (`dape_fused`)."""
+    """The chunk's mask plus DAPE's MLP([x, a]), fp32 (B, H, t, s), a the mask with its hidden keys (-inf) at 0, as
+    the authors compute it (`dape_term`: a concatenation and two matmuls): the float-mask path, whose fused kernel
+    adds q.k itself."""
+    a_Hts = mask_Hts.float().masked_fill(mask_Hts == float("-inf"), 0.0)
+    return mask_Hts.float() + dape_term(x_BHts, a_Hts, mlp)
+
+
+def dape_logits(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The chunk's whole logits x + a + MLP([x, a]) (hidden keys -inf), fp32 (B, H, t, s): the weights path's. Scoring
+    on CPU over DAPE_FUSED_KEYS keys or more, one compiled pointwise kernel (`dape_fused`); else `dape_mask` + x."""
     if dape_fuses(x_BHts.device.type, torch.is_grad_enabled(), x_BHts.shape[-1]) and mask_Hts.dim() == 3:
         out = dape_fused(x_BHts, mask_Hts, mlp)
         if out is not None:
             return out
-    a_Hts = mask_Hts.float().masked_fill(mask_Hts == float("-inf"), 0.0)
-    return mask_Hts.float() + dape_term(x_BHts, a_Hts, mlp)
+    return x_BHts + dape_mask(x_BHts, mask_Hts, mlp)
 
 
 # DAPE's MLP costs 4-5x the fused attention it modifies when run as the authors run it (a (B, t, s, 2H) concatenation
@@ -269,8 +275,8 @@ def dape_fuses(device: str, grad: bool, keys: int) -> bool:
 
 def dape_unrolled(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
                   w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """`dape_mask`'s value written per hidden unit and head (what Inductor fuses into one kernel): pre_m = b1_m +
-    sum_h w1[h, m] x_h + w1[H + h, m] a_h, out_h = mask_h + b2_h + sum_m w2[m, h] leaky_relu(pre_m)."""
+    """`dape_logits`'s value written per hidden unit and head (what Inductor fuses into one kernel): pre_m = b1_m +
+    sum_h w1[h, m] x_h + w1[H + h, m] a_h, out_h = x_h + mask_h + b2_h + sum_m w2[m, h] leaky_relu(pre_m)."""
     H = x_BHts.shape[1]
     a_Hts = mask_Hts.masked_fill(mask_Hts == float("-inf"), 0.0)
     xs, avs, outs = [x_BHts[:, h] for h in range(H)], [a_Hts[h] for h in range(H)], [None] * H
@@ -282,7 +288,7 @@ def dape_unrolled(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, w1: torch.Tensor
             pre = pre + avs[h] * w1[H + h, m]
         act = F.leaky_relu(pre)
         outs = [act * w2[m, h] if o is None else o + act * w2[m, h] for h, o in enumerate(outs)]
-    return torch.stack([mask_Hts[h] + b2[h] + o for h, o in enumerate(outs)], dim=1)
+    return torch.stack([xs[h] + mask_Hts[h] + b2[h] + o for h, o in enumerate(outs)], dim=1)
 
 
 def dape_fused(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
