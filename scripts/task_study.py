@@ -21,9 +21,9 @@ train.log's first line; for each other scheme one run of the first task, whose t
 scheme's is the scheme's factor; the study's wall time is the sum over its runs of fixed cost + steps x time per
 step x factor, less the start-up for each run after the first of its multirun, divided by the jobs
 (cycle_navigation, rope, 3 seeds of 800 steps took 43 s as one multirun and 63 s as three processes). Timings are
-kept in <runs>/timings.json (a rerun reuses them). Processes go `--jobs` at a time (one thread each unless --threads); a run whose directory holds
-`.study_done` (set once it has written tasks.jsonl) is skipped and one cut short resumes (train.py's resume=auto),
-so rerunning continues a study. At the end scripts/aggregate.py writes the tables (exact match and per-token
+kept in <runs>/timings.json (a rerun reuses them). Processes go `--jobs` at a time (one thread each unless
+--threads); a run whose directory holds `.study_done` (set once it has written tasks.jsonl) is skipped and one cut
+short resumes (train.py's resume=auto), so rerunning continues a study. At the end scripts/aggregate.py writes the tables (exact match and per-token
 accuracy with seed intervals and the maximum over seeds) to --out.
 """
 
