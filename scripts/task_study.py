@@ -182,13 +182,15 @@ def measure(grid: dict, runs: list[Run], runs_dir: Path, steps: int, env: dict) 
             cache["tasks"][run.task] = [fixed, per_step, b, min(startup, fixed)]
             print(f"task_study: {run.task}: {per_step * 1000:.0f} ms a step, {fixed:.0f} s fixed ({startup:.0f} s of "
                   "it start-up)", flush=True)
+            cache_file.write_text(json.dumps(cache, indent=1))  # kept as measured: a failure later loses none
     for run in [r for r in seed0 if r.task == first_task and r.scheme != first_scheme]:
         if run.scheme not in cache["schemes"]:
-            _, t = timed(with_steps(run, 2 * steps), scratch / f"{run.scheme}", env)
+            _, t, _ = timed(with_steps(run, 2 * steps), scratch / f"{run.scheme}", env)
             # over the first scheme's training time of as many steps on the first task (its timing run)
             cache["schemes"][run.scheme] = t / cache["tasks"][first_task][2]
             print(f"task_study: {run.scheme}: {cache['schemes'][run.scheme]:.2f}x {first_scheme}'s time a step",
                   flush=True)
+            cache_file.write_text(json.dumps(cache, indent=1))
     cache_file.write_text(json.dumps(cache, indent=1))
     subprocess.run(["rm", "-rf", str(scratch)], check=True)
     return {k: (v[0], v[1], *v[3:4]) for k, v in cache["tasks"].items()}, cache["schemes"]
