@@ -282,7 +282,8 @@ ELSEWHERE = ["fox", "fox_pro", "irope", "rnope_swa", "rope_nope", "selective", "
 
 def test_every_scheme_has_a_reference():
     assert sorted([*REFERENCE, *ELSEWHERE]) == SCHEMES
-    gated = (Path(__file__).parent / "test_gated_attention.py").read_text()
+    gated = "".join((Path(__file__).parent / f).read_text()  # the mechanisms' parity tests, in three files
+                    for f in ("test_gated_attention.py", "test_hybrids.py", "test_selective_dape.py"))
     for scheme in ELSEWHERE:  # each built, and so compared with its reference, there
         assert f'build("{scheme}"' in gated, scheme
 
