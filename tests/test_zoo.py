@@ -28,7 +28,7 @@ NOT_RELATIVE = ["fire", "fope", "learned", "sinusoidal", "irope"]  # FIRE normal
 CHUNKED = ["alibi", "alibi_learned", "cope", "deberta", "fire", "kerple_log", "kerple_power", "sandwich",
            "shaw", "shaw_kv", "t5", "transformer_xl", "fox", "fox_pro", "selective"]
 FAST = ["abacus", "cpe", "fope", "hope", "learned", "none", "p_rope", "rope", "rope_partial", "sinusoidal", "xpos", "rope_nope"]
-# A path of their own (tests/test_gated_attention.py): rnope_swa's windowed (irope's chunked) RoPE layers beside
+# A path of their own (tests/test_hybrids.py): rnope_swa's windowed (irope's chunked) RoPE layers beside
 # fused NoPE layers, stick-breaking's explicit weights
 OWN_PATHS = ["irope", "rnope_swa", "stickbreaking"]
 

@@ -276,7 +276,7 @@ REFERENCE = {  # scheme: (logits of the first layer, input embedding, extra conf
 
 
 # Schemes whose mechanism is no softmax of positional logits, or differs per layer: their parity with the authors'
-# code (outputs and gradients, default and gapped positions) is in tests/test_gated_attention.py
+# code (outputs and gradients, default and gapped positions) is in tests/test_gated_attention.py, test_hybrids.py and test_selective_dape.py
 ELSEWHERE = ["fox", "fox_pro", "irope", "rnope_swa", "rope_nope", "selective", "stickbreaking"]
 
 
