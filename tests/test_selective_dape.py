@@ -179,3 +179,26 @@ def test_dape_scores_long_chunks_through_its_compiled_kernel(monkeypatch):
         monkeypatch.setitem(modifiers.DAPE_FUSED, "on", False)
         want = model(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mods", [{"dape": True}, {"selective": True}, {"forget": True}, {"stickbreaking": True}])
+def test_fire_with_a_modifier_scores_in_chunks_from_its_own_chunk_mask(mods, monkeypatch):
+    """FIRE with a modifier that the general path runs, scoring in chunks: each chunk's bias comes from FIRE's
+    chunk_mask (never its per-pair `bias`: one pass per head instead of a log, bucketize and gather per pair),
+    with the logits of attention=reference (FIRE's MLP per pair). init_L 8: most queries past FIRE's threshold."""
+    model = build("fire", mods, init_L=8.0)
+    x = torch.randint(0, 50, (2, 160), generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(attention, "CHUNK_LOGITS", 2 * 4 * 160 * 24)  # chunks of a few queries, each its own keys
+    with torch.no_grad():
+        model.attention = "reference"
+        want = model(x)
+        model.attention = "sdpa"
+
+        def per_pair(*args, **kwargs):
+            raise AssertionError("FIRE.bias called: the chunk's bias was not FIRE's chunk_mask")
+
+        monkeypatch.setattr(type(model.pos), "bias", per_pair)
+        with attention.traced() as seen:
+            got = model(x)
+    assert set(seen) <= {"mask", "weights"} and seen, seen
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)

@@ -59,7 +59,7 @@ from lenx.attn_paths import (  # noqa: F401  (public here too: attention.Plan, a
 )
 from lenx.blockwise import SB_BLOCK, attend_banded, attend_stick_breaking  # noqa: F401  (public here too)
 from lenx.extensions import Extension
-from lenx.kernels import PlanError, _ran, cpu_flash, split_slopes, toeplitz_mask, toeplitz_view, traced  # noqa: F401  (public here too)
+from lenx.kernels import PlanError, Workspace, _ran, cpu_flash, split_slopes, toeplitz_mask, toeplitz_view, traced  # noqa: F401  (public here too)
 from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifiers, ...)
     DAPE_WIDTH,
     FIELDS,
@@ -270,18 +270,33 @@ def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Ten
     """The reference paths: chunks of queries, each with its float mask (bias + score terms), through SDPA
     ("mask") or an explicit softmax whose weights the value terms read ("weights")."""
     T, S = q_BHTD.shape[2], k_BHSD.shape[2]
-    parts = []
+    parts = {}
     # selective attention: the sum of relu(z^0) over the queries of the chunks before, carried in query order
     carry = {"BS": q_BHTD.new_zeros(q_BHTD.shape[0], S, dtype=torch.float32)} if plan.modifiers.selective else None
-    for a in range(0, T, plan.rows):
+    # A bias scheme's own chunk mask (FIRE's: one pass over the pairs per head instead of a log, bucketize and
+    # gather per pair; the same values, tested) built in one reused workspace, largest chunk first where no carry
+    # needs query order: scoring at default positions, the whole mask not built
+    work = Workspace() if own_chunk_bias(pos, plan) else None
+    starts = range(0, T, plan.rows)
+    for a in (starts if carry is not None else reversed(starts)):
         b = min(T, a + plan.rows)
         # Default positions: keys past the chunk's last query are future keys of all its queries; leave them out
         # (on average this halves a long input's attention work).
         s = min(S, b) if plan.contiguous else S
+        q_BHtD, k_BHsD, v_BHsD, chunk = q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], ctx.rows(a, b).keys(s)
         mask_Hts = None if plan.mask_HTS is None else plan.mask_HTS[:, a:b, :s]
-        parts.append(attend_rows(q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], pos, ctx.rows(a, b).keys(s),
-                                 plan, mask_Hts, a, drop, params, carry))
-    return torch.cat(parts, dim=2)
+        if work is not None and s == b:
+            with torch.autocast(q_BHTD.device.type, enabled=False):
+                mask_Hts = pos.chunk_mask(q_BHtD.float(), k_BHsD.float(), chunk, work)[1][0]
+        parts[a] = attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, plan, mask_Hts, a, drop, params, carry)
+    return torch.cat([parts[a] for a in sorted(parts)], dim=2)
+
+
+def own_chunk_bias(pos: PositionalScheme, plan: Plan) -> bool:
+    """Whether the general path takes each chunk's bias from the scheme's `chunk_mask` (a bias of positions alone,
+    no content terms in it: FIRE) rather than `bias`: scoring at default positions, the whole mask not built."""
+    return pos.has_chunk_mask and pos.adds_bias and not pos.adds_logits and not pos.adds_values and plan.fast \
+        and plan.contiguous and plan.mask_HTS is None
 
 
 def attend_rows(q_BHtD: torch.Tensor, k_BHsD: torch.Tensor, v_BHsD: torch.Tensor, pos: PositionalScheme,
