@@ -24,9 +24,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_SCHEMES = sorted(p.stem for p in (CONFIGS / "pos").glob("*.yaml"))
 
 
-def config(scheme: str, seq_len: int, batch: int, steps: int, compile: bool = False) -> dict:
+def config(scheme: str, seq_len: int, batch: int, steps: int, compile: bool = False, model: str = "tiny") -> dict:
     pos = scheme_config(scheme)  # configs/pos/<scheme>.yaml with its default scaling
-    return {"model": OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / "tiny.yaml")), "pos": pos,
+    return {"model": OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{model}.yaml")), "pos": pos,
             "data": {"vocab_size": 8192}, "seq_len": seq_len, "batch_size": batch, "compile": compile, "seed": 0,
             "optim": OmegaConf.to_container(OmegaConf.load(CONFIGS / "optim" / "adamw.yaml")),
             "trainer": {"max_steps": steps}}

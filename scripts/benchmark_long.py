@@ -3,7 +3,8 @@
 (a scheme may carry attention modifiers: `--schemes rope+ssmax,alibi+ssmax+sinks`; `--ckpt stickbreaking=<path>`
 scores a scheme with a trained checkpoint's weights, for paths whose cost depends on them).
 
-Each scheme's model (model=tiny, trained length --train-len, random weights: speed does not depend on them) scores
+Each scheme's model (--model, default tiny; trained length --train-len; random weights: speed does not depend on
+them) scores
 one sequence of each length twice, interleaved: with attention's fast paths for bias and content schemes (ALiBi's
 bias as channels of q and k, strided Toeplitz views, content terms placed by distance, FIRE's linear pieces) and
 with `attention=reference` (a float mask per chunk, FIRE's MLP: the paths before issue 25). Per point: tokens/s (median of --repeats),
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import bare_loop, batches, config, eval_point, scheme_list
+from benchlib import CONFIGS, bare_loop, batches, config, eval_point, scheme_list
 
 from lenx.checkpoint import load_model
 from lenx.errors import OutOfRangeError
@@ -62,8 +63,10 @@ def has_fast_path(pos) -> bool:
     return isinstance(pos, DistanceBias) or pos.has_chunk_mask
 
 
-def measure(model, vocab: int, length: int, device, repeats: int) -> dict | None:
+def measure(model, vocab: int, length: int, device, repeats: int, reference: bool = True) -> dict | None:
     fast = eval_point(model, vocab, length, device, repeats)
+    if fast is not None and not reference:  # --no-reference: "before" shown as "after", marked
+        return {"fast": fast, "reference": fast, "max_abs_logit_diff": None, "reference_skipped": True}
     if not has_fast_path(model.pos):
         return None if fast is None else {"fast": fast, "reference": fast, "max_abs_logit_diff": 0.0,
                                           "same_path": True}
@@ -121,6 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--schemes", default="all", help="'all' or a comma list of configs/pos names (rope is added), "
                     "each optionally with attention modifiers: rope+ssmax, alibi+ssmax+sinks")
     ap.add_argument("--lengths", default="2048,8192")
+    ap.add_argument("--model", default="tiny", help="configs/model preset of every scheme's model (tiny: d 128, "
+                    "4 heads; small: d 384, 6 heads): a modifier's cost per pair against attention's depends on it")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip attention=reference (its float-mask path is slow at a wider preset): 'before' = 'after'")
     ap.add_argument("--train-len", type=int, default=512, help="the models' training length (learned: its table)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--train-steps", type=int, default=0, help="also time training (steps per run, 2 warm-up)")
@@ -132,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
                          "random ones: for paths whose cost depends on the weights (stick-breaking's early stop)")
     args = ap.parse_args(argv)
     schemes = with_modifiers(args.schemes)
+    presets = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+    if args.model not in presets:
+        raise SystemExit(f"benchmark: unknown --model {args.model!r}; configs/model has {presets}")
     trained = dict(c.split("=", 1) for c in args.ckpt)
     schemes = ["rope"] + [s for s in schemes if s != "rope"]
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -142,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     rope = None
     for s in schemes:
         base, *mods = s.split("+")
-        cfg = {**config(base, args.train_len, 1, 1), **({"attn": {m: True for m in mods}} if mods else {})}
+        cfg = {**config(base, args.train_len, 1, 1, model=args.model),
+               **({"attn": {m: True for m in mods}} if mods else {})}
+        report.setdefault("model", cfg["model"])  # the preset's shape (--model)
         torch.manual_seed(0)
         model = build_model(cfg).to(device).eval()
         if s in trained:  # the trained weights (the same tiny architecture; checked by the strict load)
@@ -151,14 +163,14 @@ def main(argv: list[str] | None = None) -> None:
             rope = model
         with torch.no_grad(), contextlib.suppress(OutOfRangeError):  # warm-up: both paths, the shortest length
             model(torch.zeros(1, min(lengths), dtype=torch.long, device=device))
-            with reference_paths(model):
+            with reference_paths(model) if not args.no_reference else contextlib.nullcontext():
                 model(torch.zeros(1, min(lengths), dtype=torch.long, device=device))
         report["schemes"][s] = points = {}
         for n in lengths:
             # RoPE again right before each scheme: this machine drifts by 10-30 % over a run, so each ratio is
             # taken against the RoPE figure measured beside it
             beside = eval_point(rope, cfg["data"]["vocab_size"], n, device, args.repeats) if model is not rope else None
-            points[str(n)] = measure(model, cfg["data"]["vocab_size"], n, device, args.repeats)
+            points[str(n)] = measure(model, cfg["data"]["vocab_size"], n, device, args.repeats, not args.no_reference)
             if points[str(n)] is not None and beside is not None:
                 points[str(n)]["rope_beside"] = beside
         if args.train_steps:

@@ -112,6 +112,23 @@ def test_benchmark_long_takes_schemes_with_attention_modifiers(tmp_path):
     assert bad.returncode != 0 and "unknown attention modifier(s) ['bogus']" in bad.stderr
 
 
+def test_benchmark_long_takes_another_preset_and_can_skip_the_reference(tmp_path):
+    """`--model small`: every scheme's model at that preset (its shape in the report); `--no-reference`: the float-mask
+    path not measured, marked so (no logit difference claimed); an unknown preset is one line."""
+    out = tmp_path / "long.json"
+    r = subprocess.run([sys.executable, "scripts/benchmark_long.py", "--schemes", "alibi", "--model", "small",
+                        "--no-reference", "--lengths", "64", "--train-len", "32", "--repeats", "1", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert rep["model"]["d_model"] == 384 and rep["model"]["n_heads"] == 6 and rep["args"]["model"] == "small"
+    alibi = rep["schemes"]["alibi"]["64"]
+    assert alibi["reference_skipped"] and alibi["max_abs_logit_diff"] is None and alibi["fast"]["tokens_per_s"] > 0
+    bad = subprocess.run([sys.executable, "scripts/benchmark_long.py", "--model", "huge", "--out",
+                          str(tmp_path / "x.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown --model 'huge'" in bad.stderr and "small" in bad.stderr
+
+
 def test_benchmark_preset_reports_tokens_per_s_and_mfu_per_scheme(tmp_path):
     """--preset: the preset's model with each scheme, in the precision named, MFU = tokens/s x FLOPs per token /
     the peak it names (CPU: measured here). Tiny shapes: the figures are not the point, the arithmetic is."""
