@@ -105,9 +105,11 @@ def table(report: dict) -> str:
                 continue
             rope_tps = p.get("rope_beside", r["fast"])["tokens_per_s"]  # RoPE measured just before, where it was
             rope_peak = r["fast"]["peak_mib"]
-            cells += [f"{p['reference']['tokens_per_s']:.0f}", f"{p['fast']['tokens_per_s']:.0f}",
-                      f"{p['reference']['tokens_per_s'] / rope_tps:.2f}", f"{p['fast']['tokens_per_s'] / rope_tps:.2f}",
-                      f"{p['reference']['peak_mib']:.0f}", f"{p['fast']['peak_mib']:.0f}",
+            ref = p["reference"] if not p.get("reference_skipped") else None  # --no-reference: "-"
+            cells += ["-" if ref is None else f"{ref['tokens_per_s']:.0f}", f"{p['fast']['tokens_per_s']:.0f}",
+                      "-" if ref is None else f"{ref['tokens_per_s'] / rope_tps:.2f}",
+                      f"{p['fast']['tokens_per_s'] / rope_tps:.2f}",
+                      "-" if ref is None else f"{ref['peak_mib']:.0f}", f"{p['fast']['peak_mib']:.0f}",
                       f"{p['fast']['peak_mib'] / rope_peak:.2f}"]
         if "train" in points:
             t = points["train"]

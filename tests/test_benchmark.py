@@ -124,6 +124,8 @@ def test_benchmark_long_takes_another_preset_and_can_skip_the_reference(tmp_path
     assert rep["model"]["d_model"] == 384 and rep["model"]["n_heads"] == 6 and rep["args"]["model"] == "small"
     alibi = rep["schemes"]["alibi"]["64"]
     assert alibi["reference_skipped"] and alibi["max_abs_logit_diff"] is None and alibi["fast"]["tokens_per_s"] > 0
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| alibi |")).split(" | ")
+    assert row[1] == "-" and row[3] == "-" and row[5] == "-"  # before: not measured, not shown as after's figure
     bad = subprocess.run([sys.executable, "scripts/benchmark_long.py", "--model", "huge", "--out",
                           str(tmp_path / "x.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown --model 'huge'" in bad.stderr and "small" in bad.stderr
