@@ -201,10 +201,12 @@ def test_ssmax_on_a_distance_table_scores_banded_as_its_formula(scheme, mods, T,
     ("kerple_log", None, "toeplitz", False),  # the unscaled view: nothing written
     ("rope", {"selective": True}, "mask", True),
     ("alibi", {"dape": True}, "weights", True),  # its compiled MLP's logits softmaxed (the mask path with a gradient)
+    ("fire", None, "chunk_mask", True),  # FIRE's own size (cpu_chunk_logits): fewer of its per-chunk searches
+    ("fire", {"dape": True}, "weights", True),
 ])
 def test_cpu_scoring_chunks_what_it_writes_by_the_smaller_budget(scheme, mods, path, small):
     """CPU scoring on a path that writes each chunk's logits or mask: chunks of CPU_WRITTEN_LOGITS (near the
-    caches); the unscaled Toeplitz view, a gradient, or another device: CHUNK_LOGITS."""
+    caches), or the scheme's own size (FIRE); the unscaled Toeplitz view, a gradient, or another device: CHUNK_LOGITS."""
     model = build(scheme, mods)
     S = 4096
     dape = bool(mods and mods.get("dape"))
@@ -215,7 +217,8 @@ def test_cpu_scoring_chunks_what_it_writes_by_the_smaller_budget(scheme, mods, p
             ctx = model.pos.context(torch.arange(S), torch.arange(S))
         plan = attention.plan(model.pos, ctx, batch=1, dtype=torch.float32, contiguous=True, grad=grad,
                               modifiers=model.modifiers)
-        budget = attention.CPU_WRITTEN_LOGITS if small and not grad else attention.CHUNK_LOGITS
+        written = attention.CPU_WRITTEN_LOGITS if scheme != "fire" else 1 << 23
+        budget = written if small and not grad else attention.CHUNK_LOGITS
         assert (plan.path, plan.rows) == (path if not grad else plan.path, budget // (per_pair * S))
     assert attention.CPU_WRITTEN_LOGITS < attention.CHUNK_LOGITS
 

