@@ -220,6 +220,10 @@ def test_cpu_scoring_chunks_what_it_writes_by_the_smaller_budget(scheme, mods, p
         written = attention.CPU_WRITTEN_LOGITS if scheme != "fire" else 1 << 23
         budget = written if small and not grad else attention.CHUNK_LOGITS
         assert (plan.path, plan.rows) == (path if not grad else plan.path, budget // (per_pair * S))
+        if scheme == "fire" and not grad:  # attention=reference: FIRE's MLP per pair, the default size
+            ref = attention.plan(model.pos, ctx, batch=1, dtype=torch.float32, contiguous=True, grad=grad,
+                                 modifiers=model.modifiers, attention="reference")
+            assert ref.rows == attention.CPU_WRITTEN_LOGITS // ((4 * 16 if dape else 4) * S)
     assert attention.CPU_WRITTEN_LOGITS < attention.CHUNK_LOGITS
 
 

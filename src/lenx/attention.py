@@ -200,10 +200,12 @@ def plan(pos: PositionalScheme, ctx: AttnContext, *, batch: int, dtype: torch.dt
     # DAPE's MLP holds DAPE_WIDTH values per pair (2H inputs): fewer queries per chunk; as the compiled kernel
     # (CPU scoring, lenx.modifiers.dape_fused) only its 2H input planes
     per_pair = pos.n_heads
+    fused_dape = fused_dape and path == "weights"  # (the mask path, attention=reference: the authors' form)
     if modifiers.dape:
         per_pair = 2 * pos.n_heads if fused_dape else pos.n_heads * max(1, 2 * DAPE_WIDTH // pos.n_heads)
     writes = path in ("mask", "weights", "chunk_mask", "chunk_values") or (path == "toeplitz" and modifiers.ssmax)
-    written = pos.cpu_chunk_logits or CPU_WRITTEN_LOGITS  # (FIRE: larger chunks, fewer of its per-chunk searches)
+    # the scheme's own size on its fast paths (FIRE: larger chunks, fewer of its per-chunk searches)
+    written = (pos.cpu_chunk_logits if fast else None) or CPU_WRITTEN_LOGITS
     budget = min(CHUNK_LOGITS, written) if writes and device == "cpu" and not grad else CHUNK_LOGITS
     return Plan(path=path, rows=max(1, budget // (batch * per_pair * S)), contiguous=contiguous,
                 dtype=torch.float32 if exact else dtype,

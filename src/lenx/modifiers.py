@@ -295,9 +295,9 @@ def dape_unrolled(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, w1: torch.Tensor
 
 def dape_fused(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
     """`dape_unrolled` compiled (one kernel, dynamic shapes: every chunk's size), or None where it cannot be."""
-    if DAPE_FUSED["fn"] is None:
-        DAPE_FUSED["fn"] = torch.compile(dape_unrolled, dynamic=True, options=_DAPE_INDUCTOR)
-    try:
+    try:  # (an older torch may refuse an option: the same fallback)
+        if DAPE_FUSED["fn"] is None:
+            DAPE_FUSED["fn"] = torch.compile(dape_unrolled, dynamic=True, options=_DAPE_INDUCTOR)
         return DAPE_FUSED["fn"](x_BHts.float(), mask_Hts.float(), *(p.float() for p in mlp))
     except Exception as e:  # noqa: BLE001  (Inductor's failures have no common type; the eager form computes the same)
         DAPE_FUSED["on"] = False
