@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from lenx.checkpoint import load_model
 from lenx.errors import OutOfRangeError
 from lenx.lit import build_model
 from lenx.pos.bias import DistanceBias
+from lenx.results import git_state
 
 
 @contextlib.contextmanager
@@ -148,8 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     schemes = ["rope"] + [s for s in schemes if s != "rope"]
     lengths = [int(n) for n in args.lengths.split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sha, dirty = git_state()
     report = {"args": {**vars(args), "lengths": lengths, "out": str(args.out)}, "device": str(device),
-              "threads": torch.get_num_threads(), "schemes": {}}
+              "threads": torch.get_num_threads(), "git_sha": sha, "git_dirty": dirty, "torch": torch.__version__,
+              "cpu": platform.processor() or platform.machine(), "schemes": {}}
     t0 = time.perf_counter()
     rope = None
     for s in schemes:

@@ -122,6 +122,7 @@ def test_benchmark_long_takes_another_preset_and_can_skip_the_reference(tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())
     assert rep["model"]["d_model"] == 384 and rep["model"]["n_heads"] == 6 and rep["args"]["model"] == "small"
+    assert len(rep["git_sha"]) == 40 and rep["torch"] == __import__("torch").__version__  # provenance
     alibi = rep["schemes"]["alibi"]["64"]
     assert alibi["reference_skipped"] and alibi["max_abs_logit_diff"] is None and alibi["fast"]["tokens_per_s"] > 0
     row = next(line for line in r.stdout.splitlines() if line.startswith("| alibi |")).split(" | ")
