@@ -59,7 +59,16 @@ from lenx.attn_paths import (  # noqa: F401  (public here too: attention.Plan, a
 )
 from lenx.blockwise import SB_BLOCK, attend_banded, attend_stick_breaking  # noqa: F401  (public here too)
 from lenx.extensions import Extension
-from lenx.kernels import PlanError, Workspace, _ran, cpu_flash, split_slopes, toeplitz_mask, toeplitz_view, traced  # noqa: F401  (public here too)
+from lenx.kernels import (  # noqa: F401  (public here too)
+    PlanError,
+    Workspace,
+    _ran,
+    cpu_flash,
+    split_slopes,
+    toeplitz_mask,
+    toeplitz_view,
+    traced,
+)
 from lenx.modifiers import (  # noqa: F401  (public here too: attention.Modifiers, ...)
     DAPE_WIDTH,
     FIELDS,
