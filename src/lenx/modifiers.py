@@ -12,6 +12,7 @@ Shapes: B batch, H heads, T queries, t queries (of a chunk), s keys.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 
 from lenx.errors import ConfigError
 from lenx.pos.base import AttnContext
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,8 @@ def dape_fused(x_BHts: torch.Tensor, mask_Hts: torch.Tensor, mlp: tuple[torch.Te
     """`dape_unrolled` compiled (one kernel, dynamic shapes: every chunk's size), or None where it cannot be."""
     try:  # (an older torch may refuse an option: the same fallback)
         if DAPE_FUSED["fn"] is None:
+            log.info("lenx: compiling DAPE's MLP kernel (its first use on this machine takes ~1-2 minutes; Inductor "
+                     "then reads it from its disk cache)")
             DAPE_FUSED["fn"] = torch.compile(dape_unrolled, dynamic=True, options=_DAPE_INDUCTOR)
         return DAPE_FUSED["fn"](x_BHts.float(), mask_Hts.float(), *(p.float() for p in mlp))
     except Exception as e:  # noqa: BLE001  (Inductor's failures have no common type; the eager form computes the same)
