@@ -286,11 +286,11 @@ def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Ten
     # selective attention: the sum of relu(z^0) over the queries of the chunks before, carried in query order
     carry = {"BS": q_BHTD.new_zeros(q_BHTD.shape[0], S, dtype=torch.float32)} if plan.modifiers.selective else None
     # A bias scheme's own chunk mask (FIRE's: one pass over the pairs per head instead of a log, bucketize and
-    # gather per pair; the same values, tested) built in one reused workspace, largest chunk first where no carry
-    # needs query order: scoring at default positions, the whole mask not built
+    # gather per pair; the same values, tested) built in one reused workspace, largest chunk first (its buffers
+    # sized once) where no carry needs query order: scoring at default positions, the whole mask not built
     work = Workspace() if own_chunk_bias(pos, plan) else None
     starts = range(0, T, plan.rows)
-    for a in (starts if carry is not None else reversed(starts)):
+    for a in (reversed(starts) if work is not None and carry is None else starts):
         b = min(T, a + plan.rows)
         # Default positions: keys past the chunk's last query are future keys of all its queries; leave them out
         # (on average this halves a long input's attention work).
