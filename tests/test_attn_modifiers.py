@@ -220,6 +220,8 @@ def test_cpu_scoring_chunks_what_it_writes_by_the_smaller_budget(scheme, mods, p
         written = attention.CPU_WRITTEN_LOGITS if scheme != "fire" else 1 << 23
         budget = written if small and not grad else attention.CHUNK_LOGITS
         assert (plan.path, plan.rows) == (path if not grad else plan.path, budget // (per_pair * S))
+        # FIRE on the general path while scoring: each chunk's bias from its own chunk mask (the plan says so)
+        assert plan.chunk_bias == (scheme == "fire" and dape and not grad)
         if scheme == "fire" and not grad:  # attention=reference: FIRE's MLP per pair, the default size
             ref = attention.plan(model.pos, ctx, batch=1, dtype=torch.float32, contiguous=True, grad=grad,
                                  modifiers=model.modifiers, attention="reference")

@@ -224,7 +224,8 @@ def test_fast_path_and_chunks(monkeypatch, mask_paths):
         assert len(calls) == 2 * 8, scheme  # 2 layers x 8 chunks of 8 queries
         assert all(t == 8 and m is not None and not causal for t, s, m, causal in calls), scheme
         # each chunk attends to the keys up to its last query only: the later ones are future for all of it
-        assert [s for _, s, _, _ in calls] == list(range(8, 65, 8)) * 2, scheme
+        # (in whatever order attention takes the chunks: the largest first where no running sum needs query order)
+        assert sorted(s for _, s, _, _ in calls) == sorted(list(range(8, 65, 8)) * 2), scheme
 
 
 @pytest.mark.parametrize("scheme", CHUNKED)

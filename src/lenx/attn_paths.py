@@ -75,6 +75,9 @@ class Plan:
     # Path "banded": keys at this distance or more from every query of a chunk take the bias's far form (ALiBi's
     # line as channels: 1; a table constant from this distance on: T5's last bucket)
     band: int | None = None
+    # Paths "mask" / "weights" scoring at default positions, the whole mask not built: each chunk's bias from the
+    # scheme's own chunk_mask (a bias of positions alone: FIRE) instead of its per-pair `bias`
+    chunk_bias: bool = False
 
 
 # Which kernel: a bias given as data (lenx.pos.bias.DistanceContext) and the positions decide.
