@@ -301,7 +301,10 @@ def attend_general(q_BHTD: torch.Tensor, k_BHSD: torch.Tensor, v_BHSD: torch.Ten
         s = min(S, b) if plan.contiguous else S
         q_BHtD, k_BHsD, v_BHsD, chunk = q_BHTD[:, :, a:b], k_BHSD[:, :, :s], v_BHSD[:, :, :s], ctx.rows(a, b).keys(s)
         mask_Hts = None if plan.mask_HTS is None else plan.mask_HTS[:, a:b, :s]
-        if work is not None and s == b:
+        if work is not None:
+            if s != b:  # (as attend_chunk_masks: the plan sent a chunk the scheme's mask does not describe)
+                raise PlanError(f"plan.chunk_bias: queries {a}..{b - 1} over {s} keys are not a chunk at default "
+                                "positions")
             with torch.autocast(q_BHTD.device.type, enabled=False):
                 mask_Hts = pos.chunk_mask(q_BHtD.float(), k_BHsD.float(), chunk, work)[1][0]
         parts[a] = attend_rows(q_BHtD, k_BHsD, v_BHsD, pos, chunk, plan, mask_Hts, a, drop, params, carry)
